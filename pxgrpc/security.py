@@ -1,0 +1,622 @@
+"""Security helpers for pxgrpc: tokens, connection files, TLS material and token checks.
+
+A controller publishes how to reach it in a *connection file* (JSON, mode 0600) that holds the
+address, the client token, the engine token and, with TLS, the CA that signed its certificate.
+Every RPC carries ``authorization: bearer <token>`` metadata, checked on the server by
+:class:`TokenAuthInterceptor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import pathlib
+import secrets
+import socket
+import stat
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+logger = logging.getLogger(__name__)
+
+ENV_DIR = "PXGRPC_DIR"
+ENV_CONNECTION_FILE = "PXGRPC_CONNECTION_FILE"
+TOKEN_METADATA_KEY = "authorization"
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_BEARER = "bearer"
+_REQUIRED_KEYS = ("url", "token", "engine_token")
+_MISSING_TOKEN_MSG = (
+    "missing token: send 'authorization: bearer <token>' metadata; the token is in the connection file"
+)
+_ENGINE_TOKEN_HINT = " (an engine token cannot be used as a client token)"
+
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+
+
+class SecurityError(Exception):
+    """A security check failed; the message names the cause and how to fix it."""
+
+
+# --------------------------------------------------------------------------- tokens and paths
+
+
+def new_token() -> str:
+    """Return a fresh random token (256 bits, URL-safe) for a client or engine."""
+    return secrets.token_urlsafe(32)
+
+
+def pxgrpc_dir() -> pathlib.Path:
+    """Return the directory holding pxgrpc state: ``$PXGRPC_DIR`` or ``~/.pxgrpc``."""
+    override = os.environ.get(ENV_DIR)
+    if override:
+        return pathlib.Path(override).expanduser()
+    return pathlib.Path.home() / ".pxgrpc"
+
+
+def default_connection_file(cluster_id: str = "") -> pathlib.Path:
+    """Return where the connection file of a cluster lives by default.
+
+    ``$PXGRPC_CONNECTION_FILE`` wins for the default cluster; otherwise the file is
+    ``controller.json`` (or ``controller-<cluster_id>.json``) in :func:`pxgrpc_dir`.
+    """
+    override = os.environ.get(ENV_CONNECTION_FILE)
+    if override and not cluster_id:
+        return pathlib.Path(override).expanduser()
+    name = f"controller-{cluster_id}.json" if cluster_id else "controller.json"
+    return pxgrpc_dir() / name
+
+
+# --------------------------------------------------------------------------- connection file
+
+
+@dataclass
+class ConnectionInfo:
+    """Everything a client or engine needs to reach and authenticate to a controller."""
+
+    url: str
+    token: str
+    engine_token: str
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    cluster_id: str = ""
+    controller_pid: int = 0
+
+    def to_json(self) -> str:
+        """Serialize to the JSON text stored in a connection file."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "<string>") -> ConnectionInfo:
+        """Parse connection-file JSON; unknown keys are ignored.
+
+        ``source`` (usually the file path) is named in error messages.
+        """
+        data = _load_json_object(text, source)
+        for key in _REQUIRED_KEYS:
+            if key not in data:
+                raise SecurityError(
+                    f"connection file {source} lacks the required key {key!r}; "
+                    "restart the controller to rewrite it"
+                )
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key, value in kwargs.items():
+            _check_field_type(key, value, source)
+        return cls(**kwargs)
+
+
+def _load_json_object(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SecurityError(
+            f"connection file {source} is not valid JSON ({exc}); restart the controller to rewrite it"
+        ) from exc
+    if not isinstance(data, dict):
+        raise SecurityError(
+            f"connection file {source} must hold a JSON object; restart the controller to rewrite it"
+        )
+    return data
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "url": (str,),
+    "token": (str,),
+    "engine_token": (str,),
+    "tls_ca": (str, type(None)),
+    "tls_server_name": (str, type(None)),
+    "cluster_id": (str,),
+    "controller_pid": (int,),
+}
+
+
+def _check_field_type(key: str, value: object, source: str) -> None:
+    expected = _FIELD_TYPES[key]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
+        raise SecurityError(
+            f"connection file {source}: key {key!r} must be {names}, got {type(value).__name__}; "
+            "restart the controller to rewrite it"
+        )
+
+
+def write_connection_file(path: pathlib.Path, info: ConnectionInfo) -> None:
+    """Write ``info`` to ``path`` atomically, readable by the owner only (mode 0600).
+
+    Missing parent directories are created with mode 0700, and an existing pxgrpc directory
+    containing the file is tightened to 0700.
+    """
+    path = pathlib.Path(path)
+    _make_private_dirs(path.parent)
+    _tighten_pxgrpc_dir(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(info.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, 0o600)
+        os.replace(tmp_name, path)
+    except BaseException:
+        _unlink_quietly(tmp_name)
+        raise
+    logger.debug("wrote connection file %s", path)
+
+
+def _make_private_dirs(directory: pathlib.Path) -> None:
+    missing: list[pathlib.Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for new_dir in reversed(missing):
+        new_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(new_dir, 0o700)
+
+
+def _tighten_pxgrpc_dir(directory: pathlib.Path) -> None:
+    base = pxgrpc_dir()
+    if not base.is_dir():
+        return
+    resolved_dir, resolved_base = directory.resolve(), base.resolve()
+    inside = resolved_dir == resolved_base or resolved_base in resolved_dir.parents
+    if inside and stat.S_IMODE(resolved_base.stat().st_mode) != 0o700:
+        os.chmod(resolved_base, 0o700)
+        logger.info("tightened %s to mode 0700", resolved_base)
+
+
+def _unlink_quietly(name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
+
+
+def read_connection_file(path: pathlib.Path | None = None) -> ConnectionInfo:
+    """Read the connection file of a controller (default: :func:`default_connection_file`).
+
+    Refuses files that group or others can access, since they hold the cluster token.
+    """
+    path = default_connection_file() if path is None else pathlib.Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SecurityError(
+            f"no controller found at {path}: start one with `pxgrpc cluster start -n 4` "
+            "or `pxgrpc-controller`, or pass the path of its connection file"
+        ) from None
+    with os.fdopen(fd, "r", encoding="utf-8") as fh:
+        _check_private_mode(path, os.fstat(fh.fileno()).st_mode)
+        text = fh.read()
+    return ConnectionInfo.from_json(text, source=str(path))
+
+
+def _check_private_mode(path: pathlib.Path, mode: int) -> None:
+    if os.name == "nt":
+        return
+    if mode & 0o077:
+        raise SecurityError(
+            f"connection file {path} is accessible by other users "
+            f"(mode {stat.S_IMODE(mode):04o}) and it holds the cluster token: "
+            f"run `chmod 600 {path}`"
+        )
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` only reaches this machine (127.0.0.0/8, ::1, localhost, unix:).
+
+    The wildcard addresses ``""``, ``0.0.0.0`` and ``::`` are *not* loopback.
+    """
+    if host.startswith(("unix:", "unix-abstract:")):
+        return True
+    name = host.strip()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """Split ``host:port`` (or ``[v6]:port``) into host and port.
+
+    Brackets are removed from IPv6 hosts. Unix socket URLs come back whole with port 0.
+    Raises :class:`ValueError` for an address without a valid port.
+    """
+    if url.startswith(("unix:", "unix-abstract:")):
+        return url, 0
+    if url.startswith("["):
+        host, sep, port_text = url[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad address {url!r}: expected '[ipv6]:port'")
+    else:
+        host, sep, port_text = url.rpartition(":")
+        if not sep:
+            raise ValueError(f"bad address {url!r}: expected 'host:port'")
+        if ":" in host:
+            raise ValueError(f"bad address {url!r}: write IPv6 hosts in brackets, '[{host}]:port'")
+    return host, _parse_port(url, port_text)
+
+
+def _parse_port(url: str, port_text: str) -> int:
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"bad address {url!r}: port must be a number from 0 to 65535")
+    return int(port_text)
+
+
+def join_url(host: str, port: int) -> str:
+    """Build a dialable ``host:port`` address, bracketing IPv6 literals (inverse of split_url)."""
+    if ":" in host and not host.startswith(("[", "unix:", "unix-abstract:")):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- TLS material
+
+
+@dataclass
+class CertKey:
+    """A PEM certificate (or chain) and its PEM private key."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+
+_SigningKey = (
+    ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+)
+
+
+_SIGNING_KEY_TYPES = (
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: _SigningKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pxgrpc"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "pxgrpc"),
+        ]
+    )
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any, days: int) -> x509.CertificateBuilder:
+    if days <= 0:
+        raise ValueError(f"certificate validity must be positive, got {days} days")
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _sign(builder: x509.CertificateBuilder, key: _SigningKey) -> bytes:
+    edwards = isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey))
+    algorithm = None if edwards else hashes.SHA256()
+    return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
+
+
+def make_ca(common_name: str = "pxgrpc CA", days: int = 3650) -> CertKey:
+    """Create a self-signed certificate authority able to sign server and client certificates."""
+    key = _new_key()
+    name = _name(common_name)
+    builder = (
+        _builder(name, name, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+    )
+    return CertKey(_sign(builder, key), _key_pem(key))
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _load_ca(ca: CertKey) -> tuple[x509.Certificate, _SigningKey]:
+    cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(key, _SIGNING_KEY_TYPES):
+        raise SecurityError(f"unsupported CA key type {type(key).__name__}; use an EC, RSA or Ed25519 CA key")
+    return cert, key
+
+
+_Leaf = tuple[x509.CertificateBuilder, ec.EllipticCurvePrivateKey, _SigningKey]
+
+
+def _leaf(ca: CertKey, common_name: str, days: int, usage: x509.ObjectIdentifier) -> _Leaf:
+    ca_cert, ca_key = _load_ca(ca)
+    key = _new_key()
+    builder = (
+        _builder(_name(common_name), ca_cert.subject, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    return builder, key, ca_key
+
+
+def _server_hosts(hosts: Iterable[str]) -> list[str]:
+    extra = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+    result: list[str] = []
+    for host in [*hosts, *extra]:
+        name = host.strip().strip("[]")
+        if name and name not in result:
+            result.append(name)
+    return result
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host.encode("idna").decode("ascii"))
+
+
+def make_server_cert(ca: CertKey, hosts: list[str], days: int = 825) -> CertKey:
+    """Create a server certificate signed by ``ca`` valid for ``hosts`` and this machine.
+
+    Besides ``hosts`` the certificate names localhost, 127.0.0.1, ::1 and the host name.
+    """
+    names = _server_hosts(hosts)
+    builder, key, ca_key = _leaf(ca, names[0], days, ExtendedKeyUsageOID.SERVER_AUTH)
+    builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in names]), critical=False)
+    return CertKey(_sign(builder, ca_key), _key_pem(key))
+
+
+def make_client_cert(ca: CertKey, common_name: str, days: int = 825) -> CertKey:
+    """Create a client certificate signed by ``ca`` for mutual TLS."""
+    builder, key, ca_key = _leaf(ca, common_name, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return CertKey(_sign(builder, ca_key), _key_pem(key))
+
+
+def server_credentials(
+    cert: CertKey, client_ca_pem: bytes | None = None, require_client_auth: bool = False
+) -> grpc.ServerCredentials:
+    """Build TLS credentials for a server; with ``require_client_auth`` clients need a cert
+    signed by ``client_ca_pem`` (mutual TLS)."""
+    if require_client_auth and not client_ca_pem:
+        raise SecurityError("mutual TLS needs the CA that signs client certificates: pass client_ca_pem")
+    return grpc.ssl_server_credentials(
+        [(cert.key_pem, cert.cert_pem)],
+        root_certificates=client_ca_pem,
+        require_client_auth=require_client_auth,
+    )
+
+
+def channel_credentials(ca_pem: bytes | None, client: CertKey | None = None) -> grpc.ChannelCredentials:
+    """Build TLS credentials for a channel trusting ``ca_pem`` (None: the system roots),
+    presenting ``client``'s certificate when given (mutual TLS)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem,
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
+    )
+
+
+def channel_options(info_server_name: str | None) -> list[tuple[str, object]]:
+    """Channel options for pxgrpc: 64 MiB messages, keepalive for long-lived streams and,
+    when given, the TLS server name to check instead of the dialed host."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if info_server_name:
+        options.append(("grpc.ssl_target_name_override", info_server_name))
+    return options
+
+
+def server_options() -> list[tuple[str, object]]:
+    """Server options matching :func:`channel_options`: 64 MiB messages, and accept the
+    clients' keepalive pings (otherwise gRPC closes idle streams with 'too_many_pings')."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+# --------------------------------------------------------------------------- token checks
+
+
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token``; pass it as ``metadata=`` on every RPC."""
+    return ((TOKEN_METADATA_KEY, f"{_BEARER} {token}"),)
+
+
+def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
+    for key, value in metadata or ():
+        if key != TOKEN_METADATA_KEY:
+            continue
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        scheme, _, token = text.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() == _BEARER and token:
+            return token.encode("utf-8")
+        return None
+    return None
+
+
+def _matches(token: bytes, accepted: frozenset[bytes]) -> bool:
+    found = False
+    for candidate in accepted:
+        found |= hmac.compare_digest(token, candidate)
+    return found
+
+
+def _service_name(method: str) -> str:
+    return method.strip("/").split("/", 1)[0]
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks ``authorization: bearer <token>`` on every RPC.
+
+    ``rules`` maps a full service prefix such as ``"/pxgrpc.v1.Controller/"`` to the set of
+    tokens accepted for it (the longest matching prefix wins). ``open_prefixes`` are method-name
+    prefixes needing no token (e.g. health). Anything matching no rule and no open prefix is
+    rejected (deny by default) with ``UNAUTHENTICATED``.
+    """
+
+    def __init__(self, rules: Mapping[str, set[str]], open_prefixes: tuple[str, ...] = ()) -> None:
+        self._rules: list[tuple[str, frozenset[bytes]]] = sorted(
+            ((prefix, _encode_tokens(prefix, tokens)) for prefix, tokens in rules.items()),
+            key=lambda item: len(item[0]),
+            reverse=True,
+        )
+        self._open_prefixes = tuple(open_prefixes)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails],
+            Awaitable[grpc.RpcMethodHandler[_TRequest, _TResponse] | None],
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
+        """Pass authorized calls through; answer the others with UNAUTHENTICATED."""
+        problem = self.check(handler_call_details.method, handler_call_details.invocation_metadata)
+        if problem is None:
+            return await continuation(handler_call_details)
+        logger.warning("rejected %s: %s", handler_call_details.method, problem)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: grpc answers UNIMPLEMENTED
+        return _rejecting_handler(handler, problem)
+
+    def check(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+        """Return None when ``metadata`` authorizes a call of ``method``, else why not."""
+        if method.startswith(self._open_prefixes):
+            return None
+        accepted = self._accepted_for(method)
+        if accepted is None:
+            return f"no token grants access to {_service_name(method)}"
+        token = _bearer_token(metadata)
+        if token is None:
+            return _MISSING_TOKEN_MSG
+        if _matches(token, accepted):
+            return None
+        return f"invalid token for {_service_name(method)}" + self._hint(token, accepted)
+
+    def _accepted_for(self, method: str) -> frozenset[bytes] | None:
+        for prefix, tokens in self._rules:
+            if method.startswith(prefix):
+                return tokens
+        return None
+
+    def _hint(self, token: bytes, accepted: frozenset[bytes]) -> str:
+        for prefix, tokens in self._rules:
+            if tokens is not accepted and _matches(token, tokens):
+                other = _service_name(prefix)
+                if other.rsplit(".", 1)[-1] == "Engine":
+                    return _ENGINE_TOKEN_HINT
+                return f" (that token is only valid for {other})"
+        return ""
+
+
+def _encode_tokens(prefix: str, tokens: Iterable[str]) -> frozenset[bytes]:
+    encoded = frozenset(t.encode("utf-8") for t in tokens if t)
+    if not encoded:
+        logger.warning("no usable token for %s: every call to it will be rejected", prefix)
+    return encoded
+
+
+def _rejecting_handler(
+    handler: grpc.RpcMethodHandler[_TRequest, _TResponse], message: str
+) -> grpc.RpcMethodHandler[_TRequest, _TResponse]:
+    """A handler of the same kind as ``handler`` that aborts with UNAUTHENTICATED."""
+
+    async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kind = (handler.request_streaming, handler.response_streaming)
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[kind]
+    return factory(reject)
