@@ -1,0 +1,34 @@
+"""The Python client: Client, views, AsyncResult and errors."""
+
+from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.client import Client, ViewExecutor
+from pxgrpc.client.errors import (
+    AuthenticationError,
+    CompositeError,
+    EngineError,
+    NoEnginesError,
+    PxConnectionError,
+    PxError,
+    RemoteError,
+    TaskAborted,
+    TimeoutError,
+)
+from pxgrpc.client.view import DirectView, LoadBalancedView
+
+__all__ = [
+    "AsyncMapResult",
+    "AsyncResult",
+    "AuthenticationError",
+    "Client",
+    "CompositeError",
+    "DirectView",
+    "EngineError",
+    "LoadBalancedView",
+    "NoEnginesError",
+    "PxConnectionError",
+    "PxError",
+    "RemoteError",
+    "TaskAborted",
+    "TimeoutError",
+    "ViewExecutor",
+]

@@ -1,0 +1,339 @@
+"""AsyncResult: the future every non-blocking call returns.
+
+It is a `concurrent.futures.Future` (so `result()`, `add_done_callback()`, `as_completed()` and
+`wait()` from the standard library work), it is awaitable from asyncio, and it has
+ipyparallel's interface: `get`, `wait`, `ready`, `successful`, `stdout`, `metadata`, ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pxgrpc.client.errors import CompositeError, PxError, TimeoutError
+from pxgrpc.client.transport import TaskOutcome
+
+if TYPE_CHECKING:
+    from pxgrpc.client.client import Client
+
+Reducer = Callable[[list[Any]], Any]
+OutputHook = Callable[[int, str, str], None]
+
+
+class AsyncResult(concurrent.futures.Future[Any]):
+    """The pending outcome of one call on one or several engines.
+
+    >>> ar = dv.apply_async(os.getpid)
+    >>> ar.get(timeout=5)          # block; a list in engine order for a multi-engine view
+    >>> await ar                   # or from asyncio
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        task_ids: Sequence[str],
+        fname: str,
+        targets: Sequence[int | None] | None = None,
+        single: bool = False,
+        reduce: Reducer | None = None,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self.msg_ids = list(task_ids)
+        self._index = {task_id: i for i, task_id in enumerate(self.msg_ids)}
+        self._fname = fname
+        self._targets = list(targets) if targets is not None else [None] * len(self.msg_ids)
+        self._single = single
+        self._reduce = reduce
+        n = len(self.msg_ids)
+        self._outcomes: list[TaskOutcome | None] = [None] * n
+        self._stdout = [""] * n
+        self._stderr = [""] * n
+        self._outputs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        self._engine_ids: list[int | None] = list(self._targets)
+        self._done = 0
+        self._cond = threading.Condition()
+        self._submitted = time.time()
+        self._completed_at: float | None = None
+        self.output_hooks: list[OutputHook] = []
+        if n == 0:
+            self._finish()
+
+    # --- TaskListener (called from the transport's thread) --------------------------------
+
+    def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None:
+        i = self._index[task_id]
+        self._engine_ids[i] = engine_id
+        if stream == "stderr":
+            self._stderr[i] += text
+        else:
+            self._stdout[i] += text
+        for hook in self.output_hooks:
+            hook(engine_id, stream, text)
+
+    def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None:
+        i = self._index[task_id]
+        self._outputs[i].append({"data": data, "metadata": metadata})
+        for hook in self.output_hooks:
+            hook(engine_id, "display", data.get("text/plain", ""))
+
+    def on_result(self, outcome: TaskOutcome) -> None:
+        i = self._index[outcome.task_id]
+        with self._cond:
+            if self._outcomes[i] is not None:
+                return
+            self._outcomes[i] = outcome
+            if outcome.engine_id >= 0:
+                self._engine_ids[i] = outcome.engine_id
+            self._done += 1
+            finished = self._done == len(self._outcomes)
+            self._cond.notify_all()
+        if finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._completed_at = time.time()
+        errors: list[PxError] = [o.error for o in self._outcomes if o is not None and o.error is not None]
+        try:
+            if errors:
+                if self._single and len(errors) == 1:
+                    self.set_exception(errors[0])
+                else:
+                    self.set_exception(CompositeError(f"one or more exceptions raised in: {self._fname}", errors))
+                return
+            values = [o.value for o in self._outcomes if o is not None]
+            if self._reduce is not None:
+                self.set_result(self._reduce(values))
+            else:
+                self.set_result(values[0] if self._single else values)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile
+        except Exception as exc:  # noqa: BLE001 - a failing reduction must reach the waiter
+            self.set_exception(exc)
+
+    # --- ipyparallel's interface ----------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for the result (at most `timeout` seconds) and return it, or raise its error."""
+        try:
+            return self.result(timeout if timeout is None or timeout >= 0 else None)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"{self._fname}: {self.progress} of {len(self)} tasks done after {timeout} s; the rest go on "
+                "(call .get() again to keep waiting, or .abort())"
+            ) from None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until done (or `timeout` seconds); return whether it is done."""
+        concurrent.futures.wait([self], timeout if timeout is None or timeout >= 0 else None)
+        return self.done()
+
+    def ready(self) -> bool:
+        """Whether every task has finished."""
+        return self.done()
+
+    def successful(self) -> bool:
+        """Whether every task finished without error (only meaningful once ready)."""
+        if not self.done():
+            raise AssertionError(f"{self._fname}: not ready yet")
+        return not self.cancelled() and self.exception() is None
+
+    @property
+    def progress(self) -> int:
+        """How many tasks have finished."""
+        return self._done
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since submission (until completion, once done)."""
+        end = self._completed_at if self._completed_at is not None else time.time()
+        return end - self._submitted
+
+    def _per_task(self, values: list[Any]) -> Any:
+        return values[0] if self._single else values
+
+    @property
+    def stdout(self) -> Any:
+        """What the tasks printed to stdout (one string per engine, or one string)."""
+        return self._per_task(list(self._stdout))
+
+    @property
+    def stderr(self) -> Any:
+        return self._per_task(list(self._stderr))
+
+    @property
+    def outputs(self) -> Any:
+        """Rich display outputs (display()) per engine."""
+        return self._per_task([list(o) for o in self._outputs])
+
+    @property
+    def engine_id(self) -> Any:
+        return self._per_task(list(self._engine_ids))
+
+    @property
+    def execute_result(self) -> Any:
+        """The Out[] bundle of each engine's execute ({'data': {...}, 'execution_count': n}) or None."""
+        results = []
+        for o in self._outcomes:
+            if o is not None and o.execute_result is not None:
+                results.append({"data": o.execute_result, "execution_count": o.execution_count})
+            else:
+                results.append(None)
+        return self._per_task(results)
+
+    @property
+    def metadata(self) -> Any:
+        """Per-task metadata: engine_id, submitted/started/completed datetimes, stdout, status ..."""
+        entries = []
+        for i, o in enumerate(self._outcomes):
+            entries.append(
+                {
+                    "msg_id": self.msg_ids[i],
+                    "engine_id": self._engine_ids[i],
+                    "submitted": datetime.fromtimestamp(o.submitted if o and o.submitted else self._submitted),
+                    "started": datetime.fromtimestamp(o.started) if o and o.started else None,
+                    "completed": datetime.fromtimestamp(o.completed) if o and o.completed else None,
+                    "status": o.status if o else "pending",
+                    "stdout": self._stdout[i],
+                    "stderr": self._stderr[i],
+                    "outputs": self._outputs[i],
+                    "execute_result": o.execute_result if o else None,
+                    "execution_count": o.execution_count if o else 0,
+                    "error": o.error if o else None,
+                }
+            )
+        return self._per_task(entries)
+
+    @property
+    def serial_time(self) -> float:
+        """Seconds the engines spent computing, summed."""
+        return sum(o.completed - o.started for o in self._outcomes if o is not None and o.started)
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the first start to the last completion on the engines."""
+        done = [o for o in self._outcomes if o is not None and o.started]
+        if not done:
+            return 0.0
+        return max(o.completed for o in done) - min(o.started for o in done)
+
+    def __len__(self) -> int:
+        return len(self.msg_ids)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The results one by one, in order, each as soon as it is in."""
+        if self._single:
+            yield from self.get()
+            return
+        for i in range(len(self.msg_ids)):
+            yield self._result_at(i)
+
+    def _result_at(self, i: int) -> Any:
+        with self._cond:
+            while self._outcomes[i] is None:
+                self._cond.wait()
+            outcome = self._outcomes[i]
+        assert outcome is not None
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):
+            meta = self.metadata
+            return meta[key] if self._single else [m[key] for m in meta]
+        self.wait()
+        return self.get()[key]
+
+    def __repr__(self) -> str:
+        if self.done():
+            state = "finished" if not self.cancelled() and self.exception() is None else "failed"
+        else:
+            state = "pending"
+        return f"<{type(self).__name__}: {self._fname}:{state}>"
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+    def abort(self) -> list[str]:
+        """Abort the tasks of this result that have not started yet."""
+        pending = [self.msg_ids[i] for i, o in enumerate(self._outcomes) if o is None]
+        return self._client._transport.abort(pending) if pending else []
+
+    def cancel(self) -> bool:
+        """Abort the tasks that have not started and stop waiting for the rest."""
+        if self.done():
+            return False
+        self.abort()
+        return super().cancel()
+
+    def wait_interactive(self, interval: float = 0.1, timeout: float = -1, widget: bool | None = None) -> None:
+        """Wait with a progress bar (tqdm; a notebook widget in Jupyter)."""
+        from pxgrpc.client.progress import progress_bar
+
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        with progress_bar(total=len(self), desc=self._fname, widget=widget) as bar:
+            while not self.done():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                self.wait(interval)
+                bar.update(self.progress - bar.n)
+            bar.update(self.progress - bar.n)
+
+    def display_outputs(self, groupby: str = "type") -> None:
+        """Print what the engines printed, as `[stdout:N]` blocks, then their Out[] values."""
+        for i in range(len(self.msg_ids)):
+            engine = self._engine_ids[i]
+            if self._stdout[i]:
+                print(f"[stdout:{engine}] {self._stdout[i]}", end="" if self._stdout[i].endswith("\n") else "\n")
+            if self._stderr[i]:
+                print(f"[stderr:{engine}] {self._stderr[i]}", end="" if self._stderr[i].endswith("\n") else "\n",
+                      file=sys.stderr)
+        for i, o in enumerate(self._outcomes):
+            if o is not None and o.execute_result is not None:
+                print(f"Out[{self._engine_ids[i]}:{o.execution_count}]: {o.execute_result.get('text/plain', '')}")
+
+
+class AsyncMapResult(AsyncResult):
+    """The result of map or gather: the parts are joined into one sequence.
+
+    Iterating yields single elements, in order (or as they complete, for unordered maps).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        task_ids: Sequence[str],
+        fname: str,
+        join: Reducer,
+        targets: Sequence[int | None] | None = None,
+        ordered: bool = True,
+    ) -> None:
+        self._ordered = ordered
+        self._arrival: list[int] = []
+        super().__init__(client, task_ids, fname, targets, single=False, reduce=join)
+
+    def on_result(self, outcome: TaskOutcome) -> None:
+        with self._cond:
+            self._arrival.append(self._index[outcome.task_id])
+        super().on_result(outcome)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._ordered:
+            for i in range(len(self.msg_ids)):
+                yield from self._result_at(i)
+            return
+        seen = 0
+        while seen < len(self.msg_ids):
+            with self._cond:
+                while len(self._arrival) <= seen:
+                    self._cond.wait()
+                i = self._arrival[seen]
+            seen += 1
+            yield from self._result_at(i)

@@ -1,0 +1,234 @@
+"""The Client: a connection to a controller, and the views onto its engines."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pathlib
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from pxgrpc import security
+from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.transport import Transport
+from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
+
+
+class Client:
+    """A connection to a pxgrpc controller.
+
+    With no arguments it reads the connection file of the local cluster
+    (`~/.pxgrpc/controller.json`, or `$PXGRPC_CONNECTION_FILE`):
+
+    >>> rc = Client()
+    >>> rc.ids
+    [0, 1, 2, 3]
+    >>> dv = rc[:]            # DirectView on all engines
+    >>> lview = rc.load_balanced_view()
+    """
+
+    def __init__(
+        self,
+        url_file: str | os.PathLike[str] | None = None,
+        *,
+        cluster_id: str = "",
+        connection_info: security.ConnectionInfo | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if connection_info is None:
+            path = pathlib.Path(url_file) if url_file is not None else security.default_connection_file(cluster_id)
+            connection_info = security.read_connection_file(path)
+        self.connection_info = connection_info
+        self._transport = Transport(connection_info, timeout)
+        self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        self._closed = False
+        _register_magics(self)
+
+    # --- engines and views ----------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        """Ids of the engines registered now."""
+        return [e["id"] for e in self._transport.list_engines()]
+
+    @property
+    def engines(self) -> list[dict[str, Any]]:
+        """The engines with their host, pid, state and counts."""
+        return self._transport.list_engines()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[DirectView]:
+        return (self[i] for i in self.ids)
+
+    def __getitem__(self, key: int | slice | Sequence[int]) -> DirectView:
+        """`rc[0]`: one engine; `rc[:]`, `rc[::2]`, `rc[[0, 2]]`: several."""
+        if isinstance(key, str):
+            raise TypeError("index the client with engine ids, e.g. rc[0] or rc[:]")
+        ids, _ = self._build_targets(key)
+        return DirectView(self, key if isinstance(key, int) else ids)
+
+    def _build_targets(self, targets: Targets) -> tuple[list[int], bool]:
+        if targets is None or targets == "all":
+            ids = self.ids
+            return ids, False
+        live = self.ids
+        if isinstance(targets, int):
+            if targets not in live and not (targets < 0 and -len(live) <= targets):
+                raise NoEnginesError(f"no engine {targets} (engines: {live})")
+            return [live[targets] if targets < 0 else targets], True
+        if isinstance(targets, slice):
+            return live[targets], False
+        if isinstance(targets, str):
+            raise TypeError(f"targets must be engine ids, a slice, 'all' or None, not {targets!r}")
+        wanted = list(targets)
+        missing = [i for i in wanted if i not in live]
+        if missing:
+            raise NoEnginesError(f"no engine {missing[0]} (engines: {live})")
+        return wanted, False
+
+    def direct_view(self, targets: Targets = "all") -> DirectView:
+        """A DirectView; 'all' follows the engines registered at each call."""
+        if targets != "all":
+            ids, single = self._build_targets(targets)
+            return DirectView(self, ids[0] if single else ids)
+        return DirectView(self, "all")
+
+    def load_balanced_view(self, targets: Targets = None) -> LoadBalancedView:
+        """A LoadBalancedView over all engines."""
+        return LoadBalancedView(self, targets)
+
+    def executor(self, targets: Targets = None) -> ViewExecutor:
+        """A `concurrent.futures.Executor` that runs submitted calls load-balanced."""
+        return ViewExecutor(self.load_balanced_view(targets))
+
+    def wait_for_engines(self, n: int | None = None, timeout: float = -1, block: bool = True) -> None:
+        """Wait until at least `n` engines are registered (raise TimeoutError after `timeout` s)."""
+        if n is None:
+            return
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while len(self._transport.list_engines()) < n:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.ids)} engines of {n} registered after {timeout} s")
+            time.sleep(0.02)
+
+    # --- outstanding work -----------------------------------------------------------------
+
+    def _track(self, ar: AsyncResult) -> None:
+        self._results.add(ar)
+
+    @property
+    def outstanding(self) -> set[str]:
+        """Ids of tasks submitted by this client that have not finished."""
+        ids: set[str] = set()
+        for ar in list(self._results):
+            if not ar.done():
+                ids.update(ar.msg_ids[i] for i, o in enumerate(ar._outcomes) if o is None)
+        return ids
+
+    def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        """Wait for `jobs` (AsyncResults), or for everything this client submitted."""
+        pending = _results_of(jobs) if jobs is not None else [ar for ar in list(self._results) if not ar.done()]
+        wait_for = None if timeout is None or timeout < 0 else timeout
+        done, not_done = concurrent.futures.wait(pending, wait_for)
+        return not not_done
+
+    def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> None:
+        """Abort queued tasks: `jobs`, the queued tasks of `targets`, or all of this client's."""
+        if jobs is not None:
+            task_ids = [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
+            self._transport.abort(task_ids)
+        elif targets is not None:
+            self._transport.abort([], self._build_targets(targets)[0])
+        else:
+            self._transport.abort(sorted(self.outstanding))
+
+    def interrupt(self, targets: Targets = "all") -> list[int]:
+        """Raise KeyboardInterrupt in the code running on the engines; they stay up."""
+        return self._transport.interrupt(self._build_targets(targets)[0])
+
+    def queue_status(self, targets: Targets = "all", verbose: bool = False) -> dict[int | str, Any]:
+        """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`."""
+        ids = self._build_targets(targets)[0] if not isinstance(targets, list) else targets
+        return self._transport.queue_status(ids, verbose)
+
+    def shutdown(self, targets: Targets = "all", hub: bool = False, block: bool | None = None) -> None:
+        """Stop engines; with `hub=True` the controller too."""
+        ids = self._build_targets(targets)[0]
+        self._transport.shutdown(ids, controller=hub)
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (engines and controller keep running)."""
+        if not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001, S110 - nothing sensible to do at interpreter teardown
+                pass
+
+    def __repr__(self) -> str:
+        return f"<Client {self.connection_info.url}>"
+
+    def activate(self, targets: Targets = "all", suffix: str = "") -> DirectView:
+        """A DirectView on `targets` that %px (or %px{suffix}) uses."""
+        view = self.direct_view(targets)
+        view.activate(suffix)
+        return view
+
+
+class ViewExecutor(concurrent.futures.Executor):
+    """`concurrent.futures.Executor` on a LoadBalancedView; futures are AsyncResults."""
+
+    def __init__(self, view: LoadBalancedView) -> None:
+        self.view = view
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:  # type: ignore[override]
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self.view.apply_async(fn, *args, **kwargs)
+
+    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:  # type: ignore[override]
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self.view.imap(fn, *iterables, chunksize=chunksize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if wait:
+            self.view.client.wait()
+
+
+def _are_ids(jobs: Any) -> bool:
+    return isinstance(jobs, list | tuple | set) and all(isinstance(j, str) for j in jobs)
+
+
+def _results_of(jobs: Any) -> list[AsyncResult]:
+    if isinstance(jobs, AsyncResult):
+        return [jobs]
+    return [j for j in jobs if isinstance(j, AsyncResult)]
+
+
+def _register_magics(client: Client) -> None:
+    """Inside IPython, make %px and friends available, as ipyparallel does."""
+    try:
+        from pxgrpc.magics import register_for_client
+    except ImportError:
+        return
+    register_for_client(client)

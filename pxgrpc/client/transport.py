@@ -1,0 +1,504 @@
+"""The client's connection to the controller, run by an asyncio loop in a background thread.
+
+Views hand it plain actions (`Execute`, `Apply`, `Push`, `Pull`) and a listener; it encodes them,
+batches them onto the session stream, streams large values as blobs, and calls the listener
+back (in its own thread) with output and with decoded `TaskOutcome`s. Nothing above this module
+sees a protobuf message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from pxgrpc import security, wire
+from pxgrpc.client.errors import (
+    AuthenticationError,
+    EngineError,
+    PxConnectionError,
+    PxError,
+    RemoteError,
+    TaskAborted,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# --- what views ask for -----------------------------------------------------------------------
+
+
+@dataclass
+class Execute:
+    code: str
+    silent: bool = False
+
+
+@dataclass
+class Apply:
+    function: Any
+    args: Sequence[Any] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Push:
+    namespace: dict[str, Any]
+
+
+@dataclass
+class Pull:
+    names: list[str]
+    single: bool = False
+
+
+Action = Execute | Apply | Push | Pull
+
+
+@dataclass
+class TaskOutcome:
+    """The end of one task on one engine, decoded."""
+
+    task_id: str
+    engine_id: int
+    status: str  # "ok", "error", "aborted" or "engine_died"
+    value: Any = None
+    error: PxError | None = None
+    execute_result: dict[str, str] | None = None
+    execution_count: int = 0
+    submitted: float = 0.0
+    started: float = 0.0
+    completed: float = 0.0
+
+
+class TaskListener(Protocol):
+    """Receives the events of tasks (called from the transport's thread)."""
+
+    def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
+
+    def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
+
+    def on_result(self, outcome: TaskOutcome) -> None: ...
+
+
+_STATUS = {
+    wire.TASK_OK: "ok",
+    wire.TASK_ERROR: "error",
+    wire.TASK_ABORTED: "aborted",
+    wire.TASK_ENGINE_DIED: "engine_died",
+}
+
+
+def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
+    """The exception a failed TaskResult stands for."""
+    status = result.status
+    if status == wire.TASK_OK:
+        return None
+    err = result.error
+    if status == wire.TASK_ENGINE_DIED:
+        return EngineError(err.evalue, result.engine_id)
+    if status == wire.TASK_ABORTED:
+        return TaskAborted(f"task {result.task_id} was aborted before it started")
+    engine_id = result.engine_id if result.engine_id >= 0 else None
+    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
+
+
+def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
+    """A gRPC failure as an error that says what happened and what to do."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code is not None else ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(
+            f"the controller at {url} refused our credentials: {details}. Use the token from its connection file",
+            name,
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return PxConnectionError(
+            f"cannot reach the controller at {url}: {details}. Is it running? (`pxgrpc cluster status`)", name
+        )
+    return PxConnectionError(f"controller at {url}: {name} {details}", name)
+
+
+_task_counter = itertools.count()
+
+
+class Transport:
+    """One client's link to one controller."""
+
+    def __init__(self, info: security.ConnectionInfo, timeout: float = 10.0) -> None:
+        self.info = info
+        self.url = info.url
+        self._metadata = security.auth_metadata(info.token)
+        self._prefix = f"{os.getpid():x}-{id(self):x}-"
+        self._listeners: dict[str, TaskListener] = {}
+        self._outgoing: list[wire.pb.SubmitTask] = []
+        self._flush_scheduled = False
+        self._lock = threading.Lock()
+        self.failure: PxConnectionError | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="pxgrpc-client-io", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._connect(), timeout + 1)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- thread plumbing --------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self.loop.is_closed():
+            coro.close()
+            raise PxConnectionError("this client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise PxConnectionError(f"no answer from the controller at {self.url} within {timeout} s") from None
+
+    def close(self) -> None:
+        """Close the connection; pending tasks fail with PxConnectionError."""
+        if self.loop.is_closed():
+            return
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(5)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                log.warning("closing the client's connection took too long")
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+    async def _close(self) -> None:
+        self._fail_all(PxConnectionError("the client was closed"))
+        if self._session is not None:
+            self._session.cancel()
+        await self.channel.close()
+
+    # --- connecting -------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        options = security.channel_options(self.info.tls_server_name)
+        self._session: grpc.aio.StreamStreamCall | None = None
+        if self.info.tls_ca:
+            client_cert = _client_cert_from_env()
+            creds = security.channel_credentials(self.info.tls_ca.encode(), client_cert)
+            self.channel = grpc.aio.secure_channel(self.url, creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.url, options=options)
+        self._stubs = _methods(self.channel)
+        try:
+            await self._stubs["ListEngines"](wire.pb.ListEnginesRequest(), metadata=self._metadata, timeout=10)
+        except grpc.RpcError as exc:
+            raise connection_error(exc, self.url) from None
+        self._wakeup = asyncio.Event()
+        self._session = self._stubs["Session"](self._requests(), metadata=self._metadata)
+        self._reader = asyncio.ensure_future(self._read_session(self._session))
+
+    async def _requests(self) -> Any:
+        while True:
+            while not self._outgoing:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            with self._lock:
+                tasks, self._outgoing = self._outgoing, []
+                self._flush_scheduled = False
+            yield wire.pb.SessionRequest(tasks=tasks)
+
+    async def _read_session(self, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for message in call:
+                for event in message.events:
+                    self._dispatch(event)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self._fail_all(connection_error(exc, self.url))
+                return
+        except Exception as exc:  # noqa: BLE001 - never leave futures hanging
+            log.exception("client session reader failed")
+            self._fail_all(PxConnectionError(f"client session failed: {exc!r}"))
+            return
+        self._fail_all(PxConnectionError(f"the controller at {self.url} closed the session"))
+
+    def _fail_all(self, error: PxConnectionError) -> None:
+        self.failure = self.failure or error
+        listeners, self._listeners = self._listeners, {}
+        for task_id, listener in listeners.items():
+            listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
+
+    # --- submitting -------------------------------------------------------------------------
+
+    def new_task_ids(self, n: int) -> list[str]:
+        """Fresh task ids (listeners are built with them before the tasks are submitted)."""
+        return [f"{self._prefix}{next(_task_counter)}" for _ in range(n)]
+
+    def submit(
+        self,
+        task_ids: Sequence[str],
+        action: Action,
+        targets: Sequence[int | None],
+        listener: TaskListener,
+        retries: int = 0,
+        encoding: int = wire.ENCODING_PICKLE,
+    ) -> None:
+        """Run `action` on each target (None: load-balanced) as the tasks `task_ids`."""
+        message, blob = encode_action(action)
+        self._enqueue(task_ids, [(message, blob, t) for t in targets], listener, retries, encoding)
+
+    def submit_each(
+        self,
+        task_ids: Sequence[str],
+        items: Sequence[tuple[Action, int | None]],
+        listener: TaskListener,
+        retries: int = 0,
+    ) -> None:
+        """Run a different action on each target (scatter, map) as the tasks `task_ids`."""
+        cache: dict[int, wire.pb.Value] = {}
+        encoded = []
+        for action, target in items:
+            message, blob = encode_action(action, cache)
+            encoded.append((message, blob, target))
+        self._enqueue(task_ids, encoded, listener, retries, wire.ENCODING_PICKLE)
+
+    def _enqueue(
+        self,
+        ids: Sequence[str],
+        items: list[tuple[wire.pb.Action, wire.OutgoingBlob | None, int | None]],
+        listener: TaskListener,
+        retries: int,
+        encoding: int,
+    ) -> None:
+        if self.failure is not None:
+            raise self.failure
+        blobs: dict[str, wire.OutgoingBlob] = {}
+        submits = []
+        for task_id, (action, blob, target) in zip(ids, items, strict=True):
+            submit = wire.pb.SubmitTask(
+                task_id=task_id,
+                engine_id=target if target is not None else -1,
+                load_balanced=target is None,
+                encoding=encoding,
+                retries=retries,
+            )
+            submit.action.CopyFrom(action)
+            if blob is not None:
+                submit.blob_ids.append(blob.blob_id)
+                blobs[blob.blob_id] = blob
+            submits.append(submit)
+        with self._lock:
+            for task_id in ids:
+                self._listeners[task_id] = listener
+            self._outgoing.extend(submits)
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self.loop.call_soon_threadsafe(self._wakeup.set)
+        for blob in blobs.values():
+            asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
+
+    async def _upload(self, blob: wire.OutgoingBlob) -> None:
+        try:
+            await self._stubs["Upload"](blob.raw_messages(), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            log.error("upload of %d bytes failed: %s", blob.size, exc.details())
+
+    # --- results ----------------------------------------------------------------------------
+
+    def _dispatch(self, event: wire.pb.TaskEvent) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "output":
+            out = event.output
+            listener = self._listeners.get(out.task_id)
+            if listener is not None:
+                stream = "stderr" if out.stream == wire.STDERR else "stdout"
+                listener.on_output(out.task_id, out.engine_id, stream, out.text)
+        elif kind == "display":
+            disp = event.display
+            listener = self._listeners.get(disp.task_id)
+            if listener is not None:
+                listener.on_display(disp.task_id, disp.engine_id, dict(disp.data), disp.metadata_json)
+        elif kind == "result":
+            result = event.result
+            listener = self._listeners.pop(result.task_id, None)
+            if listener is None:
+                return
+            if result.blob_ids:
+                asyncio.ensure_future(self._deliver_with_blobs(result, listener))
+            else:
+                listener.on_result(self._outcome(result, {}))
+
+    async def _deliver_with_blobs(self, result: wire.pb.TaskResult, listener: TaskListener) -> None:
+        try:
+            blobs = {b: await self._download(b) for b in result.blob_ids}
+            outcome = self._outcome(result, blobs)
+        except (grpc.RpcError, wire.DecodingError) as exc:
+            err = connection_error(exc, self.url) if isinstance(exc, grpc.RpcError) else PxConnectionError(str(exc))
+            outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
+        listener.on_result(outcome)
+
+    async def _download(self, blob_id: str) -> wire.IncomingBlob:
+        blob: wire.IncomingBlob | None = None
+        async for raw in self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata):
+            if blob is None:
+                blob = wire.IncomingBlob(blob_id, wire.parse_header(raw).size)
+            else:
+                blob.write(wire.parse_data_chunk(raw))
+        if blob is None or not blob.complete:
+            raise wire.DecodingError(f"blob {blob_id}: the download ended early")
+        return blob
+
+    def _outcome(self, result: wire.pb.TaskResult, blobs: wire.BlobMap) -> TaskOutcome:
+        outcome = TaskOutcome(
+            task_id=result.task_id,
+            engine_id=result.engine_id,
+            status=_STATUS.get(result.status, "error"),
+            error=outcome_error(result),
+            execution_count=result.execution_count,
+            submitted=result.submitted,
+            started=result.started,
+            completed=result.completed,
+        )
+        if result.HasField("execute_result"):
+            outcome.execute_result = dict(result.execute_result.data)
+        if outcome.error is None and result.HasField("value"):
+            try:
+                outcome.value = wire.decode(result.value, blobs)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
+                outcome.status = "error"
+                outcome.error = RemoteError(type(exc).__name__, f"cannot load the result here: {exc}",
+                                            engine_id=result.engine_id)
+        return outcome
+
+    # --- control calls ----------------------------------------------------------------------
+
+    def call(self, method: str, request: Any, timeout: float = 30.0) -> Any:
+        """A unary call on the Controller service, with errors made readable."""
+        return self._run(self._call(method, request, timeout), timeout + 5)
+
+    async def _call(self, method: str, request: Any, timeout: float) -> Any:
+        try:
+            return await self._stubs[method](request, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise connection_error(exc, self.url) from None
+
+    def list_engines(self) -> list[dict[str, Any]]:
+        reply = self.call("ListEngines", wire.pb.ListEnginesRequest())
+        states = {wire.ENGINE_IDLE: "idle", wire.ENGINE_BUSY: "busy", wire.ENGINE_DEAD: "dead"}
+        return [
+            {
+                "id": e.engine_id,
+                "hostname": e.hostname,
+                "pid": e.pid,
+                "state": states.get(e.state, "?"),
+                "queue": e.queue,
+                "completed": e.completed,
+                "registered": e.registered,
+                "python": e.python_version,
+            }
+            for e in reply.engines
+        ]
+
+    def abort(self, task_ids: Sequence[str], targets: Sequence[int] = ()) -> list[str]:
+        request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=wire.pb.Targets(engine_ids=list(targets)))
+        return list(self.call("Abort", request).aborted)
+
+    def interrupt(self, targets: Sequence[int]) -> list[int]:
+        reply = self.call("Interrupt", wire.pb.InterruptRequest(targets=wire.pb.Targets(engine_ids=list(targets))))
+        return list(reply.engine_ids)
+
+    def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
+        request = wire.pb.QueueStatusRequest(targets=wire.pb.Targets(engine_ids=list(targets)), verbose=verbose)
+        reply = self.call("QueueStatus", request)
+        status: dict[int | str, Any] = {}
+        for e in reply.engines:
+            if verbose:
+                status[e.engine_id] = {"queue": list(e.queued_task_ids), "completed": e.completed, "tasks": e.tasks}
+            else:
+                status[e.engine_id] = {"queue": e.queue, "completed": e.completed, "tasks": e.tasks}
+        status["unassigned"] = reply.unassigned
+        return status
+
+    def shutdown(self, targets: Sequence[int], controller: bool) -> list[int]:
+        request = wire.pb.ShutdownRequest(targets=wire.pb.Targets(engine_ids=list(targets)), controller=controller)
+        return list(self.call("Shutdown", request).engine_ids)
+
+
+def encode_action(
+    action: Action, function_cache: dict[int, wire.pb.Value] | None = None
+) -> tuple[wire.pb.Action, wire.OutgoingBlob | None]:
+    """An action as its protobuf message, plus the blob its large values need."""
+    encoder = wire.Encoder()
+    if isinstance(action, Execute):
+        message = wire.pb.Action(execute=wire.pb.ExecuteAction(code=action.code, silent=action.silent))
+    elif isinstance(action, Apply):
+        message = wire.pb.Action()
+        apply = message.apply
+        cached = function_cache.get(id(action.function)) if function_cache is not None else None
+        if cached is None:
+            cached = encoder.encode(action.function)
+            if function_cache is not None and encoder.blob is None:
+                function_cache[id(action.function)] = cached
+        apply.function.CopyFrom(cached)
+        for arg in action.args:
+            apply.args.append(encoder.encode(arg))
+        for key, val in action.kwargs.items():
+            apply.kwargs[key].CopyFrom(encoder.encode(val))
+    elif isinstance(action, Push):
+        message = wire.pb.Action()
+        ns = message.push.namespace
+        for key, val in action.namespace.items():
+            ns[key].CopyFrom(encoder.encode(val))
+    else:
+        message = wire.pb.Action(pull=wire.pb.PullAction(names=action.names, single=action.single))
+    return message, encoder.blob
+
+
+def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
+    """Callables for the Controller service; blobs travel as raw bytes."""
+    svc = f"/{wire.CONTROLLER_SERVICE}/"
+    pb = wire.pb
+
+    def unary(name: str, req: Any, rep: Any) -> Any:
+        return channel.unary_unary(svc + name, request_serializer=req.SerializeToString, response_deserializer=rep.FromString)
+
+    return {
+        "ListEngines": unary("ListEngines", pb.ListEnginesRequest, pb.ListEnginesReply),
+        "Abort": unary("Abort", pb.AbortRequest, pb.AbortReply),
+        "Interrupt": unary("Interrupt", pb.InterruptRequest, pb.InterruptReply),
+        "QueueStatus": unary("QueueStatus", pb.QueueStatusRequest, pb.QueueStatusReply),
+        "Shutdown": unary("Shutdown", pb.ShutdownRequest, pb.ShutdownReply),
+        "Session": channel.stream_stream(
+            svc + "Session",
+            request_serializer=pb.SessionRequest.SerializeToString,
+            response_deserializer=pb.SessionEvent.FromString,
+        ),
+        "Upload": channel.stream_unary(
+            svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
+        ),
+        "Download": channel.unary_stream(
+            svc + "Download", request_serializer=pb.DownloadRequest.SerializeToString, response_deserializer=None
+        ),
+    }
+
+
+def _client_cert_from_env() -> security.CertKey | None:
+    cert, key = os.environ.get("PXGRPC_TLS_CLIENT_CERT"), os.environ.get("PXGRPC_TLS_CLIENT_KEY")
+    if cert and key:
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            return security.CertKey(c.read(), k.read())
+    return None
+
+
+Callback = Callable[[TaskOutcome], None]

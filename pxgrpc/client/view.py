@@ -1,0 +1,404 @@
+"""Views: a set of engines and the ways to run work on them.
+
+`DirectView` runs every call on every engine of the view (`rc[:]`, `rc[0]`, `rc[::2]`).
+`LoadBalancedView` runs each task once, on whichever engine is least busy.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pxgrpc.client import transport as t
+from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.errors import NoEnginesError
+from pxgrpc.partition import partition
+
+if TYPE_CHECKING:
+    from pxgrpc.client.client import Client
+
+Targets = int | Sequence[int] | slice | str | None
+
+
+def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
+    """What an engine runs for one chunk of a map."""
+    return list(map(f, *chunks))
+
+
+def join_parts(parts: list[Any]) -> Any:
+    """Join gathered partitions: arrays with numpy, sequences into one list (ipyparallel's rule)."""
+    if not parts:
+        return []
+    first = parts[0]
+    if type(first).__module__ == "numpy" and type(first).__name__ == "ndarray":
+        import numpy as np
+
+        return np.concatenate(parts)
+    if isinstance(first, list | tuple):
+        return list(itertools.chain.from_iterable(parts))
+    return parts
+
+
+class View:
+    """What direct and load-balanced views share: a client, targets and blocking mode."""
+
+    _default_block = False
+
+    def __init__(self, client: Client, targets: Targets = "all", block: bool | None = None) -> None:
+        self.client = client
+        self.targets = targets
+        self.block = self._default_block if block is None else block
+
+    def __repr__(self) -> str:
+        text = str(self.targets)
+        if len(text) > 16:
+            text = text[:12] + "...]"
+        return f"<{type(self).__name__} {text}>"
+
+    def __len__(self) -> int:
+        if isinstance(self.targets, list):
+            return len(self.targets)
+        if isinstance(self.targets, int):
+            return 1
+        return len(self.client.ids)
+
+    def _targets(self, targets: Targets = None) -> tuple[list[int], bool]:
+        """(engine ids, whether the view is a single engine) for a call."""
+        return self.client._build_targets(self.targets if targets is None else targets)
+
+    def _block(self, block: bool | None) -> bool:
+        return self.block if block is None else block
+
+    def set_flags(self, **flags: Any) -> None:
+        """Set view attributes (block, retries, ...) as ipyparallel's set_flags does."""
+        for key, value in flags.items():
+            if not hasattr(self, key):
+                raise KeyError(f"{type(self).__name__} has no flag {key!r}")
+            setattr(self, key, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator[None]:
+        """Set flags for the duration of a with-block."""
+        saved = {key: getattr(self, key) for key in flags}
+        self.set_flags(**flags)
+        try:
+            yield
+        finally:
+            self.set_flags(**saved)
+
+    def _start(
+        self,
+        fname: str,
+        action: t.Action,
+        targets: Sequence[int | None],
+        single: bool,
+        retries: int = 0,
+    ) -> AsyncResult:
+        transport = self.client._transport
+        ids = transport.new_task_ids(len(targets))
+        ar = AsyncResult(self.client, ids, fname, targets, single=single)
+        self.client._track(ar)
+        transport.submit(ids, action, targets, ar, retries=retries)
+        return ar
+
+    def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
+        return ar.get() if self._block(block) else ar
+
+    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call `f(*args, **kwargs)` remotely; the result if `block`, else an AsyncResult."""
+        return self._finish(self._apply(f, args, kwargs), None)
+
+    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        """Call `f(*args, **kwargs)` remotely and return an AsyncResult at once."""
+        return self._apply(f, args, kwargs)
+
+    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call `f(*args, **kwargs)` remotely and wait for the result."""
+        return self._apply(f, args, kwargs).get()
+
+    def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
+        raise NotImplementedError
+
+    def map_async(self, f: Callable[..., Any], *sequences: Sequence[Any], **kwargs: Any) -> AsyncMapResult:
+        """`map(f, *sequences)` in parallel; returns an AsyncMapResult at once."""
+        return self.map(f, *sequences, block=False, **kwargs)  # type: ignore[no-any-return]
+
+    def map_sync(self, f: Callable[..., Any], *sequences: Sequence[Any], **kwargs: Any) -> list[Any]:
+        """`map(f, *sequences)` in parallel; waits and returns the list of results."""
+        return self.map(f, *sequences, block=True, **kwargs)  # type: ignore[no-any-return]
+
+    def map(self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        """Wait for this client's outstanding results (or `jobs`)."""
+        return self.client.wait(jobs, timeout)
+
+    def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> None:
+        """Abort queued tasks: `jobs` (AsyncResults or ids), or all queued tasks of the view's engines."""
+        if jobs is None:
+            self.client.abort(targets=self._targets(targets)[0])
+        else:
+            self.client.abort(jobs)
+
+    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[int | str, Any]:
+        return self.client.queue_status(self._targets(targets)[0], verbose)
+
+    def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], RemoteFunction]:
+        """Decorator: calling the function runs it on this view's engines."""
+        return lambda f: RemoteFunction(self, f, block)
+
+    def parallel(self, dist: str = "b", block: bool | None = None) -> Callable[[Callable[..., Any]], Any]:
+        """Decorator: calling the function maps it over its arguments across the engines."""
+        return lambda f: ParallelFunction(self, f, block)
+
+
+class DirectView(View):
+    """Every call runs on every engine of the view, in the order calls were made.
+
+    >>> dv = rc[:]
+    >>> dv.execute("import os")
+    >>> dv.apply_sync(os.getpid)      # one pid per engine
+    """
+
+    def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
+        ids, single = self._targets()
+        name = getattr(f, "__name__", "apply")
+        return self._start(name, t.Apply(f, args, kwargs), ids, single)
+
+    def execute(self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None) -> AsyncResult:
+        """Run `code` on the engines. Returns the AsyncResult (after waiting, if blocking)."""
+        ids, single = self._targets(targets)
+        ar = self._start("execute", t.Execute(code, silent), ids, single)
+        if self._block(block):
+            with contextlib.suppress(KeyboardInterrupt):
+                ar.get()
+        return ar
+
+    def run(self, filename: str, targets: Targets = None, block: bool | None = None) -> AsyncResult:
+        """Execute the contents of a local file on the engines."""
+        with builtins.open(filename, encoding="utf-8") as f:
+            code = f.read()
+        return self.execute(code, targets=targets, block=block)
+
+    def push(self, ns: dict[str, Any], targets: Targets = None, block: bool | None = None) -> Any:
+        """Assign the variables of `ns` on every engine."""
+        if not isinstance(ns, dict):
+            raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
+        for name in ns:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"push: {name!r} is not a valid variable name")
+        ids, single = self._targets(targets)
+        return self._finish(self._start("push", t.Push(dict(ns)), ids, single), block)
+
+    def update(self, ns: dict[str, Any]) -> Any:
+        """Push `ns` (dict-like interface)."""
+        return self.push(ns)
+
+    def pull(self, names: str | Sequence[str], targets: Targets = None, block: bool | None = None) -> Any:
+        """Read variables: one name gives its value, a list of names a list of values (per engine)."""
+        single_name = isinstance(names, str)
+        name_list = [names] if isinstance(names, str) else list(names)
+        ids, single = self._targets(targets)
+        return self._finish(self._start("pull", t.Pull(name_list, single_name), ids, single), block)
+
+    def get(self, key: str) -> Any:
+        return self.pull(key, block=True)
+
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str):
+            raise TypeError(f"DirectView[...] takes a variable name, not {type(key).__name__}")
+        return self.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.push({key: value}, block=True)
+
+    def scatter(
+        self,
+        key: str,
+        seq: Sequence[Any],
+        dist: str = "b",
+        flatten: bool = False,
+        targets: Targets = None,
+        block: bool | None = None,
+    ) -> AsyncResult | None:
+        """Split `seq` into contiguous parts, one per engine (the first len % n get one more).
+
+        Returns an AsyncResult, or None after waiting if blocking (as ipyparallel does).
+        """
+        if dist != "b":
+            raise ValueError(f"scatter: only dist='b' (contiguous blocks) is supported, not {dist!r}")
+        ids, _ = self._targets(targets)
+        if not ids:
+            raise NoEnginesError("scatter: the view has no engines")
+        parts = partition(seq, len(ids))
+        items: list[tuple[t.Action, int | None]] = []
+        for engine_id, part in zip(ids, parts, strict=True):
+            value = part[0] if flatten and len(part) == 1 else part
+            items.append((t.Push({key: value}), engine_id))
+        transport = self.client._transport
+        task_ids = transport.new_task_ids(len(items))
+        ar = AsyncResult(self.client, task_ids, "scatter", ids, single=False)
+        self.client._track(ar)
+        transport.submit_each(task_ids, items, ar)
+        if self._block(block):
+            ar.wait()
+            return None
+        return ar
+
+    def gather(self, key: str, dist: str = "b", targets: Targets = None, block: bool | None = None) -> Any:
+        """Pull `key` from every engine and join the parts in engine order."""
+        if dist != "b":
+            raise ValueError(f"gather: only dist='b' (contiguous blocks) is supported, not {dist!r}")
+        ids, _ = self._targets(targets)
+        transport = self.client._transport
+        task_ids = transport.new_task_ids(len(ids))
+        ar = AsyncMapResult(self.client, task_ids, "gather", join_parts, ids)
+        self.client._track(ar)
+        transport.submit(task_ids, t.Pull([key], single=True), ids, ar)
+        return self._finish(ar, block)
+
+    def map(self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any) -> Any:
+        """`map(f, *sequences)` with the sequences split in contiguous parts across the engines."""
+        if kw:
+            raise TypeError(f"DirectView.map: unexpected arguments {sorted(kw)}")
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        ids, _ = self._targets()
+        length = min(len(s) for s in sequences)
+        parts = [partition(list(s[:length]) if not hasattr(s, "shape") else s[:length], len(ids)) for s in sequences]
+        mapper = functools.partial(_map_chunk, f)
+        items: list[tuple[t.Action, int | None]] = [
+            (t.Apply(mapper, [p[i] for p in parts]), engine_id) for i, engine_id in enumerate(ids)
+        ]
+        transport = self.client._transport
+        task_ids = transport.new_task_ids(len(items))
+        ar = AsyncMapResult(self.client, task_ids, getattr(f, "__name__", "map"), join_parts, ids)
+        self.client._track(ar)
+        transport.submit_each(task_ids, items, ar)
+        return self._finish(ar, block)
+
+    @contextlib.contextmanager
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Imports inside this with-block also happen on every engine.
+
+        >>> with dv.sync_imports():
+        ...     import numpy
+        """
+        real_import = builtins.__import__
+        view = self
+
+        def remote_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+            if level == 0:
+                if fromlist:
+                    names = ", ".join(fromlist)
+                    code = f"from {name} import {names}"
+                    if not quiet:
+                        print(f"from {name} import {names} on engine(s)")
+                else:
+                    code = f"import {name}"
+                    if not quiet:
+                        print(f"importing {name} on engine(s)")
+                view.execute(code, block=True).get()
+            if local:
+                return real_import(name, globals, locals, fromlist, level)
+            return None
+
+        builtins.__import__ = remote_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = real_import
+
+    def activate(self, suffix: str = "") -> None:
+        """Make %px / %%px (and %px{suffix}) run on this view."""
+        from pxgrpc.magics import activate
+
+        activate(self, suffix)
+
+
+class LoadBalancedView(View):
+    """Each task runs once, on the least busy engine.
+
+    >>> lview = rc.load_balanced_view()
+    >>> lview.map_sync(lambda x: x * x, range(100))
+    """
+
+    def __init__(self, client: Client, targets: Targets = None, block: bool | None = None) -> None:
+        super().__init__(client, targets, block)
+        self.retries = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.targets}>" if self.targets is not None else f"<{type(self).__name__} None>"
+
+    def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
+        name = getattr(f, "__name__", "apply")
+        return self._start(name, t.Apply(f, args, kwargs), [None], single=True, retries=self.retries)
+
+    def map(
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        block: bool | None = None,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        **kw: Any,
+    ) -> Any:
+        """`map(f, *sequences)` as load-balanced tasks of `chunksize` items each (default 1)."""
+        if kw:
+            raise TypeError(f"LoadBalancedView.map: unexpected arguments {sorted(kw)}")
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        size = chunksize or 1
+        if size < 1:
+            raise ValueError(f"chunksize must be at least 1, not {size}")
+        materialized = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        length = min(len(s) for s in materialized)
+        mapper = functools.partial(_map_chunk, f)
+        items: list[tuple[t.Action, int | None]] = []
+        for start in range(0, length, size):
+            stop = min(start + size, length)
+            items.append((t.Apply(mapper, [s[start:stop] for s in materialized]), None))
+        transport = self.client._transport
+        task_ids = transport.new_task_ids(len(items))
+        ar = AsyncMapResult(self.client, task_ids, getattr(f, "__name__", "map"), join_parts, None, ordered=ordered)
+        self.client._track(ar)
+        transport.submit_each(task_ids, items, ar, retries=self.retries)
+        return self._finish(ar, block)
+
+    def imap(
+        self, f: Callable[..., Any], *sequences: Sequence[Any], ordered: bool = True, chunksize: int = 1
+    ) -> Iterator[Any]:
+        """Like map, but an iterator of results, each yielded as soon as it is available."""
+        ar = self.map(f, *sequences, block=False, chunksize=chunksize, ordered=ordered)
+        return iter(ar)
+
+
+class RemoteFunction:
+    """A function that runs on a view's engines when called (made by `view.remote()`)."""
+
+    def __init__(self, view: View, f: Callable[..., Any], block: bool | None = None) -> None:
+        self.view = view
+        self.func = f
+        self.block = block
+        functools.update_wrapper(self, f)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ar = self.view.apply_async(self.func, *args, **kwargs)
+        block = self.view.block if self.block is None else self.block
+        return ar.get() if block else ar
+
+
+class ParallelFunction(RemoteFunction):
+    """A function mapped element-wise over its arguments across engines (made by `view.parallel()`)."""
+
+    def __call__(self, *sequences: Any, **kwargs: Any) -> Any:
+        block = self.view.block if self.block is None else self.block
+        return self.view.map(self.func, *sequences, block=block)
+
+    def map(self, *sequences: Any) -> Any:
+        return self(*sequences)

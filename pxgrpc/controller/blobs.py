@@ -1,0 +1,182 @@
+"""Blobs held by the controller between their uploader and their readers.
+
+Chunks are kept as the raw serialized `BlobChunk` messages they arrived as, and are sent on
+unchanged: relaying a blob costs no protobuf parse and no copy. A reader may start before the
+upload has finished; it follows the upload chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+
+from pxgrpc import wire
+
+log = logging.getLogger(__name__)
+
+BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: A complete blob nobody has referenced is dropped after this long (an orphaned upload).
+ORPHAN_TTL = 120.0
+
+
+class BlobError(Exception):
+    """A blob stream is malformed or its blob is unusable; the message says which and why."""
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+class Blob:
+    """One blob: its raw chunks as they arrive, and who still needs it."""
+
+    def __init__(self, blob_id: str) -> None:
+        self.blob_id = blob_id
+        self.size = -1  # unknown until the header arrives
+        self.received = 0
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.failed: str | None = None
+        self.uploading = False
+        self.refs = 0
+        self.referenced = False
+        self.created = time.monotonic()
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _notify(self) -> None:
+        if not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
+
+    def fail(self, reason: str) -> None:
+        if not self.complete and self.failed is None:
+            self.failed = reason
+            self._notify()
+
+    async def wait_change(self) -> None:
+        await asyncio.shield(self._changed)
+
+
+class BlobStore:
+    """All blobs in flight through the controller, by id."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, Blob] = {}
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.received for b in self._blobs.values())
+
+    def _get_or_create(self, blob_id: str) -> Blob:
+        blob = self._blobs.get(blob_id)
+        if blob is None:
+            blob = self._blobs[blob_id] = Blob(blob_id)
+        return blob
+
+    def ref(self, blob_id: str) -> None:
+        """Someone (a task, a result's reader) will need this blob: keep it until unref."""
+        if not BLOB_ID_RE.match(blob_id):
+            raise BlobError(f"blob_ids: {blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+        blob = self._get_or_create(blob_id)
+        blob.refs += 1
+        blob.referenced = True
+
+    def unref(self, blob_id: str) -> None:
+        blob = self._blobs.get(blob_id)
+        if blob is None:
+            return
+        blob.refs -= 1
+        if blob.refs <= 0:
+            blob.fail("the blob was released before it was complete")
+            del self._blobs[blob_id]
+
+    def fail(self, blob_id: str, reason: str) -> None:
+        blob = self._blobs.get(blob_id)
+        if blob is not None:
+            blob.fail(reason)
+
+    def drop_orphans(self) -> None:
+        """Forget complete blobs that no task or result ever referenced."""
+        now = time.monotonic()
+        for blob_id, blob in list(self._blobs.items()):
+            if not blob.referenced and now - blob.created > ORPHAN_TTL:
+                log.info("dropping unreferenced blob %s (%d bytes)", blob_id, blob.received)
+                blob.fail("never referenced")
+                del self._blobs[blob_id]
+
+    async def receive(self, messages: AsyncIterator[bytes]) -> wire.pb.UploadReply:
+        """Take an upload stream (raw serialized BlobChunks) into the store."""
+        it = aiter(messages)
+        try:
+            first = await anext(it)
+        except StopAsyncIteration:
+            raise BlobError("BlobChunk.header: empty upload stream") from None
+        try:
+            header = wire.parse_header(first)
+        except wire.DecodingError as exc:
+            raise BlobError(str(exc)) from exc
+        if not BLOB_ID_RE.match(header.blob_id):
+            raise BlobError(f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+        if header.size < 0:
+            raise BlobError("BlobHeader.size: must not be negative")
+        blob = self._get_or_create(header.blob_id)
+        if blob.uploading or blob.complete:
+            raise BlobError(f"BlobHeader.blob_id: blob {header.blob_id} was already uploaded")
+        blob.uploading = True
+        blob.size = header.size
+        blob._notify()
+        try:
+            await self._receive_chunks(blob, it)
+        except BaseException as exc:
+            blob.fail(f"upload failed: {exc}")
+            raise
+        return wire.pb.UploadReply(blob_id=blob.blob_id, size=blob.size)
+
+    async def _receive_chunks(self, blob: Blob, it: AsyncIterator[bytes]) -> None:
+        async for raw in it:
+            try:
+                data = wire.parse_data_chunk(raw)
+            except wire.DecodingError as exc:
+                raise BlobError(str(exc)) from exc
+            if len(data) > wire.MAX_CHUNK:
+                raise BlobError(f"BlobChunk.data: {len(data)} bytes is more than {wire.MAX_CHUNK}")
+            if blob.received + len(data) > blob.size:
+                raise BlobError(f"BlobChunk.data: more bytes than BlobHeader.size ({blob.size})")
+            blob.chunks.append(raw)
+            blob.received += len(data)
+            blob._notify()
+        if blob.received != blob.size:
+            raise BlobError(f"BlobChunk.data: stream ended after {blob.received} of {blob.size} bytes")
+        blob.complete = True
+        blob._notify()
+
+    async def send(self, blob_id: str, wait_for_upload: float = 60.0) -> AsyncIterator[bytes]:
+        """Stream a blob (raw serialized BlobChunks), following an upload still in progress."""
+        blob = self._blobs.get(blob_id)
+        if blob is None:
+            raise BlobError(f"blob {blob_id!r} not found (never uploaded, or already released)", True)
+        deadline = time.monotonic() + wait_for_upload
+        while blob.size < 0 and blob.failed is None:
+            if time.monotonic() > deadline:
+                raise BlobError(f"blob {blob_id}: its upload did not start within {wait_for_upload:.0f} s")
+            await asyncio.wait_for(blob.wait_change(), max(0.01, deadline - time.monotonic()))
+        if blob.failed is not None:
+            raise BlobError(f"blob {blob_id}: {blob.failed}")
+        header = wire.pb.BlobChunk(header=wire.pb.BlobHeader(blob_id=blob_id, size=blob.size))
+        yield header.SerializeToString()
+        index = 0
+        while True:
+            while index < len(blob.chunks):
+                yield blob.chunks[index]
+                index += 1
+            if blob.complete:
+                return
+            if blob.failed is not None:
+                raise BlobError(f"blob {blob_id}: {blob.failed}")
+            await blob.wait_change()

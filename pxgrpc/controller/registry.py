@@ -1,0 +1,151 @@
+"""The engines the controller knows: ids, liveness, and what each one is working on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pxgrpc import wire
+
+if TYPE_CHECKING:
+    from pxgrpc.controller.router import TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class EngineRecord:
+    """One registered engine and the commands waiting to go down its work stream."""
+
+    engine_id: int
+    hostname: str
+    pid: int
+    python_version: str
+    data_url: str
+    registration_token: str
+    registered: float = field(default_factory=time.time)
+    connected: bool = False
+    dead: bool = False
+    completed: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    inflight: dict[str, TaskRecord] = field(default_factory=dict)
+    load_balanced_inflight: int = 0
+    _tasks: list[wire.pb.Task] = field(default_factory=list)
+    _aborts: list[str] = field(default_factory=list)
+    _interrupt: bool = False
+    _shutdown: bool = False
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def send_task(self, task: wire.pb.Task) -> None:
+        self._tasks.append(task)
+        self._wakeup.set()
+
+    def send_abort(self, task_ids: list[str]) -> None:
+        self._aborts.extend(task_ids)
+        self._wakeup.set()
+
+    def send_interrupt(self) -> None:
+        self._interrupt = True
+        self._wakeup.set()
+
+    def send_shutdown(self) -> None:
+        self._shutdown = True
+        self._wakeup.set()
+
+    async def next_command(self) -> wire.pb.EngineCommand | None:
+        """Everything queued for the engine as one batched command; None once it is dead."""
+        while not (self._tasks or self._aborts or self._interrupt or self._shutdown or self.dead):
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self.dead:
+            return None
+        command = wire.pb.EngineCommand(
+            tasks=self._tasks, abort_task_ids=self._aborts, interrupt=self._interrupt, shutdown=self._shutdown
+        )
+        self._tasks, self._aborts = [], []
+        self._interrupt = False
+        if self._shutdown:
+            self.dead = True
+        return command
+
+    def mark_dead(self) -> None:
+        self.dead = True
+        self._wakeup.set()
+
+    def info(self) -> wire.pb.EngineInfo:
+        if self.dead:
+            state = wire.ENGINE_DEAD
+        else:
+            state = wire.ENGINE_BUSY if self.inflight else wire.ENGINE_IDLE
+        return wire.pb.EngineInfo(
+            engine_id=self.engine_id,
+            hostname=self.hostname,
+            pid=self.pid,
+            state=state,
+            queue=len(self.inflight),
+            completed=self.completed,
+            registered=self.registered,
+            data_url=self.data_url,
+            python_version=self.python_version,
+        )
+
+
+class EngineRegistry:
+    """Engines by id. Ids are handed out 0, 1, 2 ... in registration order and never reused."""
+
+    def __init__(self) -> None:
+        self._engines: dict[int, EngineRecord] = {}
+        self._next_id = 0
+        self.changed = asyncio.Event()
+
+    def register(self, request: wire.pb.RegisterRequest) -> EngineRecord:
+        engine = EngineRecord(
+            engine_id=self._next_id,
+            hostname=request.hostname,
+            pid=request.pid,
+            python_version=request.python_version,
+            data_url=request.data_url,
+            registration_token=secrets.token_hex(16),
+        )
+        self._next_id += 1
+        self._engines[engine.engine_id] = engine
+        log.info("engine %d registered (pid %d on %s)", engine.engine_id, engine.pid, engine.hostname)
+        return engine
+
+    def get(self, engine_id: int) -> EngineRecord | None:
+        engine = self._engines.get(engine_id)
+        return engine if engine is not None and not engine.dead else None
+
+    def live(self) -> list[EngineRecord]:
+        """Connected engines that are alive, in id order."""
+        return [e for e in self._engines.values() if e.connected and not e.dead]
+
+    def remove(self, engine: EngineRecord) -> bool:
+        """Forget a dead or departing engine; False if it was already gone."""
+        engine.mark_dead()
+        if self._engines.get(engine.engine_id) is not engine:
+            return False
+        del self._engines[engine.engine_id]
+        self._signal()
+        return True
+
+    def _signal(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def connected(self, engine: EngineRecord) -> None:
+        engine.connected = True
+        self._signal()
+
+    def silent_engines(self, timeout: float) -> list[EngineRecord]:
+        now = time.monotonic()
+        return [e for e in self.live() if now - e.last_seen > timeout]
+
+    def stale_registrations(self, timeout: float) -> list[EngineRecord]:
+        """Registered engines that never opened their work stream."""
+        now = time.time()
+        return [e for e in self._engines.values() if not e.connected and now - e.registered > timeout]

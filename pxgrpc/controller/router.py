@@ -1,0 +1,276 @@
+"""Task routing: from client sessions to engines and back.
+
+Direct tasks go straight down their engine's work stream (the engine queues them). Load-balanced
+tasks wait in one queue and are handed to the least-loaded engine, a few at a time per engine so
+that no engine idles while it waits for the next task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from pxgrpc import wire
+from pxgrpc.controller.blobs import BlobError, BlobStore
+from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+
+log = logging.getLogger(__name__)
+
+_session_numbers = itertools.count(1)
+
+
+class Session:
+    """The events of one client's tasks, batched for its stream."""
+
+    def __init__(self, name: str = "") -> None:
+        self.number = next(_session_numbers)
+        self.name = name or f"session-{self.number}"
+        self.closed = False
+        self.tasks: dict[str, TaskRecord] = {}
+        self.result_blobs: set[str] = set()
+        self._events: list[wire.pb.TaskEvent] = []
+        self._wakeup = asyncio.Event()
+
+    def emit(self, event: wire.pb.TaskEvent) -> None:
+        if not self.closed:
+            self._events.append(event)
+            self._wakeup.set()
+
+    async def next_events(self) -> list[wire.pb.TaskEvent]:
+        """Every event since the last call (waits for at least one)."""
+        while not self._events:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        events, self._events = self._events, []
+        return events
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """A task from its submission until its result reaches the session."""
+
+    key: str  # unique in the controller; the id engines see
+    task_id: str  # the client's id
+    session: Session
+    action: wire.pb.Action
+    encoding: int
+    load_balanced: bool
+    retries: int
+    blob_ids: list[str]
+    submitted: float = field(default_factory=time.time)
+    engine: EngineRecord | None = None
+
+    def to_task(self) -> wire.pb.Task:
+        return wire.pb.Task(task_id=self.key, action=self.action, encoding=self.encoding, submitted=self.submitted)
+
+
+def failure(
+    task_id: str, engine_id: int, status: int, ename: str, evalue: str, submitted: float = 0.0
+) -> wire.pb.TaskEvent:
+    """A result event for a task that did not run to completion."""
+    now = time.time()
+    result = wire.pb.TaskResult(
+        task_id=task_id,
+        engine_id=engine_id,
+        status=status,
+        error=wire.pb.RemoteException(ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"]),
+        submitted=submitted or now,
+        completed=now,
+    )
+    return wire.pb.TaskEvent(result=result)
+
+
+class TaskRouter:
+    """Sends tasks to engines, results to sessions, and recovers when engines die."""
+
+    def __init__(self, registry: EngineRegistry, blobs: BlobStore, prefetch: int = 4) -> None:
+        self.registry = registry
+        self.blobs = blobs
+        self.prefetch = prefetch
+        self._unassigned: deque[TaskRecord] = deque()
+        self._result_blob_owner: dict[str, Session] = {}
+
+    # --- submission -------------------------------------------------------------------------
+
+    def submit(self, session: Session, submit: wire.pb.SubmitTask) -> None:
+        """Route one task, or answer it at once with an error naming what is wrong with it."""
+        problem = self._check(session, submit)
+        if problem is not None:
+            ename, evalue = problem
+            session.emit(failure(submit.task_id, -1, wire.TASK_ERROR, ename, evalue))
+            return
+        record = TaskRecord(
+            key=f"{session.number}.{submit.task_id}",
+            task_id=submit.task_id,
+            session=session,
+            action=submit.action,
+            encoding=submit.encoding,
+            load_balanced=submit.load_balanced,
+            retries=max(0, submit.retries),
+            blob_ids=list(submit.blob_ids),
+        )
+        for blob_id in record.blob_ids:
+            self.blobs.ref(blob_id)
+        session.tasks[submit.task_id] = record
+        if record.load_balanced:
+            self._unassigned.append(record)
+            self.schedule()
+        else:
+            engine = self.registry.get(submit.engine_id)
+            assert engine is not None  # checked above
+            self._assign(record, engine)
+
+    def _check(self, session: Session, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
+        if not submit.task_id:
+            return "InvalidArgument", "SubmitTask.task_id: required"
+        if submit.task_id in session.tasks:
+            return "InvalidArgument", f"SubmitTask.task_id: {submit.task_id!r} is already in use in this session"
+        if submit.action.WhichOneof("kind") is None:
+            return "InvalidArgument", "SubmitTask.action: one of execute, apply, push, pull is required"
+        if submit.encoding not in (wire.ENCODING_PICKLE, wire.ENCODING_TYPED_ONLY, wire.ENCODING_TYPED_OR_REPR):
+            return "InvalidArgument", f"SubmitTask.encoding: unknown value {submit.encoding}"
+        if not submit.load_balanced and self.registry.get(submit.engine_id) is None:
+            ids = [e.engine_id for e in self.registry.live()]
+            return "InvalidTargetError", f"SubmitTask.engine_id: no engine {submit.engine_id} (engines: {ids})"
+        for blob_id in submit.blob_ids:
+            try:
+                self.blobs.ref(blob_id)
+            except BlobError as exc:
+                return "InvalidArgument", str(exc)
+            self.blobs.unref(blob_id)
+        return None
+
+    def _assign(self, record: TaskRecord, engine: EngineRecord) -> None:
+        record.engine = engine
+        engine.inflight[record.key] = record
+        if record.load_balanced:
+            engine.load_balanced_inflight += 1
+        engine.send_task(record.to_task())
+
+    def schedule(self) -> None:
+        """Hand queued load-balanced tasks to the least-loaded engines."""
+        if not self._unassigned:
+            return
+        engines = self.registry.live()
+        while self._unassigned and engines:
+            engine = min(engines, key=lambda e: (len(e.inflight), e.engine_id))
+            if engine.load_balanced_inflight >= self.prefetch:
+                break
+            record = self._unassigned.popleft()
+            if record.session.closed:
+                self._release(record)
+                continue
+            self._assign(record, engine)
+
+    @property
+    def unassigned(self) -> int:
+        return len(self._unassigned)
+
+    # --- results ----------------------------------------------------------------------------
+
+    def on_event(self, engine: EngineRecord, event: wire.pb.TaskEvent) -> None:
+        """An event from an engine: forward output, settle results."""
+        kind = event.WhichOneof("kind")
+        if kind == "result":
+            self._on_result(engine, event)
+            return
+        inner = event.output if kind == "output" else event.display
+        record = engine.inflight.get(inner.task_id)
+        if record is not None:
+            inner.task_id = record.task_id
+            inner.engine_id = engine.engine_id
+            record.session.emit(event)
+
+    def _on_result(self, engine: EngineRecord, event: wire.pb.TaskEvent) -> None:
+        result = event.result
+        record = engine.inflight.pop(result.task_id, None)
+        if record is None:
+            log.warning("engine %d sent a result for unknown task %s", engine.engine_id, result.task_id)
+            return
+        engine.completed += 1
+        if record.load_balanced:
+            engine.load_balanced_inflight -= 1
+        result.task_id = record.task_id
+        result.engine_id = engine.engine_id
+        result.submitted = record.submitted
+        session = record.session
+        for blob_id in result.blob_ids:
+            if session.closed:
+                continue
+            self.blobs.ref(blob_id)
+            session.result_blobs.add(blob_id)
+            self._result_blob_owner[blob_id] = session
+        self._release(record)
+        session.emit(event)
+        if record.load_balanced:
+            self.schedule()
+
+    def _release(self, record: TaskRecord) -> None:
+        record.session.tasks.pop(record.task_id, None)
+        for blob_id in record.blob_ids:
+            self.blobs.unref(blob_id)
+
+    def result_blob_done(self, blob_id: str) -> None:
+        """A client has downloaded a result blob: it is no longer needed."""
+        session = self._result_blob_owner.pop(blob_id, None)
+        if session is not None:
+            session.result_blobs.discard(blob_id)
+            self.blobs.unref(blob_id)
+
+    # --- failures and control ---------------------------------------------------------------
+
+    def engine_lost(self, engine: EngineRecord, reason: str) -> None:
+        """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks."""
+        if not self.registry.remove(engine):
+            return
+        lost = list(engine.inflight.values())
+        engine.inflight.clear()
+        for record in lost:
+            if record.load_balanced and record.retries > 0:
+                record.retries -= 1
+                record.engine = None
+                self._unassigned.appendleft(record)
+                continue
+            self._release(record)
+            evalue = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname}) {reason}"
+            record.session.emit(
+                failure(record.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", evalue, record.submitted)
+            )
+        self.schedule()
+
+    def abort(self, session: Session | None, task_ids: list[str], engine_ids: list[int]) -> list[str]:
+        """Abort queued tasks by client task id (of `session`) or all tasks of some engines."""
+        aborted: list[str] = []
+        wanted = set(task_ids)
+        for record in list(self._unassigned):
+            if record.task_id in wanted and (session is None or record.session is session):
+                self._unassigned.remove(record)
+                self._release(record)
+                record.session.emit(
+                    failure(record.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
+                )
+                aborted.append(record.task_id)
+        for engine in self.registry.live():
+            keys = [
+                r.key
+                for r in engine.inflight.values()
+                if engine.engine_id in engine_ids or (r.task_id in wanted and (session is None or r.session is session))
+            ]
+            if keys:
+                engine.send_abort(keys)
+                aborted.extend(engine.inflight[k].task_id for k in keys)
+        return aborted
+
+    def close_session(self, session: Session) -> None:
+        """The client went away: drop what only it needed."""
+        session.closed = True
+        for blob_id in list(session.result_blobs):
+            self.result_blob_done(blob_id)
+        for record in list(self._unassigned):
+            if record.session is session:
+                self._unassigned.remove(record)
+                self._release(record)

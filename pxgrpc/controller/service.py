@@ -1,0 +1,390 @@
+"""The gRPC handlers of the controller: the Controller service (clients) and Engine service (engines).
+
+Handlers are registered as generic handlers that take raw bytes and parse them here, so that a
+malformed message gets INVALID_ARGUMENT naming the message, and so that blob chunks can be
+relayed without being parsed at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from pxgrpc import wire
+from pxgrpc.controller.blobs import BlobError, BlobStore
+from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.router import Session, TaskRouter
+from pxgrpc.controller.scatter import concatenate_values, scatter_values
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+Context = grpc.aio.ServicerContext
+
+
+async def parse(cls: type[M], raw: bytes, context: Context) -> M:
+    """Parse a request, or abort the call with INVALID_ARGUMENT naming the message type."""
+    try:
+        return cls.FromString(raw)
+    except DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{cls.DESCRIPTOR.name}: not a valid message ({exc})")
+        raise  # unreachable: abort raises
+
+
+class ControllerState:
+    """Everything the handlers share."""
+
+    def __init__(self, heartbeat_interval: float = 1.0, prefetch: int = 4) -> None:
+        self.registry = EngineRegistry()
+        self.blobs = BlobStore()
+        self.router = TaskRouter(self.registry, self.blobs, prefetch=prefetch)
+        self.heartbeat_interval = heartbeat_interval
+        self.stopping = asyncio.Event()
+
+    async def resolve_targets(self, targets: wire.pb.Targets, context: Context) -> list[int]:
+        live = [e.engine_id for e in self.registry.live()]
+        if targets.all:
+            return live
+        if not targets.engine_ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "targets: give engine_ids or set all")
+        missing = [i for i in targets.engine_ids if i not in live]
+        if missing:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"targets.engine_ids: no engine {missing[0]} (engines: {live})"
+            )
+        return list(targets.engine_ids)
+
+
+class ControllerService:
+    """Handlers of pxgrpc.v1.Controller."""
+
+    def __init__(self, state: ControllerState) -> None:
+        self.state = state
+        self.router = state.router
+
+    async def ListEngines(self, raw: bytes, context: Context) -> wire.pb.ListEnginesReply:
+        await parse(wire.pb.ListEnginesRequest, raw, context)
+        return wire.pb.ListEnginesReply(engines=[e.info() for e in self.state.registry.live()])
+
+    async def Session(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.SessionEvent]:
+        session = Session(context.peer())
+        input_done = asyncio.Event()
+        reader = asyncio.create_task(self._read_session(session, requests, input_done))
+        try:
+            while not (input_done.is_set() and not session.tasks):
+                waiter = asyncio.ensure_future(session.next_events())
+                if input_done.is_set():
+                    events = await waiter
+                else:
+                    stop = asyncio.ensure_future(input_done.wait())
+                    await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    stop.cancel()
+                    if not waiter.done():
+                        waiter.cancel()
+                        continue
+                    events = waiter.result()
+                yield wire.pb.SessionEvent(events=events)
+            if reader.done() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            reader.cancel()
+            self.router.close_session(session)
+
+    async def _read_session(self, session: Session, requests: AsyncIterator[bytes], done: asyncio.Event) -> None:
+        try:
+            async for raw in requests:
+                try:
+                    request = wire.pb.SessionRequest.FromString(raw)
+                except DecodeError as exc:
+                    log.warning("%s sent a malformed SessionRequest: %s", session.name, exc)
+                    continue
+                for task in request.tasks:
+                    self.router.submit(session, task)
+        finally:
+            done.set()
+
+    async def _run(
+        self, targets: list[int], actions: list[wire.pb.Action], encoding: int, blob_ids: list[str] | None = None
+    ) -> AsyncIterator[wire.pb.TaskEvent]:
+        """Submit one task per target and stream their events until every result is in."""
+        session = Session("call")
+        try:
+            for i, (engine_id, action) in enumerate(zip(targets, actions, strict=True)):
+                submit = wire.pb.SubmitTask(
+                    task_id=str(i), engine_id=engine_id, action=action, encoding=encoding, blob_ids=blob_ids or []
+                )
+                self.router.submit(session, submit)
+            remaining = len(targets)
+            while remaining:
+                for event in await session.next_events():
+                    if event.WhichOneof("kind") == "result":
+                        remaining -= 1
+                    yield event
+        finally:
+            self.router.close_session(session)
+
+    async def Execute(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
+        request = await parse(wire.pb.ExecuteRequest, raw, context)
+        targets = await self.state.resolve_targets(request.targets, context)
+        action = wire.pb.Action(execute=wire.pb.ExecuteAction(code=request.code, silent=request.silent))
+        async for event in self._run(targets, [action] * len(targets), request.encoding):
+            yield event
+
+    async def Apply(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
+        request = await parse(wire.pb.ApplyRequest, raw, context)
+        targets = await self.state.resolve_targets(request.targets, context)
+        if request.apply.function.WhichOneof("kind") is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "apply.function: required")
+        action = wire.pb.Action(apply=request.apply)
+        blobs = sorted(_blobs_of_apply(request.apply))
+        async for event in self._run(targets, [action] * len(targets), request.encoding, blobs):
+            yield event
+
+    async def Push(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
+        request = await parse(wire.pb.PushRequest, raw, context)
+        targets = await self.state.resolve_targets(request.targets, context)
+        await _check_names(request.namespace.keys(), "namespace", context)
+        action = wire.pb.Action(push=wire.pb.PushAction(namespace=request.namespace))
+        blobs = sorted({b for v in request.namespace.values() for b in wire.blob_ids_of(v)})
+        async for event in self._run(targets, [action] * len(targets), wire.ENCODING_PICKLE, blobs):
+            yield event
+
+    async def Pull(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
+        request = await parse(wire.pb.PullRequest, raw, context)
+        targets = await self.state.resolve_targets(request.targets, context)
+        if not request.names:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "names: at least one name is required")
+        action = wire.pb.Action(pull=wire.pb.PullAction(names=request.names, single=request.single))
+        async for event in self._run(targets, [action] * len(targets), request.encoding):
+            yield event
+
+    async def Scatter(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
+        request = await parse(wire.pb.ScatterRequest, raw, context)
+        targets = await self.state.resolve_targets(request.targets, context)
+        await _check_names([request.name], "name", context)
+        try:
+            parts = scatter_values(request.value, len(targets))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        actions = [wire.pb.Action(push=wire.pb.PushAction(namespace={request.name: part})) for part in parts]
+        blobs = sorted(wire.blob_ids_of(request.value))
+        async for event in self._run(targets, actions, wire.ENCODING_PICKLE, blobs):
+            yield event
+
+    async def Gather(self, raw: bytes, context: Context) -> wire.pb.GatherReply:
+        request = await parse(wire.pb.GatherRequest, raw, context)
+        targets = await self.state.resolve_targets(request.targets, context)
+        await _check_names([request.name], "name", context)
+        action = wire.pb.Action(pull=wire.pb.PullAction(names=[request.name], single=True))
+        results: dict[int, wire.pb.TaskResult] = {}
+        async for event in self._run(targets, [action] * len(targets), request.encoding):
+            if event.WhichOneof("kind") == "result":
+                results[int(event.result.task_id)] = event.result
+        ordered = [results[i] for i in range(len(targets))]
+        if any(r.status != wire.TASK_OK for r in ordered):
+            return wire.pb.GatherReply(results=ordered)  # no value: see the failed results
+        value = concatenate_values([r.value for r in ordered])
+        for r in ordered:
+            r.ClearField("value")
+        return wire.pb.GatherReply(value=value, results=ordered)
+
+    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
+        try:
+            return await self.state.blobs.receive(requests)
+        except BlobError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+    async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
+        request = await parse(wire.pb.DownloadRequest, raw, context)
+        async for chunk in _stream_blob(self.state.blobs, request.blob_id, context):
+            yield chunk
+        self.router.result_blob_done(request.blob_id)
+
+    async def Abort(self, raw: bytes, context: Context) -> wire.pb.AbortReply:
+        request = await parse(wire.pb.AbortRequest, raw, context)
+        engine_ids: list[int] = []
+        if request.targets.all or request.targets.engine_ids:
+            engine_ids = await self.state.resolve_targets(request.targets, context)
+        aborted = self.router.abort(None, list(request.task_ids), engine_ids)
+        return wire.pb.AbortReply(aborted=aborted)
+
+    async def Interrupt(self, raw: bytes, context: Context) -> wire.pb.InterruptReply:
+        request = await parse(wire.pb.InterruptRequest, raw, context)
+        interrupted = []
+        for engine_id in await self.state.resolve_targets(request.targets, context):
+            engine = self.state.registry.get(engine_id)
+            if engine is not None and engine.inflight:
+                engine.send_interrupt()
+                interrupted.append(engine_id)
+        return wire.pb.InterruptReply(engine_ids=interrupted)
+
+    async def QueueStatus(self, raw: bytes, context: Context) -> wire.pb.QueueStatusReply:
+        request = await parse(wire.pb.QueueStatusRequest, raw, context)
+        ids = set(await self.state.resolve_targets(request.targets, context)) if (
+            request.targets.all or request.targets.engine_ids
+        ) else {e.engine_id for e in self.state.registry.live()}
+        reply = wire.pb.QueueStatusReply(unassigned=self.router.unassigned)
+        for engine in self.state.registry.live():
+            if engine.engine_id in ids:
+                running = 1 if engine.inflight else 0
+                entry = reply.engines.add(
+                    engine_id=engine.engine_id,
+                    queue=len(engine.inflight) - running,
+                    completed=engine.completed,
+                    tasks=running,
+                )
+                if request.verbose:
+                    entry.queued_task_ids.extend(r.task_id for r in list(engine.inflight.values())[running:])
+        return reply
+
+    async def Shutdown(self, raw: bytes, context: Context) -> wire.pb.ShutdownReply:
+        request = await parse(wire.pb.ShutdownRequest, raw, context)
+        ids: list[int] = []
+        if request.targets.all or request.targets.engine_ids:
+            ids = await self.state.resolve_targets(request.targets, context)
+        for engine_id in ids:
+            engine = self.state.registry.get(engine_id)
+            if engine is not None:
+                engine.send_shutdown()
+        if request.controller:
+            asyncio.get_running_loop().call_later(0.2, self.state.stopping.set)
+        return wire.pb.ShutdownReply(engine_ids=ids)
+
+
+class EngineService:
+    """Handlers of pxgrpc.v1.Engine."""
+
+    def __init__(self, state: ControllerState) -> None:
+        self.state = state
+
+    async def Register(self, raw: bytes, context: Context) -> wire.pb.RegisterReply:
+        request = await parse(wire.pb.RegisterRequest, raw, context)
+        engine = self.state.registry.register(request)
+        return wire.pb.RegisterReply(
+            engine_id=engine.engine_id,
+            registration_token=engine.registration_token,
+            heartbeat_interval=self.state.heartbeat_interval,
+        )
+
+    async def Work(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.EngineCommand]:
+        it = aiter(requests)
+        try:
+            hello = await parse(wire.pb.EngineMessage, await anext(it), context)
+        except StopAsyncIteration:
+            return
+        engine = self.state.registry.get(hello.engine_id)
+        if engine is None or engine.connected or engine.registration_token != hello.registration_token:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"EngineMessage.registration_token: not the registration of engine {hello.engine_id}; call Register first",
+            )
+            return
+        self.state.registry.connected(engine)
+        reader = asyncio.create_task(self._read_engine(engine, it))
+        try:
+            while (command := await engine.next_command()) is not None:
+                yield command
+        finally:
+            reader.cancel()
+            self.state.router.engine_lost(engine, "disconnected")
+
+    async def _read_engine(self, engine: EngineRecord, it: AsyncIterator[bytes]) -> None:
+        reason = "disconnected"
+        try:
+            async for raw in it:
+                engine.last_seen = time.monotonic()
+                message = wire.pb.EngineMessage.FromString(raw)
+                for event in message.events:
+                    self.state.router.on_event(engine, event)
+        except (DecodeError, grpc.RpcError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            reason = f"disconnected ({exc.__class__.__name__})"
+        self.state.router.engine_lost(engine, f"died or {reason}")
+
+    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
+        try:
+            return await self.state.blobs.receive(requests)
+        except BlobError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+    async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
+        request = await parse(wire.pb.DownloadRequest, raw, context)
+        async for chunk in _stream_blob(self.state.blobs, request.blob_id, context):
+            yield chunk
+
+
+async def _stream_blob(blobs: BlobStore, blob_id: str, context: Context) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in blobs.send(blob_id):
+            yield chunk
+    except BlobError as exc:
+        code = grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(code, str(exc))
+    except TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"blob {blob_id}: upload did not start in time")
+
+
+async def _check_names(names: Any, field: str, context: Context) -> None:
+    for name in names:
+        if not str(name).isidentifier():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {name!r} is not a Python identifier")
+
+
+def _blobs_of_apply(apply: wire.pb.ApplyAction) -> set[str]:
+    found = wire.blob_ids_of(apply.function)
+    for v in apply.args:
+        found |= wire.blob_ids_of(v)
+    for v in apply.kwargs.values():
+        found |= wire.blob_ids_of(v)
+    return found
+
+
+Handler = Callable[..., Any]
+
+
+def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
+    """The two services as generic handlers (raw bytes in; protobuf or raw bytes out)."""
+    controller = ControllerService(state)
+    engine = EngineService(state)
+    ser = _serialize
+    c = {
+        "ListEngines": grpc.unary_unary_rpc_method_handler(controller.ListEngines, response_serializer=ser),
+        "Session": grpc.stream_stream_rpc_method_handler(controller.Session, response_serializer=ser),
+        "Execute": grpc.unary_stream_rpc_method_handler(controller.Execute, response_serializer=ser),
+        "Apply": grpc.unary_stream_rpc_method_handler(controller.Apply, response_serializer=ser),
+        "Push": grpc.unary_stream_rpc_method_handler(controller.Push, response_serializer=ser),
+        "Pull": grpc.unary_stream_rpc_method_handler(controller.Pull, response_serializer=ser),
+        "Scatter": grpc.unary_stream_rpc_method_handler(controller.Scatter, response_serializer=ser),
+        "Gather": grpc.unary_unary_rpc_method_handler(controller.Gather, response_serializer=ser),
+        "Upload": grpc.stream_unary_rpc_method_handler(controller.Upload, response_serializer=ser),
+        "Download": grpc.unary_stream_rpc_method_handler(controller.Download),
+        "Abort": grpc.unary_unary_rpc_method_handler(controller.Abort, response_serializer=ser),
+        "Interrupt": grpc.unary_unary_rpc_method_handler(controller.Interrupt, response_serializer=ser),
+        "QueueStatus": grpc.unary_unary_rpc_method_handler(controller.QueueStatus, response_serializer=ser),
+        "Shutdown": grpc.unary_unary_rpc_method_handler(controller.Shutdown, response_serializer=ser),
+    }
+    e = {
+        "Register": grpc.unary_unary_rpc_method_handler(engine.Register, response_serializer=ser),
+        "Work": grpc.stream_stream_rpc_method_handler(engine.Work, response_serializer=ser),
+        "Upload": grpc.stream_unary_rpc_method_handler(engine.Upload, response_serializer=ser),
+        "Download": grpc.unary_stream_rpc_method_handler(engine.Download),
+    }
+    return [
+        grpc.method_handlers_generic_handler(wire.CONTROLLER_SERVICE, c),
+        grpc.method_handlers_generic_handler(wire.ENGINE_SERVICE, e),
+    ]
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+

@@ -1,0 +1,223 @@
+"""The engine's link to the controller, run by an asyncio loop in a background thread.
+
+It registers, holds the work stream open, downloads the blobs a task needs before the task is
+handed to the main thread, uploads result blobs, and sends output, results and heartbeats up
+the stream in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from pxgrpc import security, wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkItem:
+    """A task for the main thread, with the blobs it needs (ready when `blobs` resolves)."""
+
+    task: wire.pb.Task
+    blobs: concurrent.futures.Future[wire.BlobMap] = field(default_factory=concurrent.futures.Future)
+
+
+SHUTDOWN = None
+
+
+class EngineConnection:
+    """Everything the engine says to and hears from the controller."""
+
+    def __init__(self, info: security.ConnectionInfo, work: queue.SimpleQueue[WorkItem | None]) -> None:
+        self.info = info
+        self.work = work
+        self.loop = asyncio.new_event_loop()
+        self.engine_id = -1
+        self.aborted: set[str] = set()
+        self.running_task: str | None = None
+        self.registered = threading.Event()
+        self.failure: BaseException | None = None
+        self._outgoing: list[wire.pb.TaskEvent] = []
+        self._wakeup: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
+        self._metadata = security.auth_metadata(info.engine_token)
+        self._main_thread = threading.main_thread().ident
+
+    # --- thread plumbing --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which exits
+            self.failure = exc
+        finally:
+            self.registered.set()
+            self.work.put(SHUTDOWN)
+
+    def emit(self, event: wire.pb.TaskEvent) -> None:
+        """Queue an event for the controller (from any thread)."""
+        if threading.get_ident() == self._thread.ident:
+            self._append(event)
+        else:
+            self.loop.call_soon_threadsafe(self._append, event)
+
+    def _append(self, event: wire.pb.TaskEvent) -> None:
+        self._outgoing.append(event)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
+        self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
+
+    def upload(self, blob: wire.OutgoingBlob) -> concurrent.futures.Future[None]:
+        """Start sending a result blob; the future resolves when the controller has it."""
+        return asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
+
+    # --- the conversation -------------------------------------------------------------------
+
+    def _channel(self) -> grpc.aio.Channel:
+        options = security.channel_options(self.info.tls_server_name)
+        if self.info.tls_ca:
+            creds = security.channel_credentials(self.info.tls_ca.encode(), self._client_cert())
+            return grpc.aio.secure_channel(self.info.url, creds, options=options)
+        return grpc.aio.insecure_channel(self.info.url, options=options)
+
+    def _client_cert(self) -> security.CertKey | None:
+        cert, key = os.environ.get("PXGRPC_TLS_CLIENT_CERT"), os.environ.get("PXGRPC_TLS_CLIENT_KEY")
+        if cert and key:
+            return security.CertKey(open(cert, "rb").read(), open(key, "rb").read())
+        return None
+
+    async def _main(self) -> None:
+        self._wakeup = asyncio.Event()
+        async with self._channel() as channel:
+            self.channel = channel
+            register = channel.unary_unary(
+                f"/{wire.ENGINE_SERVICE}/Register",
+                request_serializer=wire.pb.RegisterRequest.SerializeToString,
+                response_deserializer=wire.pb.RegisterReply.FromString,
+            )
+            reply = await register(
+                wire.pb.RegisterRequest(
+                    hostname=socket.gethostname(), pid=os.getpid(), python_version=wire.python_version()
+                ),
+                metadata=self._metadata,
+                timeout=30,
+                wait_for_ready=True,
+            )
+            self.engine_id = reply.engine_id
+            self.heartbeat = reply.heartbeat_interval or 1.0
+            self.registered.set()
+            log.info("registered as engine %d", self.engine_id)
+            work = channel.stream_stream(
+                f"/{wire.ENGINE_SERVICE}/Work",
+                request_serializer=wire.pb.EngineMessage.SerializeToString,
+                response_deserializer=wire.pb.EngineCommand.FromString,
+            )
+            call = work(self._messages(reply), metadata=self._metadata)
+            async for command in call:
+                if self._handle(command):
+                    break
+            call.cancel()
+
+    async def _messages(self, reply: wire.pb.RegisterReply) -> AsyncIterator[wire.pb.EngineMessage]:
+        """The engine's side of the work stream: hello, then batched events and heartbeats."""
+        assert self._wakeup is not None
+        yield wire.pb.EngineMessage(engine_id=reply.engine_id, registration_token=reply.registration_token)
+        while True:
+            if not self._outgoing:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
+                except TimeoutError:
+                    pass
+            events, self._outgoing = self._outgoing, []
+            yield wire.pb.EngineMessage(events=events)
+
+    def _handle(self, command: wire.pb.EngineCommand) -> bool:
+        """Act on a command; True when the engine must stop."""
+        self.aborted.update(command.abort_task_ids)
+        for task in command.tasks:
+            item = WorkItem(task)
+            refs = self._task_blobs(task)
+            if refs:
+                asyncio.ensure_future(self._fetch(refs, item))
+            else:
+                item.blobs.set_result({})
+            self.work.put(item)
+        if command.interrupt and self.running_task is not None and self._main_thread is not None:
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
+        return command.shutdown
+
+    @staticmethod
+    def _task_blobs(task: wire.pb.Task) -> set[str]:
+        action = task.action
+        kind = action.WhichOneof("kind")
+        if kind == "push":
+            return {b for v in action.push.namespace.values() for b in wire.blob_ids_of(v)}
+        if kind == "apply":
+            found = wire.blob_ids_of(action.apply.function)
+            for v in action.apply.args:
+                found |= wire.blob_ids_of(v)
+            for v in action.apply.kwargs.values():
+                found |= wire.blob_ids_of(v)
+            return found
+        return set()
+
+    async def _fetch(self, blob_ids: set[str], item: WorkItem) -> None:
+        try:
+            blobs = {blob_id: await self._download(blob_id) for blob_id in blob_ids}
+        except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
+            item.blobs.set_exception(exc)
+        else:
+            item.blobs.set_result(blobs)
+
+    async def _download(self, blob_id: str) -> wire.IncomingBlob:
+        download = self.channel.unary_stream(
+            f"/{wire.ENGINE_SERVICE}/Download",
+            request_serializer=wire.pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
+        blob: wire.IncomingBlob | None = None
+        async for raw in call:
+            if blob is None:
+                header = wire.parse_header(raw)
+                blob = wire.IncomingBlob(blob_id, header.size)
+            else:
+                blob.write(wire.parse_data_chunk(raw))
+        if blob is None or not blob.complete:
+            raise wire.DecodingError(f"blob {blob_id}: the download ended early")
+        return blob
+
+    async def _upload(self, blob: wire.OutgoingBlob) -> None:
+        upload = self.channel.stream_unary(
+            f"/{wire.ENGINE_SERVICE}/Upload",
+            request_serializer=None,
+            response_deserializer=wire.pb.UploadReply.FromString,
+        )
+        await upload(blob.raw_messages(), metadata=self._metadata)
+
+
+def wait_registered(conn: EngineConnection, timeout: float) -> None:
+    """Block until the engine has an id, or raise what went wrong."""
+    if not conn.registered.wait(timeout):
+        raise TimeoutError(f"no answer from the controller at {conn.info.url} within {timeout:.0f} s")
+    if conn.failure is not None:
+        raise conn.failure

@@ -1,0 +1,106 @@
+"""An engine: the main thread runs tasks one after another; the I/O thread talks to the controller."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import sys
+from types import FrameType
+
+from pxgrpc import security, wire
+from pxgrpc.engine.connection import EngineConnection, WorkItem, wait_registered
+from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
+from pxgrpc.engine.output import OutputStream
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Runs tasks from the controller in a persistent namespace until told to stop."""
+
+    def __init__(self, info: security.ConnectionInfo) -> None:
+        self.work: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+        self.conn = EngineConnection(info, self.work)
+        self.kernel = Kernel()
+        self.stdout = OutputStream(wire.STDOUT, "<stdout>", self.conn.emit, self.conn.schedule)
+        self.stderr = OutputStream(wire.STDERR, "<stderr>", self.conn.emit, self.conn.schedule)
+        self._in_user_code = False
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        # An interrupt that lands between tasks must not kill the engine.
+        if self._in_user_code:
+            raise KeyboardInterrupt
+
+    def serve(self, register_timeout: float = 30.0) -> None:
+        """Register, then run tasks until the controller says stop or goes away."""
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self.conn.start()
+        wait_registered(self.conn, register_timeout)
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        try:
+            while (item := self.work.get()) is not None:
+                self._run(item)
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        if self.conn.failure is not None:
+            log.error("lost the controller: %s", self.conn.failure)
+
+    def _run(self, item: WorkItem) -> None:
+        task = item.task
+        if task.task_id in self.conn.aborted:
+            self.conn.aborted.discard(task.task_id)
+            self._send(task, Outcome(error=_aborted()), status=wire.TASK_ABORTED)
+            return
+        self.stdout.task_id = self.stderr.task_id = task.task_id
+        self.conn.running_task = task.task_id
+        try:
+            blobs = item.blobs.result()
+        except Exception as exc:  # noqa: BLE001 - the task fails, the engine goes on
+            self._send(task, Outcome(error=remote_exception(exc)))
+            return
+        self._in_user_code = True
+        try:
+            outcome = self.kernel.run(task.action, blobs)
+        finally:
+            self._in_user_code = False
+            self.conn.running_task = None
+        del blobs, item
+        self._send(task, outcome)
+
+    def _send(self, task: wire.pb.Task, outcome: Outcome, status: int | None = None) -> None:
+        self.stdout.send()
+        self.stderr.send()
+        result = wire.pb.TaskResult(
+            task_id=task.task_id,
+            engine_id=self.conn.engine_id,
+            execution_count=outcome.execution_count,
+            started=outcome.started,
+            completed=outcome.completed or outcome.started,
+        )
+        upload = None
+        if outcome.error is None:
+            try:
+                value, blob = wire.encode(outcome.value, task.encoding)
+            except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result: report it
+                outcome.error = remote_exception(exc)
+            else:
+                result.value.CopyFrom(value)
+                if blob is not None:
+                    result.blob_ids.append(blob.blob_id)
+                    upload = self.conn.upload(blob)
+        if outcome.error is not None:
+            result.status = wire.TASK_ERROR if status is None else status
+            result.error.CopyFrom(outcome.error)
+        if outcome.execute_result is not None:
+            result.execute_result.data.update(outcome.execute_result)
+            result.execute_result.execution_count = outcome.execution_count
+        self.conn.emit(wire.pb.TaskEvent(result=result))
+        if upload is not None:
+            # The blob views the user's live objects: finish sending before running more code.
+            upload.result()
+
+
+def _aborted() -> wire.pb.RemoteException:
+    return wire.pb.RemoteException(ename="TaskAborted", evalue="aborted before it started",
+                                   traceback=["TaskAborted: aborted before it started"])

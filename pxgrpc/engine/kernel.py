@@ -1,0 +1,163 @@
+"""What an engine does with a task: run code in its namespace and describe the outcome.
+
+Runs in the engine's main thread, so that Ctrl-C style interrupts (SIGINT sent to that thread)
+raise KeyboardInterrupt inside the user's code.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+import os
+import sys
+import time
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from pxgrpc import wire
+
+_ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Outcome:
+    """What running one task produced, before encoding."""
+
+    value: Any = None
+    error: wire.pb.RemoteException | None = None
+    execute_result: dict[str, str] | None = None
+    execution_count: int = 0
+    started: float = field(default_factory=time.time)
+    completed: float = 0.0
+
+
+def remote_exception(exc: BaseException) -> wire.pb.RemoteException:
+    """The exception as it travels: class name, message, and the user's part of the traceback."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == _ENGINE_DIR:
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    return wire.pb.RemoteException(ename=type(exc).__name__, evalue=str(exc), traceback=lines)
+
+
+class Kernel:
+    """A persistent Python namespace that runs execute/apply/push/pull actions."""
+
+    def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self.execution_count = 0
+        main = types.ModuleType("__main__")
+        main.__dict__.update(self.namespace)
+        self.namespace = main.__dict__
+        sys.modules["__main__"] = main
+
+    def run(self, action: wire.pb.Action, blobs: wire.BlobMap) -> Outcome:
+        """Run one action; exceptions (including KeyboardInterrupt) become the outcome's error."""
+        outcome = Outcome()
+        kind = action.WhichOneof("kind")
+        try:
+            if kind == "execute":
+                self._execute(action.execute, outcome)
+            elif kind == "apply":
+                outcome.value = self._apply(action.apply, blobs)
+            elif kind == "push":
+                for name, value in action.push.namespace.items():
+                    self.namespace[name] = wire.decode(value, blobs, f"push.namespace[{name!r}]")
+            elif kind == "pull":
+                values = [self._lookup(name) for name in action.pull.names]
+                outcome.value = values[0] if action.pull.single and len(values) == 1 else values
+            else:
+                raise ValueError("Task.action: no action set")
+        except BaseException as exc:  # noqa: BLE001 - everything the user's code raises is reported
+            if isinstance(exc, SystemExit | GeneratorExit):
+                exc = RuntimeError(f"the task raised {type(exc).__name__}; the engine keeps running")
+            outcome.error = remote_exception(exc)
+        outcome.completed = time.time()
+        return outcome
+
+    def _execute(self, action: wire.pb.ExecuteAction, outcome: Outcome) -> None:
+        count = self.execution_count + (0 if action.silent else 1)
+        filename = f"<px-cell-{count}>"
+        code = action.code
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename)
+        last: ast.expr | None = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = tree.body.pop().value  # type: ignore[attr-defined]
+        if not action.silent:
+            self.execution_count = count
+        outcome.execution_count = self.execution_count
+        exec(compile(tree, filename, "exec"), self.namespace)
+        if last is not None:
+            value = eval(compile(ast.Expression(last), filename, "eval"), self.namespace)
+            if value is not None and not action.silent:
+                self.namespace["_"] = value
+                outcome.execute_result = format_result(value)
+
+    def _apply(self, action: wire.pb.ApplyAction, blobs: wire.BlobMap) -> Any:
+        func = wire.decode(action.function, blobs, "apply.function")
+        if isinstance(func, str):
+            func = self._lookup(func)
+        elif isinstance(func, types.FunctionType) and func.__module__ == "__main__":
+            func = self._interactive(func)
+        if not callable(func):
+            raise TypeError(f"apply.function: {type(func).__name__} object is not callable")
+        args = [wire.decode(v, blobs, f"apply.args[{i}]") for i, v in enumerate(action.args)]
+        kwargs = {k: wire.decode(v, blobs, f"apply.kwargs[{k!r}]") for k, v in action.kwargs.items()}
+        return func(*args, **kwargs)
+
+    def _interactive(self, func: types.FunctionType) -> types.FunctionType:
+        """Rebind a function defined in the client's __main__ to the engine's namespace.
+
+        As in ipyparallel, such functions see (and `global` statements change) the engine's
+        variables; globals the client captured (modules, helpers) fill in names the engine lacks.
+        """
+        for name, value in func.__globals__.items():
+            if name not in self.namespace and not name.startswith("__"):
+                self.namespace[name] = value
+        rebound = types.FunctionType(func.__code__, self.namespace, func.__name__, func.__defaults__, func.__closure__)
+        rebound.__kwdefaults__ = func.__kwdefaults__
+        rebound.__dict__.update(func.__dict__)
+        return rebound
+
+    def _lookup(self, name: str) -> Any:
+        head, *rest = name.split(".")
+        if head in self.namespace:
+            obj = self.namespace[head]
+        elif hasattr(builtins, head):
+            obj = getattr(builtins, head)
+        else:
+            raise NameError(f"name {head!r} is not defined")
+        for attr in rest:
+            obj = getattr(obj, attr)
+        return obj
+
+
+def format_result(value: Any) -> dict[str, str]:
+    """A display bundle for an Out[] value: text/plain always, rich formats when the object has them."""
+    data = {"text/plain": _plain(value)}
+    for method, mime in (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"),
+                         ("_repr_latex_", "text/latex"), ("_repr_svg_", "image/svg+xml")):
+        rich = getattr(value, method, None)
+        if callable(rich) and not isinstance(value, type):
+            try:
+                out = rich()
+            except Exception:  # noqa: BLE001 - a broken rich repr falls back to text/plain
+                continue
+            if isinstance(out, str):
+                data[mime] = out
+    return data
+
+
+def _plain(value: Any) -> str:
+    try:
+        if "IPython" in sys.modules:
+            from IPython.lib.pretty import pretty
+
+            return str(pretty(value))
+        return repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken repr must not fail the task
+        return f"<{type(value).__name__} (repr failed: {exc!r})>"

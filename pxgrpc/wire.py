@@ -1,0 +1,475 @@
+"""The wire layer: the only module that imports the generated protobuf code.
+
+It turns Python values into `pxgrpc.v1.Value` messages and back, and moves large buffers as
+*blobs*: streams of `BlobChunk` messages that are built and parsed here by hand so that the
+controller can relay them as raw bytes (no protobuf parse, no copy per hop).
+
+Everything else in pxgrpc imports the message classes from here (`wire.pb.Task`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from pxgrpc._proto import (
+    controller_pb2,
+    controller_pb2_grpc,
+    engine_pb2,
+    engine_pb2_grpc,
+    task_pb2,
+    value_pb2,
+)
+
+
+class pb:  # noqa: N801 - a namespace of message classes, read as `wire.pb.Task`
+    """The protobuf message classes of pxgrpc.v1, in one namespace."""
+
+    Value = value_pb2.Value
+    Null = value_pb2.Null
+    ValueList = value_pb2.ValueList
+    ValueMap = value_pb2.ValueMap
+    NDArray = value_pb2.NDArray
+    Pickled = value_pb2.Pickled
+    Opaque = value_pb2.Opaque
+    Buffer = value_pb2.Buffer
+    BlobSlice = value_pb2.BlobSlice
+    BlobHeader = value_pb2.BlobHeader
+    BlobChunk = value_pb2.BlobChunk
+    UploadReply = value_pb2.UploadReply
+    DownloadRequest = value_pb2.DownloadRequest
+
+    Action = task_pb2.Action
+    ExecuteAction = task_pb2.ExecuteAction
+    ApplyAction = task_pb2.ApplyAction
+    PushAction = task_pb2.PushAction
+    PullAction = task_pb2.PullAction
+    SubmitTask = task_pb2.SubmitTask
+    Task = task_pb2.Task
+    TaskResult = task_pb2.TaskResult
+    RemoteException = task_pb2.RemoteException
+    ExecuteResult = task_pb2.ExecuteResult
+    OutputEvent = task_pb2.OutputEvent
+    DisplayEvent = task_pb2.DisplayEvent
+    TaskEvent = task_pb2.TaskEvent
+
+    ListEnginesRequest = controller_pb2.ListEnginesRequest
+    ListEnginesReply = controller_pb2.ListEnginesReply
+    EngineInfo = controller_pb2.EngineInfo
+    SessionRequest = controller_pb2.SessionRequest
+    SessionEvent = controller_pb2.SessionEvent
+    Targets = controller_pb2.Targets
+    ExecuteRequest = controller_pb2.ExecuteRequest
+    ApplyRequest = controller_pb2.ApplyRequest
+    PushRequest = controller_pb2.PushRequest
+    PullRequest = controller_pb2.PullRequest
+    ScatterRequest = controller_pb2.ScatterRequest
+    GatherRequest = controller_pb2.GatherRequest
+    GatherReply = controller_pb2.GatherReply
+    AbortRequest = controller_pb2.AbortRequest
+    AbortReply = controller_pb2.AbortReply
+    InterruptRequest = controller_pb2.InterruptRequest
+    InterruptReply = controller_pb2.InterruptReply
+    QueueStatusRequest = controller_pb2.QueueStatusRequest
+    QueueStatusReply = controller_pb2.QueueStatusReply
+    EngineQueue = controller_pb2.EngineQueue
+    ShutdownRequest = controller_pb2.ShutdownRequest
+    ShutdownReply = controller_pb2.ShutdownReply
+
+    RegisterRequest = engine_pb2.RegisterRequest
+    RegisterReply = engine_pb2.RegisterReply
+    EngineMessage = engine_pb2.EngineMessage
+    EngineCommand = engine_pb2.EngineCommand
+
+
+# Enum values, as plain ints.
+TASK_OK = task_pb2.TASK_STATUS_OK
+TASK_ERROR = task_pb2.TASK_STATUS_ERROR
+TASK_ABORTED = task_pb2.TASK_STATUS_ABORTED
+TASK_ENGINE_DIED = task_pb2.TASK_STATUS_ENGINE_DIED
+STDOUT = task_pb2.OUTPUT_STREAM_STDOUT
+STDERR = task_pb2.OUTPUT_STREAM_STDERR
+ENCODING_PICKLE = task_pb2.RESULT_ENCODING_PICKLE
+ENCODING_TYPED_ONLY = task_pb2.RESULT_ENCODING_TYPED_ONLY
+ENCODING_TYPED_OR_REPR = task_pb2.RESULT_ENCODING_TYPED_OR_REPR
+ENGINE_IDLE = controller_pb2.ENGINE_STATE_IDLE
+ENGINE_BUSY = controller_pb2.ENGINE_STATE_BUSY
+ENGINE_DEAD = controller_pb2.ENGINE_STATE_DEAD
+
+CONTROLLER_SERVICE = "pxgrpc.v1.Controller"
+ENGINE_SERVICE = "pxgrpc.v1.Engine"
+controller_descriptor = controller_pb2.DESCRIPTOR
+engine_descriptor = engine_pb2.DESCRIPTOR
+ControllerStub = controller_pb2_grpc.ControllerStub
+EngineStub = engine_pb2_grpc.EngineStub
+
+#: Buffers larger than this travel in a blob rather than inside the message.
+INLINE_LIMIT = 256 * 1024
+#: Size of the data chunks of a blob stream.
+CHUNK_SIZE = 2 * 1024 * 1024
+#: Largest data chunk a peer may send.
+MAX_CHUNK = 8 * 1024 * 1024
+#: Largest protobuf message either side accepts (chunks and batches stay far below).
+MAX_MESSAGE = 64 * 1024 * 1024
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ALLOWED_DTYPE_KINDS = frozenset("biufc")
+
+
+class EncodingError(ValueError):
+    """A value cannot be encoded the way the reader asked (e.g. typed-only for a Python object)."""
+
+
+class DecodingError(ValueError):
+    """A `Value` message is malformed; the message names the offending field."""
+
+
+def new_id() -> str:
+    """A fresh task or blob id."""
+    return uuid.uuid4().hex
+
+
+# --- outgoing blobs -------------------------------------------------------------------------------
+
+
+@dataclass
+class OutgoingBlob:
+    """Buffers that one message references, to be streamed as one blob."""
+
+    blob_id: str = field(default_factory=new_id)
+    parts: list[memoryview] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, buf: memoryview) -> value_pb2.BlobSlice:
+        """Append a buffer; return where it will sit in the blob."""
+        view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+        ref = value_pb2.BlobSlice(blob_id=self.blob_id, offset=self.size, length=view.nbytes)
+        self.parts.append(view)
+        self.size += view.nbytes
+        return ref
+
+    def raw_messages(self) -> Iterator[bytes]:
+        """The serialized `BlobChunk` stream: header, then data chunks of CHUNK_SIZE at most."""
+        header = value_pb2.BlobChunk(header=value_pb2.BlobHeader(blob_id=self.blob_id, size=self.size))
+        yield header.SerializeToString()
+        for part in self.parts:
+            for start in range(0, part.nbytes, CHUNK_SIZE):
+                yield encode_data_chunk(part[start : start + CHUNK_SIZE])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_data_chunk(data: memoryview | bytes) -> bytes:
+    """`BlobChunk(data=...)` serialized with a single copy of the data."""
+    return b"".join((b"\x0a", _varint(len(data)), data))
+
+
+def parse_data_chunk(raw: bytes) -> memoryview:
+    """The data of a serialized `BlobChunk(data=...)`, without copying it.
+
+    Raises DecodingError when `raw` is not a data chunk (e.g. a second header).
+    """
+    if not raw or raw[0] != 0x0A:
+        raise DecodingError("BlobChunk: expected a data chunk (field 1) after the header")
+    length = 0
+    shift = 0
+    pos = 1
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise DecodingError("BlobChunk.data: truncated length")
+        byte = raw[pos]
+        length |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    if pos + length != len(raw):
+        raise DecodingError("BlobChunk.data: length does not match the message size")
+    return memoryview(raw)[pos:]
+
+
+def parse_header(raw: bytes) -> value_pb2.BlobHeader:
+    """The header of a blob stream (its first message)."""
+    try:
+        chunk = value_pb2.BlobChunk.FromString(raw)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise DecodingError(f"BlobChunk: not a valid message ({exc})") from exc
+    if chunk.WhichOneof("part") != "header":
+        raise DecodingError("BlobChunk.header: the first message of a blob stream must be a header")
+    return chunk.header
+
+
+class IncomingBlob:
+    """A blob being received: preallocated once, filled chunk by chunk."""
+
+    def __init__(self, blob_id: str, size: int) -> None:
+        if size < 0:
+            raise DecodingError("BlobHeader.size: must not be negative")
+        self.blob_id = blob_id
+        self.size = size
+        self.buffer = bytearray(size)
+        self._view = memoryview(self.buffer)
+        self.received = 0
+
+    def write(self, data: memoryview) -> None:
+        end = self.received + len(data)
+        if end > self.size:
+            raise DecodingError(f"blob {self.blob_id}: more data than the header's size {self.size}")
+        self._view[self.received : end] = data
+        self.received = end
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.size
+
+    def slice(self, ref: value_pb2.BlobSlice) -> memoryview:
+        if ref.offset < 0 or ref.length < 0 or ref.offset + ref.length > self.size:
+            raise DecodingError(f"BlobSlice: offset/length outside blob {ref.blob_id} of {self.size} bytes")
+        return self._view[ref.offset : ref.offset + ref.length]
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+class Encoder:
+    """Encodes Python objects as `Value`s, moving large buffers into one outgoing blob.
+
+    mode: ENCODING_PICKLE (typed for plain scalars and arrays, cloudpickle otherwise: what Python
+    peers want), ENCODING_TYPED_ONLY (EncodingError for Python-only objects) or
+    ENCODING_TYPED_OR_REPR (an `Opaque` repr for them).
+    """
+
+    def __init__(self, mode: int = ENCODING_PICKLE) -> None:
+        self.mode = mode
+        self.blob: OutgoingBlob | None = None
+
+    def buffer(self, data: memoryview | bytes) -> value_pb2.Buffer:
+        view = memoryview(data)
+        if view.nbytes <= INLINE_LIMIT:
+            return value_pb2.Buffer(inline=view.tobytes())
+        if self.blob is None:
+            self.blob = OutgoingBlob()
+        return value_pb2.Buffer(blob=self.blob.add(view))
+
+    def encode(self, obj: Any) -> value_pb2.Value:
+        """Encode one object."""
+        value = value_pb2.Value()
+        self._encode_into(obj, value, depth=0)
+        return value
+
+    def _encode_into(self, obj: Any, value: value_pb2.Value, depth: int) -> None:
+        if obj is None:
+            value.null_value.SetInParent()
+        elif obj is True or obj is False:
+            value.bool_value = obj
+        elif type(obj) is int and INT64_MIN <= obj <= INT64_MAX:
+            value.int_value = obj
+        elif type(obj) is float:
+            value.float_value = obj
+        elif type(obj) is str:
+            value.string_value = obj
+        elif type(obj) is bytes and len(obj) <= INLINE_LIMIT:
+            value.bytes_value = obj
+        elif isinstance(obj, np.ndarray) and obj.dtype.kind in ALLOWED_DTYPE_KINDS and not obj.dtype.fields:
+            self._encode_array(obj, value.array_value)
+        elif self.mode == ENCODING_PICKLE or depth > 100:
+            self._encode_pickle(obj, value.pickled_value)
+        elif type(obj) is list:
+            items = value.list_value.items
+            for item in obj:
+                self._encode_into(item, items.add(), depth + 1)
+            if not obj:
+                value.list_value.SetInParent()
+        elif type(obj) is dict and all(type(k) is str for k in obj):
+            entries = value.map_value.entries
+            for key, item in obj.items():
+                self._encode_into(item, entries[key], depth + 1)
+            if not obj:
+                value.map_value.SetInParent()
+        elif type(obj) is tuple:
+            self._encode_into(list(obj), value, depth)
+        elif isinstance(obj, np.generic) and obj.dtype.kind in ALLOWED_DTYPE_KINDS:
+            self._encode_into(obj.item(), value, depth)
+        elif self.mode == ENCODING_TYPED_OR_REPR:
+            value.opaque_value.type_name = _qualname(obj)
+            value.opaque_value.repr = _safe_repr(obj)
+        else:
+            raise EncodingError(
+                f"a {_qualname(obj)} has no typed encoding; ask for RESULT_ENCODING_TYPED_OR_REPR "
+                "to get its repr, or convert it to plain data on the engine"
+            )
+
+    def _encode_array(self, arr: np.ndarray, out: value_pb2.NDArray) -> None:
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        arr = np.ascontiguousarray(arr)
+        out.dtype = arr.dtype.str
+        out.shape.extend(arr.shape)
+        out.data.CopyFrom(self.buffer(memoryview(arr).cast("B") if arr.size else b""))
+
+    def _encode_pickle(self, obj: Any, out: value_pb2.Pickled) -> None:
+        buffers: list[pickle.PickleBuffer] = []
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        out.data.CopyFrom(self.buffer(data))
+        for buf in buffers:
+            out.buffers.append(self.buffer(buf.raw()))
+        out.type_name = _qualname(obj)
+
+
+def _qualname(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not break the reply
+        text = f"<{_qualname(obj)} (repr failed: {exc!r})>"
+    return text[:4096]
+
+
+def encode(obj: Any, mode: int = ENCODING_PICKLE) -> tuple[value_pb2.Value, OutgoingBlob | None]:
+    """Encode `obj`; return the Value and the blob its large buffers need (or None)."""
+    encoder = Encoder(mode)
+    return encoder.encode(obj), encoder.blob
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+BlobMap = dict[str, IncomingBlob]
+
+
+def blob_ids_of(value: value_pb2.Value) -> set[str]:
+    """Every blob a Value references (walks lists and maps)."""
+    found: set[str] = set()
+    _collect_blobs(value, found)
+    return found
+
+
+def _collect_blobs(value: value_pb2.Value, found: set[str]) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "array_value":
+        _collect_buffer(value.array_value.data, found)
+    elif kind == "pickled_value":
+        _collect_buffer(value.pickled_value.data, found)
+        for buf in value.pickled_value.buffers:
+            _collect_buffer(buf, found)
+    elif kind == "list_value":
+        for item in value.list_value.items:
+            _collect_blobs(item, found)
+    elif kind == "map_value":
+        for item in value.map_value.entries.values():
+            _collect_blobs(item, found)
+
+
+def _collect_buffer(buf: value_pb2.Buffer, found: set[str]) -> None:
+    if buf.WhichOneof("location") == "blob":
+        found.add(buf.blob.blob_id)
+
+
+def read_buffer(buf: value_pb2.Buffer, blobs: BlobMap, where: str) -> memoryview | bytes:
+    """The bytes a Buffer designates (a view into a received blob when it lives in one)."""
+    location = buf.WhichOneof("location")
+    if location == "inline":
+        return buf.inline
+    if location == "blob":
+        blob = blobs.get(buf.blob.blob_id)
+        if blob is None:
+            raise DecodingError(f"{where}: unknown blob {buf.blob.blob_id!r}")
+        return blob.slice(buf.blob)
+    return b""
+
+
+def decode(value: value_pb2.Value, blobs: BlobMap | None = None, where: str = "value") -> Any:
+    """Turn a Value back into a Python object. `where` names the field in error messages."""
+    blobs = blobs or {}
+    kind = value.WhichOneof("kind")
+    if kind == "null_value":
+        return None
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "float_value":
+        return value.float_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bytes_value":
+        return value.bytes_value
+    if kind == "list_value":
+        return [decode(v, blobs, f"{where}.list_value.items[{i}]") for i, v in enumerate(value.list_value.items)]
+    if kind == "map_value":
+        return {k: decode(v, blobs, f"{where}.map_value[{k!r}]") for k, v in value.map_value.entries.items()}
+    if kind == "array_value":
+        return _decode_array(value.array_value, blobs, f"{where}.array_value")
+    if kind == "pickled_value":
+        return _decode_pickle(value.pickled_value, blobs, f"{where}.pickled_value")
+    if kind == "opaque_value":
+        return OpaqueObject(value.opaque_value.type_name, value.opaque_value.repr)
+    raise DecodingError(f"{where}: no kind set (one of null_value, int_value, ... is required)")
+
+
+def _decode_array(msg: value_pb2.NDArray, blobs: BlobMap, where: str) -> np.ndarray:
+    try:
+        dtype = np.dtype(msg.dtype)
+    except TypeError as exc:
+        raise DecodingError(f"{where}.dtype: {msg.dtype!r} is not a dtype") from exc
+    if dtype.kind not in ALLOWED_DTYPE_KINDS or dtype.fields:
+        raise DecodingError(f"{where}.dtype: {msg.dtype!r} is not a fixed-size numeric or bool dtype")
+    shape = tuple(msg.shape)
+    if any(n < 0 for n in shape):
+        raise DecodingError(f"{where}.shape: negative dimension in {list(shape)}")
+    data = read_buffer(msg.data, blobs, f"{where}.data")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise DecodingError(
+            f"{where}.data: {len(data)} bytes, but shape {list(shape)} of {dtype.str} needs {expected}"
+        )
+    if isinstance(data, bytes):
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _decode_pickle(msg: value_pb2.Pickled, blobs: BlobMap, where: str) -> Any:
+    data = read_buffer(msg.data, blobs, f"{where}.data")
+    buffers = [read_buffer(b, blobs, f"{where}.buffers[{i}]") for i, b in enumerate(msg.buffers)]
+    return pickle.loads(data, buffers=[_writable(b) for b in buffers])
+
+
+def _writable(buf: memoryview | bytes) -> memoryview | bytearray:
+    # Inline buffers arrive as immutable bytes; arrays unpickled on them would be read-only.
+    return bytearray(buf) if isinstance(buf, bytes) else buf
+
+
+@dataclass(frozen=True)
+class OpaqueObject:
+    """A remote Python object that could not be sent as data: its type name and repr."""
+
+    type_name: str
+    repr: str
+
+    def __repr__(self) -> str:
+        return self.repr
+
+
+def python_version() -> str:
+    return ".".join(map(str, sys.version_info[:3]))
