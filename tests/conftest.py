@@ -1,0 +1,65 @@
+"""Fixtures that start real controllers and engines, and always stop them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import pxgrpc
+from pxgrpc.cluster import Cluster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pxgrpc_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Keep connection files, cluster state and logs of the test run in a private directory."""
+    home = str(tmp_path_factory.mktemp("pxgrpc-home"))
+    saved = {k: os.environ.get(k) for k in ("PXGRPC_DIR", "PXGRPC_CONNECTION_FILE")}
+    os.environ["PXGRPC_DIR"] = home
+    os.environ.pop("PXGRPC_CONNECTION_FILE", None)
+    try:
+        yield home
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+ClusterFactory = Callable[..., tuple[Cluster, pxgrpc.Client]]
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[ClusterFactory]:
+    """Start clusters for one test: `cluster, rc = make_cluster(n=2)`; all are stopped afterwards."""
+    started: list[Cluster] = []
+
+    def start(n: int = 2, **kwargs: object) -> tuple[Cluster, pxgrpc.Client]:
+        cluster = Cluster(n=n, **kwargs)  # type: ignore[arg-type]
+        started.append(cluster)
+        rc = cluster.start_and_connect_sync(timeout=60)
+        return cluster, rc
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            cluster.stop_cluster_sync()
+
+
+@pytest.fixture(scope="module")
+def cluster4() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
+    """A 4-engine cluster shared by the tests of one module."""
+    cluster = Cluster(n=4)
+    try:
+        rc = cluster.start_and_connect_sync(timeout=60)
+        yield cluster, rc
+    finally:
+        cluster.stop_cluster_sync()
+
+
+@pytest.fixture
+def rc(cluster4: tuple[Cluster, pxgrpc.Client]) -> pxgrpc.Client:
+    return cluster4[1]
