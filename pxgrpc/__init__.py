@@ -33,10 +33,12 @@ __version__ = "0.1.0"
 
 
 def interactive(f):  # type: ignore[no-untyped-def]
-    """Mark a function to run in the engine's namespace (kept for ipyparallel compatibility).
+    """Make a function run in the engine's namespace, seeing (and `global`-assigning) its variables.
 
-    Functions defined in `__main__` already behave this way in pxgrpc; this returns `f`.
+    Functions defined in `__main__` (scripts, notebooks) already behave this way; use this for
+    functions defined in modules, as with ipyparallel's `@interactive`.
     """
+    f.__module__ = "__main__"
     return f
 
 

@@ -185,6 +185,8 @@ class Transport:
         self._fail_all(PxConnectionError("the client was closed"))
         if self._session is not None:
             self._session.cancel()
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         await self.channel.close()
 
     # --- connecting -------------------------------------------------------------------------
