@@ -34,6 +34,8 @@ class WorkItem:
 
 
 SHUTDOWN = None
+#: Seconds a task may keep running after the controller is gone before the engine exits anyway.
+EXIT_GRACE = 3.0
 
 
 class EngineConnection:
@@ -68,6 +70,17 @@ class EngineConnection:
         finally:
             self.registered.set()
             self.work.put(SHUTDOWN)
+            self._stop_running_task()
+
+    def _stop_running_task(self) -> None:
+        """Without a controller nobody can collect results: stop the user's code, then the process."""
+        if self.running_task is None or self._main_thread is None:
+            return
+        log.warning("lost the controller while task %s runs: interrupting it", self.running_task)
+        signal.pthread_kill(self._main_thread, signal.SIGINT)
+        timer = threading.Timer(EXIT_GRACE, os._exit, args=(3,))
+        timer.daemon = True
+        timer.start()
 
     def emit(self, event: wire.pb.TaskEvent) -> None:
         """Queue an event for the controller (from any thread)."""

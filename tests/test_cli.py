@@ -1,0 +1,68 @@
+"""The command-line tools, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pxgrpc as ipp
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=check)
+
+
+@pytest.mark.parametrize("command", ["pxgrpc", "pxgrpc-controller", "pxgrpc-engine"])
+def test_every_command_has_help(command: str) -> None:
+    out = run(command, "--help").stdout
+    assert "usage:" in out and "--log-level" in out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cluster_start_status_stop(pxgrpc_home: str) -> None:
+    cluster_id = "cli-test"
+    try:
+        started = run("pxgrpc", "cluster", "start", "-n", "2", "--cluster-id", cluster_id)
+        assert "cluster ready" in started.stdout
+        conn = pathlib.Path(pxgrpc_home) / f"controller-{cluster_id}.json"
+        assert conn.stat().st_mode & 0o777 == 0o600
+        status = run("pxgrpc", "cluster", "status", "--cluster-id", cluster_id).stdout
+        assert "2 engines" in status and "idle" in status
+        with ipp.Client(cluster_id=cluster_id) as rc:
+            assert rc[:].apply_sync(lambda: "hello") == ["hello", "hello"]
+        state = json.loads((pathlib.Path(pxgrpc_home) / f"cluster-{cluster_id}.json").read_text())
+        pids = [state["controller_pid"], *state["engine_pids"]]
+    finally:
+        stopped = run("pxgrpc", "cluster", "stop", "--cluster-id", cluster_id, check=False)
+    assert "cluster stopped" in stopped.stdout
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+    missing = run("pxgrpc", "cluster", "status", "--cluster-id", cluster_id, check=False)
+    assert missing.returncode == 1 and "no controller found" in missing.stderr
+
+
+def test_engine_without_a_controller_says_so(pxgrpc_home: str) -> None:
+    result = run(sys.executable, "-m", "pxgrpc.engine", "--cluster-id", "nothing-here", check=False)
+    assert result.returncode == 2 and "no controller found" in result.stderr
+
+
+def test_controller_refuses_a_public_bind_without_tls() -> None:
+    result = run("pxgrpc-controller", "--ip", "0.0.0.0", check=False)
+    assert result.returncode == 2 and "--tls auto" in result.stderr

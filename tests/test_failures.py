@@ -1,0 +1,60 @@
+"""Engines that die, controllers that go away: errors, never hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import pxgrpc as ipp
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_engine_killed_mid_task_fails_its_tasks_and_spares_the_others(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    _, rc = make_cluster(n=3)
+    pid = rc[1].apply_sync(os.getpid)
+    running = rc[1].apply_async(time.sleep, 30)
+    queued = rc[1].apply_async(lambda: "queued behind the sleep")
+    others = rc[[0, 2]].apply_async(time.sleep, 0.5)
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(ipp.EngineError, match="engine 1"):
+        running.get(timeout=20)
+    with pytest.raises(ipp.EngineError):
+        queued.get(timeout=20)
+    assert others.get(timeout=20) == [None, None]
+    deadline = time.monotonic() + 10
+    while rc.ids != [0, 2] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rc.ids == [0, 2]
+    assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
+    with pytest.raises(ipp.NoEnginesError):
+        rc[1].apply_sync(lambda: 1)
+
+
+def test_multi_engine_call_reports_the_dead_engine_in_a_composite_error(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    _, rc = make_cluster(n=2)
+    pids = rc[:].apply_sync(os.getpid)
+    ar = rc[:].apply_async(time.sleep, 30)
+    time.sleep(0.2)
+    os.kill(pids[0], signal.SIGKILL)
+    assert rc.interrupt(targets=[1]) == [1]
+    with pytest.raises(ipp.CompositeError) as info:
+        ar.get(timeout=20)
+    kinds = sorted(type(e).__name__ for e in info.value.elist)
+    assert kinds == ["EngineError", "RemoteError"]
+
+
+def test_controller_going_away_fails_pending_work_instead_of_hanging(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster, rc = make_cluster(n=1)
+    ar = rc[0].apply_async(time.sleep, 30)
+    time.sleep(0.1)
+    os.killpg(cluster.controller.pid, signal.SIGKILL)
+    with pytest.raises(ipp.PxConnectionError):
+        ar.get(timeout=20)
+    with pytest.raises(ipp.PxConnectionError):
+        rc[0].apply_async(lambda: 1).get(timeout=20)
