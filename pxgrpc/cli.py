@@ -22,10 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = actions.add_parser("start", help="start a controller and engines in the background")
     start.add_argument("-n", "--n", type=int, default=None, help="number of engines (default: one per CPU)")
-    start.add_argument("--cluster-id", default="", help="name of the cluster (default: the one Client() finds)")
-    start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the engines to register")
-    start.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
-                       help="extra argument for pxgrpc-controller (repeatable), e.g. --controller-arg=--tls=auto")
+    start.add_argument(
+        "--cluster-id", default="", help="name of the cluster (default: the one Client() finds)"
+    )
+    start.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the engines to register"
+    )
+    start.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for pxgrpc-controller (repeatable), e.g. --controller-arg=--tls=auto",
+    )
 
     stop = actions.add_parser("stop", help="stop a cluster started with `pxgrpc cluster start`")
     stop.add_argument("--cluster-id", default="")
@@ -36,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    cluster = Cluster(n=args.n, cluster_id=args.cluster_id, controller_args=args.controller_arg,
-                      log_level=args.log_level)
+    cluster = Cluster(
+        n=args.n, cluster_id=args.cluster_id, controller_args=args.controller_arg, log_level=args.log_level
+    )
     t0 = time.monotonic()
     print(f"starting a controller and {cluster.n} engines ...", flush=True)
     try:
@@ -50,8 +60,10 @@ def cmd_start(args: argparse.Namespace) -> int:
                     print(f"  {count}/{cluster.n} engines registered", flush=True)
                     seen = count
                 if time.monotonic() - t0 > args.timeout:
-                    raise PxError(f"only {count} of {cluster.n} engines registered in {args.timeout:.0f} s "
-                                  f"(logs: {cluster.log_dir})")
+                    raise PxError(
+                        f"only {count} of {cluster.n} engines registered in {args.timeout:.0f} s "
+                        f"(logs: {cluster.log_dir})"
+                    )
                 if any(p.poll() is not None for p in cluster.engines):
                     raise PxError(f"an engine exited during start-up (logs: {cluster.log_dir})")
                 time.sleep(0.02)
@@ -59,10 +71,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"pxgrpc: {exc}", file=sys.stderr)
         cluster.stop_cluster_sync()
         return 1
-    print(f"cluster ready in {time.monotonic() - t0:.2f} s: {cluster.n} engines; "
-          f"connection file {cluster.connection_file}")
-    print("connect with:  import pxgrpc as ipp; rc = ipp.Client()"
-          + (f"  (cluster_id={args.cluster_id!r})" if args.cluster_id else ""))
+    print(
+        f"cluster ready in {time.monotonic() - t0:.2f} s: {cluster.n} engines; "
+        f"connection file {cluster.connection_file}"
+    )
+    print(
+        "connect with:  import pxgrpc as ipp; rc = ipp.Client()"
+        + (f"  (cluster_id={args.cluster_id!r})" if args.cluster_id else "")
+    )
     return 0
 
 
@@ -79,13 +95,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         with Client(path, timeout=5) as rc:
             engines = rc.engines
-            print(f"controller {rc.connection_info.url} (pid {rc.connection_info.controller_pid}), "
-                  f"{len(engines)} engines")
+            print(
+                f"controller {rc.connection_info.url} (pid {rc.connection_info.controller_pid}), "
+                f"{len(engines)} engines"
+            )
             if engines:
                 print(f"{'id':>4}  {'host':<24} {'pid':>8}  {'state':<6} {'queue':>5} {'done':>6}")
             for e in engines:
-                print(f"{e['id']:>4}  {e['hostname']:<24} {e['pid']:>8}  {e['state']:<6} {e['queue']:>5} "
-                      f"{e['completed']:>6}")
+                print(
+                    f"{e['id']:>4}  {e['hostname']:<24} {e['pid']:>8}  {e['state']:<6} {e['queue']:>5} "
+                    f"{e['completed']:>6}"
+                )
     except (PxError, security.SecurityError) as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)
         return 1

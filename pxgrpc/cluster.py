@@ -137,22 +137,41 @@ class Cluster:
         if info is not None and _alive(info.controller_pid):
             raise PxError(
                 f"a controller (pid {info.controller_pid}) already uses {self.connection_file}; "
-                f"stop it (`pxgrpc cluster stop --cluster-id '{self.cluster_id}'`) or choose another cluster_id"
+                f"stop it (`pxgrpc cluster stop --cluster-id '{self.cluster_id}'`) "
+                "or choose another cluster_id"
             )
         self.connection_file.unlink()
 
     def start_controller_sync(self) -> None:
         """Start the controller (returns once its process is launched)."""
         self._clear_stale_connection_file()
-        args = ["-m", "pxgrpc.controller", "--file", str(self.connection_file), "--log-level", self.log_level,
-                "--cluster-id", self.cluster_id, *self.controller_args]
+        args = [
+            "-m",
+            "pxgrpc.controller",
+            "--file",
+            str(self.connection_file),
+            "--log-level",
+            self.log_level,
+            "--cluster-id",
+            self.cluster_id,
+            *self.controller_args,
+        ]
         self.controller = self._spawn(args, "controller")
 
     def start_engines_sync(self, n: int | None = None) -> None:
         """Start `n` more engines; they wait for the controller's connection file."""
         count = self.n if n is None else n
-        args = ["-m", "pxgrpc.engine", "--file", str(self.connection_file), "--wait", "60",
-                "--log-level", self.log_level, *self.engine_args]
+        args = [
+            "-m",
+            "pxgrpc.engine",
+            "--file",
+            str(self.connection_file),
+            "--wait",
+            "60",
+            "--log-level",
+            self.log_level,
+            *self.engine_args,
+        ]
         first = len(self.engines)
         for i in range(count):
             self.engines.append(self._spawn(args, f"engine-{first + i}"))
@@ -176,8 +195,10 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while not self.connection_file.exists():
             if self.controller is not None and self.controller.poll() is not None:
-                raise PxError(f"the controller exited with status {self.controller.returncode}; "
-                              f"see {self.log_dir}/{self.cluster_id or 'default'}-controller.log")
+                raise PxError(
+                    f"the controller exited with status {self.controller.returncode}; "
+                    f"see {self.log_dir}/{self.cluster_id or 'default'}-controller.log"
+                )
             if time.monotonic() > deadline:
                 raise PxError(f"the controller wrote no connection file within {timeout:.0f} s")
             time.sleep(0.005)
@@ -188,7 +209,9 @@ class Cluster:
         self._client = Client(self.connection_file)
         return self._client
 
-    def start_and_connect_sync(self, n: int | None = None, activate: bool = False, timeout: float = 60.0) -> Client:
+    def start_and_connect_sync(
+        self, n: int | None = None, activate: bool = False, timeout: float = 60.0
+    ) -> Client:
         """Start everything, connect, and wait until all engines have registered."""
         self.start_cluster_sync(n)
         client = self.connect_client_sync(timeout)
@@ -199,7 +222,9 @@ class Cluster:
             if dead:
                 raise PxError(f"{len(dead)} engine(s) exited during start-up; see the logs in {self.log_dir}")
             if time.monotonic() > deadline:
-                raise PxError(f"only {len(client.ids)} of {expected} engines registered within {timeout:.0f} s")
+                raise PxError(
+                    f"only {len(client.ids)} of {expected} engines registered within {timeout:.0f} s"
+                )
             time.sleep(0.01)
         if activate:
             client.activate()
@@ -287,11 +312,10 @@ def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
     state = ClusterState.load(cluster_id)
     conn = pathlib.Path(state.connection_file) if state else security.default_connection_file(cluster_id)
     found = False
-    with contextlib.suppress(PxError, security.SecurityError, OSError):
-        with Client(conn, timeout=3) as rc:
-            rc.shutdown(hub=True)
-            found = True
-    pids = ([state.controller_pid, *state.engine_pids] if state else [])
+    with contextlib.suppress(PxError, security.SecurityError, OSError), Client(conn, timeout=3) as rc:
+        rc.shutdown(hub=True)
+        found = True
+    pids = [state.controller_pid, *state.engine_pids] if state else []
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -47,7 +47,9 @@ def generate(out_dir: Path) -> list[Path]:
         p.unlink() if p.is_file() else p.rmdir()
     staging.rmdir()
     init = out_dir / "__init__.py"
-    init.write_text('"""Generated protobuf and gRPC code (make protos). Import it only from pxgrpc.wire."""\n')
+    init.write_text(
+        '"""Generated protobuf and gRPC code (make protos). Import it only from pxgrpc.wire."""\n'
+    )
     return [init, *written]
 
 

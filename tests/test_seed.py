@@ -44,5 +44,16 @@ def test_seed_workflow_scatter_transform_gather(make_cluster) -> None:  # type: 
     )
     everything = dv.gather("transformed_user_ids").get()
     assert len(everything) == 1000
-    assert everything[0:10] == ["ID:0", "ID:3", "ID:6", "ID:9", "ID:12", "ID:15", "ID:18", "ID:21", "ID:24", "ID:27"]
+    assert everything[0:10] == [
+        "ID:0",
+        "ID:3",
+        "ID:6",
+        "ID:9",
+        "ID:12",
+        "ID:15",
+        "ID:18",
+        "ID:21",
+        "ID:24",
+        "ID:27",
+    ]
     assert isinstance(ipp.Client, type)

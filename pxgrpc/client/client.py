@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import pathlib
 import time
@@ -39,7 +40,11 @@ class Client:
         timeout: float = 10.0,
     ) -> None:
         if connection_info is None:
-            path = pathlib.Path(url_file) if url_file is not None else security.default_connection_file(cluster_id)
+            path = (
+                pathlib.Path(url_file)
+                if url_file is not None
+                else security.default_connection_file(cluster_id)
+            )
             connection_info = security.read_connection_file(path)
         self.connection_info = connection_info
         self._transport = Transport(connection_info, timeout)
@@ -132,15 +137,19 @@ class Client:
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
         """Wait for `jobs` (AsyncResults), or for everything this client submitted."""
-        pending = _results_of(jobs) if jobs is not None else [ar for ar in list(self._results) if not ar.done()]
+        pending = (
+            _results_of(jobs) if jobs is not None else [ar for ar in list(self._results) if not ar.done()]
+        )
         wait_for = None if timeout is None or timeout < 0 else timeout
-        done, not_done = concurrent.futures.wait(pending, wait_for)
+        _, not_done = concurrent.futures.wait(pending, wait_for)
         return not not_done
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> None:
         """Abort queued tasks: `jobs`, the queued tasks of `targets`, or all of this client's."""
         if jobs is not None:
-            task_ids = [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
+            task_ids = (
+                [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
+            )
             self._transport.abort(task_ids)
         elif targets is not None:
             self._transport.abort([], self._build_targets(targets)[0])
@@ -177,10 +186,8 @@ class Client:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):  # nothing sensible to do at interpreter teardown
                 self.close()
-            except Exception:  # noqa: BLE001, S110 - nothing sensible to do at interpreter teardown
-                pass
 
     def __repr__(self) -> str:
         return f"<Client {self.connection_info.url}>"
@@ -204,7 +211,9 @@ class ViewExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         return self.view.apply_async(fn, *args, **kwargs)
 
-    def map(self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:  # type: ignore[override]
+    def map(
+        self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[Any]:  # type: ignore[override]
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         return self.view.imap(fn, *iterables, chunksize=chunksize)

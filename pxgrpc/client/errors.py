@@ -1,13 +1,13 @@
 """The errors pxgrpc raises: one small hierarchy to catch.
 
-    PxError
-    ├── RemoteError          an exception raised by user code on an engine
-    │   └── CompositeError   several engines raised
-    ├── EngineError          the engine died or left before finishing the task
-    ├── TaskAborted          the task was aborted before it started
-    ├── TimeoutError         (also the builtin TimeoutError) a wait ran out
-    └── PxConnectionError    (also the builtin ConnectionError) the controller is unreachable or refused us
-        └── AuthenticationError
+PxError
+├── RemoteError          an exception raised by user code on an engine
+│   └── CompositeError   several engines raised
+├── EngineError          the engine died or left before finishing the task
+├── TaskAborted          the task was aborted before it started
+├── TimeoutError         (also the builtin TimeoutError) a wait ran out
+└── PxConnectionError    (also the builtin ConnectionError) the controller is unreachable or refused us
+    └── AuthenticationError
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class TaskAborted(PxError):
     """The task was aborted before it started."""
 
 
-class TimeoutError(PxError, builtins.TimeoutError):  # noqa: A001 - mirrors ipyparallel.error.TimeoutError
+class TimeoutError(PxError, builtins.TimeoutError):
     """A wait (get, wait_for_engines, ...) ran out of time; the work itself goes on."""
 
 
