@@ -5,6 +5,7 @@ protocol (controller, engine connection, client transport) use these; views neve
 """
 
 from pxgrpc._proto.controller_pb2 import (
+    EngineState,
     AbortReply,
     AbortRequest,
     ApplyRequest,
@@ -35,6 +36,9 @@ from pxgrpc._proto.engine_pb2 import (
     RegisterRequest,
 )
 from pxgrpc._proto.task_pb2 import (
+    OutputStream,
+    ResultEncoding,
+    TaskStatus,
     Action,
     ApplyAction,
     DisplayEvent,
@@ -66,6 +70,10 @@ from pxgrpc._proto.value_pb2 import (
 )
 
 __all__ = [
+    "EngineState",
+    "OutputStream",
+    "ResultEncoding",
+    "TaskStatus",
     "AbortReply",
     "AbortRequest",
     "Action",

@@ -179,7 +179,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
     @property
     def execute_result(self) -> Any:
         """The Out[] bundle of each engine's execute ({'data': {...}, 'execution_count': n}) or None."""
-        results = []
+        results: list[dict[str, Any] | None] = []
         for o in self._outcomes:
             if o is not None and o.execute_result is not None:
                 results.append({"data": o.execute_result, "execution_count": o.execution_count})

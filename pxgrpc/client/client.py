@@ -206,14 +206,14 @@ class ViewExecutor(concurrent.futures.Executor):
         self.view = view
         self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:  # type: ignore[override]
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         return self.view.apply_async(fn, *args, **kwargs)
 
     def map(
         self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int = 1
-    ) -> Iterator[Any]:  # type: ignore[override]
+    ) -> Iterator[Any]:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         return self.view.imap(fn, *iterables, chunksize=chunksize)

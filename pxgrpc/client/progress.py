@@ -8,7 +8,7 @@ from typing import Any
 def in_notebook() -> bool:
     """Whether we run inside a Jupyter kernel (where a widget bar is nicer than text)."""
     try:
-        from IPython import get_ipython
+        from IPython.core.getipython import get_ipython
     except ImportError:
         return False
     shell = get_ipython()

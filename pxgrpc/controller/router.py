@@ -57,7 +57,7 @@ class TaskRecord:
     task_id: str  # the client's id
     session: Session
     action: wire.pb.Action
-    encoding: int
+    encoding: wire.pb.ResultEncoding.ValueType
     load_balanced: bool
     retries: int
     blob_ids: list[str]
@@ -69,7 +69,7 @@ class TaskRecord:
 
 
 def failure(
-    task_id: str, engine_id: int, status: int, ename: str, evalue: str, submitted: float = 0.0
+    task_id: str, engine_id: int, status: wire.pb.TaskStatus.ValueType, ename: str, evalue: str, submitted: float = 0.0
 ) -> wire.pb.TaskEvent:
     """A result event for a task that did not run to completion."""
     now = time.time()

@@ -19,13 +19,14 @@ from google.protobuf.message import DecodeError, Message
 from pxgrpc import wire
 from pxgrpc.controller.blobs import BlobError, BlobStore
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
-from pxgrpc.controller.router import Session, TaskRouter
+from pxgrpc.controller.router import Session as ClientSession
+from pxgrpc.controller.router import TaskRouter
 from pxgrpc.controller.scatter import concatenate_values, scatter_values
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-Context = grpc.aio.ServicerContext
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 async def parse(cls: type[M], raw: bytes, context: Context) -> M:
@@ -73,7 +74,7 @@ class ControllerService:
         return wire.pb.ListEnginesReply(engines=[e.info() for e in self.state.registry.live()])
 
     async def Session(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.SessionEvent]:
-        session = Session(context.peer())
+        session = ClientSession(context.peer())
         input_done = asyncio.Event()
         reader = asyncio.create_task(self._read_session(session, requests, input_done))
         try:
@@ -96,7 +97,7 @@ class ControllerService:
             reader.cancel()
             self.router.close_session(session)
 
-    async def _read_session(self, session: Session, requests: AsyncIterator[bytes], done: asyncio.Event) -> None:
+    async def _read_session(self, session: ClientSession, requests: AsyncIterator[bytes], done: asyncio.Event) -> None:
         try:
             async for raw in requests:
                 try:
@@ -110,10 +111,14 @@ class ControllerService:
             done.set()
 
     async def _run(
-        self, targets: list[int], actions: list[wire.pb.Action], encoding: int, blob_ids: list[str] | None = None
+        self,
+        targets: list[int],
+        actions: list[wire.pb.Action],
+        encoding: wire.pb.ResultEncoding.ValueType,
+        blob_ids: list[str] | None = None
     ) -> AsyncIterator[wire.pb.TaskEvent]:
         """Submit one task per target and stream their events until every result is in."""
-        session = Session("call")
+        session = ClientSession("call")
         try:
             for i, (engine_id, action) in enumerate(zip(targets, actions, strict=True)):
                 submit = wire.pb.SubmitTask(
@@ -357,7 +362,7 @@ def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
     controller = ControllerService(state)
     engine = EngineService(state)
     ser = _serialize
-    c = {
+    c: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "ListEngines": grpc.unary_unary_rpc_method_handler(controller.ListEngines, response_serializer=ser),
         "Session": grpc.stream_stream_rpc_method_handler(controller.Session, response_serializer=ser),
         "Execute": grpc.unary_stream_rpc_method_handler(controller.Execute, response_serializer=ser),
@@ -373,7 +378,7 @@ def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
         "QueueStatus": grpc.unary_unary_rpc_method_handler(controller.QueueStatus, response_serializer=ser),
         "Shutdown": grpc.unary_unary_rpc_method_handler(controller.Shutdown, response_serializer=ser),
     }
-    e = {
+    e: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Register": grpc.unary_unary_rpc_method_handler(engine.Register, response_serializer=ser),
         "Work": grpc.stream_stream_rpc_method_handler(engine.Work, response_serializer=ser),
         "Upload": grpc.stream_unary_rpc_method_handler(engine.Upload, response_serializer=ser),

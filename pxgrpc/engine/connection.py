@@ -17,10 +17,11 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
-from pxgrpc import security, wire
+from pxgrpc import diagnose, security, wire
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,12 @@ EXIT_GRACE = 3.0
 class EngineConnection:
     """Everything the engine says to and hears from the controller."""
 
-    def __init__(self, info: security.ConnectionInfo, work: queue.SimpleQueue[WorkItem | None]) -> None:
+    def __init__(
+        self, info: security.ConnectionInfo, work: queue.SimpleQueue[WorkItem | None], connect_timeout: float = 30.0
+    ) -> None:
         self.info = info
+        #: Seconds to keep trying to reach the controller before giving up.
+        self.connect_timeout = connect_timeout
         self.work = work
         self.loop = asyncio.new_event_loop()
         self.engine_id = -1
@@ -106,34 +111,17 @@ class EngineConnection:
 
     def _channel(self) -> grpc.aio.Channel:
         options = security.channel_options(self.info.tls_server_name)
-        if self.info.tls_ca:
-            creds = security.channel_credentials(self.info.tls_ca.encode(), self._client_cert())
+        if self.info.uses_tls:
+            ca = self.info.tls_ca.encode() if self.info.tls_ca else None
+            creds = security.channel_credentials(ca, self.info.client_cert())
             return grpc.aio.secure_channel(self.info.url, creds, options=options)
         return grpc.aio.insecure_channel(self.info.url, options=options)
-
-    def _client_cert(self) -> security.CertKey | None:
-        cert, key = os.environ.get("PXGRPC_TLS_CLIENT_CERT"), os.environ.get("PXGRPC_TLS_CLIENT_KEY")
-        if cert and key:
-            return security.CertKey(open(cert, "rb").read(), open(key, "rb").read())
-        return None
 
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
         async with self._channel() as channel:
             self.channel = channel
-            register = channel.unary_unary(
-                f"/{wire.ENGINE_SERVICE}/Register",
-                request_serializer=wire.pb.RegisterRequest.SerializeToString,
-                response_deserializer=wire.pb.RegisterReply.FromString,
-            )
-            reply = await register(
-                wire.pb.RegisterRequest(
-                    hostname=socket.gethostname(), pid=os.getpid(), python_version=wire.python_version()
-                ),
-                metadata=self._metadata,
-                timeout=30,
-                wait_for_ready=True,
-            )
+            reply = await self._register(channel)
             self.engine_id = reply.engine_id
             self.heartbeat = reply.heartbeat_interval or 1.0
             self.registered.set()
@@ -148,6 +136,39 @@ class EngineConnection:
                 if self._handle(command):
                     break
             call.cancel()
+
+    async def _register(self, channel: grpc.aio.Channel) -> wire.pb.RegisterReply:
+        """Register with the controller. Retry while it cannot be reached (it may be starting)
+        until `connect_timeout`; fail at once, with a diagnosis, on TLS or token problems."""
+        register = channel.unary_unary(
+            f"/{wire.ENGINE_SERVICE}/Register",
+            request_serializer=wire.pb.RegisterRequest.SerializeToString,
+            response_deserializer=wire.pb.RegisterReply.FromString,
+        )
+        request = wire.pb.RegisterRequest(
+            hostname=socket.gethostname(), pid=os.getpid(), python_version=wire.python_version()
+        )
+        target = diagnose.ConnectTarget.of(self.info, role="engine")
+        deadline = self.loop.time() + self.connect_timeout
+        delay = 0.05
+        while True:
+            remaining = max(deadline - self.loop.time(), 0.5)
+            try:
+                reply: wire.pb.RegisterReply = await register(request, metadata=self._metadata, timeout=remaining)
+                return reply
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+            retry = self.loop.time() + delay < deadline
+            if not retry or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                break
+            quick = diagnose.diagnose(code, details, target, probe=False)
+            if not quick.retryable:
+                break
+            log.info("controller at %s not reachable yet (%s); retrying", self.info.url, diagnose.short(details))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
+        raise diagnose.ConnectFailure(found)
 
     async def _messages(self, reply: wire.pb.RegisterReply) -> AsyncIterator[wire.pb.EngineMessage]:
         """The engine's side of the work stream: hello, then batched events and heartbeats."""
@@ -202,7 +223,7 @@ class EngineConnection:
             item.blobs.set_result(blobs)
 
     async def _download(self, blob_id: str) -> wire.IncomingBlob:
-        download = self.channel.unary_stream(
+        download: Any = self.channel.unary_stream(
             f"/{wire.ENGINE_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
@@ -220,7 +241,7 @@ class EngineConnection:
         return blob
 
     async def _upload(self, blob: wire.OutgoingBlob) -> None:
-        upload = self.channel.stream_unary(
+        upload: Any = self.channel.stream_unary(
             f"/{wire.ENGINE_SERVICE}/Upload",
             request_serializer=None,
             response_deserializer=wire.pb.UploadReply.FromString,

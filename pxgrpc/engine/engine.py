@@ -22,10 +22,19 @@ class Engine:
     def __init__(self, info: security.ConnectionInfo) -> None:
         self.work: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
         self.conn = EngineConnection(info, self.work)
-        self.kernel = Kernel()
+        self.kernel = Kernel(display_sink=self._publish_display)
         self.stdout = OutputStream(wire.STDOUT, "<stdout>", self.conn.emit, self.conn.schedule)
         self.stderr = OutputStream(wire.STDERR, "<stderr>", self.conn.emit, self.conn.schedule)
         self._in_user_code = False
+
+    def _publish_display(self, data: dict[str, str], metadata_json: str) -> None:
+        """display() in user code: text printed before it goes first, then the DisplayEvent."""
+        self.stdout.send()
+        self.stderr.send()
+        event = wire.pb.DisplayEvent(
+            task_id=self.stdout.task_id, engine_id=self.conn.engine_id, data=data, metadata_json=metadata_json
+        )
+        self.conn.emit(wire.pb.TaskEvent(display=event))
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         # An interrupt that lands between tasks must not kill the engine.
@@ -68,7 +77,7 @@ class Engine:
         del blobs, item
         self._send(task, outcome)
 
-    def _send(self, task: wire.pb.Task, outcome: Outcome, status: int | None = None) -> None:
+    def _send(self, task: wire.pb.Task, outcome: Outcome, status: wire.pb.TaskStatus.ValueType | None = None) -> None:
         self.stdout.send()
         self.stderr.send()
         result = wire.pb.TaskResult(

@@ -22,7 +22,7 @@ class OutputStream(io.TextIOBase):
     task (the controller drops it if that task is over).
     """
 
-    def __init__(self, stream: int, name: str, emit: Emit, schedule: Schedule) -> None:
+    def __init__(self, stream: wire.pb.OutputStream.ValueType, name: str, emit: Emit, schedule: Schedule) -> None:
         super().__init__()
         self.stream = stream
         self._name = name
@@ -34,7 +34,7 @@ class OutputStream(io.TextIOBase):
         self.task_id = ""
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self._name
 
     @property
