@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,8 @@ EngineStub = engine_pb2_grpc.EngineStub
 
 #: Buffers larger than this travel in a blob rather than inside the message.
 INLINE_LIMIT = 256 * 1024
+#: Largest inline buffer a peer may send (`Buffer.inline`, `Value.bytes_value`).
+MAX_INLINE = 1024 * 1024
 #: Size of the data chunks of a blob stream.
 CHUNK_SIZE = 2 * 1024 * 1024
 #: Largest data chunk a peer may send.
@@ -122,6 +125,12 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ALLOWED_DTYPE_KINDS = frozenset("biufc")
+#: The `NDArray.dtype` strings any language can read: byte order, kind, item size.
+TYPED_DTYPE_RE = re.compile(r"^[<>|=]?(b1|[iu](1|2|4|8)|f(2|4|8)|c(8|16))$")
+#: Deepest nesting of lists and maps the typed result encodings produce.
+MAX_DEPTH = 100
+#: What blob ids look like (chosen by uploaders).
+BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class EncodingError(ValueError):
@@ -130,6 +139,24 @@ class EncodingError(ValueError):
 
 class DecodingError(ValueError):
     """A `Value` message is malformed; the message names the offending field."""
+
+
+class UnknownBlobError(DecodingError):
+    """A `Value` references a blob its reader does not have (gRPC NOT_FOUND)."""
+
+
+def is_typed_dtype(dtype: np.dtype[Any]) -> bool:
+    """Whether arrays of `dtype` travel as an `NDArray` (fixed-size numbers and bools)."""
+    return not dtype.fields and TYPED_DTYPE_RE.match(dtype.str) is not None
+
+
+def parse_dtype(text: str, where: str) -> np.dtype[Any]:
+    """The numpy dtype an `NDArray.dtype` string names; DecodingError naming `where` if none."""
+    if TYPED_DTYPE_RE.match(text) is None:
+        raise DecodingError(
+            f"{where}: {text!r} is not a fixed-size numeric or bool dtype (e.g. '<f8', '<i4', '|u1', '|b1')"
+        )
+    return np.dtype(text)
 
 
 def new_id() -> str:
@@ -284,38 +311,61 @@ class Encoder:
             value.int_value = obj
         elif type(obj) is float:
             value.float_value = obj
-        elif type(obj) is str:
+        elif type(obj) is str and _utf8_ok(obj):
             value.string_value = obj
-        elif type(obj) is bytes and len(obj) <= INLINE_LIMIT:
-            value.bytes_value = obj
-        elif isinstance(obj, np.ndarray) and obj.dtype.kind in ALLOWED_DTYPE_KINDS and not obj.dtype.fields:
+        elif type(obj) is bytes:
+            if len(obj) <= INLINE_LIMIT:
+                value.bytes_value = obj
+            else:
+                value.large_bytes_value.CopyFrom(self.buffer(obj))
+        elif isinstance(obj, np.ndarray) and is_typed_dtype(obj.dtype):
             self._encode_array(obj, value.array_value)
-        elif self.mode == ENCODING_PICKLE or depth > 100:
+        elif self.mode == ENCODING_PICKLE:
             self._encode_pickle(obj, value.pickled_value)
-        elif type(obj) is list:
+        elif depth >= MAX_DEPTH:
+            self._untyped(obj, value, f"a value nested deeper than {MAX_DEPTH} lists or dicts")
+        else:
+            self._encode_typed_container(obj, value, depth)
+
+    def _encode_typed_container(self, obj: Any, value: value_pb2.Value, depth: int) -> None:
+        """Typed modes: lists, dicts and numpy scalars natively; the rest by `_untyped`."""
+        if isinstance(obj, list | tuple):
             items = value.list_value.items
             for item in obj:
                 self._encode_into(item, items.add(), depth + 1)
-            if not obj:
-                value.list_value.SetInParent()
-        elif type(obj) is dict and all(type(k) is str for k in obj):
+            value.list_value.SetInParent()
+        elif isinstance(obj, dict):
+            bad_key = next((k for k in obj if type(k) is not str), None)
+            if bad_key is not None:
+                self._untyped(obj, value, f"a dict with a {_qualname(bad_key)} key (map keys are strings)")
+                return
             entries = value.map_value.entries
             for key, item in obj.items():
                 self._encode_into(item, entries[key], depth + 1)
-            if not obj:
-                value.map_value.SetInParent()
-        elif type(obj) is tuple:
-            self._encode_into(list(obj), value, depth)
-        elif isinstance(obj, np.generic) and obj.dtype.kind in ALLOWED_DTYPE_KINDS:
-            self._encode_into(obj.item(), value, depth)
-        elif self.mode == ENCODING_TYPED_OR_REPR:
+            value.map_value.SetInParent()
+        elif isinstance(obj, np.generic) and type(obj.item()) in (bool, int, float, complex, str, bytes):
+            self._encode_into(obj.item(), value, depth + 1)
+        elif isinstance(obj, np.ndarray) and obj.dtype.kind in "OUS":
+            self._encode_into(obj.tolist(), value, depth + 1)
+        elif isinstance(obj, bytearray | memoryview):
+            self._encode_into(bytes(obj), value, depth)
+        elif type(obj) is complex:
+            self._encode_array(np.asarray(obj), value.array_value)  # a 0-d "<c16" array
+        elif type(obj) is int:
+            self._untyped(obj, value, f"the int {_safe_repr(obj)[:40]} (more than 64 bits)")
+        else:
+            self._untyped(obj, value, f"a {_qualname(obj)}")
+
+    def _untyped(self, obj: Any, value: value_pb2.Value, what: str) -> None:
+        """An object with no typed encoding: its repr (TYPED_OR_REPR) or an EncodingError."""
+        if self.mode == ENCODING_TYPED_OR_REPR:
             value.opaque_value.type_name = _qualname(obj)
             value.opaque_value.repr = _safe_repr(obj)
-        else:
-            raise EncodingError(
-                f"a {_qualname(obj)} has no typed encoding; ask for RESULT_ENCODING_TYPED_OR_REPR "
-                "to get its repr, or convert it to plain data on the engine"
-            )
+            return
+        raise EncodingError(
+            f"{what} has no typed encoding; ask for RESULT_ENCODING_TYPED_OR_REPR "
+            "to get its repr, or convert it to plain data on the engine"
+        )
 
     def _encode_array(self, arr: np.ndarray, out: value_pb2.NDArray) -> None:
         if arr.dtype.byteorder == ">":
@@ -332,6 +382,15 @@ class Encoder:
         for buf in buffers:
             out.buffers.append(self.buffer(buf.raw()))
         out.type_name = _qualname(obj)
+
+
+def _utf8_ok(text: str) -> bool:
+    """False for strings protobuf cannot carry (lone surrogates): they travel pickled or fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _qualname(obj: Any) -> str:
@@ -369,6 +428,8 @@ def _collect_blobs(value: value_pb2.Value, found: set[str]) -> None:
     kind = value.WhichOneof("kind")
     if kind == "array_value":
         _collect_buffer(value.array_value.data, found)
+    elif kind == "large_bytes_value":
+        _collect_buffer(value.large_bytes_value, found)
     elif kind == "pickled_value":
         _collect_buffer(value.pickled_value.data, found)
         for buf in value.pickled_value.buffers:
@@ -415,6 +476,8 @@ def decode(value: value_pb2.Value, blobs: BlobMap | None = None, where: str = "v
         return value.string_value
     if kind == "bytes_value":
         return value.bytes_value
+    if kind == "large_bytes_value":
+        return bytes(read_buffer(value.large_bytes_value, blobs, f"{where}.large_bytes_value"))
     if kind == "list_value":
         return [decode(v, blobs, f"{where}.list_value.items[{i}]") for i, v in enumerate(value.list_value.items)]
     if kind == "map_value":
@@ -429,12 +492,7 @@ def decode(value: value_pb2.Value, blobs: BlobMap | None = None, where: str = "v
 
 
 def _decode_array(msg: value_pb2.NDArray, blobs: BlobMap, where: str) -> np.ndarray:
-    try:
-        dtype = np.dtype(msg.dtype)
-    except TypeError as exc:
-        raise DecodingError(f"{where}.dtype: {msg.dtype!r} is not a dtype") from exc
-    if dtype.kind not in ALLOWED_DTYPE_KINDS or dtype.fields:
-        raise DecodingError(f"{where}.dtype: {msg.dtype!r} is not a fixed-size numeric or bool dtype")
+    dtype = parse_dtype(msg.dtype, f"{where}.dtype")
     shape = tuple(msg.shape)
     if any(n < 0 for n in shape):
         raise DecodingError(f"{where}.shape: negative dimension in {list(shape)}")
@@ -458,6 +516,90 @@ def _decode_pickle(msg: value_pb2.Pickled, blobs: BlobMap, where: str) -> Any:
 def _writable(buf: memoryview | bytes) -> memoryview | bytearray:
     # Inline buffers arrive as immutable bytes; arrays unpickled on them would be read-only.
     return bytearray(buf) if isinstance(buf, bytes) else buf
+
+
+# --- validation of values from other peers --------------------------------------------------------
+
+#: The size of a blob by id: None when unknown, -1 while its header has not arrived.
+BlobSizes = Callable[[str], int | None]
+
+
+def validate_value(value: value_pb2.Value, where: str = "value", blob_size: BlobSizes | None = None) -> None:
+    """Check a Value a client sent, before any engine sees it.
+
+    Raises DecodingError naming the field (`where` and the path inside the value, e.g.
+    ``namespace['x'].list_value.items[2].array_value.shape``) when the value is malformed, and
+    UnknownBlobError when it references a blob that `blob_size` does not know. The contents of
+    `Pickled` values are not inspected (only Python peers make them).
+    """
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise DecodingError(f"{where}: no kind set (one of null_value, int_value, ... is required)")
+    if kind == "list_value":
+        for i, item in enumerate(value.list_value.items):
+            validate_value(item, f"{where}.list_value.items[{i}]", blob_size)
+    elif kind == "map_value":
+        for key, item in value.map_value.entries.items():
+            validate_value(item, f"{where}.map_value[{key!r}]", blob_size)
+    elif kind == "bytes_value" and len(value.bytes_value) > MAX_INLINE:
+        raise DecodingError(
+            f"{where}.bytes_value: {len(value.bytes_value)} bytes is more than {MAX_INLINE}; "
+            "send large_bytes_value with the data in a blob"
+        )
+    elif kind == "large_bytes_value":
+        _validate_buffer(value.large_bytes_value, f"{where}.large_bytes_value", blob_size)
+    elif kind == "array_value":
+        _validate_array(value.array_value, f"{where}.array_value", blob_size)
+    elif kind == "pickled_value":
+        _validate_buffer(value.pickled_value.data, f"{where}.pickled_value.data", blob_size)
+        for i, buf in enumerate(value.pickled_value.buffers):
+            _validate_buffer(buf, f"{where}.pickled_value.buffers[{i}]", blob_size)
+    elif kind == "opaque_value":
+        raise DecodingError(
+            f"{where}.opaque_value: Opaque values only travel from engines to clients; send the data itself"
+        )
+
+
+def _validate_array(array: value_pb2.NDArray, where: str, blob_size: BlobSizes | None) -> None:
+    dtype = parse_dtype(array.dtype, f"{where}.dtype")
+    if any(n < 0 for n in array.shape):
+        raise DecodingError(f"{where}.shape: negative dimension in {list(array.shape)}")
+    expected = math.prod(array.shape) * dtype.itemsize
+    length = _validate_buffer(array.data, f"{where}.data", blob_size)
+    if length != expected:
+        raise DecodingError(
+            f"{where}.data: {length} bytes, but shape {list(array.shape)} of {dtype.str} needs {expected}"
+        )
+
+
+def _validate_buffer(buf: value_pb2.Buffer, where: str, blob_size: BlobSizes | None) -> int:
+    """Check one Buffer; return the number of bytes it designates."""
+    location = buf.WhichOneof("location")
+    if location == "inline":
+        if len(buf.inline) > MAX_INLINE:
+            raise DecodingError(
+                f"{where}.inline: {len(buf.inline)} bytes is more than {MAX_INLINE}; put the data in a blob"
+            )
+        return len(buf.inline)
+    if location is None:
+        return 0
+    ref = buf.blob
+    if not BLOB_ID_RE.match(ref.blob_id):
+        raise DecodingError(f"{where}.blob.blob_id: {ref.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    if ref.offset < 0 or ref.length < 0:
+        raise DecodingError(f"{where}.blob: offset {ref.offset} and length {ref.length} must not be negative")
+    if blob_size is not None:
+        size = blob_size(ref.blob_id)
+        if size is None:
+            raise UnknownBlobError(
+                f"{where}.blob.blob_id: no blob {ref.blob_id!r} (upload it, and wait for the UploadReply, first)"
+            )
+        if size >= 0 and ref.offset + ref.length > size:
+            raise DecodingError(
+                f"{where}.blob: bytes {ref.offset}..{ref.offset + ref.length} are outside blob "
+                f"{ref.blob_id} of {size} bytes"
+            )
+    return ref.length
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pxgrpc/v1/value.proto\x12\tpxgrpc.v1\"\x80\x03\n\x05Value\x12%\n\nnull_value\x18\x01 \x01(\x0b\x32\x0f.pxgrpc.v1.NullH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x06 \x01(\x0cH\x00\x12*\n\nlist_value\x18\x07 \x01(\x0b\x32\x14.pxgrpc.v1.ValueListH\x00\x12(\n\tmap_value\x18\x08 \x01(\x0b\x32\x13.pxgrpc.v1.ValueMapH\x00\x12)\n\x0b\x61rray_value\x18\t \x01(\x0b\x32\x12.pxgrpc.v1.NDArrayH\x00\x12+\n\rpickled_value\x18\n \x01(\x0b\x32\x12.pxgrpc.v1.PickledH\x00\x12)\n\x0copaque_value\x18\x0b \x01(\x0b\x32\x11.pxgrpc.v1.OpaqueH\x00\x42\x06\n\x04kind\"\x06\n\x04Null\",\n\tValueList\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.pxgrpc.v1.Value\"\x7f\n\x08ValueMap\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .pxgrpc.v1.ValueMap.EntriesEntry\x1a@\n\x0c\x45ntriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"H\n\x07NDArray\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1f\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x11.pxgrpc.v1.Buffer\"a\n\x07Pickled\x12\x1f\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x11.pxgrpc.v1.Buffer\x12\"\n\x07\x62uffers\x18\x02 \x03(\x0b\x32\x11.pxgrpc.v1.Buffer\x12\x11\n\ttype_name\x18\x03 \x01(\t\")\n\x06Opaque\x12\x11\n\ttype_name\x18\x01 \x01(\t\x12\x0c\n\x04repr\x18\x02 \x01(\t\"L\n\x06\x42uffer\x12\x10\n\x06inline\x18\x01 \x01(\x0cH\x00\x12$\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x14.pxgrpc.v1.BlobSliceH\x00\x42\n\n\x08location\"<\n\tBlobSlice\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"+\n\nBlobHeader\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"L\n\tBlobChunk\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\'\n\x06header\x18\x02 \x01(\x0b\x32\x15.pxgrpc.v1.BlobHeaderH\x00\x42\x06\n\x04part\",\n\x0bUploadReply\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\"\n\x0f\x44ownloadRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pxgrpc/v1/value.proto\x12\tpxgrpc.v1\"\xb0\x03\n\x05Value\x12%\n\nnull_value\x18\x01 \x01(\x0b\x32\x0f.pxgrpc.v1.NullH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x04 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x05 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x06 \x01(\x0cH\x00\x12*\n\nlist_value\x18\x07 \x01(\x0b\x32\x14.pxgrpc.v1.ValueListH\x00\x12(\n\tmap_value\x18\x08 \x01(\x0b\x32\x13.pxgrpc.v1.ValueMapH\x00\x12)\n\x0b\x61rray_value\x18\t \x01(\x0b\x32\x12.pxgrpc.v1.NDArrayH\x00\x12+\n\rpickled_value\x18\n \x01(\x0b\x32\x12.pxgrpc.v1.PickledH\x00\x12)\n\x0copaque_value\x18\x0b \x01(\x0b\x32\x11.pxgrpc.v1.OpaqueH\x00\x12.\n\x11large_bytes_value\x18\x0c \x01(\x0b\x32\x11.pxgrpc.v1.BufferH\x00\x42\x06\n\x04kind\"\x06\n\x04Null\",\n\tValueList\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.pxgrpc.v1.Value\"\x7f\n\x08ValueMap\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .pxgrpc.v1.ValueMap.EntriesEntry\x1a@\n\x0c\x45ntriesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"H\n\x07NDArray\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x1f\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x11.pxgrpc.v1.Buffer\"a\n\x07Pickled\x12\x1f\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x11.pxgrpc.v1.Buffer\x12\"\n\x07\x62uffers\x18\x02 \x03(\x0b\x32\x11.pxgrpc.v1.Buffer\x12\x11\n\ttype_name\x18\x03 \x01(\t\")\n\x06Opaque\x12\x11\n\ttype_name\x18\x01 \x01(\t\x12\x0c\n\x04repr\x18\x02 \x01(\t\"L\n\x06\x42uffer\x12\x10\n\x06inline\x18\x01 \x01(\x0cH\x00\x12$\n\x04\x62lob\x18\x02 \x01(\x0b\x32\x14.pxgrpc.v1.BlobSliceH\x00\x42\n\n\x08location\"<\n\tBlobSlice\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"+\n\nBlobHeader\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"L\n\tBlobChunk\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\'\n\x06header\x18\x02 \x01(\x0b\x32\x15.pxgrpc.v1.BlobHeaderH\x00\x42\x06\n\x04part\",\n\x0bUploadReply\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\"\n\x0f\x44ownloadRequest\x12\x0f\n\x07\x62lob_id\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALUEMAP_ENTRIESENTRY']._loaded_options = None
   _globals['_VALUEMAP_ENTRIESENTRY']._serialized_options = b'8\001'
   _globals['_VALUE']._serialized_start=37
-  _globals['_VALUE']._serialized_end=421
-  _globals['_NULL']._serialized_start=423
-  _globals['_NULL']._serialized_end=429
-  _globals['_VALUELIST']._serialized_start=431
-  _globals['_VALUELIST']._serialized_end=475
-  _globals['_VALUEMAP']._serialized_start=477
-  _globals['_VALUEMAP']._serialized_end=604
-  _globals['_VALUEMAP_ENTRIESENTRY']._serialized_start=540
-  _globals['_VALUEMAP_ENTRIESENTRY']._serialized_end=604
-  _globals['_NDARRAY']._serialized_start=606
-  _globals['_NDARRAY']._serialized_end=678
-  _globals['_PICKLED']._serialized_start=680
-  _globals['_PICKLED']._serialized_end=777
-  _globals['_OPAQUE']._serialized_start=779
-  _globals['_OPAQUE']._serialized_end=820
-  _globals['_BUFFER']._serialized_start=822
-  _globals['_BUFFER']._serialized_end=898
-  _globals['_BLOBSLICE']._serialized_start=900
-  _globals['_BLOBSLICE']._serialized_end=960
-  _globals['_BLOBHEADER']._serialized_start=962
-  _globals['_BLOBHEADER']._serialized_end=1005
-  _globals['_BLOBCHUNK']._serialized_start=1007
-  _globals['_BLOBCHUNK']._serialized_end=1083
-  _globals['_UPLOADREPLY']._serialized_start=1085
-  _globals['_UPLOADREPLY']._serialized_end=1129
-  _globals['_DOWNLOADREQUEST']._serialized_start=1131
-  _globals['_DOWNLOADREQUEST']._serialized_end=1165
+  _globals['_VALUE']._serialized_end=469
+  _globals['_NULL']._serialized_start=471
+  _globals['_NULL']._serialized_end=477
+  _globals['_VALUELIST']._serialized_start=479
+  _globals['_VALUELIST']._serialized_end=523
+  _globals['_VALUEMAP']._serialized_start=525
+  _globals['_VALUEMAP']._serialized_end=652
+  _globals['_VALUEMAP_ENTRIESENTRY']._serialized_start=588
+  _globals['_VALUEMAP_ENTRIESENTRY']._serialized_end=652
+  _globals['_NDARRAY']._serialized_start=654
+  _globals['_NDARRAY']._serialized_end=726
+  _globals['_PICKLED']._serialized_start=728
+  _globals['_PICKLED']._serialized_end=825
+  _globals['_OPAQUE']._serialized_start=827
+  _globals['_OPAQUE']._serialized_end=868
+  _globals['_BUFFER']._serialized_start=870
+  _globals['_BUFFER']._serialized_end=946
+  _globals['_BLOBSLICE']._serialized_start=948
+  _globals['_BLOBSLICE']._serialized_end=1008
+  _globals['_BLOBHEADER']._serialized_start=1010
+  _globals['_BLOBHEADER']._serialized_end=1053
+  _globals['_BLOBCHUNK']._serialized_start=1055
+  _globals['_BLOBCHUNK']._serialized_end=1131
+  _globals['_UPLOADREPLY']._serialized_start=1133
+  _globals['_UPLOADREPLY']._serialized_end=1177
+  _globals['_DOWNLOADREQUEST']._serialized_start=1179
+  _globals['_DOWNLOADREQUEST']._serialized_end=1213
 # @@protoc_insertion_point(module_scope)

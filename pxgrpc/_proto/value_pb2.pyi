@@ -48,15 +48,20 @@ class Value(_message.Message):
     ARRAY_VALUE_FIELD_NUMBER: _builtins.int
     PICKLED_VALUE_FIELD_NUMBER: _builtins.int
     OPAQUE_VALUE_FIELD_NUMBER: _builtins.int
+    LARGE_BYTES_VALUE_FIELD_NUMBER: _builtins.int
     bool_value: _builtins.bool
     int_value: _builtins.int
-    """Integers that fit in 64 bits; Python ints beyond that travel as `Pickled` (or `Opaque`)."""
+    """Integers that fit in 64 bits (Python `int`). Python ints beyond that travel as `Pickled`,
+    or fail / become `Opaque` under the typed result encodings. JavaScript readers: values
+    beyond +-2^53 need BigInt (or a Long) to stay exact.
+    """
     float_value: _builtins.float
+    """Python `float`. NaN and the infinities are allowed."""
     string_value: _builtins.str
-    """UTF-8 text."""
+    """UTF-8 text (Python `str`). Invalid UTF-8 fails the whole message (INVALID_ARGUMENT)."""
     bytes_value: _builtins.bytes
-    """Raw bytes (Python `bytes`, Node `Buffer`/`Uint8Array`). At most 1 MiB inline; larger
-    byte strings are sent as an `NDArray` of dtype "|u1" whose data lives in a blob.
+    """Raw bytes (Python `bytes`, Node `Buffer`), at most 1 MiB. Larger byte strings use
+    `large_bytes_value`.
     """
     @_builtins.property
     def null_value(self) -> Global___Null:
@@ -80,7 +85,15 @@ class Value(_message.Message):
 
     @_builtins.property
     def opaque_value(self) -> Global___Opaque:
-        """A Python-only object described for a non-Python reader (never sent *to* an engine)."""
+        """A Python-only object described for a non-Python reader. Only ever sent *to* clients; a
+        request that carries one is INVALID_ARGUMENT.
+        """
+
+    @_builtins.property
+    def large_bytes_value(self) -> Global___Buffer:
+        """Raw bytes of any size, held in a `Buffer`: how byte strings larger than 1 MiB travel (their
+        data in a blob). Readers treat it exactly like `bytes_value`: Python sees `bytes`.
+        """
 
     def __init__(
         self,
@@ -96,12 +109,13 @@ class Value(_message.Message):
         array_value: Global___NDArray | None = ...,
         pickled_value: Global___Pickled | None = ...,
         opaque_value: Global___Opaque | None = ...,
+        large_bytes_value: Global___Buffer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "list_value", b"list_value", "map_value", b"map_value", "null_value", b"null_value", "opaque_value", b"opaque_value", "pickled_value", b"pickled_value", "string_value", b"string_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "large_bytes_value", b"large_bytes_value", "list_value", b"list_value", "map_value", b"map_value", "null_value", b"null_value", "opaque_value", b"opaque_value", "pickled_value", b"pickled_value", "string_value", b"string_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "list_value", b"list_value", "map_value", b"map_value", "null_value", b"null_value", "opaque_value", b"opaque_value", "pickled_value", b"pickled_value", "string_value", b"string_value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array_value", b"array_value", "bool_value", b"bool_value", "bytes_value", b"bytes_value", "float_value", b"float_value", "int_value", b"int_value", "kind", b"kind", "large_bytes_value", b"large_bytes_value", "list_value", b"list_value", "map_value", b"map_value", "null_value", b"null_value", "opaque_value", b"opaque_value", "pickled_value", b"pickled_value", "string_value", b"string_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "bool_value", "int_value", "float_value", "string_value", "bytes_value", "list_value", "map_value", "array_value", "pickled_value", "opaque_value"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["null_value", "bool_value", "int_value", "float_value", "string_value", "bytes_value", "list_value", "map_value", "array_value", "pickled_value", "opaque_value", "large_bytes_value"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -146,6 +160,8 @@ Global___ValueList: _TypeAlias = ValueList  # noqa: Y015
 
 @_typing.final
 class ValueMap(_message.Message):
+    """A mapping with string keys. Entry order is not preserved by protobuf maps."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -195,20 +211,23 @@ class NDArray(_message.Message):
     SHAPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     dtype: _builtins.str
-    """numpy "array protocol" type string with explicit byte order: "<f8" (float64), "<f4",
-    "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "<u2", "|u1", "|b1" (bool), "<c16"
-    (complex128). Only fixed-size numeric and bool dtypes are allowed; anything else is
-    INVALID_ARGUMENT.
+    """numpy "array protocol" type string: byte order ("<" little, ">" big, "|" not applicable),
+    kind (b bool, i signed int, u unsigned int, f float, c complex) and item size in bytes:
+    "<f8" (float64, JS Float64Array), "<f4" (Float32Array), "<i8" (BigInt64Array), "<i4"
+    (Int32Array), "<i2" (Int16Array), "|i1" (Int8Array), "<u8" (BigUint64Array), "<u4"
+    (Uint32Array), "<u2" (Uint16Array), "|u1" (Uint8Array), "|b1" (bool, one byte 0 or 1),
+    "<f2" (float16), "<c8"/"<c16" (complex: pairs of floats). Engines send little-endian.
+    Anything else (strings, objects, records, datetimes) is INVALID_ARGUMENT.
     """
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Length of each dimension; empty for a 0-d array. product(shape) * itemsize must equal the
-        byte length of `data`.
+        """Length of each dimension (each >= 0); empty for a 0-d array (one element).
+        product(shape) * itemsize must equal the byte length of `data`, else INVALID_ARGUMENT.
         """
 
     @_builtins.property
     def data(self) -> Global___Buffer:
-        """The elements, packed in row-major order."""
+        """The elements, packed in row-major order with no padding. Unset means no bytes."""
 
     def __init__(
         self,
@@ -261,7 +280,9 @@ Global___Pickled: _TypeAlias = Pickled  # noqa: Y015
 
 @_typing.final
 class Opaque(_message.Message):
-    """Stands in for a Python object that a non-Python client cannot read."""
+    """Stands in for a Python object that a non-Python client cannot read (results encoded with
+    RESULT_ENCODING_TYPED_OR_REPR). Clients must not send it back.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -287,14 +308,18 @@ Global___Opaque: _TypeAlias = Opaque  # noqa: Y015
 
 @_typing.final
 class Buffer(_message.Message):
-    """A run of bytes: inline for small buffers, or a slice of a blob for large ones."""
+    """A run of bytes: inline for small buffers, or a slice of a blob for large ones. An unset
+    `location` means zero bytes.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INLINE_FIELD_NUMBER: _builtins.int
     BLOB_FIELD_NUMBER: _builtins.int
     inline: _builtins.bytes
-    """The bytes themselves (at most 1 MiB)."""
+    """The bytes themselves, at most 1 MiB (more is INVALID_ARGUMENT). pxgrpc itself inlines
+    up to 256 KiB and uses blobs beyond.
+    """
     @_builtins.property
     def blob(self) -> Global___BlobSlice:
         """Where in a blob the bytes are."""
@@ -317,7 +342,17 @@ Global___Buffer: _TypeAlias = Buffer  # noqa: Y015
 
 @_typing.final
 class BlobSlice(_message.Message):
-    """`length` bytes at `offset` in blob `blob_id`."""
+    """`length` bytes at `offset` in blob `blob_id`.
+
+    In a request (Push, Scatter, Apply) the blob must already be uploaded: call Controller.Upload
+    and wait for its UploadReply first. An unknown blob is NOT_FOUND; a slice that reaches past
+    the blob's end is INVALID_ARGUMENT. The controller keeps an uploaded blob until the tasks that
+    reference it have ended (then it is gone: upload again to send it again), or for 120 s if
+    nothing references it. Several values (and several slices) may share one blob.
+
+    In a result, the blob ids are listed in `TaskResult.blob_ids`: download each once with
+    Controller.Download.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -375,7 +410,9 @@ Global___BlobHeader: _TypeAlias = BlobHeader  # noqa: Y015
 class BlobChunk(_message.Message):
     """One message of a blob stream: a header first, then data chunks in order.
     Chunks should be 1-4 MiB; each must be at most 8 MiB. The sum of the data chunk lengths must
-    equal `BlobHeader.size`, else the stream fails with INVALID_ARGUMENT.
+    equal `BlobHeader.size`, else the stream fails with INVALID_ARGUMENT (also for a missing or
+    second header, a data chunk before the header, or a blob id already uploaded). A blob of size
+    0 is a header alone.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
