@@ -58,3 +58,24 @@ def test_controller_going_away_fails_pending_work_instead_of_hanging(make_cluste
         ar.get(timeout=20)
     with pytest.raises(ipp.PxConnectionError):
         rc[0].apply_async(lambda: 1).get(timeout=20)
+
+
+def test_a_frozen_engine_is_declared_dead_by_heartbeat(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    _, rc = make_cluster(n=2, controller_args=["--heartbeat-timeout", "2"])
+    pid = rc[0].apply_sync(os.getpid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ar = rc[0].apply_async(lambda: "never answered")
+        with pytest.raises(ipp.EngineError, match="no heartbeat"):
+            ar.get(timeout=20)
+        assert rc.ids == [1]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_wait_for_engines_times_out_with_a_clear_error(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    _, rc = make_cluster(n=1)
+    rc.wait_for_engines(1, timeout=5)
+    with pytest.raises(ipp.TimeoutError, match="1 engines of 3"):
+        rc.wait_for_engines(3, timeout=0.2)
