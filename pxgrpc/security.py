@@ -83,12 +83,29 @@ def default_connection_file(cluster_id: str = "") -> pathlib.Path:
     return pxgrpc_dir() / name
 
 
+def engine_connection_file(connection_file: pathlib.Path) -> pathlib.Path:
+    """Where the controller writes the engine-only copy of ``connection_file``.
+
+    ``controller.json`` -> ``controller-engine.json``: the same address, engine token and TLS
+    material, but no client token, so copying it to engine hosts does not hand over the cluster.
+    """
+    path = pathlib.Path(connection_file)
+    return path.with_name(f"{path.stem}-engine{path.suffix or '.json'}")
+
+
 # --------------------------------------------------------------------------- connection file
 
 
 @dataclass
 class ConnectionInfo:
-    """Everything a client or engine needs to reach and authenticate to a controller."""
+    """Everything a client or engine needs to reach and authenticate to a controller.
+
+    ``token`` drives the cluster (Controller service); ``engine_token`` only lets an engine join
+    (Engine service). An engine-only connection file has an empty ``token``. With TLS, ``tls_ca``
+    is the CA that signed the controller's certificate (None: the system's trusted roots), and
+    ``tls_client_cert``/``tls_client_key`` are the PEM certificate and key to present when the
+    controller requires client certificates (mutual TLS).
+    """
 
     url: str
     token: str
@@ -97,6 +114,24 @@ class ConnectionInfo:
     tls_server_name: str | None = None
     cluster_id: str = ""
     controller_pid: int = 0
+    tls: bool = False
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when the controller speaks TLS (a CA is given, or the file says so)."""
+        return self.tls or bool(self.tls_ca)
+
+    def client_cert(self) -> CertKey | None:
+        """The client certificate to present (mutual TLS), or None."""
+        if self.tls_client_cert and self.tls_client_key:
+            return CertKey(self.tls_client_cert.encode(), self.tls_client_key.encode())
+        return None
+
+    def for_engines(self) -> ConnectionInfo:
+        """A copy without the client token, safe to hand to engine hosts."""
+        return dataclasses.replace(self, token="")
 
     def to_json(self) -> str:
         """Serialize to the JSON text stored in a connection file."""
@@ -144,12 +179,15 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "tls_server_name": (str, type(None)),
     "cluster_id": (str,),
     "controller_pid": (int,),
+    "tls": (bool,),
+    "tls_client_cert": (str, type(None)),
+    "tls_client_key": (str, type(None)),
 }
 
 
 def _check_field_type(key: str, value: object, source: str) -> None:
     expected = _FIELD_TYPES[key]
-    if isinstance(value, bool) or not isinstance(value, expected):
+    if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
         raise SecurityError(
             f"connection file {source}: key {key!r} must be {names}, got {type(value).__name__}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -26,15 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file", "--connection-file", dest="connection_file", type=pathlib.Path,
                         help="where to write the connection file (default: ~/.pxgrpc/controller.json)")
     parser.add_argument("--cluster-id", default="", help="name of the cluster (connection file controller-ID.json)")
-    parser.add_argument("--token", default="", help="client token (default: random)")
-    parser.add_argument("--engine-token", default="", help="engine token (default: random)")
+    parser.add_argument("--token", default=os.environ.get("PXGRPC_TOKEN", ""),
+                        help="client token (default: $PXGRPC_TOKEN, else random at every start)")
+    parser.add_argument("--engine-token", default=os.environ.get("PXGRPC_ENGINE_TOKEN", ""),
+                        help="engine token (default: $PXGRPC_ENGINE_TOKEN, else random at every start)")
     parser.add_argument("--tls", choices=["off", "auto"], default=None,
-                        help="'auto': make a CA and a server certificate and publish the CA in the connection file")
+                        help="'auto': make a CA and a server certificate and publish the CA in the "
+                        "connection file")
+    parser.add_argument("--tls-san", dest="tls_san", action="append", default=[], metavar="HOST",
+                        help="with --tls auto: one more name or address the certificate is valid for "
+                        "(repeatable)")
     parser.add_argument("--tls-cert", type=pathlib.Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=pathlib.Path, help="server private key (PEM)")
     parser.add_argument("--tls-ca", type=pathlib.Path, help="CA certificate (PEM) clients verify the server with")
     parser.add_argument("--tls-client-auth", action="store_true",
-                        help="mutual TLS: engines and clients must present certificates signed by the CA")
+                        help="mutual TLS: engines and clients must present certificates signed by the CA "
+                        "(with --tls auto, the connection files carry such certificates)")
     parser.add_argument("--insecure", action="store_true", help="allow a non-loopback address without TLS")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, help="seconds between engine heartbeats")
     parser.add_argument("--heartbeat-timeout", type=float, default=6.0,
@@ -46,13 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ControllerConfig:
-    tls = args.tls or ("files" if args.tls_cert else "off")
+    """The ControllerConfig the command-line flags describe."""
+    if args.tls == "auto" and (args.tls_cert or args.tls_key):
+        raise security.SecurityError(
+            "--tls auto makes its own certificate: drop --tls-cert/--tls-key, or --tls auto"
+        )
+    if args.tls == "off" and (args.tls_cert or args.tls_key):
+        raise security.SecurityError("--tls off contradicts --tls-cert/--tls-key: drop one of them")
+    tls = args.tls or ("files" if args.tls_cert or args.tls_key else "off")
     return ControllerConfig(
         ip=args.ip, port=args.port, location=args.location, connection_file=args.connection_file,
         cluster_id=args.cluster_id, token=args.token, engine_token=args.engine_token, tls=tls,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, tls_client_auth=args.tls_client_auth,
         insecure=args.insecure, heartbeat_interval=args.heartbeat_interval,
-        heartbeat_timeout=args.heartbeat_timeout, prefetch=args.prefetch,
+        heartbeat_timeout=args.heartbeat_timeout, prefetch=args.prefetch, extra_hosts=args.tls_san,
     )
 
 
@@ -72,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(config_from_args(args)))
     except security.SecurityError as exc:
         print(f"pxgrpc-controller: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        if "bind" not in str(exc).lower():
+            raise
+        print(f"pxgrpc-controller: {exc}: is the address this host's and the port free?", file=sys.stderr)
         return 2
     return 0
 

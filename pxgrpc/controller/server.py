@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import pathlib
@@ -11,12 +12,25 @@ import socket
 from dataclasses import dataclass, field
 
 import grpc
+import psutil
 
-from pxgrpc import security
+from pxgrpc import security, tls
 from pxgrpc.controller.service import ControllerState, generic_handlers
 from pxgrpc.security import CertKey, ConnectionInfo
 
 log = logging.getLogger(__name__)
+
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _local_addresses() -> list[str]:
+    """The IP addresses of this host's interfaces (for the SANs of an auto certificate)."""
+    addresses: list[str] = []
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                addresses.append(entry.address.split("%", 1)[0])
+    return addresses
 
 
 @dataclass
@@ -55,6 +69,8 @@ class Controller:
         self.token = config.token or security.new_token()
         self.engine_token = config.engine_token or security.new_token()
         self.connection_file = config.connection_file or security.default_connection_file(config.cluster_id)
+        self.engine_connection_file = security.engine_connection_file(self.connection_file)
+        self._client_certs: dict[str, CertKey] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.info: ConnectionInfo | None = None
@@ -70,23 +86,51 @@ class Controller:
             log.warning("listening on %s WITHOUT TLS (--insecure): tokens and data travel in clear", self.config.ip)
 
     def _tls_material(self) -> tuple[grpc.ServerCredentials | None, str | None]:
+        """Server credentials and the CA PEM to publish (None, None without TLS)."""
         cfg = self.config
         if cfg.tls == "off":
+            if cfg.tls_client_auth:
+                raise security.SecurityError(
+                    "--tls-client-auth needs TLS: add --tls auto, or --tls-cert/--tls-key/--tls-ca"
+                )
             return None, None
         if cfg.tls == "auto":
-            ca = security.make_ca()
-            hosts = [h for h in (cfg.ip, cfg.location, *cfg.extra_hosts) if h and h not in ("0.0.0.0", "::")]
-            server = security.make_server_cert(ca, hosts)
-            client_ca = ca.cert_pem if cfg.tls_client_auth else None
-            self._ca = ca
-            creds = security.server_credentials(server, client_ca, cfg.tls_client_auth)
-            return creds, ca.cert_pem.decode()
+            return self._auto_tls()
         if cfg.tls_cert is None or cfg.tls_key is None:
             raise security.SecurityError("TLS with your own certificate needs both --tls-cert and --tls-key")
-        cert = CertKey(cfg.tls_cert.read_bytes(), cfg.tls_key.read_bytes())
-        ca_pem = cfg.tls_ca.read_bytes() if cfg.tls_ca else None
-        creds = security.server_credentials(cert, ca_pem if cfg.tls_client_auth else None, cfg.tls_client_auth)
+        cert = tls.load_cert_pair(cfg.tls_cert, cfg.tls_key, "--tls-cert")
+        ca_pem = tls.read_pem(cfg.tls_ca, "--tls-ca") if cfg.tls_ca else None
+        if cfg.tls_client_auth and ca_pem is None:
+            raise security.SecurityError(
+                "--tls-client-auth needs --tls-ca: the CA that signs the certificates of engines and clients"
+            )
+        client_ca = ca_pem if cfg.tls_client_auth else None
+        creds = security.server_credentials(cert, client_ca, cfg.tls_client_auth)
         return creds, ca_pem.decode() if ca_pem else None
+
+    def _auto_tls(self) -> tuple[grpc.ServerCredentials, str]:
+        """--tls auto: a fresh CA and server certificate; with client auth, also the client
+        certificates that go into the connection files (one for clients, one for engines)."""
+        cfg = self.config
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        ca = security.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
+        server = security.make_server_cert(ca, self._certificate_hosts())
+        if cfg.tls_client_auth:
+            self._client_certs = {
+                "client": security.make_client_cert(ca, "pxgrpc client"),
+                "engine": security.make_client_cert(ca, "pxgrpc engine"),
+            }
+        client_ca = ca.cert_pem if cfg.tls_client_auth else None
+        return security.server_credentials(server, client_ca, cfg.tls_client_auth), ca.cert_pem.decode()
+
+    def _certificate_hosts(self) -> list[str]:
+        """Names the auto certificate is valid for: the bind address, --location, --tls-san, and
+        every local address when bound to all interfaces."""
+        cfg = self.config
+        hosts = [h for h in (cfg.ip, cfg.location, *cfg.extra_hosts) if h and h not in _WILDCARDS]
+        if cfg.ip in _WILDCARDS:
+            hosts += _local_addresses()
+        return hosts
 
     async def start(self) -> ConnectionInfo:
         """Bind, start serving and write the connection file."""
@@ -115,16 +159,30 @@ class Controller:
             tls_ca=ca_pem,
             cluster_id=self.config.cluster_id,
             controller_pid=os.getpid(),
+            tls=creds is not None,
         )
-        security.write_connection_file(self.connection_file, self.info)
+        self._write_connection_files(self.info)
         self._monitor = asyncio.create_task(self._watch_engines())
         log.info("controller listening on %s (connection file %s)", self.info.url, self.connection_file)
         return self.info
 
+    def _write_connection_files(self, info: ConnectionInfo) -> None:
+        """Write the full connection file, and the engine-only one to copy to engine hosts."""
+        client_cert, engine_cert = self._client_certs.get("client"), self._client_certs.get("engine")
+        if client_cert is not None:
+            info.tls_client_cert = client_cert.cert_pem.decode()
+            info.tls_client_key = client_cert.key_pem.decode()
+        security.write_connection_file(self.connection_file, info)
+        for_engines = info.for_engines()
+        if engine_cert is not None:
+            for_engines.tls_client_cert = engine_cert.cert_pem.decode()
+            for_engines.tls_client_key = engine_cert.key_pem.decode()
+        security.write_connection_file(self.engine_connection_file, for_engines)
+
     def _location(self) -> str:
         if self.config.location:
             return self.config.location
-        if self.config.ip in ("0.0.0.0", "::", ""):
+        if self.config.ip in _WILDCARDS:
             return socket.gethostname()
         return self.config.ip
 
@@ -155,7 +213,8 @@ class Controller:
             await asyncio.sleep(0.05)  # let the shutdown commands go out
             await self.server.stop(grace)
             self.server = None
-        with contextlib.suppress(OSError, security.SecurityError):
-            current = security.read_connection_file(self.connection_file)
-            if current.controller_pid == os.getpid():
-                self.connection_file.unlink()
+        for path in (self.connection_file, self.engine_connection_file):
+            with contextlib.suppress(OSError, security.SecurityError):
+                current = security.read_connection_file(path)
+                if current.controller_pid == os.getpid():
+                    path.unlink()

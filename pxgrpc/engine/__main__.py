@@ -9,7 +9,7 @@ import pathlib
 import sys
 import time
 
-from pxgrpc import security
+from pxgrpc import diagnose, security, tls
 from pxgrpc.engine.engine import Engine
 
 log = logging.getLogger("pxgrpc.engine")
@@ -18,52 +18,107 @@ log = logging.getLogger("pxgrpc.engine")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pxgrpc-engine",
-        description="Run a pxgrpc engine. It dials out to the controller (no listening port needed).",
+        description="Run a pxgrpc engine. It dials out to the controller (no listening port needed). "
+        "On another host, copy the controller's controller-engine.json there and pass it with --file, "
+        "or give --controller HOST:PORT --token T [--tls-ca CA.pem].",
     )
-    parser.add_argument("--file", "--connection-file", dest="connection_file", type=pathlib.Path,
-                        help="the controller's connection file (default: ~/.pxgrpc/controller.json)")
+    parser.add_argument(
+        "--file",
+        "--connection-file",
+        dest="connection_file",
+        type=pathlib.Path,
+        help="the controller's connection file (default: ~/.pxgrpc/controller.json, "
+        "else ~/.pxgrpc/controller-engine.json)",
+    )
     parser.add_argument("--cluster-id", default="", help="use the connection file of this cluster id")
     parser.add_argument("--controller", default="", help="host:port of the controller (instead of a file)")
-    parser.add_argument("--token", default=os.environ.get("PXGRPC_ENGINE_TOKEN", ""),
-                        help="engine token, with --controller (default: $PXGRPC_ENGINE_TOKEN)")
-    parser.add_argument("--tls-ca", type=pathlib.Path, help="CA certificate to verify the controller (with --controller)")
-    parser.add_argument("--tls-server-name", default=None, help="expected name in the controller's certificate")
-    parser.add_argument("--tls-cert", type=pathlib.Path, help="client certificate for mutual TLS")
-    parser.add_argument("--tls-key", type=pathlib.Path, help="client key for mutual TLS")
-    parser.add_argument("--wait", type=float, default=0.0,
-                        help="wait up to this many seconds for the connection file to appear")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PXGRPC_ENGINE_TOKEN", ""),
+        help="engine token, with --controller (default: $PXGRPC_ENGINE_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="with --controller and no --tls-ca: use TLS, trusting the system's CAs",
+    )
+    parser.add_argument(
+        "--tls-ca", type=pathlib.Path, help="CA certificate (PEM) to verify the controller with"
+    )
+    parser.add_argument(
+        "--tls-server-name", default=None, help="expected name in the controller's certificate"
+    )
+    parser.add_argument("--tls-cert", type=pathlib.Path, help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="give up when the controller cannot be reached within this many seconds",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="wait up to this many seconds for the connection file to appear",
+    )
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
 def connection_from_args(args: argparse.Namespace) -> security.ConnectionInfo:
+    """The controller to dial and the credentials to use, from a connection file or flags."""
     if args.controller:
         if not args.token:
-            raise security.SecurityError("--controller needs --token (or $PXGRPC_ENGINE_TOKEN): the engine token")
-        ca = args.tls_ca.read_text() if args.tls_ca else None
-        return security.ConnectionInfo(url=args.controller, token="", engine_token=args.token, tls_ca=ca,
-                                       tls_server_name=args.tls_server_name)
-    path = args.connection_file or security.default_connection_file(args.cluster_id)
+            raise security.SecurityError(
+                "--controller needs --token (or $PXGRPC_ENGINE_TOKEN): the engine token"
+            )
+        info = security.ConnectionInfo(url=args.controller, token="", engine_token=args.token, tls=args.tls)
+    else:
+        info = security.read_connection_file(_connection_file(args))
+        if not info.engine_token:
+            raise security.SecurityError(
+                "the connection file holds no engine token; use the controller's own file"
+            )
+    if args.tls_ca:
+        info.tls_ca = tls.read_pem(args.tls_ca, "--tls-ca").decode()
+    if args.tls_server_name:
+        info.tls_server_name = args.tls_server_name
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise security.SecurityError("mutual TLS needs both --tls-cert and --tls-key")
+    if args.tls_cert:
+        pair = tls.load_cert_pair(args.tls_cert, args.tls_key, "--tls-cert")
+        info.tls_client_cert, info.tls_client_key = pair.cert_pem.decode(), pair.key_pem.decode()
+    return info
+
+
+def _connection_file(args: argparse.Namespace) -> pathlib.Path:
+    if args.connection_file:
+        path: pathlib.Path = args.connection_file
+    else:
+        path = security.default_connection_file(args.cluster_id)
+        engine_only = security.engine_connection_file(path)
+        if not path.exists() and engine_only.exists():
+            path = engine_only
     deadline = time.monotonic() + args.wait
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    info = security.read_connection_file(path)
-    if args.tls_server_name:
-        info.tls_server_name = args.tls_server_name
-    return info
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.__stderr__)
-    if args.tls_cert and args.tls_key:
-        os.environ["PXGRPC_TLS_CLIENT_CERT"] = str(args.tls_cert)
-        os.environ["PXGRPC_TLS_CLIENT_KEY"] = str(args.tls_key)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.__stderr__,
+    )
     try:
         info = connection_from_args(args)
-        Engine(info).serve()
-    except (security.SecurityError, TimeoutError) as exc:
+        engine = Engine(info)
+        engine.conn.connect_timeout = args.timeout
+        engine.serve(register_timeout=args.timeout + 15)
+    except (security.SecurityError, diagnose.ConnectFailure, TimeoutError) as exc:
         print(f"pxgrpc-engine: {exc}", file=sys.__stderr__)
         return 2
     return 0

@@ -43,7 +43,10 @@ class EngineConnection:
     """Everything the engine says to and hears from the controller."""
 
     def __init__(
-        self, info: security.ConnectionInfo, work: queue.SimpleQueue[WorkItem | None], connect_timeout: float = 30.0
+        self,
+        info: security.ConnectionInfo,
+        work: queue.SimpleQueue[WorkItem | None],
+        connect_timeout: float = 30.0,
     ) -> None:
         self.info = info
         #: Seconds to keep trying to reach the controller before giving up.
@@ -154,7 +157,9 @@ class EngineConnection:
         while True:
             remaining = max(deadline - self.loop.time(), 0.5)
             try:
-                reply: wire.pb.RegisterReply = await register(request, metadata=self._metadata, timeout=remaining)
+                reply: wire.pb.RegisterReply = await register(
+                    request, metadata=self._metadata, timeout=remaining
+                )
                 return reply
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
@@ -164,7 +169,7 @@ class EngineConnection:
             quick = diagnose.diagnose(code, details, target, probe=False)
             if not quick.retryable:
                 break
-            log.info("controller at %s not reachable yet (%s); retrying", self.info.url, diagnose.short(details))
+            log.info("controller at %s not reachable yet (%s)", self.info.url, diagnose.short(details))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
         found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
