@@ -9,6 +9,7 @@ gRPC with a typed, documented protocol (protos/pxgrpc/v1), TLS, and speed.
 [42, 42, 42, 42]
 """
 
+from pxgrpc import _grpc_env  # noqa: F401  (must run before grpc loads)
 from pxgrpc.client import (
     AsyncMapResult,
     AsyncResult,
@@ -24,6 +25,7 @@ from pxgrpc.client import (
     RemoteError,
     TaskAborted,
     TimeoutError,
+    TLSError,
     ViewExecutor,
 )
 from pxgrpc.cluster import Cluster
@@ -64,6 +66,7 @@ __all__ = [
     "PxConnectionError",
     "PxError",
     "RemoteError",
+    "TLSError",
     "TaskAborted",
     "TimeoutError",
     "ViewExecutor",

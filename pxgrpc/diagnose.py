@@ -222,7 +222,7 @@ def _wrong_token(details: str, target: ConnectTarget) -> Diagnosis:
     fixes = _FIXES[target.role]
     return Diagnosis(
         FailureCause.WRONG_TOKEN,
-        f"the controller at {target.url} rejected our token ({details}). Fix: {fixes.conn}; "
+        f"the controller at {target.url} refused our credentials: {details}. Fix: {fixes.conn}; "
         "tokens change at every start unless given with --token/--engine-token",
     )
 

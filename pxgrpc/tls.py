@@ -13,6 +13,7 @@ certificate), and issues certificates from a small file-based CA for people with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import os
@@ -79,7 +80,7 @@ def load_cert_pair(cert_path: str | os.PathLike[str], key_path: str | os.PathLik
     ``flag`` is how the user named them (``--tls-cert``, ``tls_cert=``), used in messages.
     """
     cert_pem = read_pem(cert_path, f"{flag} certificate")
-    key_pem = read_pem(key_path, f"{flag.replace('cert', 'key')} key")
+    key_pem = read_pem(key_path, f"{flag.replace('cert', 'key')} private key")
     cert = load_certificate(cert_pem, f"{flag} file {cert_path}")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -137,6 +138,32 @@ def signed_by(cert: x509.Certificate, ca_pem: bytes) -> bool:
             continue
         return True
     return False
+
+
+def override(
+    info: security.ConnectionInfo,
+    *,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+    ca: str | os.PathLike[str] | None = None,
+    server_name: str | None = None,
+    names: tuple[str, str, str] = ("tls_cert=", "tls_key=", "tls_ca="),
+) -> security.ConnectionInfo:
+    """A copy of ``info`` with the TLS settings the user gave explicitly (files are loaded and
+    checked here); ``names`` is how the user spelled cert, key and CA, for error messages."""
+    info = dataclasses.replace(info)
+    if (cert is None) != (key is None):
+        raise SecurityError(f"mutual TLS needs both {names[0]} and {names[1]} (a certificate and its key)")
+    if cert is not None and key is not None:
+        pair = load_cert_pair(cert, key, names[0])
+        info.tls_client_cert, info.tls_client_key = pair.cert_pem.decode(), pair.key_pem.decode()
+        info.tls = True
+    if ca is not None:
+        info.tls_ca = read_pem(ca, names[2]).decode()
+        info.tls = True
+    if server_name:
+        info.tls_server_name = server_name
+    return info
 
 
 # --------------------------------------------------------------------------- issuing to files

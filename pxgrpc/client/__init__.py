@@ -12,6 +12,7 @@ from pxgrpc.client.errors import (
     RemoteError,
     TaskAborted,
     TimeoutError,
+    TLSError,
 )
 from pxgrpc.client.view import DirectView, LoadBalancedView
 
@@ -28,6 +29,7 @@ __all__ = [
     "PxConnectionError",
     "PxError",
     "RemoteError",
+    "TLSError",
     "TaskAborted",
     "TimeoutError",
     "ViewExecutor",

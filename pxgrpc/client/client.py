@@ -6,12 +6,13 @@ import concurrent.futures
 import contextlib
 import os
 import pathlib
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pxgrpc import security
+from pxgrpc import security, tls
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.errors import NoEnginesError, TimeoutError
 from pxgrpc.client.transport import Transport
@@ -29,6 +30,11 @@ class Client:
     [0, 1, 2, 3]
     >>> dv = rc[:]            # DirectView on all engines
     >>> lview = rc.load_balanced_view()
+
+    For a controller on another machine, copy its connection file here (mode 0600) and pass its
+    path. When the controller requires client certificates (``--tls-client-auth`` with your own
+    CA), pass yours: ``Client("controller.json", tls_cert="me.pem", tls_key="me-key.pem")``;
+    ``tls_ca`` and ``tls_server_name`` override the CA and the expected certificate name.
     """
 
     def __init__(
@@ -38,6 +44,10 @@ class Client:
         cluster_id: str = "",
         connection_info: security.ConnectionInfo | None = None,
         timeout: float = 10.0,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         if connection_info is None:
             path = (
@@ -46,6 +56,9 @@ class Client:
                 else security.default_connection_file(cluster_id)
             )
             connection_info = security.read_connection_file(path)
+        connection_info = tls.override(
+            connection_info, cert=tls_cert, key=tls_key, ca=tls_ca, server_name=tls_server_name
+        )
         self.connection_info = connection_info
         self._transport = Transport(connection_info, timeout)
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
@@ -193,8 +206,9 @@ class Client:
         return f"<Client {self.connection_info.url}>"
 
     def activate(self, targets: Targets = "all", suffix: str = "") -> DirectView:
-        """A DirectView on `targets` that %px (or %px{suffix}) uses."""
+        """A blocking DirectView on `targets` that %px (or %px{suffix}) uses."""
         view = self.direct_view(targets)
+        view.block = True
         view.activate(suffix)
         return view
 
@@ -236,6 +250,8 @@ def _results_of(jobs: Any) -> list[AsyncResult]:
 
 def _register_magics(client: Client) -> None:
     """Inside IPython, make %px and friends available, as ipyparallel does."""
+    if "IPython" not in sys.modules:
+        return  # not inside IPython, and importing it would cost ~0.2 s
     try:
         from pxgrpc.magics import register_for_client
     except ImportError:

@@ -7,7 +7,8 @@ PxError
 ├── TaskAborted          the task was aborted before it started
 ├── TimeoutError         (also the builtin TimeoutError) a wait ran out
 └── PxConnectionError    (also the builtin ConnectionError) the controller is unreachable or refused us
-    └── AuthenticationError
+    ├── AuthenticationError  the controller refused our token or client certificate
+    └── TLSError             TLS failed: untrusted, expired or misnamed certificate, or a TLS mismatch
 """
 
 from __future__ import annotations
@@ -105,15 +106,23 @@ class TimeoutError(PxError, builtins.TimeoutError):
 
 
 class PxConnectionError(PxError, builtins.ConnectionError):
-    """The controller cannot be reached, or it went away. `code` is the gRPC status name."""
+    """The controller cannot be reached, or it went away. `code` is the gRPC status name;
+    `cause` says what went wrong when connecting (see `pxgrpc.diagnose.FailureCause`), e.g.
+    ``"unreachable"`` or ``"wrong-token"``, and is empty when not known."""
 
-    def __init__(self, message: str, code: str = "") -> None:
+    def __init__(self, message: str, code: str = "", cause: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.cause = cause
 
 
 class AuthenticationError(PxConnectionError):
     """The controller refused our credentials (token or client certificate)."""
+
+
+class TLSError(PxConnectionError):
+    """The TLS connection could not be set up: the controller's certificate is untrusted, expired
+    or for another name, or only one side speaks TLS. The message says which, and the fix."""
 
 
 class NoEnginesError(PxError, ValueError):

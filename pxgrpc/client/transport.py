@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from pxgrpc import security, wire
+from pxgrpc import diagnose, security, wire
 from pxgrpc.client.errors import (
     AuthenticationError,
     EngineError,
@@ -28,6 +28,7 @@ from pxgrpc.client.errors import (
     PxError,
     RemoteError,
     TaskAborted,
+    TLSError,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,15 @@ def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
     return PxConnectionError(f"controller at {url}: {name} {details}", name)
 
 
+def diagnosed_error(found: diagnose.Diagnosis, code: str) -> PxConnectionError:
+    """The client error for a diagnosed connection failure (credentials, TLS, or reachability)."""
+    if found.cause in diagnose.CREDENTIAL_CAUSES:
+        return AuthenticationError(found.message, code, str(found.cause))
+    if found.cause in diagnose.TLS_CAUSES:
+        return TLSError(found.message, code, str(found.cause))
+    return PxConnectionError(found.message, code, str(found.cause))
+
+
 _task_counter = itertools.count()
 
 
@@ -148,8 +158,16 @@ class Transport:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="pxgrpc-client-io", daemon=True)
         self._thread.start()
+        if not info.token:
+            self.close()
+            raise AuthenticationError(
+                "this connection file holds no client token (it is the engine-only copy, "
+                "controller-engine.json): connect with the controller's controller.json",
+                cause=str(diagnose.FailureCause.WRONG_TOKEN),
+            )
         try:
-            self._run(self._connect(), timeout + 1)
+            # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
+            self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
         except BaseException:
             self.close()
             raise
@@ -191,20 +209,24 @@ class Transport:
 
     # --- connecting -------------------------------------------------------------------------
 
-    async def _connect(self) -> None:
+    async def _connect(self, timeout: float) -> None:
         options = security.channel_options(self.info.tls_server_name)
         self._session: grpc.aio.StreamStreamCall | None = None
-        if self.info.tls_ca:
-            client_cert = _client_cert_from_env()
-            creds = security.channel_credentials(self.info.tls_ca.encode(), client_cert)
+        if self.info.uses_tls:
+            ca = self.info.tls_ca.encode() if self.info.tls_ca else None
+            creds = security.channel_credentials(ca, self.info.client_cert())
             self.channel = grpc.aio.secure_channel(self.url, creds, options=options)
         else:
             self.channel = grpc.aio.insecure_channel(self.url, options=options)
         self._stubs = _methods(self.channel)
         try:
-            await self._stubs["ListEngines"](wire.pb.ListEnginesRequest(), metadata=self._metadata, timeout=10)
-        except grpc.RpcError as exc:
-            raise connection_error(exc, self.url) from None
+            request = wire.pb.ListEnginesRequest()
+            await self._stubs["ListEngines"](request, metadata=self._metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            target = diagnose.ConnectTarget.of(self.info, role="client")
+            found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
+            raise diagnosed_error(found, code.name) from None
         self._wakeup = asyncio.Event()
         self._session = self._stubs["Session"](self._requests(), metadata=self._metadata)
         self._reader = asyncio.ensure_future(self._read_session(self._session))
@@ -493,14 +515,6 @@ def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
             svc + "Download", request_serializer=pb.DownloadRequest.SerializeToString, response_deserializer=None
         ),
     }
-
-
-def _client_cert_from_env() -> security.CertKey | None:
-    cert, key = os.environ.get("PXGRPC_TLS_CLIENT_CERT"), os.environ.get("PXGRPC_TLS_CLIENT_KEY")
-    if cert and key:
-        with open(cert, "rb") as c, open(key, "rb") as k:
-            return security.CertKey(c.read(), k.read())
-    return None
 
 
 Callback = Callable[[TaskOutcome], None]
