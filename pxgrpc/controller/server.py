@@ -15,6 +15,7 @@ import grpc
 import psutil
 
 from pxgrpc import security, tls
+from pxgrpc.controller import probes
 from pxgrpc.controller.service import ControllerState, generic_handlers
 from pxgrpc.security import CertKey, ConnectionInfo
 
@@ -75,6 +76,7 @@ class Controller:
         self.port = 0
         self.info: ConnectionInfo | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self.standard_services: probes.StandardServices | None = None
 
     def _check_bind(self) -> None:
         if self.config.tls == "off" and not security.is_loopback(self.config.ip):
@@ -140,17 +142,20 @@ class Controller:
             {
                 "/pxgrpc.v1.Controller/": {self.token},
                 "/pxgrpc.v1.Engine/": {self.engine_token},
+                **probes.auth_rules(self.token, self.engine_token),
             },
-            open_prefixes=("/grpc.health.v1.Health/",) if security.is_loopback(self.config.ip) else (),
+            open_prefixes=probes.open_prefixes(security.is_loopback(self.config.ip)),
         )
         server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
         server.add_generic_rpc_handlers(generic_handlers(self.state))
+        self.standard_services = services = probes.StandardServices(server)
         address = security.join_url(self.config.ip, self.config.port)
         if creds is None:
             self.port = server.add_insecure_port(address)
         else:
             self.port = server.add_secure_port(address, creds)
         await server.start()
+        await services.serving()
         self.server = server
         self.info = ConnectionInfo(
             url=security.join_url(self._location(), self.port),
@@ -210,6 +215,8 @@ class Controller:
         if self._monitor is not None:
             self._monitor.cancel()
         if self.server is not None:
+            if self.standard_services is not None:
+                await self.standard_services.stopping()
             await asyncio.sleep(0.05)  # let the shutdown commands go out
             await self.server.stop(grace)
             self.server = None
