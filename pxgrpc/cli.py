@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from pxgrpc import security
+from pxgrpc import security, tls
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxError
 from pxgrpc.cluster import Cluster, stop_by_id
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = actions.add_parser("status", help="list the engines of a running cluster")
     status.add_argument("--cluster-id", default="")
+    tls.add_commands(sub)
     return parser
 
 
@@ -112,9 +113,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tls(args: argparse.Namespace) -> int:
+    """`pxgrpc tls ca|server|client`: PEM files for --tls-cert/--tls-key/--tls-ca and mutual TLS."""
+    try:
+        cert = tls.run_command(args)
+    except security.SecurityError as exc:
+        print(f"pxgrpc: {exc}", file=sys.stderr)
+        return 1
+    key = cert.with_name(f"{cert.stem}-key.pem")
+    print(f"wrote {cert} and {key} (private, mode 0600)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper())
+    if args.command == "tls":
+        return cmd_tls(args)
     handlers = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status}
     return handlers[args.action](args)
 

@@ -80,16 +80,14 @@ def connection_from_args(args: argparse.Namespace) -> security.ConnectionInfo:
             raise security.SecurityError(
                 "the connection file holds no engine token; use the controller's own file"
             )
-    if args.tls_ca:
-        info.tls_ca = tls.read_pem(args.tls_ca, "--tls-ca").decode()
-    if args.tls_server_name:
-        info.tls_server_name = args.tls_server_name
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise security.SecurityError("mutual TLS needs both --tls-cert and --tls-key")
-    if args.tls_cert:
-        pair = tls.load_cert_pair(args.tls_cert, args.tls_key, "--tls-cert")
-        info.tls_client_cert, info.tls_client_key = pair.cert_pem.decode(), pair.key_pem.decode()
-    return info
+    return tls.override(
+        info,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        ca=args.tls_ca,
+        server_name=args.tls_server_name,
+        names=("--tls-cert", "--tls-key", "--tls-ca"),
+    )
 
 
 def _connection_file(args: argparse.Namespace) -> pathlib.Path:
