@@ -123,7 +123,7 @@ class _Fixes:
 _FIXES: dict[Role, _Fixes] = {
     "client": _Fixes(
         conn="connect with the connection file the controller wrote at its last start (controller.json)",
-        ca="or pass the controller's CA in the connection file's tls_ca",
+        ca="or pass the CA that signed the controller's certificate with Client(..., tls_ca=CA.pem)",
         cert="pass Client(..., tls_cert=CERT.pem, tls_key=KEY.pem) signed by the controller's CA",
         name="Client(..., tls_server_name=NAME)",
     ),
@@ -271,7 +271,7 @@ def _untrusted(details: str, target: ConnectTarget, probe: bool) -> Diagnosis:
     return Diagnosis(
         FailureCause.UNTRUSTED_CERTIFICATE,
         f"the controller at {target.url} presented a TLS certificate not signed by {where}{issued}. "
-        f"Fix: {fixes.conn} (--tls auto makes a new CA at every start), {fixes.ca}",
+        f"Fix: {fixes.conn}, as --tls auto makes a new CA at every start; {fixes.ca}",
     )
 
 
@@ -288,7 +288,7 @@ def _plaintext_to_tls(target: ConnectTarget) -> Diagnosis:
     return Diagnosis(
         FailureCause.PLAINTEXT_TO_TLS,
         f"the controller at {target.url} speaks TLS but we connected without TLS (we have no CA for it). "
-        f"Fix: {fixes.conn}: it holds the controller's CA, {fixes.ca}",
+        f"Fix: {fixes.conn}, which holds the controller's CA; {fixes.ca}",
     )
 
 
@@ -298,8 +298,8 @@ def _client_cert(target: ConnectTarget) -> Diagnosis:
         return Diagnosis(
             FailureCause.CLIENT_CERT_REQUIRED,
             f"the controller at {target.url} closed the TLS connection: it requires a client certificate "
-            f"(mutual TLS) and we presented none. Fix: {fixes.conn} (with --tls auto it holds one), "
-            f"or {fixes.cert}",
+            f"(mutual TLS) and we presented none. Fix: {fixes.conn}, which holds one when the controller "
+            f"runs with --tls auto; or {fixes.cert}",
         )
     cert = tls.load_certificate(target.client_cert.cert_pem, "our client certificate")
     why = f"our client certificate {tls.common_name(cert.subject)!r}"

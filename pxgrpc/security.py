@@ -626,12 +626,15 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         return None
 
     def _hint(self, token: bytes, accepted: frozenset[bytes]) -> str:
-        for prefix, tokens in self._rules:
-            if tokens is not accepted and _matches(token, tokens):
-                other = _service_name(prefix)
-                if other.rsplit(".", 1)[-1] == "Engine":
-                    return _ENGINE_TOKEN_HINT
-                return f" (that token is only valid for {other})"
+        valid_for = [
+            _service_name(prefix)
+            for prefix, tokens in self._rules
+            if tokens is not accepted and _matches(token, tokens)
+        ]
+        if any(name.rsplit(".", 1)[-1] == "Engine" for name in valid_for):
+            return _ENGINE_TOKEN_HINT
+        if valid_for:
+            return f" (that token is only valid for {valid_for[0]})"
         return ""
 
 

@@ -146,6 +146,12 @@ class Transport:
     """One client's link to one controller."""
 
     def __init__(self, info: security.ConnectionInfo, timeout: float = 10.0) -> None:
+        if not info.token:
+            raise AuthenticationError(
+                "this connection file holds no client token (it is the engine-only copy, "
+                "controller-engine.json): connect with the controller's controller.json",
+                cause=str(diagnose.FailureCause.WRONG_TOKEN),
+            )
         self.info = info
         self.url = info.url
         self._metadata = security.auth_metadata(info.token)
@@ -158,13 +164,6 @@ class Transport:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="pxgrpc-client-io", daemon=True)
         self._thread.start()
-        if not info.token:
-            self.close()
-            raise AuthenticationError(
-                "this connection file holds no client token (it is the engine-only copy, "
-                "controller-engine.json): connect with the controller's controller.json",
-                cause=str(diagnose.FailureCause.WRONG_TOKEN),
-            )
         try:
             # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
             self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
