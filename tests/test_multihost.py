@@ -1,0 +1,347 @@
+"""A cluster across separate network hosts, for real: Linux network namespaces on a private LAN.
+
+Four hosts, each its own network namespace with one interface on a bridge (10.77.0.0/24):
+
+    ctl  10.77.0.1   pxgrpc-controller --ip 10.77.0.1 --tls auto
+    e1   10.77.0.2   two engines, from a copy of controller-engine.json
+    e2   10.77.0.3   two engines, from a copy of controller-engine.json
+    cli  10.77.0.4   a Client from a copy of controller.json: execute/push/pull/scatter/gather
+
+Each host has its own PXGRPC_DIR; files move between them only by explicit copies, as an
+administrator would scp them. The tests also show that a host without the token, or without
+the CA, is refused with a clear message, and that the controller will not listen on the LAN
+without TLS unless forced. Everything is created under names unique to this run and removed in
+`finally`. Needs root and iproute2 (`ip`); skips, saying why, where namespaces cannot be made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pxgrpc import security
+
+pytestmark = pytest.mark.timeout(180)
+
+SUBNET = "10.77.0"
+HOSTS = {"ctl": 1, "e1": 2, "e2": 3, "cli": 4}
+CMD_TIMEOUT = 60.0
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+def namespaces_unavailable() -> str | None:
+    """Why this machine cannot create network namespaces, or None when it can."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces exist on Linux only"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root (CI runs as root)"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    probe = f"pxprobe-{secrets.token_hex(3)}"
+    try:
+        _ip("netns", "add", probe)
+    except subprocess.CalledProcessError as exc:
+        return f"`ip netns add` failed: {exc.stderr.strip()}"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        _ip("netns", "del", probe)
+    return None
+
+
+@dataclass
+class Lan:
+    """Network namespaces on one bridge; each host gets an address and its own PXGRPC_DIR."""
+
+    tag: str
+    root: Path
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def ns(self, host: str) -> str:
+        return f"px{self.tag}-{host}"
+
+    def addr(self, host: str) -> str:
+        return f"{SUBNET}.{HOSTS[host]}"
+
+    def home(self, host: str) -> Path:
+        return self.root / host
+
+    def build(self) -> None:
+        switch = self.ns("sw")
+        for name in [switch, *(self.ns(h) for h in HOSTS)]:
+            _ip("netns", "add", name)
+            self.namespaces.append(name)
+        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", switch, "link", "set", "br0", "up")
+        for host, number in HOSTS.items():
+            ns, port = self.ns(host), f"port{number}"
+            _ip(
+                "link",
+                "add",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                switch,
+            )
+            _ip("-n", switch, "link", "set", port, "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"{self.addr(host)}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            self.home(host).mkdir(mode=0o700, parents=True)
+
+    def _command(self, host: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "PXGRPC_DIR": str(self.home(host)), "PYTHONUNBUFFERED": "1"}
+        env.pop("PXGRPC_CONNECTION_FILE", None)
+        return ["ip", "netns", "exec", self.ns(host), sys.executable, *args], env
+
+    def spawn(self, host: str, args: list[str]) -> subprocess.Popen[str]:
+        """Start a long-running Python process on `host` (in its own process group)."""
+        command, env = self._command(host, args)
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def run(self, host: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run a Python command on `host` to completion (TimeoutExpired means it hung)."""
+        command, env = self._command(host, args)
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=CMD_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+
+    def copy(self, path: Path, host: str) -> Path:
+        """Copy a file to `host`'s PXGRPC_DIR, keeping its mode (like `scp -p`)."""
+        target = self.home(host) / path.name
+        shutil.copy2(path, target)
+        return target
+
+    def teardown(self) -> None:
+        for proc in self.processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for name in reversed(self.namespaces):
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                _ip("netns", "del", name)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[Lan]:
+    reason = namespaces_unavailable()
+    if reason is not None:
+        pytest.skip(f"multi-host test skipped: {reason}")
+    net = Lan(tag=secrets.token_hex(3), root=Path(tempfile.mkdtemp(prefix="pxgrpc-lan-")))
+    try:
+        net.build()
+        yield net
+    finally:
+        net.teardown()
+
+
+@dataclass
+class LanCluster:
+    url: str
+    ca_file_on: dict[str, Path]
+    engine_file_on: dict[str, Path]
+    client_file: Path
+    info: security.ConnectionInfo
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + CMD_TIMEOUT
+    while not path.exists():
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the controller exited with {proc.returncode}: {output}")
+        assert time.monotonic() < deadline, f"no {path} after {CMD_TIMEOUT} s"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cluster(lan: Lan) -> LanCluster:
+    """The controller on ctl (TLS auto, LAN address), two engines on each of e1 and e2."""
+    conn = lan.home("ctl") / "controller.json"
+    controller = lan.spawn("ctl", ["-m", "pxgrpc.controller", "--ip", lan.addr("ctl"), "--tls", "auto"])
+    wait_for_file(security.engine_connection_file(conn), controller)
+    info = security.read_connection_file(conn)
+    assert info.url.startswith(f"{lan.addr('ctl')}:") and info.tls_ca
+    engine_file = security.engine_connection_file(conn)
+    copies = {host: lan.copy(engine_file, host) for host in ("e1", "e2")}
+    ca_files = {}
+    for host in ("e1", "e2", "cli"):
+        ca_files[host] = lan.home(host) / "ca.pem"
+        ca_files[host].write_text(info.tls_ca or "")
+    for host in ("e1", "e2"):
+        for _ in range(2):
+            lan.spawn(host, ["-m", "pxgrpc.engine", "--file", str(copies[host])])
+    return LanCluster(info.url, ca_files, copies, lan.copy(conn, "cli"), info)
+
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import pxgrpc as ipp
+
+    rc = ipp.Client(sys.argv[1], timeout=20)
+    rc.wait_for_engines(4, timeout=60)
+    dv = rc[:]
+    dv.block = True
+    dv.execute(
+        "import socket\\n"
+        "probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\\n"
+        "probe.connect(('10.77.0.1', 9))  # UDP connect sends nothing: it only picks the route\\n"
+        "my_address = probe.getsockname()[0]\\n"
+    )
+    dv.push({"factor": 3, "big": np.arange(2_000_000, dtype=np.int64)})
+    dv.scatter("part", list(range(10)))
+    dv.execute("scaled = [v * factor for v in part]; big_sum = int(big.sum())")
+    lview = rc.load_balanced_view()
+    print(json.dumps({
+        "tls": bool(rc.connection_info.tls_ca),
+        "url": rc.connection_info.url,
+        "addresses": dv.pull("my_address"),
+        "gathered": dv.gather("scaled"),
+        "parts": dv.pull("part"),
+        "big_sums": dv.pull("big_sum"),
+        "big_back": int(rc[0].pull("big", block=True).sum()),
+        "squares": lview.map_sync(lambda v: v * v, range(8)),
+    }))
+    rc.close()
+    """
+)
+
+REFUSED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import pxgrpc as ipp
+    from pxgrpc.security import ConnectionInfo, read_connection_file
+
+    real = read_connection_file(sys.argv[1])
+    cases = {
+        "no_token": ConnectionInfo(url=real.url, token="guessed", engine_token="", tls_ca=real.tls_ca),
+        "no_ca": ConnectionInfo(url=real.url, token=real.token, engine_token=""),
+        "system_roots": ConnectionInfo(url=real.url, token=real.token, engine_token="", tls=True),
+    }
+    out = {}
+    for name, info in cases.items():
+        try:
+            ipp.Client(connection_info=info, timeout=10).close()
+            out[name] = ["connected", "", ""]
+        except ipp.PxConnectionError as exc:
+            out[name] = [type(exc).__name__, exc.cause, str(exc)]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_client_host_drives_engines_on_two_other_hosts_over_tls(lan: Lan, cluster: LanCluster) -> None:
+    result = lan.run("cli", ["-c", CLIENT_SCRIPT, str(cluster.client_file)])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["tls"] and out["url"] == cluster.url
+    assert sorted(out["addresses"]) == [lan.addr("e1")] * 2 + [lan.addr("e2")] * 2
+    assert out["parts"] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert out["gathered"] == [3 * v for v in range(10)]
+    expected_sum = sum(range(2_000_000))
+    assert out["big_sums"] == [expected_sum] * 4 and out["big_back"] == expected_sum
+    assert out["squares"] == [v * v for v in range(8)]
+
+
+def test_hosts_without_token_or_ca_are_refused(lan: Lan, cluster: LanCluster) -> None:
+    result = lan.run("cli", ["-c", REFUSED_SCRIPT, str(cluster.client_file)])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    kind, cause, message = out["no_token"]
+    assert (kind, cause) == ("AuthenticationError", "wrong-token")
+    assert "refused our credentials: invalid token" in message
+    kind, cause, message = out["no_ca"]
+    assert (kind, cause) == ("TLSError", "plaintext-to-tls")
+    assert "speaks TLS but we connected without TLS" in message
+    kind, cause, message = out["system_roots"]
+    assert (kind, cause) == ("TLSError", "untrusted-certificate")
+    assert "not signed by the system's trusted CAs" in message
+
+
+def _engine_refused(result: subprocess.CompletedProcess[str], phrase: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("pxgrpc-engine: ") and phrase in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_engine_hosts_without_token_or_ca_are_refused(lan: Lan, cluster: LanCluster) -> None:
+    engine = ["-m", "pxgrpc.engine", "--controller", cluster.url, "--timeout", "10"]
+    ca = str(cluster.ca_file_on["e1"])
+    no_token = lan.run("e1", [*engine, "--token", "guessed", "--tls-ca", ca])
+    _engine_refused(no_token, "refused our credentials: invalid token for pxgrpc.v1.Engine")
+    no_ca = lan.run("e1", [*engine, "--token", cluster.info.engine_token])
+    _engine_refused(no_ca, "speaks TLS but we connected without TLS")
+    wrong_ca = lan.run("e2", [*engine, "--token", cluster.info.engine_token, "--tls"])
+    _engine_refused(wrong_ca, "not signed by the system's trusted CAs")
+
+
+def test_engine_host_joins_from_flags(lan: Lan, cluster: LanCluster) -> None:
+    """`pxgrpc-engine --controller host:port --tls-ca ca.pem --token ...` on an engine host."""
+    token = cluster.info.engine_token
+    ca = str(cluster.ca_file_on["e2"])
+    proc = lan.spawn(
+        "e2", ["-m", "pxgrpc.engine", "--controller", cluster.url, "--token", token, "--tls-ca", ca]
+    )
+    script = "import sys, pxgrpc as ipp; rc = ipp.Client(sys.argv[1]); rc.wait_for_engines(5, timeout=60)"
+    result = lan.run("cli", ["-c", script, str(cluster.client_file)])
+    assert result.returncode == 0, result.stderr
+    assert proc.poll() is None
+
+
+def test_controller_refuses_the_lan_without_tls_unless_forced(lan: Lan) -> None:
+    refused = lan.run(
+        "ctl",
+        ["-m", "pxgrpc.controller", "--ip", lan.addr("ctl"), "--file", str(lan.home("ctl") / "plain.json")],
+    )
+    assert refused.returncode == 2
+    assert "refusing to listen on '10.77.0.1' without TLS" in refused.stderr
+    assert "--tls auto" in refused.stderr and "--insecure" in refused.stderr
+    conn = lan.home("ctl") / "insecure.json"
+    forced = lan.spawn(
+        "ctl", ["-m", "pxgrpc.controller", "--ip", lan.addr("ctl"), "--insecure", "--file", str(conn)]
+    )
+    wait_for_file(conn, forced)
+    os.killpg(forced.pid, signal.SIGKILL)
+    output = forced.stdout.read() if forced.stdout else ""
+    assert "WITHOUT TLS (--insecure)" in output
