@@ -370,7 +370,8 @@ class Encoder:
     def _encode_array(self, arr: np.ndarray, out: value_pb2.NDArray) -> None:
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
         out.dtype = arr.dtype.str
         out.shape.extend(arr.shape)
         out.data.CopyFrom(self.buffer(memoryview(arr).cast("B") if arr.size else b""))

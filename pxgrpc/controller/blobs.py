@@ -44,6 +44,8 @@ class Blob:
         self.refs = 0
         self.referenced = False
         self.created = time.monotonic()
+        #: When set (time.monotonic()), the blob is dropped after this time even if referenced.
+        self.expires: float | None = None
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def _notify(self) -> None:
@@ -96,18 +98,35 @@ class BlobStore:
             blob.fail("the blob was released before it was complete")
             del self._blobs[blob_id]
 
+    def size(self, blob_id: str) -> int | None:
+        """A blob's size in bytes: None if there is no usable such blob, -1 while its upload has not begun."""
+        blob = self._blobs.get(blob_id)
+        if blob is None or blob.failed is not None:
+            return None
+        return blob.size
+
+    def expire(self, blob_id: str, seconds: float) -> None:
+        """Drop the blob `seconds` from now whatever holds it (a result nobody came to download)."""
+        blob = self._blobs.get(blob_id)
+        if blob is not None:
+            blob.expires = time.monotonic() + seconds
+
     def fail(self, blob_id: str, reason: str) -> None:
         blob = self._blobs.get(blob_id)
         if blob is not None:
             blob.fail(reason)
 
     def drop_orphans(self) -> None:
-        """Forget complete blobs that no task or result ever referenced."""
+        """Forget blobs that no task or result ever referenced, and expired ones."""
         now = time.monotonic()
         for blob_id, blob in list(self._blobs.items()):
             if not blob.referenced and now - blob.created > ORPHAN_TTL:
                 log.info("dropping unreferenced blob %s (%d bytes)", blob_id, blob.received)
                 blob.fail("never referenced")
+                del self._blobs[blob_id]
+            elif blob.expires is not None and now > blob.expires:
+                log.info("dropping result blob %s (%d bytes): nobody downloaded it", blob_id, blob.received)
+                blob.fail("expired before it was downloaded")
                 del self._blobs[blob_id]
 
     async def receive(self, messages: AsyncIterator[bytes]) -> wire.pb.UploadReply:

@@ -11,11 +11,9 @@ import math
 from pxgrpc import wire
 from pxgrpc.partition import partition_bounds
 
+
 def _itemsize(dtype: str) -> int:
-    digits = dtype[2:] if dtype[:1] in "<>|=" else dtype[1:]
-    if not digits.isdigit():
-        raise ValueError(f"value.array_value.dtype: {dtype!r} is not a fixed-size dtype")
-    return int(digits)
+    return wire.parse_dtype(dtype, "value.array_value.dtype").itemsize
 
 
 def scatter_values(value: wire.pb.Value, parts: int) -> list[wire.pb.Value]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +24,9 @@ from pxgrpc.controller.router import TaskRouter
 from pxgrpc.controller.scatter import concatenate_values, scatter_values
 
 log = logging.getLogger(__name__)
+
+#: How long the result blobs of a finished Execute/Apply/Pull/Gather call wait for their download.
+RESULT_BLOB_TTL = 120.0
 
 M = TypeVar("M", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -119,6 +122,7 @@ class ControllerService:
     ) -> AsyncIterator[wire.pb.TaskEvent]:
         """Submit one task per target and stream their events until every result is in."""
         session = ClientSession("call")
+        result_blob_ids: list[str] = []
         try:
             for i, (engine_id, action) in enumerate(zip(targets, actions, strict=True)):
                 submit = wire.pb.SubmitTask(
@@ -130,13 +134,29 @@ class ControllerService:
                 for event in await session.next_events():
                     if event.WhichOneof("kind") == "result":
                         remaining -= 1
+                        result_blob_ids.extend(event.result.blob_ids)
                     yield event
         finally:
+            # Result blobs outlive the call: the caller downloads them after the last event.
+            session.result_blobs.clear()
             self.router.close_session(session)
+            for blob_id in result_blob_ids:
+                self.state.blobs.expire(blob_id, RESULT_BLOB_TTL)
+
+    async def _check_values(self, values: Iterable[tuple[str, wire.pb.Value]], context: Context) -> None:
+        """Abort with INVALID_ARGUMENT (NOT_FOUND for an unknown blob) naming the first bad field."""
+        for where, value in values:
+            try:
+                wire.validate_value(value, where, self.state.blobs.size)
+            except wire.UnknownBlobError as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            except wire.DecodingError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def Execute(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
         request = await parse(wire.pb.ExecuteRequest, raw, context)
         targets = await self.state.resolve_targets(request.targets, context)
+        await _check_encoding(request.encoding, context)
         action = wire.pb.Action(execute=wire.pb.ExecuteAction(code=request.code, silent=request.silent))
         async for event in self._run(targets, [action] * len(targets), request.encoding):
             yield event
@@ -144,8 +164,11 @@ class ControllerService:
     async def Apply(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
         request = await parse(wire.pb.ApplyRequest, raw, context)
         targets = await self.state.resolve_targets(request.targets, context)
+        await _check_encoding(request.encoding, context)
         if request.apply.function.WhichOneof("kind") is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "apply.function: required")
+        await _check_names(request.apply.kwargs.keys(), "apply.kwargs", context)
+        await self._check_values(_values_of_apply(request.apply), context)
         action = wire.pb.Action(apply=request.apply)
         blobs = sorted(_blobs_of_apply(request.apply))
         async for event in self._run(targets, [action] * len(targets), request.encoding, blobs):
@@ -155,6 +178,7 @@ class ControllerService:
         request = await parse(wire.pb.PushRequest, raw, context)
         targets = await self.state.resolve_targets(request.targets, context)
         await _check_names(request.namespace.keys(), "namespace", context)
+        await self._check_values(((f"namespace[{k!r}]", v) for k, v in request.namespace.items()), context)
         action = wire.pb.Action(push=wire.pb.PushAction(namespace=request.namespace))
         blobs = sorted({b for v in request.namespace.values() for b in wire.blob_ids_of(v)})
         async for event in self._run(targets, [action] * len(targets), wire.ENCODING_PICKLE, blobs):
@@ -163,8 +187,14 @@ class ControllerService:
     async def Pull(self, raw: bytes, context: Context) -> AsyncIterator[wire.pb.TaskEvent]:
         request = await parse(wire.pb.PullRequest, raw, context)
         targets = await self.state.resolve_targets(request.targets, context)
+        await _check_encoding(request.encoding, context)
         if not request.names:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "names: at least one name is required")
+        for i, name in enumerate(request.names):
+            if not all(part.isidentifier() for part in name.split(".")):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"names[{i}]: {name!r} is not a (dotted) Python name"
+                )
         action = wire.pb.Action(pull=wire.pb.PullAction(names=request.names, single=request.single))
         async for event in self._run(targets, [action] * len(targets), request.encoding):
             yield event
@@ -173,6 +203,7 @@ class ControllerService:
         request = await parse(wire.pb.ScatterRequest, raw, context)
         targets = await self.state.resolve_targets(request.targets, context)
         await _check_names([request.name], "name", context)
+        await self._check_values([("value", request.value)], context)
         try:
             parts = scatter_values(request.value, len(targets))
         except ValueError as exc:
@@ -186,6 +217,7 @@ class ControllerService:
     async def Gather(self, raw: bytes, context: Context) -> wire.pb.GatherReply:
         request = await parse(wire.pb.GatherRequest, raw, context)
         targets = await self.state.resolve_targets(request.targets, context)
+        await _check_encoding(request.encoding, context)
         await _check_names([request.name], "name", context)
         action = wire.pb.Action(pull=wire.pb.PullAction(names=[request.name], single=True))
         results: dict[int, wire.pb.TaskResult] = {}
@@ -343,6 +375,22 @@ async def _check_names(names: Any, field: str, context: Context) -> None:
     for name in names:
         if not str(name).isidentifier():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {name!r} is not a Python identifier")
+
+
+async def _check_encoding(encoding: int, context: Context) -> None:
+    if encoding not in (wire.ENCODING_PICKLE, wire.ENCODING_TYPED_ONLY, wire.ENCODING_TYPED_OR_REPR):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"encoding: unknown ResultEncoding {encoding} (0 PICKLE, 1 TYPED_ONLY, 2 TYPED_OR_REPR)",
+        )
+
+
+def _values_of_apply(apply: wire.pb.ApplyAction) -> Iterator[tuple[str, wire.pb.Value]]:
+    yield "apply.function", apply.function
+    for i, arg in enumerate(apply.args):
+        yield f"apply.args[{i}]", arg
+    for key, kwarg in apply.kwargs.items():
+        yield f"apply.kwargs[{key!r}]", kwarg
 
 
 def _blobs_of_apply(apply: wire.pb.ApplyAction) -> set[str]:
