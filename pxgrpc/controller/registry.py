@@ -34,11 +34,27 @@ class EngineRecord:
     last_seen: float = field(default_factory=time.monotonic)
     inflight: dict[str, TaskRecord] = field(default_factory=dict)
     load_balanced_inflight: int = 0
+    #: Running time of its recent load-balanced tasks (moving average, seconds); -1 until known.
+    task_seconds: float = -1.0
     _tasks: list[wire.pb.Task] = field(default_factory=list)
     _aborts: list[str] = field(default_factory=list)
     _interrupt: bool = False
     _shutdown: bool = False
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def observe(self, seconds: float) -> None:
+        """A load-balanced task ran for `seconds`: update the moving average."""
+        if self.task_seconds < 0:
+            self.task_seconds = seconds
+        else:
+            self.task_seconds += 0.25 * (seconds - self.task_seconds)
+
+    def capacity(self, prefetch: int, window: float, overhead: float, most: int) -> int:
+        """How many load-balanced tasks the engine may hold: about `window` seconds of work at
+        its recent pace, at least `prefetch` (also while the pace is unknown), at most `most`."""
+        if self.task_seconds < 0:
+            return prefetch
+        return max(prefetch, min(most, int(window / (self.task_seconds + overhead))))
 
     def send_task(self, task: wire.pb.Task) -> None:
         self._tasks.append(task)

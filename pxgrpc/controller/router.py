@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pxgrpc import wire
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 
 _session_numbers = itertools.count(1)
 
+#: Load-balanced work an engine may hold, in expected seconds of running time: enough to keep it
+#: busy while its results travel to the controller and new tasks come back, and to batch many
+#: short tasks into each message. `--prefetch` tasks are always allowed.
+PIPELINE_SECONDS = 0.004
+#: What handling one task costs an engine besides running it (decoding, encoding, messaging).
+TASK_OVERHEAD = 50e-6
+#: The most load-balanced tasks one engine may hold, however short they are.
+MAX_PREFETCH = 256
+
 
 class Session:
     """The events of one client's tasks, batched for its stream."""
@@ -30,6 +40,7 @@ class Session:
         self.number = next(_session_numbers)
         self.name = name or f"session-{self.number}"
         self.closed = False
+        self.input_done = False
         self.tasks: dict[str, TaskRecord] = {}
         self.result_blobs: set[str] = set()
         self._events: list[wire.pb.TaskEvent] = []
@@ -40,9 +51,17 @@ class Session:
             self._events.append(event)
             self._wakeup.set()
 
+    def finish_input(self) -> None:
+        """The client will submit nothing more: end the stream once its tasks are done."""
+        self.input_done = True
+        self._wakeup.set()
+
     async def next_events(self) -> list[wire.pb.TaskEvent]:
-        """Every event since the last call (waits for at least one)."""
+        """Every event since the last call: waits for at least one, and returns an empty list
+        only when the input is finished and no task of the session is left."""
         while not self._events:
+            if self.input_done and not self.tasks:
+                return []
             self._wakeup.clear()
             await self._wakeup.wait()
         events, self._events = self._events, []
@@ -66,6 +85,11 @@ class TaskRecord:
 
     def to_task(self) -> wire.pb.Task:
         return wire.pb.Task(task_id=self.key, action=self.action, encoding=self.encoding, submitted=self.submitted)
+
+
+def _load(engine: EngineRecord) -> tuple[int, int]:
+    """How busy an engine is, for choosing the least-loaded one (ties go to the lowest id)."""
+    return len(engine.inflight), engine.engine_id
 
 
 def failure(
@@ -98,6 +122,16 @@ class TaskRouter:
 
     def submit(self, session: Session, submit: wire.pb.SubmitTask) -> None:
         """Route one task, or answer it at once with an error naming what is wrong with it."""
+        self._route(session, submit)
+        self.schedule()
+
+    def submit_batch(self, session: Session, submits: Iterable[wire.pb.SubmitTask]) -> None:
+        """Route many tasks, then hand the load-balanced ones out in one pass."""
+        for submit in submits:
+            self._route(session, submit)
+        self.schedule()
+
+    def _route(self, session: Session, submit: wire.pb.SubmitTask) -> None:
         problem = self._check(session, submit)
         if problem is not None:
             ename, evalue = problem
@@ -118,7 +152,6 @@ class TaskRouter:
         session.tasks[submit.task_id] = record
         if record.load_balanced:
             self._unassigned.append(record)
-            self.schedule()
         else:
             engine = self.registry.get(submit.engine_id)
             assert engine is not None  # checked above
@@ -151,19 +184,26 @@ class TaskRouter:
         engine.send_task(record.to_task())
 
     def schedule(self) -> None:
-        """Hand queued load-balanced tasks to the least-loaded engines."""
+        """Hand queued load-balanced tasks to the least-loaded engines that have room.
+
+        An engine's room grows as its tasks prove short (see `EngineRecord.capacity`), so that
+        tiny tasks travel many to a message while long ones are not hoarded by one engine.
+        """
         if not self._unassigned:
             return
-        engines = self.registry.live()
-        while self._unassigned and engines:
-            engine = min(engines, key=lambda e: (len(e.inflight), e.engine_id))
-            if engine.load_balanced_inflight >= self.prefetch:
-                break
+        open_engines = [e for e in self.registry.live() if e.load_balanced_inflight < self._capacity(e)]
+        while self._unassigned and open_engines:
+            engine = min(open_engines, key=_load)
             record = self._unassigned.popleft()
             if record.session.closed:
                 self._release(record)
                 continue
             self._assign(record, engine)
+            if engine.load_balanced_inflight >= self._capacity(engine):
+                open_engines.remove(engine)
+
+    def _capacity(self, engine: EngineRecord) -> int:
+        return engine.capacity(self.prefetch, PIPELINE_SECONDS, TASK_OVERHEAD, MAX_PREFETCH)
 
     @property
     def unassigned(self) -> int:
@@ -171,8 +211,18 @@ class TaskRouter:
 
     # --- results ----------------------------------------------------------------------------
 
+    def on_events(self, engine: EngineRecord, events: Iterable[wire.pb.TaskEvent]) -> None:
+        """Events from an engine (one message's worth): forward output, settle results, then
+        refill the engines in one pass."""
+        for event in events:
+            self._on_event(engine, event)
+        self.schedule()
+
     def on_event(self, engine: EngineRecord, event: wire.pb.TaskEvent) -> None:
-        """An event from an engine: forward output, settle results."""
+        """One event from an engine."""
+        self.on_events(engine, (event,))
+
+    def _on_event(self, engine: EngineRecord, event: wire.pb.TaskEvent) -> None:
         kind = event.WhichOneof("kind")
         if kind == "result":
             self._on_result(engine, event)
@@ -193,6 +243,8 @@ class TaskRouter:
         engine.completed += 1
         if record.load_balanced:
             engine.load_balanced_inflight -= 1
+            if result.completed >= result.started > 0:
+                engine.observe(result.completed - result.started)
         result.task_id = record.task_id
         result.engine_id = engine.engine_id
         result.submitted = record.submitted
@@ -205,8 +257,6 @@ class TaskRouter:
             self._result_blob_owner[blob_id] = session
         self._release(record)
         session.emit(event)
-        if record.load_balanced:
-            self.schedule()
 
     def _release(self, record: TaskRecord) -> None:
         record.session.tasks.pop(record.task_id, None)
@@ -228,17 +278,19 @@ class TaskRouter:
             return
         lost = list(engine.inflight.values())
         engine.inflight.clear()
+        retry: list[TaskRecord] = []
         for record in lost:
             if record.load_balanced and record.retries > 0:
                 record.retries -= 1
                 record.engine = None
-                self._unassigned.appendleft(record)
+                retry.append(record)
                 continue
             self._release(record)
             evalue = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname}) {reason}"
             record.session.emit(
                 failure(record.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", evalue, record.submitted)
             )
+        self._unassigned.extendleft(reversed(retry))  # first in line again, in their order
         self.schedule()
 
     def abort(self, session: Session | None, task_ids: list[str], engine_ids: list[int]) -> list[str]:

@@ -78,29 +78,18 @@ class ControllerService:
 
     async def Session(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.SessionEvent]:
         session = ClientSession(context.peer())
-        input_done = asyncio.Event()
-        reader = asyncio.create_task(self._read_session(session, requests, input_done))
+        reader = asyncio.create_task(self._read_session(session, requests))
         try:
-            while not (input_done.is_set() and not session.tasks):
-                waiter = asyncio.ensure_future(session.next_events())
-                if input_done.is_set():
-                    events = await waiter
-                else:
-                    stop = asyncio.ensure_future(input_done.wait())
-                    await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    stop.cancel()
-                    if not waiter.done():
-                        waiter.cancel()
-                        continue
-                    events = waiter.result()
+            # Whatever happened since the last message goes out as one message.
+            while events := await session.next_events():
                 yield wire.pb.SessionEvent(events=events)
-            if reader.done() and reader.exception() is not None:
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
             reader.cancel()
             self.router.close_session(session)
 
-    async def _read_session(self, session: ClientSession, requests: AsyncIterator[bytes], done: asyncio.Event) -> None:
+    async def _read_session(self, session: ClientSession, requests: AsyncIterator[bytes]) -> None:
         try:
             async for raw in requests:
                 try:
@@ -108,10 +97,9 @@ class ControllerService:
                 except DecodeError as exc:
                     log.warning("%s sent a malformed SessionRequest: %s", session.name, exc)
                     continue
-                for task in request.tasks:
-                    self.router.submit(session, task)
+                self.router.submit_batch(session, request.tasks)
         finally:
-            done.set()
+            session.finish_input()
 
     async def _run(
         self,
@@ -339,8 +327,7 @@ class EngineService:
             async for raw in it:
                 engine.last_seen = time.monotonic()
                 message = wire.pb.EngineMessage.FromString(raw)
-                for event in message.events:
-                    self.state.router.on_event(engine, event)
+                self.state.router.on_events(engine, message.events)
         except (DecodeError, grpc.RpcError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise

@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WorkItem:
-    """A task for the main thread, with the blobs it needs (ready when `blobs` resolves)."""
+    """A task for the main thread, with the blobs it needs (ready when `blobs` resolves; None
+    when the task needs none)."""
 
     task: wire.pb.Task
-    blobs: concurrent.futures.Future[wire.BlobMap] = field(default_factory=concurrent.futures.Future)
+    blobs: concurrent.futures.Future[wire.BlobMap] | None = None
 
 
 SHUTDOWN = None
@@ -59,6 +60,9 @@ class EngineConnection:
         self.registered = threading.Event()
         self.failure: BaseException | None = None
         self._outgoing: list[wire.pb.TaskEvent] = []
+        self._outgoing_lock = threading.Lock()
+        self._wake_pending = False
+        self._fetches: set[asyncio.Future[None]] = set()
         self._wakeup: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
         self._metadata = security.auth_metadata(info.engine_token)
@@ -91,16 +95,31 @@ class EngineConnection:
         timer.start()
 
     def emit(self, event: wire.pb.TaskEvent) -> None:
-        """Queue an event for the controller (from any thread)."""
-        if threading.get_ident() == self._thread.ident:
-            self._append(event)
-        else:
-            self.loop.call_soon_threadsafe(self._append, event)
+        """Queue an event for the controller (from any thread).
 
-    def _append(self, event: wire.pb.TaskEvent) -> None:
-        self._outgoing.append(event)
+        Events queued before the I/O thread gets round to sending travel in one message: the
+        I/O thread is woken once per batch, not once per event.
+        """
+        with self._outgoing_lock:
+            self._outgoing.append(event)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        if threading.get_ident() == self._thread.ident:
+            self._wake()
+        else:
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._outgoing_lock:
+            self._wake_pending = False
         if self._wakeup is not None:
             self._wakeup.set()
+
+    def _take_outgoing(self) -> list[wire.pb.TaskEvent]:
+        with self._outgoing_lock:
+            events, self._outgoing = self._outgoing, []
+        return events
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
@@ -186,8 +205,7 @@ class EngineConnection:
                     await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
                 except TimeoutError:
                     pass
-            events, self._outgoing = self._outgoing, []
-            yield wire.pb.EngineMessage(events=events)
+            yield wire.pb.EngineMessage(events=self._take_outgoing())
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:
         """Act on a command; True when the engine must stop."""
@@ -196,9 +214,10 @@ class EngineConnection:
             item = WorkItem(task)
             refs = self._task_blobs(task)
             if refs:
-                asyncio.ensure_future(self._fetch(refs, item))
-            else:
-                item.blobs.set_result({})
+                item.blobs = concurrent.futures.Future()
+                fetch = asyncio.ensure_future(self._fetch(refs, item.blobs))
+                self._fetches.add(fetch)
+                fetch.add_done_callback(self._fetches.discard)
             self.work.put(item)
         if command.interrupt and self.running_task is not None and self._main_thread is not None:
             signal.pthread_kill(self._main_thread, signal.SIGINT)
@@ -219,13 +238,13 @@ class EngineConnection:
             return found
         return set()
 
-    async def _fetch(self, blob_ids: set[str], item: WorkItem) -> None:
+    async def _fetch(self, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
         try:
             blobs = {blob_id: await self._download(blob_id) for blob_id in blob_ids}
         except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
-            item.blobs.set_exception(exc)
+            ready.set_exception(exc)
         else:
-            item.blobs.set_result(blobs)
+            ready.set_result(blobs)
 
     async def _download(self, blob_id: str) -> wire.IncomingBlob:
         download: Any = self.channel.unary_stream(

@@ -64,7 +64,7 @@ class Engine:
         self.stdout.task_id = self.stderr.task_id = task.task_id
         self.conn.running_task = task.task_id
         try:
-            blobs = item.blobs.result()
+            blobs = item.blobs.result() if item.blobs is not None else {}
         except Exception as exc:  # noqa: BLE001 - the task fails, the engine goes on
             self._send(task, Outcome(error=remote_exception(exc)))
             return
@@ -80,13 +80,13 @@ class Engine:
     def _send(self, task: wire.pb.Task, outcome: Outcome, status: wire.pb.TaskStatus.ValueType | None = None) -> None:
         self.stdout.send()
         self.stderr.send()
-        result = wire.pb.TaskResult(
-            task_id=task.task_id,
-            engine_id=self.conn.engine_id,
-            execution_count=outcome.execution_count,
-            started=outcome.started,
-            completed=outcome.completed or outcome.started,
-        )
+        event = wire.pb.TaskEvent()
+        result = event.result
+        result.task_id = task.task_id
+        result.engine_id = self.conn.engine_id
+        result.execution_count = outcome.execution_count
+        result.started = outcome.started
+        result.completed = outcome.completed or outcome.started
         upload = None
         if outcome.error is None:
             try:
@@ -104,7 +104,7 @@ class Engine:
         if outcome.execute_result is not None:
             result.execute_result.data.update(outcome.execute_result)
             result.execute_result.execution_count = outcome.execution_count
-        self.conn.emit(wire.pb.TaskEvent(result=result))
+        self.conn.emit(event)
         if upload is not None:
             # The blob views the user's live objects: finish sending before running more code.
             upload.result()
