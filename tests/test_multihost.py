@@ -2,7 +2,7 @@
 
 Four hosts, each its own network namespace with one interface on a bridge (10.77.0.0/24):
 
-    ctl  10.77.0.1   pxgrpc-controller --ip 10.77.0.1 --tls auto
+    ctl  10.77.0.1   pxgrpc-controller --ip 10.77.0.1 --tls auto   (the others know it as head.lan)
     e1   10.77.0.2   two engines, from a copy of controller-engine.json
     e2   10.77.0.3   two engines, from a copy of controller-engine.json
     cli  10.77.0.4   a Client from a copy of controller.json: execute/push/pull/scatter/gather
@@ -39,6 +39,8 @@ pytestmark = pytest.mark.timeout(180)
 
 SUBNET = "10.77.0"
 HOSTS = {"ctl": 1, "e1": 2, "e2": 3, "cli": 4}
+HEAD_NAME = "head.lan"  # the controller's host name in the other hosts' /etc/hosts
+ETC_NETNS = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts
 CMD_TIMEOUT = 60.0
 
 
@@ -72,6 +74,7 @@ class Lan:
     root: Path
     namespaces: list[str] = field(default_factory=list)
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    etc_dirs: list[Path] = field(default_factory=list)
 
     def ns(self, host: str) -> str:
         return f"px{self.tag}-{host}"
@@ -111,15 +114,29 @@ class Lan:
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
             self.home(host).mkdir(mode=0o700, parents=True)
+            self._write_hosts_file(ns)
 
-    def _command(self, host: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
-        env = {**os.environ, "PXGRPC_DIR": str(self.home(host)), "PYTHONUNBUFFERED": "1"}
+    def _write_hosts_file(self, ns: str) -> None:
+        if not ETC_NETNS.exists():
+            ETC_NETNS.mkdir()
+            self.etc_dirs.append(ETC_NETNS)  # removed last, if still empty
+        etc = ETC_NETNS / ns
+        etc.mkdir(parents=True)
+        self.etc_dirs.append(etc)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{self.addr('ctl')} {HEAD_NAME}\n")
+
+    def _command(
+        self, host: str, args: list[str], extra_env: dict[str, str] | None
+    ) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "PXGRPC_DIR": str(self.home(host)), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         env.pop("PXGRPC_CONNECTION_FILE", None)
         return ["ip", "netns", "exec", self.ns(host), sys.executable, *args], env
 
-    def spawn(self, host: str, args: list[str]) -> subprocess.Popen[str]:
+    def spawn(
+        self, host: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         """Start a long-running Python process on `host` (in its own process group)."""
-        command, env = self._command(host, args)
+        command, env = self._command(host, args, extra_env)
         proc = subprocess.Popen(
             command,
             env=env,
@@ -132,9 +149,11 @@ class Lan:
         self.processes.append(proc)
         return proc
 
-    def run(self, host: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, host: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a Python command on `host` to completion (TimeoutExpired means it hung)."""
-        command, env = self._command(host, args)
+        command, env = self._command(host, args, extra_env)
         return subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=CMD_TIMEOUT, stdin=subprocess.DEVNULL
         )
@@ -157,6 +176,12 @@ class Lan:
         for name in reversed(self.namespaces):
             with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 _ip("netns", "del", name)
+        for etc in reversed(self.etc_dirs):
+            if etc == ETC_NETNS:
+                with contextlib.suppress(OSError):
+                    etc.rmdir()
+            else:
+                shutil.rmtree(etc, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -345,3 +370,99 @@ def test_controller_refuses_the_lan_without_tls_unless_forced(lan: Lan) -> None:
     os.killpg(forced.pid, signal.SIGKILL)
     output = forced.stdout.read() if forced.stdout else ""
     assert "WITHOUT TLS (--insecure)" in output
+
+
+OWN_PKI_CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    import pxgrpc as ipp
+
+    conn, cert, key = sys.argv[1:4]
+    out = {}
+    try:
+        ipp.Client(conn, timeout=10).close()
+    except ipp.AuthenticationError as exc:
+        out["without_cert"] = [exc.cause, str(exc)]
+    with ipp.Client(conn, tls_cert=cert, tls_key=key, timeout=10) as rc:
+        rc.wait_for_engines(2, timeout=60)
+        out["url"] = rc.connection_info.url
+        out["sums"] = rc[:].apply_sync(sum, range(5))
+    print(json.dumps(out))
+    """
+)
+
+
+def test_own_ca_fixed_tokens_and_mutual_tls_from_flags(lan: Lan, tmp_path: Path) -> None:
+    """The README's second and third recipes: `pxgrpc tls` files, tokens from the environment,
+    the controller on all interfaces known by name, engines from flags, client certificates."""
+    pki = tmp_path / "pki"
+    for args in (
+        ["ca"],
+        ["server", "--host", HEAD_NAME, "--host", lan.addr("ctl")],
+        ["client", "--name", "engine"],
+        ["client", "--name", "alice"],
+    ):
+        made = subprocess.run(
+            [sys.executable, "-m", "pxgrpc.cli", "tls", args[0], "--dir", str(pki), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=CMD_TIMEOUT,
+        )
+        assert made.returncode == 0, made.stderr
+    tokens = {"PXGRPC_TOKEN": security.new_token(), "PXGRPC_ENGINE_TOKEN": security.new_token()}
+    conn = lan.home("ctl") / "own.json"
+    controller = lan.spawn(
+        "ctl",
+        [
+            "-m",
+            "pxgrpc.controller",
+            "--ip",
+            "0.0.0.0",
+            "--port",
+            "50051",
+            "--location",
+            HEAD_NAME,
+            "--tls-cert",
+            str(pki / "server.pem"),
+            "--tls-key",
+            str(pki / "server-key.pem"),
+            "--tls-ca",
+            str(pki / "ca.pem"),
+            "--tls-client-auth",
+            "--file",
+            str(conn),
+        ],
+        extra_env=tokens,
+    )
+    wait_for_file(conn, controller)
+    assert security.read_connection_file(conn).url == f"{HEAD_NAME}:50051"
+    engine_env = {"PXGRPC_ENGINE_TOKEN": tokens["PXGRPC_ENGINE_TOKEN"]}
+    for host in ("e1", "e2"):
+        for name in ("ca.pem", "engine.pem", "engine-key.pem"):
+            lan.copy(pki / name, host)
+        home = lan.home(host)
+        lan.spawn(
+            host,
+            [
+                "-m",
+                "pxgrpc.engine",
+                "--controller",
+                f"{HEAD_NAME}:50051",
+                "--tls-ca",
+                str(home / "ca.pem"),
+                "--tls-cert",
+                str(home / "engine.pem"),
+                "--tls-key",
+                str(home / "engine-key.pem"),
+            ],
+            extra_env=engine_env,
+        )
+    client_conn = lan.copy(conn, "cli")
+    cert, key = lan.copy(pki / "alice.pem", "cli"), lan.copy(pki / "alice-key.pem", "cli")
+    result = lan.run("cli", ["-c", OWN_PKI_CLIENT, str(client_conn), str(cert), str(key)])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["url"] == f"{HEAD_NAME}:50051"
+    assert out["sums"] == [10, 10]
+    cause, message = out["without_cert"]
+    assert cause == "client-certificate-required" and "requires a client certificate" in message
