@@ -79,13 +79,15 @@ class Controller:
         self.standard_services: probes.StandardServices | None = None
 
     def _check_bind(self) -> None:
-        if self.config.tls == "off" and not security.is_loopback(self.config.ip):
+        ip = self.config.ip
+        if self.config.tls == "off" and not security.is_loopback(ip):
             if not self.config.insecure:
                 raise security.SecurityError(
-                    f"refusing to listen on {self.config.ip!r} without TLS: anyone who reaches the port could run "
-                    "code on every engine. Add --tls auto (or --tls-cert/--tls-key), or --insecure to accept the risk"
+                    f"refusing to listen on {ip!r} without TLS: anyone who reaches the port could run "
+                    "code on every engine. Add --tls auto (or --tls-cert/--tls-key), "
+                    "or --insecure to accept the risk"
                 )
-            log.warning("listening on %s WITHOUT TLS (--insecure): tokens and data travel in clear", self.config.ip)
+            log.warning("listening on %s WITHOUT TLS (--insecure): tokens and data travel in clear", ip)
 
     def _tls_material(self) -> tuple[grpc.ServerCredentials | None, str | None]:
         """Server credentials and the CA PEM to publish (None, None without TLS)."""
