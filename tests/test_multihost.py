@@ -283,10 +283,12 @@ REFUSED_SCRIPT = textwrap.dedent(
         "no_ca": ConnectionInfo(url=real.url, token=real.token, engine_token=""),
         "system_roots": ConnectionInfo(url=real.url, token=real.token, engine_token="", tls=True),
     }
+    absent = real.url.replace("10.77.0.1:", "10.77.0.9:")  # no host has this address
+    cases["absent_host"] = ConnectionInfo(url=absent, token=real.token, engine_token="", tls_ca=real.tls_ca)
     out = {}
     for name, info in cases.items():
         try:
-            ipp.Client(connection_info=info, timeout=10).close()
+            ipp.Client(connection_info=info, timeout=4).close()
             out[name] = ["connected", "", ""]
         except ipp.PxConnectionError as exc:
             out[name] = [type(exc).__name__, exc.cause, str(exc)]
@@ -321,6 +323,9 @@ def test_hosts_without_token_or_ca_are_refused(lan: Lan, cluster: LanCluster) ->
     kind, cause, message = out["system_roots"]
     assert (kind, cause) == ("TLSError", "untrusted-certificate")
     assert "not signed by the system's trusted CAs" in message
+    kind, cause, message = out["absent_host"]
+    assert kind == "PxConnectionError" and cause in ("unreachable", "no-answer")
+    assert "10.77.0.9" in message and "Fix:" in message
 
 
 def _engine_refused(result: subprocess.CompletedProcess[str], phrase: str) -> None:
@@ -339,6 +344,9 @@ def test_engine_hosts_without_token_or_ca_are_refused(lan: Lan, cluster: LanClus
     _engine_refused(no_ca, "speaks TLS but we connected without TLS")
     wrong_ca = lan.run("e2", [*engine, "--token", cluster.info.engine_token, "--tls"])
     _engine_refused(wrong_ca, "not signed by the system's trusted CAs")
+    absent = cluster.url.replace(f"{lan.addr('ctl')}:", f"{SUBNET}.9:")
+    gone = lan.run("e2", ["-m", "pxgrpc.engine", "--controller", absent, "--token", "e", "--timeout", "3"])
+    _engine_refused(gone, f"{SUBNET}.9")
 
 
 def test_engine_host_joins_from_flags(lan: Lan, cluster: LanCluster) -> None:
