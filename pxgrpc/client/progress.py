@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 
@@ -18,13 +19,11 @@ def in_notebook() -> bool:
 def progress_bar(total: int, desc: str = "", widget: bool | None = None) -> Any:
     """A tqdm bar counting tasks; `widget` forces (or refuses) the notebook widget."""
     use_widget = in_notebook() if widget is None else widget
-    if use_widget:
-        try:
-            from tqdm.notebook import tqdm as notebook_tqdm
+    # Without ipywidgets tqdm.notebook fails half-way (and complains again when collected).
+    if use_widget and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as notebook_tqdm
 
-            return notebook_tqdm(total=total, desc=desc, unit="tasks")
-        except ImportError:  # ipywidgets missing: fall back to text
-            pass
+        return notebook_tqdm(total=total, desc=desc, unit="tasks")
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="tasks")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pxgrpc import wire
+from pxgrpc.engine.ipython import DisplaySink, EngineShell, mentions_ipython
 
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,13 +47,29 @@ def remote_exception(exc: BaseException) -> wire.pb.RemoteException:
 class Kernel:
     """A persistent Python namespace that runs execute/apply/push/pull actions."""
 
-    def __init__(self) -> None:
+    def __init__(self, display_sink: DisplaySink | None = None) -> None:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         self.execution_count = 0
         main = types.ModuleType("__main__")
         main.__dict__.update(self.namespace)
         self.namespace = main.__dict__
         sys.modules["__main__"] = main
+        self._main = main
+        #: Where display() output goes (the engine sends it to the client as DisplayEvents).
+        self.display_sink = display_sink
+        self._shell: EngineShell | None = None
+
+    def ipython(self) -> EngineShell:
+        """The engine's IPython shell, created on first need (see pxgrpc.engine.ipython)."""
+        if self._shell is None:
+            self._shell = EngineShell(self._main, self._display)
+        return self._shell
+
+    def _display(self, data: dict[str, str], metadata_json: str) -> None:
+        if self.display_sink is None:
+            print(data.get("text/plain", ""))
+        else:
+            self.display_sink(data, metadata_json)
 
     def run(self, action: wire.pb.Action, blobs: wire.BlobMap) -> Outcome:
         """Run one action; exceptions (including KeyboardInterrupt) become the outcome's error."""
@@ -82,23 +99,51 @@ class Kernel:
         count = self.execution_count + (0 if action.silent else 1)
         filename = f"<px-cell-{count}>"
         code = action.code
+        if self._shell is None and ("IPython" in sys.modules or mentions_ipython(code)):
+            self.ipython()
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        tree = ast.parse(code, filename)
+        try:
+            tree = ast.parse(code, filename)
+        except SyntaxError as exc:
+            tree = self._parse_ipython_syntax(code, filename, exc.with_traceback(None))
         last: ast.expr | None = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = tree.body.pop().value  # type: ignore[attr-defined]
         if not action.silent:
             self.execution_count = count
         outcome.execution_count = self.execution_count
-        exec(compile(tree, filename, "exec"), self.namespace)
-        if last is not None:
-            value = eval(compile(ast.Expression(last), filename, "eval"), self.namespace)
-            if value is not None and not action.silent:
-                self.namespace["_"] = value
-                outcome.execute_result = format_result(value)
+        try:
+            exec(compile(tree, filename, "exec"), self.namespace)
+            if last is not None:
+                value = eval(compile(ast.Expression(last), filename, "eval"), self.namespace)
+                if value is not None and not action.silent:
+                    self.namespace["_"] = value
+                    outcome.execute_result = self._format(value)
+        finally:
+            if self._shell is not None:
+                self._shell.after_execute()
+
+    def _parse_ipython_syntax(self, code: str, filename: str, error: SyntaxError) -> ast.Module:
+        """A cell that is not Python may be IPython (%time, !ls, obj?); else the SyntaxError stands."""
+        try:
+            python = self.ipython().transform(code)
+            tree = ast.parse(python, filename)
+        except SyntaxError:
+            raise error from None
+        linecache.cache[filename] = (len(python), None, python.splitlines(True), filename)
+        return tree
+
+    def _format(self, value: Any) -> dict[str, str]:
+        if self._shell is not None:
+            bundle = self._shell.format(value)
+            if "text/plain" in bundle:
+                return bundle
+        return format_result(value)
 
     def _apply(self, action: wire.pb.ApplyAction, blobs: wire.BlobMap) -> Any:
         func = wire.decode(action.function, blobs, "apply.function")
+        if self._shell is None and "IPython" in sys.modules:
+            self.ipython()  # so that display() in the function reaches the client
         if isinstance(func, str):
             func = self._lookup(func)
         elif isinstance(func, types.FunctionType) and func.__module__ == "__main__":

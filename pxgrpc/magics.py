@@ -1,0 +1,556 @@
+"""IPython magics: `%px`, `%%px`, `%autopx`, `%pxresult` and `%pxconfig`.
+
+They are registered as soon as a `pxgrpc.Client` is created inside IPython or Jupyter, as in
+ipyparallel::
+
+    import pxgrpc as ipp
+    rc = ipp.Client()
+
+    %%px                          # runs on every engine, shows [stdout:N] and Out[N:n]
+    import os
+    os.getpid()
+
+also by `%load_ext pxgrpc` (connects to the local cluster on first use), and for several
+views at once by `view.activate(suffix)` (`rc[::2].activate("_even")` gives `%px_even`, ...).
+
+While a blocking `%%px` cell runs, the engines' output is shown as it arrives; interrupting the
+kernel (Ctrl-C, Jupyter's stop button) interrupts the engines' code, which raises
+KeyboardInterrupt there, and stops waiting.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import re
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from IPython.core import magic_arguments
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, magics_class, no_var_expand
+
+from pxgrpc.client.display import LiveOutput, display_outputs, show_results
+from pxgrpc.client.progress import progress_bar
+
+if TYPE_CHECKING:
+    from pxgrpc.client.asyncresult import AsyncResult
+    from pxgrpc.client.client import Client
+    from pxgrpc.client.view import DirectView, Targets
+
+#: How often a blocking %%px wakes up to update the progress bar.
+POLL_SECONDS = 0.1
+#: After interrupting the engines, how long to wait for their KeyboardInterrupt reports.
+INTERRUPT_GRACE_SECONDS = 2.0
+
+_SLICE = re.compile(r"\[?\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?\]?")
+_NO_SIGNAL = {"0", "none", "no", "off"}
+_SIGINT = {"2", "sigint", "int"}
+
+
+def parse_targets(text: str, client: Client) -> Targets:
+    """`--targets` text as view targets: `all`, `3`, `0,2`, `[0, 2]`, or a slice like `::2`, `1:`."""
+    text = text.strip()
+    if text == "all":
+        return "all"
+    match = _SLICE.fullmatch(text)
+    if match:
+        start, stop, step = (int(part) if part else None for part in match.groups())
+        return client.ids[slice(start, stop, step)]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise UsageError(f"--targets {text!r}: give engine ids (3, or 0,2), a slice (::2) or all") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, int) for v in value):
+        return list(value)
+    raise UsageError(f"--targets {text!r}: give engine ids (3, or 0,2), a slice (::2) or all")
+
+
+def parse_interrupt_signal(text: str) -> bool:
+    """`--signal-on-interrupt` as whether to interrupt the engines (SIGINT) or not (0/none)."""
+    value = text.strip().lower()
+    if value in _NO_SIGNAL:
+        return False
+    if value in _SIGINT:
+        return True
+    raise UsageError(
+        f"--signal-on-interrupt {text!r}: pxgrpc interrupts engines with SIGINT (or 0 for not at all); "
+        "to stop engines use rc.shutdown()"
+    )
+
+
+def _describe(targets: Any) -> str:
+    if isinstance(targets, list) and len(targets) > 10:
+        return f"{str(targets[:4])[:-1]}, ..., {str(targets[-4:])[1:]}"
+    return str(targets)
+
+
+def _exec_args(f: Any) -> Any:
+    """Flags that say where and how a %px cell runs (shared by %%px and %pxconfig)."""
+    arguments = [
+        magic_arguments.argument(
+            "-b",
+            "--block",
+            action="store_const",
+            const=True,
+            dest="block",
+            help="wait for the engines (default)",
+        ),
+        magic_arguments.argument(
+            "-a",
+            "--noblock",
+            action="store_const",
+            const=False,
+            dest="block",
+            help="return an AsyncResult at once",
+        ),
+        magic_arguments.argument(
+            "--stream",
+            action="store_const",
+            const=True,
+            dest="stream",
+            help="show output as it arrives (default)",
+        ),
+        magic_arguments.argument(
+            "--no-stream", action="store_const", const=False, dest="stream", help="show output at the end"
+        ),
+        magic_arguments.argument(
+            "-t", "--targets", type=str, help="engines to run on: 3, 0,2, a slice like ::2, or all"
+        ),
+        magic_arguments.argument(
+            "--verbose", action="store_const", const=True, dest="verbose", help="say where each cell runs"
+        ),
+        magic_arguments.argument("--no-verbose", action="store_const", const=False, dest="verbose"),
+        magic_arguments.argument(
+            "--progress-after",
+            dest="progress_after",
+            type=float,
+            default=None,
+            help="show a progress bar after this many seconds (0: at once, -1: never)",
+        ),
+        magic_arguments.argument(
+            "--signal-on-interrupt",
+            dest="signal_on_interrupt",
+            type=str,
+            default=None,
+            help="on Ctrl-C: SIGINT interrupts the engines (default), 0 only stops waiting",
+        ),
+    ]
+    for argument in arguments:
+        f = argument(f)
+    return f
+
+
+def _output_args(f: Any) -> Any:
+    """Flags that say how results are shown (shared by %%px and %pxresult)."""
+    arguments = [
+        magic_arguments.argument(
+            "-r", action="store_const", dest="groupby", const="order", help="same as --group-outputs=order"
+        ),
+        magic_arguments.argument(
+            "-e", action="store_const", dest="groupby", const="engine", help="same as --group-outputs=engine"
+        ),
+        magic_arguments.argument(
+            "--group-outputs",
+            dest="groupby",
+            type=str,
+            choices=["engine", "order", "type"],
+            default="type",
+            help="type: all stdout, then all stderr, ...; engine: each engine's output together; "
+            "order: like type, with the i-th display() of every engine together",
+        ),
+        magic_arguments.argument(
+            "-o", "--out", dest="save_name", type=str, help="keep the AsyncResult in this variable"
+        ),
+    ]
+    for argument in arguments:
+        f = argument(f)
+    return f
+
+
+class _AutopxTransform:
+    """An input transformer that turns every cell into a %%px cell while %autopx is on."""
+
+    #: Keeps IPython from applying it when it only checks whether input is complete.
+    has_side_effects = True
+
+    def __init__(self, magics: ParallelMagics) -> None:
+        self.magics = magics
+
+    def __call__(self, lines: list[str]) -> list[str]:
+        if self.magics.running_locally:
+            return lines
+        first = next((line.strip() for line in lines if line.strip()), "")
+        if not first or first.startswith(("%%", "%px", "%autopx")):
+            return lines  # cell magics and the px magics themselves run here
+        return [f"%%px{self.magics.suffix}\n", *lines]
+
+
+@magics_class
+class ParallelMagics(Magics):
+    """The px magics of one view (`suffix` tells several apart: `%px_even`, ...)."""
+
+    def __init__(
+        self, shell: Any, view: DirectView | None, suffix: str = "", automatic: bool = False
+    ) -> None:
+        self._view = view
+        self.suffix = suffix
+        #: Made for the newest Client (or %load_ext) rather than by view.activate().
+        self.automatic = automatic
+        self.verbose = False
+        self.stream_output = True
+        self.progress_after = 2.0
+        self.interrupt_engines = True
+        self.last_result: AsyncResult | None = None
+        self.running_locally = False
+        self._autopx: _AutopxTransform | None = None
+        px = "px" + suffix
+        self.magics = {
+            "line": {
+                px: self.px,
+                "pxresult" + suffix: self.pxresult,
+                "pxconfig" + suffix: self.pxconfig,
+                "autopx" + suffix: self.autopx,
+            },
+            "cell": {px: self.cell_px},
+        }
+        super().__init__(shell=shell)
+
+    # --- the view -------------------------------------------------------------------------
+
+    @property
+    def view(self) -> DirectView:
+        """The view the magics run on; with `%load_ext pxgrpc` alone, the local cluster's."""
+        if self._view is None:
+            from pxgrpc.client.client import Client
+            from pxgrpc.client.errors import PxError
+
+            try:
+                Client()  # registers itself, which sets self._view
+            except (PxError, OSError, ValueError) as exc:
+                raise UsageError(
+                    f"no pxgrpc cluster to run on ({exc}). Start one (`pxgrpc cluster start -n 4`) "
+                    "or connect with `rc = pxgrpc.Client(...)`."
+                ) from None
+        assert self._view is not None
+        return self._view
+
+    @property
+    def _ipython(self) -> Any:
+        """The IPython shell the magics belong to."""
+        if self.shell is None:
+            raise UsageError("the px magics are not registered with an IPython shell")
+        return self.shell
+
+    def use_view(self, view: DirectView, automatic: bool) -> None:
+        """Run the magics on `view` from now on."""
+        self._view = view
+        self.automatic = automatic
+
+    def client_closed(self) -> bool:
+        """Whether the client of the view was closed (so a new client may take over)."""
+        return self._view is not None and bool(getattr(self._view.client, "_closed", False))
+
+    # --- %px and %%px ---------------------------------------------------------------------
+
+    @no_var_expand  # type: ignore[untyped-decorator]
+    def px(self, line: str = "") -> AsyncResult | None:
+        """Run one line of code on the engines.
+
+        Examples
+        --------
+        ::
+
+            In [1]: %px a = os.getpid()
+
+            In [2]: %px print(a)
+            [stdout:0]
+            1234
+            [stdout:1]
+            1235
+        """
+        return self.parallel_execute(line)
+
+    @magic_arguments.magic_arguments(name="px")  # type: ignore[untyped-decorator]
+    @_exec_args
+    @_output_args
+    @magic_arguments.argument(  # type: ignore[untyped-decorator]
+        "--local", action="store_const", const=True, dest="local", help="run the cell here too"
+    )
+    def cell_px(self, line: str = "", cell: str = "") -> AsyncResult | None:
+        """Run the cell on the engines.
+
+        Examples
+        --------
+        ::
+
+            In [1]: %%px --targets ::2
+               ...: import os
+               ...: os.getpid()
+            Out[0:1]: 1234
+            Out[2:1]: 1236
+        """
+        args = magic_arguments.parse_argstring(self.cell_px, line)
+        return self.parallel_execute(
+            cell,
+            targets=parse_targets(args.targets, self.view.client) if args.targets else None,
+            block=args.block,
+            groupby=args.groupby,
+            save_name=args.save_name,
+            stream=args.stream,
+            progress_after=args.progress_after,
+            interrupt=parse_interrupt_signal(args.signal_on_interrupt) if args.signal_on_interrupt else None,
+            local=bool(args.local),
+        )
+
+    def parallel_execute(
+        self,
+        code: str,
+        *,
+        targets: Targets = None,
+        block: bool | None = None,
+        groupby: str = "type",
+        save_name: str | None = None,
+        stream: bool | None = None,
+        progress_after: float | None = None,
+        interrupt: bool | None = None,
+        local: bool = False,
+    ) -> AsyncResult | None:
+        """What %px and %%px do: submit `code`, optionally run it here too, then wait and show."""
+        view = self.view
+        block = view.block if block is None else block
+        if self.verbose:
+            where = _describe(view.targets if targets is None else targets)
+            print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
+        ar = view.execute(code, silent=False, targets=targets, block=False)
+        self.last_result = ar
+        if save_name:
+            self._ipython.user_ns[save_name] = ar
+        if local:
+            self._run_locally(code)
+        if not block:
+            return ar
+        self._wait_and_show(
+            ar,
+            groupby,
+            self.stream_output if stream is None else stream,
+            self.progress_after if progress_after is None else progress_after,
+            self.interrupt_engines if interrupt is None else interrupt,
+        )
+        return None
+
+    def _run_locally(self, code: str) -> None:
+        self.running_locally = True
+        try:
+            self._ipython.run_cell(code)
+        finally:
+            self.running_locally = False
+
+    def _wait_and_show(
+        self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, interrupt: bool
+    ) -> None:
+        live = LiveOutput(ar) if stream else None
+        try:
+            self._wait(ar, live, progress_after)
+        except KeyboardInterrupt:
+            if not interrupt:
+                raise
+            print("Received Keyboard Interrupt. Sending signal SIGINT to engines...", file=sys.stderr)
+            ar.interrupt()
+            ar.wait(INTERRUPT_GRACE_SECONDS)
+        finally:
+            if live is not None:
+                live.close()
+        if live is not None:
+            show_results(ar, live.printer)
+        else:
+            display_outputs(ar, groupby)
+        if not ar.done():
+            raise KeyboardInterrupt(
+                "the engines did not answer the interrupt yet; %pxresult shows their results"
+            )
+        error = ar.exception()
+        if error is not None:
+            raise error
+
+    def _wait(self, ar: AsyncResult, live: LiveOutput | None, progress_after: float) -> None:
+        started = time.monotonic()
+        bar = None
+        try:
+            while not ar.done():
+                if live is None:
+                    ar.wait(POLL_SECONDS)
+                elif live.wait(POLL_SECONDS):
+                    with _bar_hidden(bar):
+                        live.show_new()
+                late = time.monotonic() - started >= progress_after
+                if bar is None and progress_after >= 0 and late and not ar.done():
+                    bar = progress_bar(total=len(ar), desc="%px")
+                if bar is not None and ar.progress != bar.n:
+                    bar.update(ar.progress - bar.n)
+        finally:
+            if bar is not None:
+                bar.update(ar.progress - bar.n)
+                bar.close()
+
+    # --- %pxresult, %pxconfig, %autopx ----------------------------------------------------
+
+    @magic_arguments.magic_arguments(name="pxresult")  # type: ignore[untyped-decorator]
+    @_output_args
+    def pxresult(self, line: str = "") -> None:
+        """Show the outputs and results of the last %px / %%px (e.g. after --noblock).
+
+        Examples
+        --------
+        ::
+
+            In [1]: %px --noblock os.getpid()
+            In [2]: %pxresult
+            Out[0:2]: 60920
+            Out[1:2]: 60921
+        """
+        args = magic_arguments.parse_argstring(self.pxresult, line)
+        ar = self.last_result
+        if ar is None:
+            raise UsageError("%pxresult shows the result of the last %px command, and there is none yet")
+        if args.save_name:
+            self._ipython.user_ns[args.save_name] = ar
+            return
+        try:
+            ar.wait()
+        except KeyboardInterrupt:
+            ar.interrupt()
+            raise
+        display_outputs(ar, args.groupby)
+        error = ar.exception()
+        if error is not None:
+            raise error
+
+    @magic_arguments.magic_arguments(name="pxconfig")  # type: ignore[untyped-decorator]
+    @_exec_args
+    def pxconfig(self, line: str = "") -> None:
+        """Set the defaults of the px magics: targets, blocking, streaming, verbosity, progress bar.
+
+        With no flags, print the current settings.
+        """
+        args = magic_arguments.parse_argstring(self.pxconfig, line)
+        changed = False
+        if args.targets:
+            self.view.targets = parse_targets(args.targets, self.view.client)
+            changed = True
+        settings = {
+            "block": ("view", args.block),
+            "stream_output": ("self", args.stream),
+            "verbose": ("self", args.verbose),
+            "progress_after": ("self", args.progress_after),
+        }
+        for name, (owner, value) in settings.items():
+            if value is not None:
+                setattr(self.view if owner == "view" else self, name, value)
+                changed = True
+        if args.signal_on_interrupt is not None:
+            self.interrupt_engines = parse_interrupt_signal(args.signal_on_interrupt)
+            changed = True
+        if not changed:
+            print(
+                f"targets={self.view.targets!r} block={self.view.block} stream={self.stream_output} "
+                f"verbose={self.verbose} progress_after={self.progress_after} "
+                f"signal_on_interrupt={'SIGINT' if self.interrupt_engines else 0}"
+            )
+
+    def autopx(self, line: str = "") -> None:
+        """Toggle auto-parallel mode: every cell runs on the engines (as %%px) until %autopx again.
+
+        Examples
+        --------
+        ::
+
+            In [1]: %autopx
+            %autopx enabled
+            In [2]: a = 10
+            In [3]: print(a)
+            [stdout:0]
+            10
+            In [4]: %autopx
+            %autopx disabled
+        """
+        transforms = self._ipython.input_transformers_cleanup
+        if self._autopx is None:
+            self._autopx = _AutopxTransform(self)
+            transforms.append(self._autopx)
+            print("%autopx enabled")
+        else:
+            if self._autopx in transforms:
+                transforms.remove(self._autopx)
+            self._autopx = None
+            print("%autopx disabled")
+
+
+def _bar_hidden(bar: Any) -> contextlib.AbstractContextManager[Any]:
+    """While printing, take a text progress bar off the screen (and put it back after)."""
+    if bar is None or not hasattr(bar, "external_write_mode"):
+        return contextlib.nullcontext()
+    return type(bar).external_write_mode(file=sys.stdout)  # type: ignore[no-any-return]
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def _shell() -> Any:
+    if "IPython" not in sys.modules:
+        return None
+    from IPython.core.getipython import get_ipython
+
+    return get_ipython()
+
+
+def _registered(shell: Any, suffix: str) -> ParallelMagics | None:
+    """Our magics registered as %px{suffix}, if any."""
+    func = shell.magics_manager.magics["line"].get("px" + suffix)
+    owner = getattr(func, "__self__", None)
+    return owner if isinstance(owner, ParallelMagics) else None
+
+
+def _register(shell: Any, view: DirectView | None, suffix: str, automatic: bool) -> None:
+    existing = _registered(shell, suffix)
+    if existing is not None:
+        if view is not None:
+            existing.use_view(view, automatic)
+        return
+    shell.magics_manager.register(ParallelMagics(shell, view, suffix, automatic))
+
+
+def activate(view: DirectView, suffix: str = "") -> None:
+    """Make `%px{suffix}`, `%%px{suffix}`, `%autopx{suffix}`, ... run on `view`."""
+    shell = _shell()
+    if shell is None:
+        warnings.warn("the pxgrpc magics (%px, ...) only work inside IPython", stacklevel=3)
+        return
+    _register(shell, view, suffix, automatic=False)
+
+
+def register_for_client(client: Client) -> None:
+    """Inside IPython, let %px run on `client`'s engines (called by every new Client).
+
+    The newest client takes over the magics unless a view was chosen with `view.activate()`
+    (and its client is still open), or `%px` belongs to another package (e.g. ipyparallel).
+    """
+    shell = _shell()
+    if shell is None:
+        return
+    existing = _registered(shell, "")
+    if existing is None and "px" in shell.magics_manager.magics["line"]:
+        return
+    if existing is None or existing.automatic or existing.client_closed():
+        view = client.direct_view("all")
+        view.block = True
+        _register(shell, view, "", automatic=True)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext pxgrpc`: the px magics, connected to the local cluster when first used."""
+    _register(ipython, None, "", automatic=True)

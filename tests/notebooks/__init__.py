@@ -1,0 +1,1 @@
+"""Helpers that run notebooks and Jupyter kernels for the magics tests."""

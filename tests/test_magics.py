@@ -1,0 +1,320 @@
+"""%px and friends in a real Jupyter kernel (ipykernel), against a real 7-engine cluster.
+
+The seed notebook runs through nbclient; the other tests drive one kernel cell by cell with
+jupyter_client and look at its iopub messages (order and content, never wall-clock time).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import os
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from notebooks.kernel import KernelSession, stdout_blocks
+from notebooks.seed import seed_notebook
+
+import pxgrpc
+from pxgrpc.cluster import Cluster
+
+pytestmark = pytest.mark.timeout(90)
+
+N = 7
+ALL = list(range(N))
+OUT = re.compile(r"Out\[(\d+):(\d+)\]: (.*)", re.S)
+
+
+@pytest.fixture(scope="module")
+def cluster7() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
+    cluster = Cluster(n=N)
+    try:
+        rc = cluster.start_and_connect_sync(timeout=60)
+        yield cluster, rc
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def kernel_env(cluster: Cluster) -> dict[str, str]:
+    """The kernel finds the cluster the way a user's would: through the connection file."""
+    return {**os.environ, "PXGRPC_CONNECTION_FILE": str(cluster.connection_file)}
+
+
+@pytest.fixture(scope="module")
+def kernel(cluster7: tuple[Cluster, pxgrpc.Client]) -> Iterator[KernelSession]:
+    session = KernelSession(kernel_env(cluster7[0]))
+    try:
+        cell = session.run(
+            "import os, time\nimport pxgrpc as ipp\nrc = ipp.Client()\nrc.wait_for_engines(7, 30)"
+        )
+        assert cell.status == "ok", cell.summary()
+        yield session
+    finally:
+        session.close()
+
+
+def out_values(outputs: list[str]) -> dict[int, str]:
+    """{engine: value text} from `Out[engine:count]: value` outputs."""
+    values = {}
+    for text in outputs:
+        match = OUT.fullmatch(text)
+        if match:
+            values[int(match.group(1))] = match.group(3)
+    return values
+
+
+def nb_outputs(cell: Any) -> tuple[str, list[str]]:
+    """A notebook cell's stdout text and the text/plain of its display and execute outputs."""
+    stdout = "".join(
+        o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout"
+    )
+    plain = [
+        o["data"]["text/plain"]
+        for o in cell.outputs
+        if o["output_type"] in ("display_data", "execute_result")
+    ]
+    return stdout, plain
+
+
+def literal(outputs: tuple[str, list[str]]) -> Any:
+    """The value shown as a cell's single Out[] (pretty-printed Python)."""
+    assert len(outputs[1]) == 1, outputs
+    return ast.literal_eval(outputs[1][0])
+
+
+def run_notebook(nb: nbformat.NotebookNode, cluster: Cluster, path: str) -> nbformat.NotebookNode:
+    client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": path}})
+    client.execute(env=kernel_env(cluster))
+    return nb
+
+
+# --- the seed notebook -----------------------------------------------------------------------
+
+
+def test_seed_notebook_runs_in_jupyter_and_shows_what_ipyparallel_shows(cluster7, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster, rc = cluster7
+    nb = run_notebook(seed_notebook(), cluster, str(tmp_path))
+    cells = {c.source: c for c in nb.cells}
+
+    def outputs_of(start: str) -> tuple[str, list[str]]:
+        found = [c for src, c in cells.items() if src == start or src.startswith(start + "\n")]
+        assert len(found) == 1, start
+        return nb_outputs(found[0])
+
+    pids = {e["id"]: e["pid"] for e in rc.engines}
+    assert outputs_of("rc.ids # list the ids of the engine the client can communicate with")[1] == [repr(ALL)]
+    assert outputs_of("dv = rc[:]")[1] == ["<DirectView [0, 1, 2, 3,...]>"]
+    _, out = outputs_of("%%px\nimport os")
+    assert {e: int(v) for e, v in out_values(out).items()} == pids
+    _, out = outputs_of("%%px\nfoo")
+    assert out_values(out) == {e: repr(f"bar on pid {pid}") for e, pid in pids.items()}
+    assert literal(outputs_of("dv['foo']")) == [f"bar on pid {pids[e]}" for e in ALL]
+    assert literal(outputs_of("# now we can overwrite its value")) == ["bar"] * N
+    assert outputs_of(
+        "# Now we have a variable on each engine that holds an equal amount of the original list."
+    )[1] == [repr([None] * N)]
+
+    stdout, _ = outputs_of('%%px\nprint("Len", len(user_id_chunk))')
+    lengths, maxima = [143] * 6 + [142], [142, 285, 428, 571, 714, 857, 999]
+    assert stdout_blocks(stdout) == {e: f"Len {lengths[e]}\nMax {maxima[e]}\n" for e in ALL}
+    assert stdout.startswith("[stdout:0] \nLen 143\nMax 142\n")
+
+    assert outputs_of("the_most_interesting_transformation_ever(1)")[1] == ["'ID:3'"]
+    stdout, _ = outputs_of("# Now we have 4 separate list of transformed ids. ")
+    first_ten = ["ID:0", "ID:3", "ID:6", "ID:9", "ID:12", "ID:15", "ID:18", "ID:21", "ID:24", "ID:27"]
+    assert stdout == f"1000\n{first_ten}\n"
+    every_output = [o for c in nb.cells for o in c.outputs]
+    assert not [o for o in every_output if o["output_type"] == "error"]
+    assert not [o for o in every_output if "unknown result" in str(o)]
+
+
+def test_load_ext_connects_to_the_local_cluster_on_first_use(cluster7, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster, rc = cluster7
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(src) for src in ("%load_ext pxgrpc", "%px import os", "%px os.getpid()")
+    ]
+    run_notebook(nb, cluster, str(tmp_path))
+    _, out = nb_outputs(nb.cells[2])
+    assert {e: int(v) for e, v in out_values(out).items()} == {e["id"]: e["pid"] for e in rc.engines}
+
+
+# --- live output and interrupts --------------------------------------------------------------
+
+
+def test_px_shows_each_line_while_the_engines_still_run(kernel: KernelSession) -> None:
+    cell = kernel.run(
+        "%%px --targets 0 --progress-after -1\n"
+        "import time\n"
+        "for i in range(7):\n"
+        "    print('line', i)\n"
+        "    time.sleep(0.3)\n"
+    )
+    assert cell.status == "ok", cell.summary()
+    streams = [m for m in cell.messages if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"]
+    first = next(i for i, m in enumerate(streams) if "line 0" in m["content"]["text"])
+    last = next(i for i, m in enumerate(streams) if "line 6" in m["content"]["text"])
+    # The first line was published in its own, earlier message: it reached the notebook while
+    # the engine was still printing (without streaming, all lines come in one message at the end).
+    assert first < last
+    assert streams[first]["header"]["date"] < streams[last]["header"]["date"]
+    assert stdout_blocks(cell.stream()) == {0: "".join(f"line {i}\n" for i in range(7))}
+
+
+def wait_until_busy(rc: pxgrpc.Client, engines: list[int]) -> None:
+    deadline = time.monotonic() + 30
+    while not all(e["state"] == "busy" for e in rc.engines if e["id"] in engines):
+        assert time.monotonic() < deadline, rc.engines
+        time.sleep(0.02)
+
+
+def test_kernel_interrupt_stops_a_px_cell_and_the_engines_stay_usable(kernel, cluster7) -> None:  # type: ignore[no-untyped-def]
+    assert kernel.run("%px marker = 'kept'\n").status == "ok"
+    cell = kernel.submit("%%px\nimport time\nprint('sleeping')\ntime.sleep(60)\n")
+    kernel.read_until(cell, lambda c: len(stdout_blocks(c.stream())) == N)
+    wait_until_busy(cluster7[1], ALL)
+    kernel.interrupt()
+    kernel.finish(cell)
+    assert cell.status == "error"
+    assert "Received Keyboard Interrupt" in cell.stream("stderr")
+    traceback = "\n".join(cell.error()["traceback"])
+    assert all(f"[{e}:KeyboardInterrupt]" in traceback for e in ALL), traceback
+    after = kernel.run("%%px\nprint(marker)\n")
+    assert after.status == "ok"
+    assert stdout_blocks(after.stream()) == {e: "kept\n" for e in ALL}
+
+
+def test_kernel_interrupt_during_get_interrupts_the_engines(kernel, cluster7) -> None:  # type: ignore[no-untyped-def]
+    cell = kernel.submit("ar = rc[:].apply_async(time.sleep, 60)\nar.get()\n")
+    wait_until_busy(cluster7[1], ALL)
+    kernel.interrupt()
+    kernel.finish(cell)
+    assert cell.status == "error"
+    assert cell.error()["ename"] == "KeyboardInterrupt"
+    check = kernel.run(
+        "ar.wait(30)\nprint(sorted({e.ename for e in ar.exception().elist}), rc[:].apply_sync(abs, -1))"
+    )
+    assert check.stream() == f"['KeyboardInterrupt'] {[1] * N}\n"
+
+
+# --- the magics -----------------------------------------------------------------------------
+
+
+def test_autopx_runs_every_cell_on_the_engines_until_toggled_off(kernel, cluster7) -> None:  # type: ignore[no-untyped-def]
+    assert "%autopx enabled" in kernel.run("%autopx").stream()
+    assert kernel.run("autopx_value = 6 * 7").status == "ok"
+    printed = kernel.run("print(autopx_value)")
+    assert stdout_blocks(printed.stream()) == {e: "42\n" for e in ALL}
+    assert "%autopx disabled" in kernel.run("%autopx").stream()
+    assert kernel.run("'autopx_value' in globals()").plain() == ["False"]
+    assert cluster7[1][:]["autopx_value"] == [42] * N
+
+
+def test_pxresult_shows_the_result_of_a_noblock_cell(kernel: KernelSession) -> None:
+    submitted = kernel.run("%%px --noblock\nimport time\ntime.sleep(0.2)\n'later'")
+    assert "AsyncResult" in submitted.plain()[0]
+    shown = kernel.run("%pxresult")
+    assert out_values(shown.plain()) == {e: "'later'" for e in ALL}
+
+
+@pytest.mark.parametrize(
+    ("flag", "engines"),
+    [("::2", [0, 2, 4, 6]), ("1", [1]), ("0,3", [0, 3]), ("[5,6]", [5, 6]), ("=-2:", [5, 6]), ("all", ALL)],
+)
+def test_targets_choose_the_engines(kernel: KernelSession, flag: str, engines: list[int]) -> None:
+    sep = "" if flag.startswith("=") else " "
+    cell = kernel.run(f"%%px --targets{sep}{flag}\nimport os\nos.getpid()")
+    assert cell.status == "ok", cell.summary()
+    assert sorted(out_values(cell.plain())) == engines
+
+
+def test_pxconfig_sets_default_targets_and_verbosity(kernel: KernelSession) -> None:
+    try:
+        assert kernel.run("%pxconfig --targets 1:3 --verbose").status == "ok"
+        cell = kernel.run("%px 'configured'")
+        assert "Parallel execution on engine(s): [1, 2]" in cell.stream()
+        assert sorted(out_values(cell.plain())) == [1, 2]
+    finally:
+        kernel.run("%pxconfig --targets all --no-verbose")
+    assert "targets='all'" in kernel.run("%pxconfig").stream()
+
+
+def test_errors_on_engines_show_each_remote_traceback(kernel: KernelSession) -> None:
+    cell = kernel.run("%%px\nx = 1\n1/0\n")
+    assert cell.status == "error"
+    error = cell.error()
+    assert error["ename"] == "CompositeError"
+    traceback = "\n".join(error["traceback"])
+    assert all(f"[{e}:ZeroDivisionError]" in traceback for e in ALL)
+    assert "1/0" in traceback
+    single = kernel.run("%%px --targets 2\nraise ValueError('bad value')\n")
+    assert "[2:ValueError]" in "\n".join(single.error()["traceback"])
+    stderr = kernel.run("%%px --targets 1\nimport sys\nprint('oops', file=sys.stderr)")
+    assert stderr.stream("stderr") == "[stderr:1] \noops\n"
+
+
+def test_display_on_engines_reaches_the_notebook_as_rich_output(kernel: KernelSession) -> None:
+    png = b"\x89PNG\r\n\x1a\n-not-really-an-image"
+    cell = kernel.run(
+        "%%px --targets 0,1 --local\n"
+        "from IPython.display import HTML, Image, display\n"
+        f"png = {png!r}\n"
+        "display(HTML('<b>bold</b>'))\n"
+        "display(Image(data=png, format='png'))\n"
+        "HTML('<i>out</i>')\n"
+    )
+    assert cell.status == "ok", cell.summary()
+    remote = [
+        m for m in cell.messages if m["msg_type"] == "display_data" and "engine" in m["content"]["metadata"]
+    ]
+    html = [(m["content"]["metadata"]["engine"], m["content"]["data"].get("text/html")) for m in remote]
+    assert (0, "<b>bold</b>") in html and (1, "<b>bold</b>") in html
+    images = [m["content"]["data"]["image/png"] for m in remote if "image/png" in m["content"]["data"]]
+    assert base64.b64encode(png).decode() in images
+    outs = [text for engine, text in html if text and "<i>out</i>" in text]
+    assert len(outs) == 2 and all("Out[" in text for text in outs)
+
+
+def test_ipython_syntax_runs_on_the_engines(kernel: KernelSession) -> None:
+    cell = kernel.run(
+        "%%px --targets 0\n%time y = 1\n!echo shell-says-hi\nlisting = !echo captured\nlisting\n"
+    )
+    assert cell.status == "ok", cell.summary()
+    stdout = cell.stream()
+    assert "Wall time" in stdout and "shell-says-hi" in stdout
+    assert out_values(cell.plain()) == {0: "['captured']"}
+
+
+def test_local_runs_here_too_and_out_keeps_the_result(kernel: KernelSession) -> None:
+    cell = kernel.run("%%px --local -o kept_ar --targets 0,1\nboth = 'here and there'\n")
+    assert cell.status == "ok"
+    check = kernel.run("print(both, kept_ar.get(), rc[:2]['both'])")
+    assert check.stream() == "here and there [None, None] ['here and there', 'here and there']\n"
+
+
+def test_group_outputs_engine_shows_each_engine_together(kernel: KernelSession) -> None:
+    cell = kernel.run("%%px --targets 0,1 --no-stream --group-outputs=engine\nprint('said')\n'value'\n")
+    shown = []
+    for m in cell.messages:
+        if m["msg_type"] == "stream":
+            shown.append(m["content"]["text"])
+        elif m["msg_type"] == "display_data":
+            shown.append(m["content"]["data"]["text/plain"])
+    assert shown[0] == "[stdout:0] \nsaid\n" and shown[2] == "[stdout:1] \nsaid\n"
+    assert out_values([shown[1]]) == {0: "'value'"} and out_values([shown[3]]) == {1: "'value'"}
+    assert len(shown) == 4
+
+
+def test_activate_with_a_suffix_gives_a_second_set_of_magics(kernel: KernelSession) -> None:
+    assert kernel.run("even = rc.activate(rc.ids[::2], suffix='_even')").status == "ok"
+    assert "UsageError" in kernel.run("%pxresult_even").stream("stderr")
+    cell = kernel.run("%px_even print('even')")
+    assert stdout_blocks(cell.stream()) == {e: "even\n" for e in (0, 2, 4, 6)}
+    cell = kernel.run("%%px_even\nos.getpid()")
+    assert sorted(out_values(cell.plain())) == [0, 2, 4, 6]
+    assert sorted(out_values(kernel.run("%px os.getpid()").plain())) == ALL
