@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import sys
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -21,6 +21,8 @@ from pxgrpc.client.transport import TaskOutcome
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
+
+log = logging.getLogger(__name__)
 
 Reducer = Callable[[list[Any]], Any]
 OutputHook = Callable[[int, str, str], None]
@@ -120,9 +122,16 @@ class AsyncResult(concurrent.futures.Future[Any]):
     # --- ipyparallel's interface ----------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Any:
-        """Wait for the result (at most `timeout` seconds) and return it, or raise its error."""
+        """Wait for the result (at most `timeout` seconds) and return it, or raise its error.
+
+        Ctrl-C (or a Jupyter kernel interrupt) while waiting interrupts this result's tasks on
+        the engines (see `interrupt`) and stops waiting.
+        """
         try:
             return self.result(timeout if timeout is None or timeout >= 0 else None)
+        except KeyboardInterrupt:
+            self.interrupt()
+            raise
         except concurrent.futures.TimeoutError:
             raise TimeoutError(
                 f"{self._fname}: {self.progress} of {len(self)} tasks done after {timeout} s; the rest go on "
@@ -266,6 +275,23 @@ class AsyncResult(concurrent.futures.Future[Any]):
         pending = [self.msg_ids[i] for i, o in enumerate(self._outcomes) if o is None]
         return self._client._transport.abort(pending) if pending else []
 
+    def interrupt(self) -> list[int]:
+        """Abort this result's queued tasks and raise KeyboardInterrupt in those running.
+
+        The engines stay up and keep their namespaces. Returns the engines interrupted; tasks
+        of a load-balanced view whose engine is not known yet are only aborted.
+        """
+        pending = [i for i, o in enumerate(self._outcomes) if o is None]
+        engines = sorted({e for i in pending if (e := self._engine_ids[i]) is not None})
+        if not pending:
+            return []
+        try:
+            self.abort()
+            return self._client.interrupt(engines) if engines else []
+        except PxError as exc:
+            log.warning("%s: could not interrupt the engines: %s", self._fname, exc)
+            return []
+
     def cancel(self) -> bool:
         """Abort the tasks that have not started and stop waiting for the rest."""
         if self.done():
@@ -286,18 +312,14 @@ class AsyncResult(concurrent.futures.Future[Any]):
                 bar.update(self.progress - bar.n)
             bar.update(self.progress - bar.n)
 
-    def display_outputs(self, groupby: str = "type") -> None:
-        """Print what the engines printed, as `[stdout:N]` blocks, then their Out[] values."""
-        for i in range(len(self.msg_ids)):
-            engine = self._engine_ids[i]
-            if self._stdout[i]:
-                print(f"[stdout:{engine}] {self._stdout[i]}", end="" if self._stdout[i].endswith("\n") else "\n")
-            if self._stderr[i]:
-                print(f"[stderr:{engine}] {self._stderr[i]}", end="" if self._stderr[i].endswith("\n") else "\n",
-                      file=sys.stderr)
-        for i, o in enumerate(self._outcomes):
-            if o is not None and o.execute_result is not None:
-                print(f"Out[{self._engine_ids[i]}:{o.execution_count}]: {o.execute_result.get('text/plain', '')}")
+    def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
+        """Show what the engines printed (`[stdout:N]` blocks), displayed and returned (`Out[N:n]:`).
+
+        `groupby` is "type", "engine" or "order" (see `pxgrpc.client.display.display_outputs`).
+        """
+        from pxgrpc.client.display import display_outputs
+
+        display_outputs(self, groupby, result_only)
 
 
 class AsyncMapResult(AsyncResult):
