@@ -84,6 +84,7 @@ class EngineShell:
         # commands that exit quickly, and pipes stream into the task's captured stdout.
         self.shell.system = self.shell.system_piped = self.system  # type: ignore[method-assign]
         self.shell.getoutput = self.getoutput  # type: ignore[method-assign]
+        self.shell.enable_gui = self.enable_gui  # type: ignore[method-assign]
         self.sink = sink
         log.debug("IPython shell created on the engine")
 
@@ -94,6 +95,13 @@ class EngineShell:
             print(bundle.get("text/plain", ""))
             return
         self.sink(bundle, json.dumps(metadata or {}, default=repr))
+
+    def enable_gui(self, gui: str | None = None) -> None:
+        """`%matplotlib inline` needs no event loop; engines have no screen for other GUIs."""
+        if gui not in (None, "inline"):
+            from IPython.core.error import UsageError
+
+            raise UsageError(f"engines cannot show {gui} windows; use %matplotlib inline")
 
     def system(self, cmd: str) -> None:
         """`!cmd`: run `cmd` in a shell, its output streamed to the task's stdout."""
