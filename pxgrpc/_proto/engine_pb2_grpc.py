@@ -225,3 +225,135 @@ class Engine:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EngineDataStub:
+    """The direct data endpoint an engine may serve (its `RegisterRequest.data_url`, published as
+    `EngineInfo.data_url`): bulk data between a client and one engine in a single hop instead of
+    through the controller. Clients call it with their own token (`authorization: bearer
+    <token>`). It is optional: a client that cannot reach it uses the controller's blobs.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Upload = channel.stream_unary(
+                '/pxgrpc.v1.EngineData/Upload',
+                request_serializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.SerializeToString,
+                response_deserializer=pxgrpc_dot_v1_dot_value__pb2.UploadReply.FromString,
+                _registered_method=True)
+        self.Download = channel.unary_stream(
+                '/pxgrpc.v1.EngineData/Download',
+                request_serializer=pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.SerializeToString,
+                response_deserializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
+                _registered_method=True)
+
+
+class EngineDataServicer:
+    """The direct data endpoint an engine may serve (its `RegisterRequest.data_url`, published as
+    `EngineInfo.data_url`): bulk data between a client and one engine in a single hop instead of
+    through the controller. Clients call it with their own token (`authorization: bearer
+    <token>`). It is optional: a client that cannot reach it uses the controller's blobs.
+    """
+
+    def Upload(self, request_iterator, context):
+        """Hand the engine a blob that a task about to be submitted references (BlobHeader first, then
+        data). Upload it completely before submitting the task and leave the blob out of
+        `SubmitTask.blob_ids`. The engine keeps it until a task has used it (or for a few minutes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Download(self, request, context):
+        """Fetch a result blob of a task submitted with `direct_results` (BlobHeader first, then data).
+        Each result blob can be downloaded once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EngineDataServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
+                    response_serializer=pxgrpc_dot_v1_dot_value__pb2.UploadReply.SerializeToString,
+            ),
+            'Download': grpc.unary_stream_rpc_method_handler(
+                    servicer.Download,
+                    request_deserializer=pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.FromString,
+                    response_serializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pxgrpc.v1.EngineData', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pxgrpc.v1.EngineData', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EngineData:
+    """The direct data endpoint an engine may serve (its `RegisterRequest.data_url`, published as
+    `EngineInfo.data_url`): bulk data between a client and one engine in a single hop instead of
+    through the controller. Clients call it with their own token (`authorization: bearer
+    <token>`). It is optional: a client that cannot reach it uses the controller's blobs.
+    """
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/pxgrpc.v1.EngineData/Upload',
+            pxgrpc_dot_v1_dot_value__pb2.BlobChunk.SerializeToString,
+            pxgrpc_dot_v1_dot_value__pb2.UploadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Download(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pxgrpc.v1.EngineData/Download',
+            pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.SerializeToString,
+            pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

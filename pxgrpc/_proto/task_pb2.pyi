@@ -297,6 +297,7 @@ class SubmitTask(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     BLOB_IDS_FIELD_NUMBER: _builtins.int
+    DIRECT_RESULTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Chosen by the client; unique within its session (a UUID4 hex string is usual)."""
     engine_id: _builtins.int
@@ -308,12 +309,18 @@ class SubmitTask(_message.Message):
     """Load-balanced only: how many times to re-run the task on another engine when its engine
     dies while running it.
     """
+    direct_results: _builtins.bool
+    """Direct tasks only: the client downloads this task's result blobs from the engine's data
+    endpoint (`EngineData.Download` at `EngineInfo.data_url`) instead of from the controller.
+    Set it only when that endpoint is reachable.
+    """
     @_builtins.property
     def action(self) -> Global___Action: ...
     @_builtins.property
     def blob_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Blobs (uploaded by this client) that `action` references. The controller keeps them until
-        the task ends.
+        the task ends. Blobs the client uploaded straight to the engine's data endpoint
+        (`EngineData.Upload`, before submitting the task) are not listed here.
         """
 
     def __init__(
@@ -326,10 +333,11 @@ class SubmitTask(_message.Message):
         encoding: Global___ResultEncoding.ValueType = ...,
         retries: _builtins.int = ...,
         blob_ids: _abc.Iterable[_builtins.str] | None = ...,
+        direct_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blob_ids", b"blob_ids", "encoding", b"encoding", "engine_id", b"engine_id", "load_balanced", b"load_balanced", "retries", b"retries", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blob_ids", b"blob_ids", "direct_results", b"direct_results", "encoding", b"encoding", "engine_id", b"engine_id", "load_balanced", b"load_balanced", "retries", b"retries", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -344,9 +352,14 @@ class Task(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
+    DIRECT_RESULTS_FIELD_NUMBER: _builtins.int
     SUBMITTED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     encoding: Global___ResultEncoding.ValueType
+    direct_results: _builtins.bool
+    """From `SubmitTask.direct_results`: keep result blobs for `EngineData.Download` instead of
+    uploading them to the controller.
+    """
     submitted: _builtins.float
     """Seconds since the epoch when the controller received the task."""
     @_builtins.property
@@ -357,11 +370,12 @@ class Task(_message.Message):
         task_id: _builtins.str = ...,
         action: Global___Action | None = ...,
         encoding: Global___ResultEncoding.ValueType = ...,
+        direct_results: _builtins.bool = ...,
         submitted: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "encoding", b"encoding", "submitted", b"submitted", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "direct_results", b"direct_results", "encoding", b"encoding", "submitted", b"submitted", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

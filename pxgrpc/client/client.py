@@ -90,20 +90,28 @@ class Client:
         ids, _ = self._build_targets(key)
         return DirectView(self, key if isinstance(key, int) else ids)
 
+    def _live(self, wanted: Sequence[int] = ()) -> list[int]:
+        """The live engine ids as the controller last announced them (no round trip); asks the
+        controller afresh only when one of `wanted` is not among them."""
+        live = self._transport.engine_ids()
+        if any(i not in live for i in wanted if i >= 0):
+            live = self.ids
+        return live
+
     def _build_targets(self, targets: Targets) -> tuple[list[int], bool]:
         if targets is None or targets == "all":
-            ids = self.ids
-            return ids, False
-        live = self.ids
+            return self._live(), False
         if isinstance(targets, int):
+            live = self._live([targets])
             if targets not in live and not (targets < 0 and -len(live) <= targets):
                 raise NoEnginesError(f"no engine {targets} (engines: {live})")
             return [live[targets] if targets < 0 else targets], True
         if isinstance(targets, slice):
-            return live[targets], False
+            return self._live()[targets], False
         if isinstance(targets, str):
             raise TypeError(f"targets must be engine ids, a slice, 'all' or None, not {targets!r}")
         wanted = list(targets)
+        live = self._live(wanted)
         missing = [i for i in wanted if i not in live]
         if missing:
             raise NoEnginesError(f"no engine {missing[0]} (engines: {live})")

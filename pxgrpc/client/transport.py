@@ -157,6 +157,9 @@ class Transport:
         self._metadata = security.auth_metadata(info.token)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._listeners: dict[str, TaskListener] = {}
+        # The live engines as the controller last told us (see `engine_ids`).
+        self._engines_generation = -1
+        self._engine_ids: tuple[int, ...] = ()
         self._outgoing: list[wire.pb.SubmitTask] = []
         self._flush_scheduled = False
         self._lock = threading.Lock()
@@ -220,7 +223,7 @@ class Transport:
         self._stubs = _methods(self.channel)
         try:
             request = wire.pb.ListEnginesRequest()
-            await self._stubs["ListEngines"](request, metadata=self._metadata, timeout=timeout)
+            self._note_engines(await self._stubs["ListEngines"](request, metadata=self._metadata, timeout=timeout))
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             target = diagnose.ConnectTarget.of(self.info, role="client")
@@ -243,6 +246,8 @@ class Transport:
     async def _read_session(self, call: grpc.aio.StreamStreamCall) -> None:
         try:
             async for message in call:
+                if message.HasField("engines"):
+                    self._note_engines(message.engines)
                 for event in message.events:
                     self._dispatch(event)
         except grpc.RpcError as exc:
@@ -416,8 +421,21 @@ class Transport:
         except grpc.RpcError as exc:
             raise connection_error(exc, self.url) from None
 
+    def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
+        """Remember the live engines, unless we already know a newer list."""
+        with self._lock:
+            if reply.generation >= self._engines_generation:
+                self._engines_generation = reply.generation
+                self._engine_ids = tuple(e.engine_id for e in reply.engines)
+
+    def engine_ids(self) -> list[int]:
+        """The live engines as last heard (the controller tells every change on the session
+        stream): no round trip, unlike `list_engines`."""
+        return list(self._engine_ids)
+
     def list_engines(self) -> list[dict[str, Any]]:
         reply = self.call("ListEngines", wire.pb.ListEnginesRequest())
+        self._note_engines(reply)
         states = {wire.ENGINE_IDLE: "idle", wire.ENGINE_BUSY: "busy", wire.ENGINE_DEAD: "dead"}
         return [
             {

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,10 @@ class EngineRegistry:
         self._engines: dict[int, EngineRecord] = {}
         self._next_id = 0
         self.changed = asyncio.Event()
+        #: Grows whenever an engine joins or goes away (ListEnginesReply.generation).
+        self.generation = 0
+        #: Called (with no arguments) after every such change.
+        self.watchers: set[Callable[[], None]] = set()
 
     def register(self, request: wire.pb.RegisterRequest) -> EngineRecord:
         engine = EngineRecord(
@@ -150,8 +155,15 @@ class EngineRegistry:
         return True
 
     def _signal(self) -> None:
+        self.generation += 1
         self.changed.set()
         self.changed = asyncio.Event()
+        for watcher in list(self.watchers):
+            watcher()
+
+    def engine_list(self) -> wire.pb.ListEnginesReply:
+        """The live engines, as ListEngines answers and sessions are told."""
+        return wire.pb.ListEnginesReply(engines=[e.info() for e in self.live()], generation=self.generation)
 
     def connected(self, engine: EngineRecord) -> None:
         engine.connected = True

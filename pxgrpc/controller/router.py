@@ -41,6 +41,8 @@ class Session:
         self.name = name or f"session-{self.number}"
         self.closed = False
         self.input_done = False
+        #: Set when the engines changed since the session's last message.
+        self.engines_changed = False
         self.tasks: dict[str, TaskRecord] = {}
         self.result_blobs: set[str] = set()
         self._events: list[wire.pb.TaskEvent] = []
@@ -51,21 +53,37 @@ class Session:
             self._events.append(event)
             self._wakeup.set()
 
+    def notify_engines(self) -> None:
+        """Engines joined or went away: tell the client with the next message."""
+        self.engines_changed = True
+        self._wakeup.set()
+
     def finish_input(self) -> None:
         """The client will submit nothing more: end the stream once its tasks are done."""
         self.input_done = True
         self._wakeup.set()
 
     async def next_events(self) -> list[wire.pb.TaskEvent]:
-        """Every event since the last call: waits for at least one, and returns an empty list
-        only when the input is finished and no task of the session is left."""
-        while not self._events:
-            if self.input_done and not self.tasks:
+        """Every event since the last call (waits for at least one)."""
+        while True:
+            message = await self.next_message()
+            if message is None:
                 return []
+            if message[0]:
+                return message[0]
+
+    async def next_message(self) -> tuple[list[wire.pb.TaskEvent], bool] | None:
+        """What the session's next message carries: every event since the last call and whether
+        the engines changed. Waits for either; None once the input is finished and no task of
+        the session is left."""
+        while not (self._events or self.engines_changed):
+            if self.input_done and not self.tasks:
+                return None
             self._wakeup.clear()
             await self._wakeup.wait()
         events, self._events = self._events, []
-        return events
+        changed, self.engines_changed = self.engines_changed, False
+        return events, changed
 
 
 @dataclass(eq=False)

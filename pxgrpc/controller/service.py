@@ -74,18 +74,26 @@ class ControllerService:
 
     async def ListEngines(self, raw: bytes, context: Context) -> wire.pb.ListEnginesReply:
         await parse(wire.pb.ListEnginesRequest, raw, context)
-        return wire.pb.ListEnginesReply(engines=[e.info() for e in self.state.registry.live()])
+        return self.state.registry.engine_list()
 
     async def Session(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.SessionEvent]:
         session = ClientSession(context.peer())
+        registry = self.state.registry
+        registry.watchers.add(session.notify_engines)
+        session.notify_engines()  # the first message tells the client the engines
         reader = asyncio.create_task(self._read_session(session, requests))
         try:
             # Whatever happened since the last message goes out as one message.
-            while events := await session.next_events():
-                yield wire.pb.SessionEvent(events=events)
+            while (message := await session.next_message()) is not None:
+                events, engines_changed = message
+                reply = wire.pb.SessionEvent(events=events)
+                if engines_changed:
+                    reply.engines.CopyFrom(registry.engine_list())
+                yield reply
             if reader.done() and not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]
         finally:
+            registry.watchers.discard(session.notify_engines)
             reader.cancel()
             self.router.close_session(session)
 
