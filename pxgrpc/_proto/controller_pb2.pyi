@@ -3,9 +3,14 @@
 isort:skip_file
 The Controller service: what clients call.
 
+docs/protocol.md walks through the calls of each operation; these comments are the reference.
+
 Connecting: the connection file (JSON, written by the controller) gives `url` (host:port),
-`token`, and for TLS the CA certificate. Every call must carry the metadata
-`authorization: bearer <token>`; a missing or wrong token fails with UNAUTHENTICATED.
+`token`, and for TLS (`tls: true` or a `tls_ca`) the CA certificate (`tls_ca`, PEM), the name to
+verify (`tls_server_name`, when not the host of `url`) and, for mutual TLS, the client
+certificate and key (`tls_client_cert`, `tls_client_key`). Every call must carry the metadata
+`authorization: bearer <token>`; a missing or wrong token fails with UNAUTHENTICATED. Messages
+may be up to 64 MiB each way.
 
 Two ways to run work:
  * `Session`: one long-lived bidirectional stream per client. Submit many tasks per message;
@@ -15,9 +20,18 @@ Two ways to run work:
    set of engines, streaming that operation's events until it is done. Simple to call from
    any language.
 
-Errors: INVALID_ARGUMENT (malformed request; the message names the field), NOT_FOUND (unknown
-engine id or blob), UNAUTHENTICATED (token), RESOURCE_EXHAUSTED (too much data in flight),
-UNAVAILABLE (controller shutting down).
+Task calls (Execute, Apply, Push, Pull, Scatter) stream `output`/`display` events while the
+tasks run, then exactly one `result` per target in the order the engines finish (see
+`TaskResult.engine_id`); the stream ends after the last result. A failing task gives a result
+with status ERROR; the call itself fails only for a bad request.
+
+Errors: INVALID_ARGUMENT (malformed request; the message names the field, e.g.
+"namespace['x'].array_value.dtype: ..."), NOT_FOUND (unknown engine id or blob),
+UNAUTHENTICATED (token), FAILED_PRECONDITION (download of a failed upload),
+RESOURCE_EXHAUSTED (a message over 64 MiB), UNAVAILABLE (controller unreachable or stopping).
+
+The controller also serves grpc.health.v1.Health (no token needed when it listens on loopback
+only; else the client or engine token) and server reflection (client token).
 """
 
 from collections import abc as _abc
@@ -205,7 +219,9 @@ class Targets(_message.Message):
     """All engines registered when the call arrives."""
     @_builtins.property
     def engine_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Engine ids; empty with `all` false is INVALID_ARGUMENT."""
+        """Engine ids; empty with `all` false is INVALID_ARGUMENT, an id that is not a live engine
+        NOT_FOUND. An id given twice runs the operation twice there.
+        """
 
     def __init__(
         self,
@@ -230,8 +246,10 @@ class ExecuteRequest(_message.Message):
     SILENT_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     code: _builtins.str
+    """Python source, run in each engine's namespace."""
     silent: _builtins.bool
     encoding: _task_pb2.ResultEncoding.ValueType
+    """Non-Python clients: RESULT_ENCODING_TYPED_ONLY or _TYPED_OR_REPR. Outside 0-2: INVALID_ARGUMENT."""
     @_builtins.property
     def targets(self) -> Global___Targets: ...
     def __init__(
@@ -307,7 +325,12 @@ class PushRequest(_message.Message):
     @_builtins.property
     def targets(self) -> Global___Targets: ...
     @_builtins.property
-    def namespace(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Value]: ...
+    def namespace(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Value]:
+        """Variable name (a Python identifier) -> value. Every value is checked before any engine sees
+        it (INVALID_ARGUMENT naming the field); blobs it references must be uploaded first (wait for
+        the UploadReply), else NOT_FOUND.
+        """
+
     def __init__(
         self,
         *,
@@ -331,11 +354,15 @@ class PullRequest(_message.Message):
     SINGLE_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     single: _builtins.bool
+    """With one name: `TaskResult.value` is the value itself rather than a one-item list."""
     encoding: _task_pb2.ResultEncoding.ValueType
+    """Non-Python clients: RESULT_ENCODING_TYPED_ONLY or _TYPED_OR_REPR."""
     @_builtins.property
     def targets(self) -> Global___Targets: ...
     @_builtins.property
-    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Variables to read; dotted names read attributes ("obj.attr"). At least one."""
+
     def __init__(
         self,
         *,
@@ -365,7 +392,9 @@ class ScatterRequest(_message.Message):
     def targets(self) -> Global___Targets: ...
     @_builtins.property
     def value(self) -> _value_pb2.Value:
-        """A `list_value` or an `array_value` (split along its first axis)."""
+        """A `list_value` or an `array_value` (split along its first axis; it may live in a blob, which
+        each part then references without a copy). Checked like `PushRequest.namespace`.
+        """
 
     def __init__(
         self,
@@ -416,13 +445,16 @@ class GatherReply(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def value(self) -> _value_pb2.Value:
-        """Lists are concatenated into one list; arrays of one dtype along their first axis; other
-        values come back as a list with one item per engine.
+        """Lists are concatenated into one list; inline arrays of one dtype along their first axis;
+        other values (including arrays whose data is in blobs) come back as a list with one item per
+        engine. Unset when any engine failed (see `results`).
         """
 
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskResult]:
-        """Per-engine outcome, in target order (their values are left empty)."""
+        """Per-engine outcome, in target order (their values are left empty; their `blob_ids` name the
+        blobs that `value` references).
+        """
 
     def __init__(
         self,

@@ -176,7 +176,9 @@ class ControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Download(self, request, context):
-        """Fetch a blob that a result references (BlobHeader first, then data).
+        """Fetch a blob that a result references (BlobHeader first, then data). Each result blob can be
+        downloaded once: within 120 s after an Execute/Apply/Pull/Gather call ends, or before the
+        Session that got it ends. Unknown (or already downloaded): NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,9 @@ class _ResultEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Result
     RESULT_ENCODING_PICKLE: _ResultEncoding.ValueType  # 0
     """Typed where possible, `Pickled` otherwise: for Python clients."""
     RESULT_ENCODING_TYPED_ONLY: _ResultEncoding.ValueType  # 1
-    """Typed only; a Python-only result fails the task with ename "EncodingError"."""
+    """Typed only; a Python-only result (a set, a class instance, an int beyond 64 bits, nesting
+    deeper than 100 levels) fails the task with ename "EncodingError" naming its type.
+    """
     RESULT_ENCODING_TYPED_OR_REPR: _ResultEncoding.ValueType  # 2
     """Typed where possible, `Opaque` (type name + repr) otherwise."""
 
@@ -44,7 +46,9 @@ class ResultEncoding(_ResultEncoding, metaclass=_ResultEncodingEnumTypeWrapper):
 RESULT_ENCODING_PICKLE: ResultEncoding.ValueType  # 0
 """Typed where possible, `Pickled` otherwise: for Python clients."""
 RESULT_ENCODING_TYPED_ONLY: ResultEncoding.ValueType  # 1
-"""Typed only; a Python-only result fails the task with ename "EncodingError"."""
+"""Typed only; a Python-only result (a set, a class instance, an int beyond 64 bits, nesting
+deeper than 100 levels) fails the task with ename "EncodingError" naming its type.
+"""
 RESULT_ENCODING_TYPED_OR_REPR: ResultEncoding.ValueType  # 2
 """Typed where possible, `Opaque` (type name + repr) otherwise."""
 Global___ResultEncoding: _TypeAlias = ResultEncoding  # noqa: Y015
