@@ -593,7 +593,8 @@ def _validate_buffer(buf: value_pb2.Buffer, where: str, blob_size: BlobSizes | N
         size = blob_size(ref.blob_id)
         if size is None:
             raise UnknownBlobError(
-                f"{where}.blob.blob_id: no blob {ref.blob_id!r} (upload it, and wait for the UploadReply, first)"
+                f"{where}.blob.blob_id: no blob {ref.blob_id!r} "
+                "(upload it, and wait for the UploadReply, first)"
             )
         if size >= 0 and ref.offset + ref.length > size:
             raise DecodingError(
