@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_controller import Outcome, RawController
@@ -464,3 +465,38 @@ def test_bad_tasks_in_a_session_get_an_error_result_naming_the_field(
             answered.set()
     assert len(results) == 1
     assert results[0].status == wire.TASK_ERROR and field in results[0].error.evalue, results[0]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=60).filter(lambda b: _unparsable(pb.SessionRequest, b)))
+def test_a_garbled_session_message_ends_the_session_with_invalid_argument_after_earlier_tasks(
+    fx: Fixture, garbage: bytes
+) -> None:
+    good = pb.SubmitTask(task_id="ok", engine_id=1, action=pb.Action(execute=pb.ExecuteAction(code="1")))
+    answered = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield pb.SessionRequest(tasks=[good]).SerializeToString()
+        yield garbage
+        answered.wait(20)
+
+    call = fx.raw.channel.stream_stream(f"/{wire.CONTROLLER_SERVICE}/Session")(
+        requests(), metadata=fx.raw.metadata, timeout=30
+    )
+    results = []
+    with pytest.raises(grpc.RpcError) as info:
+        for raw in call:
+            results += [e.result for e in pb.SessionEvent.FromString(raw).events if e.HasField("result")]
+    answered.set()
+    assert [(r.task_id, r.status) for r in results] == [("ok", wire.TASK_OK)]
+    assert info.value.code() == INVALID and "SessionRequest: not a valid message" in (
+        info.value.details() or ""
+    )
+
+
+def _unparsable(cls: Any, data: bytes) -> bool:
+    try:
+        cls.FromString(data)
+    except DecodeError:
+        return True
+    return False

@@ -90,8 +90,10 @@ class ControllerService:
                 if engines_changed:
                     reply.engines.CopyFrom(registry.engine_list())
                 yield reply
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()  # type: ignore[misc]
+            if reader.done() and not reader.cancelled() and (error := reader.exception()) is not None:
+                if isinstance(error, wire.DecodingError):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+                raise error
         finally:
             registry.watchers.discard(session.notify_engines)
             reader.cancel()
@@ -103,8 +105,9 @@ class ControllerService:
                 try:
                     request = wire.pb.SessionRequest.FromString(raw)
                 except DecodeError as exc:
+                    # The stream ends with INVALID_ARGUMENT once the tasks sent before are done.
                     log.warning("%s sent a malformed SessionRequest: %s", session.name, exc)
-                    continue
+                    raise wire.DecodingError(f"SessionRequest: not a valid message ({exc})") from exc
                 self.router.submit_batch(session, request.tasks)
         finally:
             session.finish_input()
