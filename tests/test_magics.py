@@ -282,12 +282,38 @@ def test_display_on_engines_reaches_the_notebook_as_rich_output(kernel: KernelSe
 
 def test_ipython_syntax_runs_on_the_engines(kernel: KernelSession) -> None:
     cell = kernel.run(
-        "%%px --targets 0\n%time y = 1\n!echo shell-says-hi\nlisting = !echo captured\nlisting\n"
+        "%%px --targets 0\n"
+        "%time y = 1\n"
+        "word = 'hi'\n"
+        "!echo shell-says-$word\n"
+        "listing = !echo captured\n"
+        "listing\n"
     )
     assert cell.status == "ok", cell.summary()
     stdout = cell.stream()
     assert "Wall time" in stdout and "shell-says-hi" in stdout
     assert out_values(cell.plain()) == {0: "['captured']"}
+
+
+def test_matplotlib_inline_figures_on_engines_reach_the_notebook(kernel: KernelSession) -> None:
+    pytest.importorskip("matplotlib")
+    cell = kernel.run(
+        "%%px --targets 3\n%matplotlib inline\nimport matplotlib.pyplot as plt\n_ = plt.plot([1, 3, 2])\n"
+    )
+    assert cell.status == "ok", cell.summary()
+    figures = [c for c in cell.of_type("display_data") if "image/png" in c["data"]]
+    assert len(figures) == 1 and figures[0]["metadata"]["engine"] == 3
+    assert base64.b64decode(figures[0]["data"]["image/png"]).startswith(b"\x89PNG")
+
+
+def test_display_outputs_outside_ipython_prints_the_same_blocks(cluster7, capsys) -> None:  # type: ignore[no-untyped-def]
+    ar = cluster7[1][:2].execute("print('said')\n40 + 2", silent=False, block=False)
+    ar.get(timeout=30)
+    capsys.readouterr()
+    ar.display_outputs()
+    counts = [meta["execution_count"] for meta in ar.metadata]
+    expected = f"[stdout:0] \nsaid\n[stdout:1] \nsaid\nOut[0:{counts[0]}]: 42\nOut[1:{counts[1]}]: 42\n"
+    assert capsys.readouterr().out == expected
 
 
 def test_local_runs_here_too_and_out_keeps_the_result(kernel: KernelSession) -> None:
