@@ -58,8 +58,14 @@ class SecurityError(Exception):
 
 
 def new_token() -> str:
-    """Return a fresh random token (256 bits, URL-safe) for a client or engine."""
-    return secrets.token_urlsafe(32)
+    """Return a fresh random token (256 bits, URL-safe) for a client or engine.
+
+    Never starts with '-', so that ``--token TOKEN`` on a command line is not read as an option.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def pxgrpc_dir() -> pathlib.Path:

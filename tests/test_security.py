@@ -66,6 +66,11 @@ def test_new_token_is_random_and_long() -> None:
     assert all(len(t) >= 43 for t in tokens)
 
 
+def test_new_token_never_looks_like_a_command_line_option() -> None:
+    # 1 in 64 URL-safe tokens would start with '-', and `--token -abc` fails in argparse.
+    assert not any(security.new_token().startswith("-") for _ in range(2000))
+
+
 def test_default_paths(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert security.pxgrpc_dir() == tmp_path / "pxdir"
     assert security.default_connection_file() == tmp_path / "pxdir" / "controller.json"
