@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Reducer = Callable[[list[Any]], Any]
+#: Seconds IPython's display of a pending AsyncResult waits for it to finish.
+DISPLAY_GRACE = 0.05
 OutputHook = Callable[[int, str, str], None]
 
 
@@ -266,6 +268,12 @@ class AsyncResult(concurrent.futures.Future[Any]):
         else:
             state = "pending"
         return f"<{type(self).__name__}: {self._fname}:{state}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        # IPython shows a cell's value the instant the cell ends; give quick work (a scatter of a
+        # few thousand items) a moment to finish so the repr says what users will see next.
+        self.wait(DISPLAY_GRACE)
+        printer.text(repr(self))
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
