@@ -14,6 +14,7 @@ import pickle
 import re
 import sys
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from pxgrpc import messages
 from pxgrpc._proto import (
     controller_pb2,
     controller_pb2_grpc,
@@ -31,65 +33,8 @@ from pxgrpc._proto import (
 )
 
 
-class pb:  # noqa: N801 - a namespace of message classes, read as `wire.pb.Task`
-    """The protobuf message classes of pxgrpc.v1, in one namespace."""
-
-    Value = value_pb2.Value
-    Null = value_pb2.Null
-    ValueList = value_pb2.ValueList
-    ValueMap = value_pb2.ValueMap
-    NDArray = value_pb2.NDArray
-    Pickled = value_pb2.Pickled
-    Opaque = value_pb2.Opaque
-    Buffer = value_pb2.Buffer
-    BlobSlice = value_pb2.BlobSlice
-    BlobHeader = value_pb2.BlobHeader
-    BlobChunk = value_pb2.BlobChunk
-    UploadReply = value_pb2.UploadReply
-    DownloadRequest = value_pb2.DownloadRequest
-
-    Action = task_pb2.Action
-    ExecuteAction = task_pb2.ExecuteAction
-    ApplyAction = task_pb2.ApplyAction
-    PushAction = task_pb2.PushAction
-    PullAction = task_pb2.PullAction
-    SubmitTask = task_pb2.SubmitTask
-    Task = task_pb2.Task
-    TaskResult = task_pb2.TaskResult
-    RemoteException = task_pb2.RemoteException
-    ExecuteResult = task_pb2.ExecuteResult
-    OutputEvent = task_pb2.OutputEvent
-    DisplayEvent = task_pb2.DisplayEvent
-    TaskEvent = task_pb2.TaskEvent
-
-    ListEnginesRequest = controller_pb2.ListEnginesRequest
-    ListEnginesReply = controller_pb2.ListEnginesReply
-    EngineInfo = controller_pb2.EngineInfo
-    SessionRequest = controller_pb2.SessionRequest
-    SessionEvent = controller_pb2.SessionEvent
-    Targets = controller_pb2.Targets
-    ExecuteRequest = controller_pb2.ExecuteRequest
-    ApplyRequest = controller_pb2.ApplyRequest
-    PushRequest = controller_pb2.PushRequest
-    PullRequest = controller_pb2.PullRequest
-    ScatterRequest = controller_pb2.ScatterRequest
-    GatherRequest = controller_pb2.GatherRequest
-    GatherReply = controller_pb2.GatherReply
-    AbortRequest = controller_pb2.AbortRequest
-    AbortReply = controller_pb2.AbortReply
-    InterruptRequest = controller_pb2.InterruptRequest
-    InterruptReply = controller_pb2.InterruptReply
-    QueueStatusRequest = controller_pb2.QueueStatusRequest
-    QueueStatusReply = controller_pb2.QueueStatusReply
-    EngineQueue = controller_pb2.EngineQueue
-    ShutdownRequest = controller_pb2.ShutdownRequest
-    ShutdownReply = controller_pb2.ShutdownReply
-
-    RegisterRequest = engine_pb2.RegisterRequest
-    RegisterReply = engine_pb2.RegisterReply
-    EngineMessage = engine_pb2.EngineMessage
-    EngineCommand = engine_pb2.EngineCommand
-
+#: The message classes: `wire.pb.Task`, `wire.pb.Value`, ...
+pb = messages
 
 # Enum values, as plain ints.
 TASK_OK = task_pb2.TASK_STATUS_OK
@@ -289,18 +234,33 @@ class Encoder:
         self.blob: OutgoingBlob | None = None
 
     def buffer(self, data: memoryview | bytes) -> value_pb2.Buffer:
+        """A Buffer message for `data`: inline when small, else a slice of the outgoing blob."""
+        out = value_pb2.Buffer()
+        self.fill_buffer(out, data)
+        return out
+
+    def fill_buffer(self, out: value_pb2.Buffer, data: memoryview | bytes) -> None:
+        """Point an (empty) Buffer field at `data` (inline when small, else in the blob)."""
+        if type(data) is bytes and len(data) <= INLINE_LIMIT:
+            out.inline = data
+            return
         view = memoryview(data)
         if view.nbytes <= INLINE_LIMIT:
-            return value_pb2.Buffer(inline=view.tobytes())
+            out.inline = view.tobytes()
+            return
         if self.blob is None:
             self.blob = OutgoingBlob()
-        return value_pb2.Buffer(blob=self.blob.add(view))
+        out.blob.CopyFrom(self.blob.add(view))
 
     def encode(self, obj: Any) -> value_pb2.Value:
         """Encode one object."""
         value = value_pb2.Value()
         self._encode_into(obj, value, depth=0)
         return value
+
+    def encode_into(self, obj: Any, value: value_pb2.Value) -> None:
+        """Encode one object into an (empty) Value that is part of a larger message."""
+        self._encode_into(obj, value, depth=0)
 
     def _encode_into(self, obj: Any, value: value_pb2.Value, depth: int) -> None:
         if obj is None:
@@ -317,7 +277,7 @@ class Encoder:
             if len(obj) <= INLINE_LIMIT:
                 value.bytes_value = obj
             else:
-                value.large_bytes_value.CopyFrom(self.buffer(obj))
+                self.fill_buffer(value.large_bytes_value, obj)
         elif isinstance(obj, np.ndarray) and is_typed_dtype(obj.dtype):
             self._encode_array(obj, value.array_value)
         elif self.mode == ENCODING_PICKLE:
@@ -374,15 +334,38 @@ class Encoder:
             arr = arr.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
         out.dtype = arr.dtype.str
         out.shape.extend(arr.shape)
-        out.data.CopyFrom(self.buffer(memoryview(arr).cast("B") if arr.size else b""))
+        self.fill_buffer(out.data, memoryview(arr).cast("B") if arr.size else b"")  # type: ignore[arg-type]
 
     def _encode_pickle(self, obj: Any, out: value_pb2.Pickled) -> None:
         buffers: list[pickle.PickleBuffer] = []
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-        out.data.CopyFrom(self.buffer(data))
+        if _is_plain(obj):
+            data = pickle.dumps(obj, protocol=5)  # the same bytes, without cloudpickle's set-up cost
+        else:
+            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        self.fill_buffer(out.data, data)
         for buf in buffers:
-            out.buffers.append(self.buffer(buf.raw()))
+            self.fill_buffer(out.buffers.add(), buf.raw())
         out.type_name = _qualname(obj)
+
+
+#: Types that plain pickle writes just as cloudpickle would (no code, no classes by value).
+_PLAIN_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, range})
+_PLAIN_CONTAINERS = frozenset({list, tuple, set, frozenset})
+#: Containers up to this size are checked item by item; larger ones go to cloudpickle, whose
+#: set-up cost is small next to their pickling.
+_PLAIN_CHECK_LIMIT = 64
+
+
+def _is_plain(obj: Any, depth: int = 0) -> bool:
+    """Whether `obj` is builtin scalars in small builtin containers (at most two levels)."""
+    kind = type(obj)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth >= 2 or kind not in _PLAIN_CONTAINERS and kind is not dict or len(obj) > _PLAIN_CHECK_LIMIT:
+        return False
+    if kind is dict:
+        return all(type(k) in _PLAIN_SCALARS and _is_plain(v, depth + 1) for k, v in obj.items())
+    return all(_is_plain(item, depth + 1) for item in obj)
 
 
 def _utf8_ok(text: str) -> bool:
@@ -396,7 +379,13 @@ def _utf8_ok(text: str) -> bool:
 
 def _qualname(obj: Any) -> str:
     cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    name = _qualnames.get(cls)
+    if name is None:
+        name = _qualnames[cls] = f"{cls.__module__}.{cls.__qualname__}"
+    return name
+
+
+_qualnames: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
 
 
 def _safe_repr(obj: Any) -> str:

@@ -213,7 +213,7 @@ class Transport:
 
     async def _connect(self, timeout: float) -> None:
         options = security.channel_options(self.info.tls_server_name)
-        self._session: grpc.aio.StreamStreamCall | None = None
+        self._session: grpc.aio.StreamStreamCall[Any, Any] | None = None
         if self.info.uses_tls:
             ca = self.info.tls_ca.encode() if self.info.tls_ca else None
             creds = security.channel_credentials(ca, self.info.client_cert())
@@ -243,7 +243,7 @@ class Transport:
                 self._flush_scheduled = False
             yield wire.pb.SessionRequest(tasks=tasks)
 
-    async def _read_session(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         try:
             async for message in call:
                 if message.HasField("engines"):
@@ -279,11 +279,17 @@ class Transport:
         targets: Sequence[int | None],
         listener: TaskListener,
         retries: int = 0,
-        encoding: int = wire.ENCODING_PICKLE,
+        encoding: wire.pb.ResultEncoding.ValueType = wire.ENCODING_PICKLE,
     ) -> None:
         """Run `action` on each target (None: load-balanced) as the tasks `task_ids`."""
-        message, blob = encode_action(action)
-        self._enqueue(task_ids, [(message, blob, t) for t in targets], listener, retries, encoding)
+        template = wire.pb.SubmitTask(encoding=encoding, retries=retries)
+        blob = encode_action(action, template.action)
+        submits = []
+        for task_id, target in zip(task_ids, targets, strict=True):
+            submit = wire.pb.SubmitTask()
+            submit.CopyFrom(template)
+            submits.append(_address(submit, task_id, target, blob))
+        self._enqueue(task_ids, submits, [blob] if blob is not None else [], listener)
 
     def submit_each(
         self,
@@ -294,37 +300,25 @@ class Transport:
     ) -> None:
         """Run a different action on each target (scatter, map) as the tasks `task_ids`."""
         cache: dict[int, wire.pb.Value] = {}
-        encoded = []
-        for action, target in items:
-            message, blob = encode_action(action, cache)
-            encoded.append((message, blob, target))
-        self._enqueue(task_ids, encoded, listener, retries, wire.ENCODING_PICKLE)
+        submits = []
+        blobs = []
+        for task_id, (action, target) in zip(task_ids, items, strict=True):
+            submit = wire.pb.SubmitTask(retries=retries)
+            blob = encode_action(action, submit.action, cache)
+            if blob is not None:
+                blobs.append(blob)
+            submits.append(_address(submit, task_id, target, blob))
+        self._enqueue(task_ids, submits, blobs, listener)
 
     def _enqueue(
         self,
         ids: Sequence[str],
-        items: list[tuple[wire.pb.Action, wire.OutgoingBlob | None, int | None]],
+        submits: list[wire.pb.SubmitTask],
+        blobs: list[wire.OutgoingBlob],
         listener: TaskListener,
-        retries: int,
-        encoding: int,
     ) -> None:
         if self.failure is not None:
             raise self.failure
-        blobs: dict[str, wire.OutgoingBlob] = {}
-        submits = []
-        for task_id, (action, blob, target) in zip(ids, items, strict=True):
-            submit = wire.pb.SubmitTask(
-                task_id=task_id,
-                engine_id=target if target is not None else -1,
-                load_balanced=target is None,
-                encoding=encoding,
-                retries=retries,
-            )
-            submit.action.CopyFrom(action)
-            if blob is not None:
-                submit.blob_ids.append(blob.blob_id)
-                blobs[blob.blob_id] = blob
-            submits.append(submit)
         with self._lock:
             for task_id in ids:
                 self._listeners[task_id] = listener
@@ -333,7 +327,7 @@ class Transport:
             self._flush_scheduled = True
         if schedule:
             self.loop.call_soon_threadsafe(self._wakeup.set)
-        for blob in blobs.values():
+        for blob in blobs:
             asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
 
     async def _upload(self, blob: wire.OutgoingBlob) -> None:
@@ -476,15 +470,33 @@ class Transport:
         return list(self.call("Shutdown", request).engine_ids)
 
 
+def _address(
+    submit: wire.pb.SubmitTask, task_id: str, target: int | None, blob: wire.OutgoingBlob | None
+) -> wire.pb.SubmitTask:
+    """Fill in who runs the task (None: the controller picks, load-balanced) and its blob."""
+    submit.task_id = task_id
+    if target is None:
+        submit.engine_id = -1
+        submit.load_balanced = True
+    else:
+        submit.engine_id = target
+    if blob is not None:
+        submit.blob_ids.append(blob.blob_id)
+    return submit
+
+
 def encode_action(
-    action: Action, function_cache: dict[int, wire.pb.Value] | None = None
-) -> tuple[wire.pb.Action, wire.OutgoingBlob | None]:
-    """An action as its protobuf message, plus the blob its large values need."""
+    action: Action, message: wire.pb.Action, function_cache: dict[int, wire.pb.Value] | None = None
+) -> wire.OutgoingBlob | None:
+    """Write an action into its protobuf message; return the blob its large values need.
+
+    `function_cache` (one per map or scatter call) encodes a function applied many times once.
+    """
     encoder = wire.Encoder()
     if isinstance(action, Execute):
-        message = wire.pb.Action(execute=wire.pb.ExecuteAction(code=action.code, silent=action.silent))
+        message.execute.code = action.code
+        message.execute.silent = action.silent
     elif isinstance(action, Apply):
-        message = wire.pb.Action()
         apply = message.apply
         cached = function_cache.get(id(action.function)) if function_cache is not None else None
         if cached is None:
@@ -493,17 +505,17 @@ def encode_action(
                 function_cache[id(action.function)] = cached
         apply.function.CopyFrom(cached)
         for arg in action.args:
-            apply.args.append(encoder.encode(arg))
+            encoder.encode_into(arg, apply.args.add())
         for key, val in action.kwargs.items():
-            apply.kwargs[key].CopyFrom(encoder.encode(val))
+            encoder.encode_into(val, apply.kwargs[key])
     elif isinstance(action, Push):
-        message = wire.pb.Action()
         ns = message.push.namespace
         for key, val in action.namespace.items():
-            ns[key].CopyFrom(encoder.encode(val))
+            encoder.encode_into(val, ns[key])
     else:
-        message = wire.pb.Action(pull=wire.pb.PullAction(names=action.names, single=action.single))
-    return message, encoder.blob
+        message.pull.names.extend(action.names)
+        message.pull.single = action.single
+    return encoder.blob
 
 
 def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
