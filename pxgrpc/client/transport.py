@@ -9,6 +9,7 @@ sees a protobuf message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -21,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from pxgrpc import diagnose, security, wire
+from pxgrpc.client.direct import DirectData, receive_blob
 from pxgrpc.client.errors import (
     AuthenticationError,
     EngineError,
@@ -161,6 +163,14 @@ class Transport:
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
         self._outgoing: list[wire.pb.SubmitTask] = []
+        # Submits that must wait (in order) until their blob is on the engine: (submit, upload).
+        self._gates: collections.deque[tuple[wire.pb.SubmitTask, concurrent.futures.Future[None]]] = (
+            collections.deque()
+        )
+        self._direct = DirectData(self._metadata)
+        # Tasks whose result blobs wait on the engine's data endpoint: task id -> its url.
+        self._direct_results: dict[str, str] = {}
+        self._relayed: set[str] = set()
         self._flush_scheduled = False
         self._lock = threading.Lock()
         self.failure: PxConnectionError | None = None
@@ -207,6 +217,7 @@ class Transport:
             self._session.cancel()
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        await self._direct.close()
         await self.channel.close()
 
     # --- connecting -------------------------------------------------------------------------
@@ -234,14 +245,30 @@ class Transport:
         self._reader = asyncio.ensure_future(self._read_session(self._session))
 
     async def _requests(self) -> Any:
+        """The session's requests: everything submitted since the last one, in one message."""
         while True:
-            while not self._outgoing:
-                self._wakeup.clear()
-                await self._wakeup.wait()
             with self._lock:
-                tasks, self._outgoing = self._outgoing, []
-                self._flush_scheduled = False
-            yield wire.pb.SessionRequest(tasks=tasks)
+                tasks = self._take_ready()
+            if tasks:
+                yield wire.pb.SessionRequest(tasks=tasks)
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _take_ready(self) -> list[wire.pb.SubmitTask]:
+        """(With the lock held.) The submits that may go: all of them, up to the first one whose
+        blob is still on its way to the engine (order of submission is kept)."""
+        self._flush_scheduled = False
+        gates = self._gates
+        while gates and gates[0][1].done():
+            gates.popleft()
+        if not gates:
+            tasks, self._outgoing = self._outgoing, []
+            return tasks
+        blocked = gates[0][0]
+        cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
+        tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
+        return tasks
 
     async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         try:
@@ -263,6 +290,7 @@ class Transport:
     def _fail_all(self, error: PxConnectionError) -> None:
         self.failure = self.failure or error
         listeners, self._listeners = self._listeners, {}
+        self._direct_results.clear()
         for task_id, listener in listeners.items():
             listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
 
@@ -288,8 +316,14 @@ class Transport:
         for task_id, target in zip(task_ids, targets, strict=True):
             submit = wire.pb.SubmitTask()
             submit.CopyFrom(template)
-            submits.append(_address(submit, task_id, target, blob))
-        self._enqueue(task_ids, submits, [blob] if blob is not None else [], listener)
+            submits.append(_address(submit, task_id, target))
+        # One blob for every target: straight to each engine only if all of them can take it.
+        direct = blob is not None and all(self._direct.url_for(t) for t in targets)
+        self._enqueue(task_ids, submits, [blob if direct else None] * len(submits), listener)
+        if blob is not None and not direct:
+            for submit in submits:
+                submit.blob_ids.append(blob.blob_id)
+            self._start_relay(blob)
 
     def submit_each(
         self,
@@ -301,34 +335,79 @@ class Transport:
         """Run a different action on each target (scatter, map) as the tasks `task_ids`."""
         cache: dict[int, wire.pb.Value] = {}
         submits = []
-        blobs = []
+        direct_blobs: list[wire.OutgoingBlob | None] = []
+        relayed = []
         for task_id, (action, target) in zip(task_ids, items, strict=True):
-            submit = wire.pb.SubmitTask(retries=retries)
+            submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
-            if blob is not None:
-                blobs.append(blob)
-            submits.append(_address(submit, task_id, target, blob))
-        self._enqueue(task_ids, submits, blobs, listener)
+            if blob is not None and not self._direct.url_for(target):
+                submit.blob_ids.append(blob.blob_id)
+                relayed.append(blob)
+                blob = None
+            submits.append(submit)
+            direct_blobs.append(blob)
+        self._enqueue(task_ids, submits, direct_blobs, listener)
+        for blob in relayed:
+            self._start_relay(blob)
 
     def _enqueue(
         self,
         ids: Sequence[str],
         submits: list[wire.pb.SubmitTask],
-        blobs: list[wire.OutgoingBlob],
+        direct_blobs: list[wire.OutgoingBlob | None],
         listener: TaskListener,
     ) -> None:
+        """Queue submits for the session stream. A submit with a direct blob waits (and so do
+        the ones after it) until the blob is on its engine; direct tasks fetch their result
+        blobs from the engine when it has a reachable data endpoint."""
         if self.failure is not None:
             raise self.failure
+        gates = []
+        direct_results = []
+        for submit, blob in zip(submits, direct_blobs, strict=True):
+            url = self._direct.url_for(submit.engine_id) if not submit.load_balanced else None
+            if url is None:
+                continue
+            submit.direct_results = True
+            direct_results.append((submit.task_id, url))
+            if blob is not None:
+                gate = asyncio.run_coroutine_threadsafe(self._send_direct(submit, blob, url), self.loop)
+                gate.add_done_callback(self._gate_opened)
+                gates.append((submit, gate))
         with self._lock:
             for task_id in ids:
                 self._listeners[task_id] = listener
+            self._direct_results.update(direct_results)
             self._outgoing.extend(submits)
+            self._gates.extend(gates)
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
             self.loop.call_soon_threadsafe(self._wakeup.set)
-        for blob in blobs:
-            asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
+
+    def _gate_opened(self, gate: concurrent.futures.Future[None]) -> None:
+        """A direct upload is over: the submits held behind it may go."""
+        self.loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _send_direct(self, submit: wire.pb.SubmitTask, blob: wire.OutgoingBlob, url: str) -> None:
+        """Upload a task's blob to its engine; on failure send it through the controller."""
+        try:
+            await self._direct.upload(url, blob)
+        except grpc.RpcError as exc:
+            self._direct.give_up(url, f"{exc.code().name}: {exc.details()}")
+            submit.direct_results = False
+            submit.blob_ids.append(blob.blob_id)
+            self._start_relay(blob)
+
+    def _start_relay(self, blob: wire.OutgoingBlob) -> None:
+        """Upload a blob to the controller (once), from any thread."""
+        if threading.get_ident() != self._thread.ident:
+            self.loop.call_soon_threadsafe(self._start_relay, blob)
+            return
+        if blob.blob_id not in self._relayed:
+            self._relayed.add(blob.blob_id)
+            task = asyncio.ensure_future(self._upload(blob))
+            task.add_done_callback(lambda _: self._relayed.discard(blob.blob_id))
 
     async def _upload(self, blob: wire.OutgoingBlob) -> None:
         try:
@@ -354,16 +433,22 @@ class Transport:
         elif kind == "result":
             result = event.result
             listener = self._listeners.pop(result.task_id, None)
+            url = self._direct_results.pop(result.task_id, None) if self._direct_results else None
             if listener is None:
                 return
             if result.blob_ids:
-                asyncio.ensure_future(self._deliver_with_blobs(result, listener))
+                asyncio.ensure_future(self._deliver_with_blobs(result, listener, url))
             else:
                 listener.on_result(self._outcome(result, {}))
 
-    async def _deliver_with_blobs(self, result: wire.pb.TaskResult, listener: TaskListener) -> None:
+    async def _deliver_with_blobs(
+        self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None = None
+    ) -> None:
         try:
-            blobs = {b: await self._download(b) for b in result.blob_ids}
+            if url is not None:
+                blobs = {b: await self._direct.download(url, b) for b in result.blob_ids}
+            else:
+                blobs = {b: await self._download(b) for b in result.blob_ids}
             outcome = self._outcome(result, blobs)
         except (grpc.RpcError, wire.DecodingError) as exc:
             err = connection_error(exc, self.url) if isinstance(exc, grpc.RpcError) else PxConnectionError(str(exc))
@@ -371,15 +456,8 @@ class Transport:
         listener.on_result(outcome)
 
     async def _download(self, blob_id: str) -> wire.IncomingBlob:
-        blob: wire.IncomingBlob | None = None
-        async for raw in self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata):
-            if blob is None:
-                blob = wire.IncomingBlob(blob_id, wire.parse_header(raw).size)
-            else:
-                blob.write(wire.parse_data_chunk(raw))
-        if blob is None or not blob.complete:
-            raise wire.DecodingError(f"blob {blob_id}: the download ended early")
-        return blob
+        call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
+        return await receive_blob(blob_id, call)
 
     def _outcome(self, result: wire.pb.TaskResult, blobs: wire.BlobMap) -> TaskOutcome:
         outcome = TaskOutcome(
@@ -421,6 +499,7 @@ class Transport:
             if reply.generation >= self._engines_generation:
                 self._engines_generation = reply.generation
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
+                self._direct.set_urls({e.engine_id: e.data_url for e in reply.engines})
 
     def engine_ids(self) -> list[int]:
         """The live engines as last heard (the controller tells every change on the session
@@ -470,18 +549,14 @@ class Transport:
         return list(self.call("Shutdown", request).engine_ids)
 
 
-def _address(
-    submit: wire.pb.SubmitTask, task_id: str, target: int | None, blob: wire.OutgoingBlob | None
-) -> wire.pb.SubmitTask:
-    """Fill in who runs the task (None: the controller picks, load-balanced) and its blob."""
+def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wire.pb.SubmitTask:
+    """Fill in who runs the task (None: the controller picks, load-balanced)."""
     submit.task_id = task_id
     if target is None:
         submit.engine_id = -1
         submit.load_balanced = True
     else:
         submit.engine_id = target
-    if blob is not None:
-        submit.blob_ids.append(blob.blob_id)
     return submit
 
 

@@ -98,11 +98,18 @@ class TaskRecord:
     load_balanced: bool
     retries: int
     blob_ids: list[str]
+    direct_results: bool = False
     submitted: float = field(default_factory=time.time)
     engine: EngineRecord | None = None
 
     def to_task(self) -> wire.pb.Task:
-        return wire.pb.Task(task_id=self.key, action=self.action, encoding=self.encoding, submitted=self.submitted)
+        return wire.pb.Task(
+            task_id=self.key,
+            action=self.action,
+            encoding=self.encoding,
+            submitted=self.submitted,
+            direct_results=self.direct_results,
+        )
 
 
 def _load(engine: EngineRecord) -> tuple[int, int]:
@@ -164,6 +171,7 @@ class TaskRouter:
             load_balanced=submit.load_balanced,
             retries=max(0, submit.retries),
             blob_ids=list(submit.blob_ids),
+            direct_results=submit.direct_results and not submit.load_balanced,
         )
         for blob_id in record.blob_ids:
             self.blobs.ref(blob_id)

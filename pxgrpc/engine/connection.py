@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from pxgrpc import diagnose, security, wire
+from pxgrpc.engine.data import DataEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class EngineConnection:
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
         self._fetches: set[asyncio.Future[None]] = set()
+        #: The direct data endpoint, when this engine offers one (see `_offers_data`).
+        self.data: DataEndpoint | None = None
         self._wakeup: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
         self._metadata = security.auth_metadata(info.engine_token)
@@ -139,8 +142,41 @@ class EngineConnection:
             return grpc.aio.secure_channel(self.info.url, creds, options=options)
         return grpc.aio.insecure_channel(self.info.url, options=options)
 
+    def _offers_data(self) -> bool:
+        """Serve a direct data endpoint? Only where plain TCP is safe and clients can use it:
+        a controller on loopback without TLS, engines started with the client token (from the
+        connection file). `PXGRPC_DATA_ENDPOINT=off` turns it off."""
+        if os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() in ("off", "0", "no"):
+            return False
+        try:
+            host, _ = security.split_url(self.info.url)
+        except ValueError:
+            return False
+        return bool(self.info.token) and not self.info.uses_tls and security.is_loopback(host)
+
+    def offer(self, blob: wire.OutgoingBlob) -> concurrent.futures.Future[None]:
+        """Keep a result blob for its client's direct download (when there is a data endpoint;
+        else upload it to the controller). The future resolves when it is gone."""
+        if self.data is None:
+            return self.upload(blob)
+        return self.data.offer(blob)
+
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
+        if self._offers_data():
+            self.data = DataEndpoint(self.info.token)
+            try:
+                await self.data.start()
+            except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
+                log.warning("no direct data endpoint: %s", exc)
+                self.data = None
+        try:
+            await self._converse()
+        finally:
+            if self.data is not None:
+                await self.data.stop()
+
+    async def _converse(self) -> None:
         async with self._channel() as channel:
             self.channel = channel
             reply = await self._register(channel)
@@ -168,7 +204,10 @@ class EngineConnection:
             response_deserializer=wire.pb.RegisterReply.FromString,
         )
         request = wire.pb.RegisterRequest(
-            hostname=socket.gethostname(), pid=os.getpid(), python_version=wire.python_version()
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            python_version=wire.python_version(),
+            data_url=self.data.url if self.data is not None else "",
         )
         target = diagnose.ConnectTarget.of(self.info, role="engine")
         deadline = self.loop.time() + self.connect_timeout
@@ -240,11 +279,16 @@ class EngineConnection:
 
     async def _fetch(self, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
         try:
-            blobs = {blob_id: await self._download(blob_id) for blob_id in blob_ids}
+            blobs = {blob_id: await self._claim(blob_id) for blob_id in blob_ids}
         except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
             ready.set_exception(exc)
         else:
             ready.set_result(blobs)
+
+    async def _claim(self, blob_id: str) -> wire.IncomingBlob:
+        """A blob a task needs: uploaded straight here by the client, else from the controller."""
+        blob = self.data.take(blob_id) if self.data is not None else None
+        return blob if blob is not None else await self._download(blob_id)
 
     async def _download(self, blob_id: str) -> wire.IncomingBlob:
         download: Any = self.channel.unary_stream(

@@ -97,7 +97,7 @@ class Engine:
                 result.value.CopyFrom(value)
                 if blob is not None:
                     result.blob_ids.append(blob.blob_id)
-                    upload = self.conn.upload(blob)
+                    upload = self.conn.offer(blob) if task.direct_results else self.conn.upload(blob)
         if outcome.error is not None:
             result.status = wire.TASK_ERROR if status is None else status
             result.error.CopyFrom(outcome.error)

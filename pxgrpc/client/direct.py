@@ -1,0 +1,99 @@
+"""The client's side of the direct data path: blobs straight to and from engines.
+
+Engines may serve a data endpoint (`EngineData`, advertised as `EngineInfo.data_url`). A client
+that reaches it moves a direct task's large arguments and results in one hop instead of through
+the controller; one that cannot falls back to the controller for good. Runs in the transport's
+event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from pxgrpc import security, wire
+
+log = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    """`PXGRPC_DATA_ENDPOINT=off` makes clients (and engines) use the controller for all data."""
+    return os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() not in ("off", "0", "no")
+
+
+class DirectData:
+    """Channels to the engines' data endpoints, opened on first use."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+        self._urls: dict[int, str] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._broken: set[str] = set()
+        self._enabled = enabled()
+
+    def set_urls(self, urls: Mapping[int, str]) -> None:
+        """The data endpoints of the live engines (engine id -> "host:port"), from an engine list."""
+        self._urls = dict(urls)
+
+    def url_for(self, engine_id: int | None) -> str | None:
+        """Where to reach an engine's data directly, or None (use the controller)."""
+        if engine_id is None or not self._enabled:
+            return None
+        url = self._urls.get(engine_id)
+        return url if url and url not in self._broken else None
+
+    def give_up(self, url: str, why: str) -> None:
+        """The endpoint failed us: use the controller for this engine from now on."""
+        if url not in self._broken:
+            log.warning("direct data endpoint %s unusable (%s): using the controller", url, why)
+            self._broken.add(url)
+
+    def _stub(self, url: str, method: str, kind: str) -> Any:
+        channel = self._channels.get(url)
+        if channel is None:
+            channel = self._channels[url] = grpc.aio.insecure_channel(
+                url, options=security.channel_options(None)
+            )
+        path = f"/{wire.ENGINE_DATA_SERVICE}/{method}"
+        if kind == "upload":
+            return channel.stream_unary(
+                path, request_serializer=None, response_deserializer=wire.pb.UploadReply.FromString
+            )
+        return channel.unary_stream(
+            path, request_serializer=wire.pb.DownloadRequest.SerializeToString, response_deserializer=None
+        )
+
+    async def upload(self, url: str, blob: wire.OutgoingBlob, timeout: float | None = None) -> None:
+        """Send a blob to an engine for a task about to be submitted (raises grpc.RpcError)."""
+        await self._stub(url, "Upload", "upload")(
+            blob.raw_messages(), metadata=self._metadata, timeout=timeout
+        )
+
+    async def download(self, url: str, blob_id: str) -> wire.IncomingBlob:
+        """Fetch a result blob from an engine (raises grpc.RpcError or wire.DecodingError)."""
+        call = self._stub(url, "Download", "download")(
+            wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata
+        )
+        return await receive_blob(blob_id, call)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+async def receive_blob(blob_id: str, chunks: Any) -> wire.IncomingBlob:
+    """Assemble a blob from a stream of raw BlobChunks (header first) into one buffer."""
+    blob: wire.IncomingBlob | None = None
+    async for raw in chunks:
+        if blob is None:
+            blob = wire.IncomingBlob(blob_id, wire.parse_header(raw).size)
+        else:
+            blob.write(wire.parse_data_chunk(raw))
+    if blob is None or not blob.complete:
+        raise wire.DecodingError(f"blob {blob_id}: the download ended early")
+    return blob

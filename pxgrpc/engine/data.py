@@ -1,0 +1,172 @@
+"""The engine's direct data endpoint (the `EngineData` service): bulk data between a client and
+this engine in one hop, instead of through the controller.
+
+A client uploads the blobs of a task here before it submits the task, and downloads here the
+result blobs of tasks it submitted with `direct_results`. Chunks are taken and given as raw
+serialized `BlobChunk`s, as on the controller. The endpoint runs in the engine's I/O thread and is
+offered only where it needs no TLS (see `EngineConnection`); clients fall back to the controller
+when they cannot reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from pxgrpc import security, wire
+
+log = logging.getLogger(__name__)
+
+#: An uploaded blob that no task has claimed after this many seconds is dropped.
+UNCLAIMED_TTL = 120.0
+#: A result blob nobody has downloaded after this many seconds is dropped (the engine goes on).
+RESULT_TTL = 60.0
+#: How often expired blobs are looked for.
+SWEEP_INTERVAL = 5.0
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass
+class _Offer:
+    """A result blob waiting for its download; `done` resolves when it is over (or expired)."""
+
+    blob: wire.OutgoingBlob
+    done: concurrent.futures.Future[None]
+    expires: float
+
+
+class DataEndpoint:
+    """Serves `pxgrpc.v1.EngineData` to clients that hold `token`."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._received: dict[str, tuple[wire.IncomingBlob, float]] = {}
+        self._offers: dict[str, _Offer] = {}
+        self._lock = threading.Lock()  # offers come from the main thread
+        self._server: grpc.aio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self, host: str = "127.0.0.1") -> str:
+        """Listen on an ephemeral port of `host`; return the "host:port" to advertise."""
+        interceptor = security.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
+        server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Upload": grpc.stream_unary_rpc_method_handler(
+                self.Upload, response_serializer=wire.pb.UploadReply.SerializeToString
+            ),
+            "Download": grpc.unary_stream_rpc_method_handler(self.Download),
+        }
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(wire.ENGINE_DATA_SERVICE, handlers)]
+        )
+        port = server.add_insecure_port(security.join_url(host, 0))
+        await server.start()
+        self._server = server
+        self._sweeper = asyncio.create_task(self._sweep())
+        self.url = security.join_url(host, port)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            await self._server.stop(0.5)
+        with self._lock:
+            offers, self._offers = self._offers, {}
+        for offer in offers.values():
+            _settle(offer.done)
+
+    # --- what the engine asks -----------------------------------------------------------------
+
+    def take(self, blob_id: str) -> wire.IncomingBlob | None:
+        """The blob a client uploaded for a task (once), or None if it did not come here."""
+        entry = self._received.pop(blob_id, None)
+        return entry[0] if entry is not None else None
+
+    def offer(self, blob: wire.OutgoingBlob) -> concurrent.futures.Future[None]:
+        """Keep a result blob for its client (from any thread); the future resolves once it has
+        been downloaded, or dropped after RESULT_TTL seconds."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._lock:
+            self._offers[blob.blob_id] = _Offer(blob, done, time.monotonic() + RESULT_TTL)
+        return done
+
+    # --- the service ----------------------------------------------------------------------------
+
+    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
+        it = aiter(requests)
+        try:
+            header = wire.parse_header(await anext(it))
+            if not wire.BLOB_ID_RE.match(header.blob_id):
+                raise wire.DecodingError(
+                    f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]"
+                )
+            blob = wire.IncomingBlob(header.blob_id, header.size)
+            async for raw in it:
+                blob.write(wire.parse_data_chunk(raw))
+            if not blob.complete:
+                raise wire.DecodingError(
+                    f"BlobChunk.data: stream ended after {blob.received} of {blob.size} bytes"
+                )
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "BlobChunk.header: empty upload stream")
+            raise
+        except wire.DecodingError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        self._received[blob.blob_id] = (blob, time.monotonic())
+        return wire.pb.UploadReply(blob_id=blob.blob_id, size=blob.size)
+
+    async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
+        try:
+            request = wire.pb.DownloadRequest.FromString(raw)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"DownloadRequest: not a valid message ({exc})"
+            )
+            raise
+        with self._lock:
+            offer = self._offers.pop(request.blob_id, None)
+        if offer is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"blob {request.blob_id!r} is not a result waiting here (or was fetched)",
+            )
+            raise AssertionError("unreachable: abort raises")
+        try:
+            for chunk in offer.blob.raw_messages():
+                yield chunk
+        finally:
+            _settle(offer.done)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for blob_id, (blob, arrived) in list(self._received.items()):
+                if now - arrived > UNCLAIMED_TTL:
+                    log.info("dropping blob %s (%d bytes): no task claimed it", blob_id, blob.size)
+                    self._received.pop(blob_id, None)
+            with self._lock:
+                expired = [k for k, o in self._offers.items() if o.expires < now]
+                dropped = [self._offers.pop(k) for k in expired]
+            for offer in dropped:
+                log.warning("dropping result blob %s: its client did not download it", offer.blob.blob_id)
+                _settle(offer.done)
+
+
+def _settle(done: concurrent.futures.Future[None]) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        done.set_result(None)
