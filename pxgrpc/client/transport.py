@@ -332,21 +332,33 @@ class Transport:
         listener: TaskListener,
         retries: int = 0,
     ) -> None:
-        """Run a different action on each target (scatter, map) as the tasks `task_ids`."""
+        """Run a different action on each target (scatter, map) as the tasks `task_ids`.
+
+        Small tasks are queued together; a task with a large payload is queued as soon as it
+        is encoded, so that its upload (and its engine) starts while the next one is encoded.
+        """
         cache: dict[int, wire.pb.Value] = {}
-        submits = []
+        submits: list[wire.pb.SubmitTask] = []
         direct_blobs: list[wire.OutgoingBlob | None] = []
         relayed = []
-        for task_id, (action, target) in zip(task_ids, items, strict=True):
+        start = 0
+        for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
             submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
+            submits.append(submit)
             if blob is not None and not self._direct.url_for(target):
                 submit.blob_ids.append(blob.blob_id)
                 relayed.append(blob)
-                blob = None
-            submits.append(submit)
-            direct_blobs.append(blob)
-        self._enqueue(task_ids, submits, direct_blobs, listener)
+                direct_blobs.append(None)
+            else:
+                direct_blobs.append(blob)
+            if blob is not None and i + 1 < len(items):
+                self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
+                start, submits, direct_blobs = i + 1, [], []
+                for blob in relayed:
+                    self._start_relay(blob)
+                relayed = []
+        self._enqueue(task_ids[start:], submits, direct_blobs, listener)
         for blob in relayed:
             self._start_relay(blob)
 

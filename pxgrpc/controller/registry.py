@@ -37,6 +37,8 @@ class EngineRecord:
     load_balanced_inflight: int = 0
     #: Running time of its recent load-balanced tasks (moving average, seconds); -1 until known.
     task_seconds: float = -1.0
+    #: When the task at the head of `inflight` started, about (time.monotonic()).
+    head_since: float = field(default_factory=time.monotonic)
     _tasks: list[wire.pb.Task] = field(default_factory=list)
     _aborts: list[str] = field(default_factory=list)
     _interrupt: bool = False

@@ -31,6 +31,10 @@ PIPELINE_SECONDS = 0.004
 TASK_OVERHEAD = 50e-6
 #: The most load-balanced tasks one engine may hold, however short they are.
 MAX_PREFETCH = 256
+#: An idle engine takes back the tasks queued behind a task that has been running this long
+#: (and longer than a few of its engine's recent tasks), so that prefetching never leaves
+#: tasks waiting behind a long one while an engine idles.
+STEAL_AFTER = 0.05
 
 
 class Session:
@@ -101,6 +105,8 @@ class TaskRecord:
     direct_results: bool = False
     submitted: float = field(default_factory=time.time)
     engine: EngineRecord | None = None
+    #: Asked back from its engine (an abort) to run elsewhere; requeued when the abort lands.
+    stealing: bool = False
 
     def to_task(self) -> wire.pb.Task:
         return wire.pb.Task(
@@ -142,6 +148,7 @@ class TaskRouter:
         self.prefetch = prefetch
         self._unassigned: deque[TaskRecord] = deque()
         self._result_blob_owner: dict[str, Session] = {}
+        self._steal_timer: asyncio.TimerHandle | None = None
 
     # --- submission -------------------------------------------------------------------------
 
@@ -204,6 +211,8 @@ class TaskRouter:
 
     def _assign(self, record: TaskRecord, engine: EngineRecord) -> None:
         record.engine = engine
+        if not engine.inflight:
+            engine.head_since = time.monotonic()
         engine.inflight[record.key] = record
         if record.load_balanced:
             engine.load_balanced_inflight += 1
@@ -215,9 +224,8 @@ class TaskRouter:
         An engine's room grows as its tasks prove short (see `EngineRecord.capacity`), so that
         tiny tasks travel many to a message while long ones are not hoarded by one engine.
         """
-        if not self._unassigned:
-            return
-        open_engines = [e for e in self.registry.live() if e.load_balanced_inflight < self._capacity(e)]
+        engines = self.registry.live()
+        open_engines = [e for e in engines if e.load_balanced_inflight < self._capacity(e)]
         while self._unassigned and open_engines:
             engine = min(open_engines, key=_load)
             record = self._unassigned.popleft()
@@ -227,6 +235,33 @@ class TaskRouter:
             self._assign(record, engine)
             if engine.load_balanced_inflight >= self._capacity(engine):
                 open_engines.remove(engine)
+        if not self._unassigned and any(not e.inflight for e in engines):
+            self._steal(engines)
+
+    def _steal(self, engines: list[EngineRecord]) -> None:
+        """Some engine idles: ask back the load-balanced tasks queued behind long-running ones
+        (they are requeued when the engine confirms it had not started them)."""
+        now = time.monotonic()
+        wake_in = None
+        for engine in engines:
+            if engine.load_balanced_inflight < 2:
+                continue
+            patience = max(STEAL_AFTER, 4 * engine.task_seconds)
+            running = now - engine.head_since
+            if running < patience:
+                wake_in = patience - running if wake_in is None else min(wake_in, patience - running)
+                continue
+            queued = [r for r in list(engine.inflight.values())[1:] if r.load_balanced and not r.stealing]
+            for record in queued:
+                record.stealing = True
+            if queued:
+                engine.send_abort([r.key for r in queued])
+        if wake_in is not None and self._steal_timer is None:
+            self._steal_timer = asyncio.get_running_loop().call_later(wake_in, self._steal_later)
+
+    def _steal_later(self) -> None:
+        self._steal_timer = None
+        self.schedule()
 
     def _capacity(self, engine: EngineRecord) -> int:
         return engine.capacity(self.prefetch, PIPELINE_SECONDS, TASK_OVERHEAD, MAX_PREFETCH)
@@ -265,6 +300,13 @@ class TaskRouter:
         record = engine.inflight.pop(result.task_id, None)
         if record is None:
             log.warning("engine %d sent a result for unknown task %s", engine.engine_id, result.task_id)
+            return
+        engine.head_since = time.monotonic()
+        if record.stealing and result.status == wire.TASK_ABORTED:
+            engine.load_balanced_inflight -= 1
+            record.stealing = False
+            record.engine = None
+            self._unassigned.appendleft(record)
             return
         engine.completed += 1
         if record.load_balanced:

@@ -15,6 +15,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,9 @@ class EngineConnection:
         self.work = work
         self.loop = asyncio.new_event_loop()
         self.engine_id = -1
-        self.aborted: set[str] = set()
+        # Tasks handed to the main thread that it has not started: an abort can still take them.
+        self._queued: dict[str, WorkItem] = {}
+        self._queue_lock = threading.Lock()
         self.running_task: str | None = None
         self.registered = threading.Event()
         self.failure: BaseException | None = None
@@ -248,7 +251,6 @@ class EngineConnection:
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:
         """Act on a command; True when the engine must stop."""
-        self.aborted.update(command.abort_task_ids)
         for task in command.tasks:
             item = WorkItem(task)
             refs = self._task_blobs(task)
@@ -257,10 +259,27 @@ class EngineConnection:
                 fetch = asyncio.ensure_future(self._fetch(refs, item.blobs))
                 self._fetches.add(fetch)
                 fetch.add_done_callback(self._fetches.discard)
+            with self._queue_lock:
+                self._queued[task.task_id] = item
             self.work.put(item)
+        for task_id in command.abort_task_ids:
+            self._abort_queued(task_id)
         if command.interrupt and self.running_task is not None and self._main_thread is not None:
             signal.pthread_kill(self._main_thread, signal.SIGINT)
         return command.shutdown
+
+    def _abort_queued(self, task_id: str) -> None:
+        """Answer a task that has not started as aborted, at once (even while another task
+        runs); a task already started (or finished) goes on."""
+        with self._queue_lock:
+            item = self._queued.pop(task_id, None)
+        if item is not None:
+            self.emit(aborted_event(task_id, self.engine_id))
+
+    def claim(self, item: WorkItem) -> bool:
+        """The main thread is about to run `item`: False if it was aborted meanwhile."""
+        with self._queue_lock:
+            return self._queued.pop(item.task.task_id, None) is not None
 
     @staticmethod
     def _task_blobs(task: wire.pb.Task) -> set[str]:
@@ -315,6 +334,20 @@ class EngineConnection:
             response_deserializer=wire.pb.UploadReply.FromString,
         )
         await upload(blob.raw_messages(), metadata=self._metadata)
+
+
+def aborted_event(task_id: str, engine_id: int) -> wire.pb.TaskEvent:
+    """The result of a task dropped before it started."""
+    event = wire.pb.TaskEvent()
+    result = event.result
+    result.task_id = task_id
+    result.engine_id = engine_id
+    result.status = wire.TASK_ABORTED
+    result.error.ename = "TaskAborted"
+    result.error.evalue = "aborted before it started"
+    result.error.traceback.append("TaskAborted: aborted before it started")
+    result.completed = time.time()
+    return event
 
 
 def wait_registered(conn: EngineConnection, timeout: float) -> None:

@@ -49,7 +49,8 @@ class Engine:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         try:
             while (item := self.work.get()) is not None:
-                self._run(item)
+                if self.conn.claim(item):
+                    self._run(item)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         if self.conn.failure is not None:
@@ -57,10 +58,6 @@ class Engine:
 
     def _run(self, item: WorkItem) -> None:
         task = item.task
-        if task.task_id in self.conn.aborted:
-            self.conn.aborted.discard(task.task_id)
-            self._send(task, Outcome(error=_aborted()), status=wire.TASK_ABORTED)
-            return
         self.stdout.task_id = self.stderr.task_id = task.task_id
         self.conn.running_task = task.task_id
         try:
@@ -109,7 +106,3 @@ class Engine:
             # The blob views the user's live objects: finish sending before running more code.
             upload.result()
 
-
-def _aborted() -> wire.pb.RemoteException:
-    return wire.pb.RemoteException(ename="TaskAborted", evalue="aborted before it started",
-                                   traceback=["TaskAborted: aborted before it started"])
