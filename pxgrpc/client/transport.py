@@ -532,6 +532,7 @@ class Transport:
                 "completed": e.completed,
                 "registered": e.registered,
                 "python": e.python_version,
+                "data_url": e.data_url,
             }
             for e in reply.engines
         ]

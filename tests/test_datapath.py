@@ -1,0 +1,98 @@
+"""The direct data path: large arguments and results travel straight between client and engine
+when the engine's data endpoint is reachable, through the controller otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 1 << 20
+
+
+def _forbid_relay(rc: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any upload through the controller fail the test."""
+
+    async def no_relay(blob: Any) -> None:
+        raise AssertionError(f"blob {blob.blob_id} went through the controller")
+
+    monkeypatch.setattr(rc._transport, "_upload", no_relay)
+
+
+def test_engines_on_loopback_offer_a_data_endpoint(make_cluster: Any) -> None:
+    _, rc = make_cluster(n=2)
+    urls = [e["data_url"] for e in rc.engines]
+    assert all(url.startswith("127.0.0.1:") for url in urls) and len(set(urls)) == 2
+
+
+def test_large_push_and_pull_go_straight_to_the_engine(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, rc = make_cluster(n=2)
+    _forbid_relay(rc, monkeypatch)
+    data = np.random.default_rng(1).random(20 * MB // 8)
+    rc[0].push({"a": data}, block=True)
+    assert np.array_equal(rc[0].pull("a", block=True), data)
+    rc[:].push({"b": data[::2].copy(), "c": b"x" * (3 * MB)}, block=True)
+    rc[:].execute("r = (float(b.sum()), len(c))", block=True)
+    assert rc[:].pull("r", block=True) == [(float(data[::2].sum()), 3 * MB)] * 2
+
+
+def test_pulled_arrays_are_writable_and_independent_of_the_engine(make_cluster: Any) -> None:
+    _, rc = make_cluster(n=1)
+    rc[0].execute("import numpy as np; big = np.arange(3_000_000)", block=True)
+    pulled = rc[0].pull("big", block=True)
+    pulled[0] = -1
+    rc[0].execute("first = int(big[0])", block=True)
+    assert pulled[1] == 1 and rc[0].pull("first", block=True) == 0
+
+
+def test_direct_tasks_stay_in_submission_order_behind_a_large_upload(make_cluster: Any) -> None:
+    _, rc = make_cluster(n=1)
+    e0 = rc[0]
+    e0.block = False
+    e0.execute("log = []")
+    for i in range(5):
+        e0.push({"x": np.full(MB, i)})
+        e0.execute("log.append(int(x[0]))")
+    assert e0.pull("log", block=True) == [0, 1, 2, 3, 4]
+
+
+def test_scatter_and_gather_of_arrays_use_the_data_path(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, rc = make_cluster(n=2)
+    _forbid_relay(rc, monkeypatch)
+    data = np.arange(4 * MB // 8, dtype=np.int64)
+    rc[:].scatter("part", data, block=True)
+    assert np.array_equal(rc[:].gather("part", block=True), data)
+
+
+def test_unreachable_endpoint_falls_back_to_the_controller(make_cluster: Any) -> None:
+    _, rc = make_cluster(n=1)
+    direct = rc._transport._direct
+    direct.set_urls({0: "127.0.0.1:9"})  # nothing listens there
+    data = np.random.default_rng(2).random(2 * MB)
+    rc[0].push({"a": data}, block=True)
+    assert "127.0.0.1:9" in direct._broken
+    assert np.array_equal(rc[0].pull("a", block=True), data)
+
+
+def test_without_data_endpoints_everything_goes_through_the_controller(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PXGRPC_DATA_ENDPOINT", "off")
+    _, rc = make_cluster(n=2)
+    assert [e["data_url"] for e in rc.engines] == ["", ""]
+    data = np.random.default_rng(3).random(2 * MB)
+    rc[:].push({"a": data}, block=True)
+    assert all(np.array_equal(a, data) for a in rc[:].pull("a", block=True))
+
+
+def test_large_results_of_load_balanced_tasks_come_through_the_controller(make_cluster: Any) -> None:
+    _, rc = make_cluster(n=2)
+    results = rc.load_balanced_view().map_sync(lambda n: __import__("numpy").full(n, n), [MB, MB // 2])
+    assert [r.shape for r in results] == [(MB,), (MB // 2,)] and results[1][0] == MB // 2
