@@ -10,6 +10,7 @@ from types import FrameType
 
 from pxgrpc import security, wire
 from pxgrpc.engine.connection import EngineConnection, WorkItem, wait_registered
+from pxgrpc.engine.data import reuse_freed_memory
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
 
@@ -20,6 +21,7 @@ class Engine:
     """Runs tasks from the controller in a persistent namespace until told to stop."""
 
     def __init__(self, info: security.ConnectionInfo) -> None:
+        reuse_freed_memory()
         self.work: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
         self.conn = EngineConnection(info, self.work)
         self.kernel = Kernel(display_sink=self._publish_display)
