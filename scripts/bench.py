@@ -5,11 +5,11 @@
     python scripts/bench.py --no-ipp   # pxgrpc only (compared with the issue's reference figures)
 
 Every figure of the speed table is measured on both systems, alternating between them repetition
-by repetition, and printed as the median of the repetitions with the ratio pxgrpc/ipyparallel
-and whether the goal is met. Peak RSS of the controller and of an engine is sampled (psutil)
-during 64 MB and 1 GB pushes. A scaling series follows: load-balanced throughput with 1, 2, 4
-and 8 engines, and round-trip latency with 1-64 client threads (a PNG plot when matplotlib is
-installed).
+by repetition (after unmeasured warm-up runs), and printed as the median of the repetitions with
+the ratio pxgrpc/ipyparallel and whether the goal is met. Peak RSS of the controller and of an
+engine is sampled (psutil) during 64 MB and 1 GB pushes. A scaling series follows: load-balanced
+throughput with 1, 2, 4 and 8 engines, and round-trip latency with 1-64 client threads (a PNG
+plot when matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -312,9 +312,17 @@ def measure_ready(sides: list[Side], figures: dict[str, Figure], cfg: Config) ->
                 side.stop()
 
 
+#: Unmeasured runs of each figure first (both systems): connections, caches and the allocator
+#: warm up over the first transfers of a large array.
+WARMUP = {"push": 3, "pull": 3}
+
+
 def measure_table(sides: list[Side], figures: dict[str, Figure], cfg: Config) -> None:
     loads = {side.name: workloads(side.rc, cfg) for side in sides}
     for key in loads[sides[0].name]:
+        for side in sides:
+            for _ in range(WARMUP.get(key, 1)):
+                loads[side.name][key]()
         for rep in range(cfg.reps):
             for side in sides if rep % 2 == 0 else sides[::-1]:
                 value = loads[side.name][key]()

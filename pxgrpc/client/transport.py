@@ -32,6 +32,7 @@ from pxgrpc.client.errors import (
     TaskAborted,
     TLSError,
 )
+from pxgrpc.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,6 +157,7 @@ class Transport:
             )
         self.info = info
         self.url = info.url
+        reuse_freed_memory()  # pulled arrays land in the pages of the ones freed before
         self._metadata = security.auth_metadata(info.token)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._listeners: dict[str, TaskListener] = {}

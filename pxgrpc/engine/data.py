@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -37,33 +35,6 @@ RESULT_TTL = 60.0
 SWEEP_INTERVAL = 5.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-#: glibc serves allocations below this from its heap (instead of fresh mmaps) ...
-HEAP_ALLOCATIONS_BELOW = 1 << 30
-#: ... and keeps up to this much freed memory for reuse instead of returning it at once.
-KEEP_FREED = 512 << 20
-
-
-def reuse_freed_memory() -> None:
-    """Let the engine reuse the memory of freed arrays for the next ones it receives.
-
-    By default glibc maps every large allocation afresh and unmaps it when freed, so each pushed
-    array lands in new pages that the kernel must fault in (and, for huge pages, often compact
-    memory first): pushing a 64 MB array again and again then runs at half speed or worse. With
-    large allocations on the heap and up to KEEP_FREED bytes of freed memory kept, a new array
-    reuses the pages of the one it replaces. No-op without glibc.
-    """
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, HEAP_ALLOCATIONS_BELOW)
-        libc.mallopt(m_trim_threshold, KEEP_FREED)
-    except (OSError, AttributeError) as exc:
-        log.debug("mallopt unavailable: %s", exc)
-
 
 @dataclass
 class _Offer:

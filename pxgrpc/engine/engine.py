@@ -10,9 +10,9 @@ from types import FrameType
 
 from pxgrpc import security, wire
 from pxgrpc.engine.connection import EngineConnection, WorkItem, wait_registered
-from pxgrpc.engine.data import reuse_freed_memory
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
+from pxgrpc.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
