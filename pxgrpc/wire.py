@@ -13,6 +13,7 @@ import math
 import pickle
 import re
 import sys
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -189,12 +190,51 @@ def parse_header(raw: bytes) -> value_pb2.BlobHeader:
     return chunk.header
 
 
+class ReceiveBuffers:
+    """Large receive buffers, reused once nothing refers to them any more.
+
+    A received array lives in its blob's buffer for as long as the user keeps it. Allocating a
+    fresh buffer for every blob makes the kernel fault in (and often compact) new pages each
+    time, which halves the speed of repeated large transfers or worse; so buffers of at least
+    `min_size` bytes are remembered (up to `limit` bytes in all) and handed out again once only
+    this pool refers to them (no array, view or memoryview of them is left).
+    """
+
+    def __init__(self, min_size: int = 16 << 20, limit: int = 512 << 20) -> None:
+        self.min_size = min_size
+        self.limit = limit
+        self._buffers: list[np.ndarray[Any, np.dtype[np.uint8]]] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """A writable buffer of `size` bytes (its contents are garbage)."""
+        if size < self.min_size:
+            return np.empty(size, dtype=np.uint8)
+        with self._lock:
+            for i in range(len(self._buffers)):
+                buf = self._buffers[i]
+                # 3 references: the list, `buf` and getrefcount's argument: nobody else holds it.
+                if size <= buf.nbytes <= 2 * size and sys.getrefcount(buf) == 3:
+                    self._buffers.append(self._buffers.pop(i))
+                    return buf[:size]
+            buf = np.empty(size, dtype=np.uint8)
+            self._buffers.append(buf)
+            total = sum(b.nbytes for b in self._buffers)
+            while total > self.limit and len(self._buffers) > 1:
+                total -= self._buffers.pop(0).nbytes  # forget the least recently used
+            return buf
+
+
+#: The receive buffers of this process.
+receive_buffers = ReceiveBuffers()
+
+
 class IncomingBlob:
     """A blob being received: preallocated once, filled chunk by chunk.
 
-    The buffer is a numpy allocation: untouched until written (no zeroing pass) and backed by
-    huge pages where the kernel offers them, which makes filling it several times faster than
-    filling a bytearray.
+    The buffer is a numpy allocation from `receive_buffers`: untouched until written (no zeroing
+    pass), backed by huge pages where the kernel offers them, and reused for later blobs once
+    the data received in it is no longer referenced.
     """
 
     def __init__(self, blob_id: str, size: int) -> None:
@@ -202,7 +242,7 @@ class IncomingBlob:
             raise DecodingError("BlobHeader.size: must not be negative")
         self.blob_id = blob_id
         self.size = size
-        self.buffer = np.empty(size, dtype=np.uint8)
+        self.buffer = receive_buffers.take(size)
         self._view = memoryview(self.buffer)  # type: ignore[arg-type]
         self.received = 0
 

@@ -96,3 +96,29 @@ def test_large_results_of_load_balanced_tasks_come_through_the_controller(make_c
     _, rc = make_cluster(n=2)
     results = rc.load_balanced_view().map_sync(lambda n: __import__("numpy").full(n, n), [MB, MB // 2])
     assert [r.shape for r in results] == [(MB,), (MB // 2,)] and results[1][0] == MB // 2
+
+
+# --- receive buffers ----------------------------------------------------------------------------
+
+
+def test_receive_buffers_are_reused_only_when_nothing_refers_to_them() -> None:
+    from pxgrpc.wire import ReceiveBuffers
+
+    pool = ReceiveBuffers(min_size=100, limit=10_000)
+    first = pool.take(1000)
+    address = first.ctypes.data
+    view = np.frombuffer(memoryview(first)[10:20], dtype=np.uint8)
+    del first
+    assert pool.take(1000).ctypes.data != address  # a view still refers to it
+    del view
+    assert pool.take(900).ctypes.data == address  # free now (and big enough)
+    assert pool.take(50).base is None  # small buffers are never pooled
+
+
+def test_receive_buffers_forget_the_oldest_beyond_their_limit() -> None:
+    from pxgrpc.wire import ReceiveBuffers
+
+    pool = ReceiveBuffers(min_size=100, limit=2500)
+    addresses = [pool.take(1000).ctypes.data for _ in range(3)]
+    assert pool.take(1000).ctypes.data in addresses[1:]
+    assert sum(b.nbytes for b in pool._buffers) <= 2500
