@@ -319,7 +319,7 @@ WARMUP = {"push": 3, "pull": 3}
 
 def measure_table(sides: list[Side], figures: dict[str, Figure], cfg: Config) -> None:
     loads = {side.name: workloads(side.rc, cfg) for side in sides}
-    for key in loads[sides[0].name]:
+    for key in [k for k in loads[sides[0].name] if k in figures]:
         for side in sides:
             for _ in range(WARMUP.get(key, 1)):
                 loads[side.name][key]()
@@ -342,6 +342,7 @@ class MemoryRow:
 
 
 def measure_memory(sides: list[Side], cfg: Config) -> list[MemoryRow]:
+    log("memory during pushes")
     rows = []
     for size_mb in (64, cfg.big_push_mb):
         arr = np.ones(size_mb * MB // 8)
@@ -525,11 +526,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ipp", action="store_true", help="measure pxgrpc only")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling series")
     parser.add_argument("--plot", default="bench-scaling.png", help="where to write the scaling plot")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated figures to measure (e.g. push,pull); skips memory and scaling",
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     have_ipp = have_ipyparallel() and not args.no_ipp
     sides: list[Side] = [PxSide(), *([IppSide()] if have_ipp else [])]
     figures = make_figures(cfg)
+    only = [key for key in args.only.split(",") if key]
+    if only:
+        figures = {key: figures[key] for key in ["ready", *only] if key in figures}
     print(
         f"pxgrpc {pxgrpc.__version__} vs "
         f"{'ipyparallel ' + __import__('ipyparallel').__version__ if have_ipp else 'the reference figures'}; "
@@ -542,14 +551,14 @@ def main(argv: list[str] | None = None) -> int:
         measure_ready(sides, figures, cfg)
         log("workloads (alternating)")
         measure_table(sides, figures, cfg)
-        log("memory during pushes")
-        memory = measure_memory(sides, cfg)
+        memory = [] if only else measure_memory(sides, cfg)
     finally:
         for side in sides:
             side.stop()
     all_met = print_table(figures, have_ipp)
-    print_memory(memory)
-    if not args.no_scaling:
+    if memory:
+        print_memory(memory)
+    if not args.no_scaling and not only:
         log("scaling series")
         # ipyparallel needs ~10 s per run of this workload: one repetition each.
         throughput = {
