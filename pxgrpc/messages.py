@@ -5,12 +5,12 @@ protocol (controller, engine connection, client transport) use these; views neve
 """
 
 from pxgrpc._proto.controller_pb2 import (
-    EngineState,
     AbortReply,
     AbortRequest,
     ApplyRequest,
     EngineInfo,
     EngineQueue,
+    EngineState,
     ExecuteRequest,
     GatherReply,
     GatherRequest,
@@ -36,22 +36,22 @@ from pxgrpc._proto.engine_pb2 import (
     RegisterRequest,
 )
 from pxgrpc._proto.task_pb2 import (
-    OutputStream,
-    ResultEncoding,
-    TaskStatus,
     Action,
     ApplyAction,
     DisplayEvent,
     ExecuteAction,
     ExecuteResult,
     OutputEvent,
+    OutputStream,
     PullAction,
     PushAction,
     RemoteException,
+    ResultEncoding,
     SubmitTask,
     Task,
     TaskEvent,
     TaskResult,
+    TaskStatus,
 )
 from pxgrpc._proto.value_pb2 import (
     BlobChunk,
@@ -70,10 +70,6 @@ from pxgrpc._proto.value_pb2 import (
 )
 
 __all__ = [
-    "EngineState",
-    "OutputStream",
-    "ResultEncoding",
-    "TaskStatus",
     "AbortReply",
     "AbortRequest",
     "Action",
@@ -89,6 +85,7 @@ __all__ = [
     "EngineInfo",
     "EngineMessage",
     "EngineQueue",
+    "EngineState",
     "ExecuteAction",
     "ExecuteRequest",
     "ExecuteResult",
@@ -102,6 +99,7 @@ __all__ = [
     "Null",
     "Opaque",
     "OutputEvent",
+    "OutputStream",
     "Pickled",
     "PullAction",
     "PullRequest",
@@ -112,6 +110,7 @@ __all__ = [
     "RegisterReply",
     "RegisterRequest",
     "RemoteException",
+    "ResultEncoding",
     "ScatterRequest",
     "SessionEvent",
     "SessionRequest",
@@ -122,6 +121,7 @@ __all__ = [
     "Task",
     "TaskEvent",
     "TaskResult",
+    "TaskStatus",
     "UploadReply",
     "Value",
     "ValueList",

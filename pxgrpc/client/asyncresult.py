@@ -109,7 +109,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
                 if self._single and len(errors) == 1:
                     self.set_exception(errors[0])
                 else:
-                    self.set_exception(CompositeError(f"one or more exceptions raised in: {self._fname}", errors))
+                    self.set_exception(
+                        CompositeError(f"one or more exceptions raised in: {self._fname}", errors)
+                    )
                 return
             values = [o.value for o in self._outcomes if o is not None]
             if self._reduce is not None:
@@ -207,7 +209,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
                 {
                     "msg_id": self.msg_ids[i],
                     "engine_id": self._engine_ids[i],
-                    "submitted": datetime.fromtimestamp(o.submitted if o and o.submitted else self._submitted),
+                    "submitted": datetime.fromtimestamp(
+                        o.submitted if o and o.submitted else self._submitted
+                    ),
                     "started": datetime.fromtimestamp(o.started) if o and o.started else None,
                     "completed": datetime.fromtimestamp(o.completed) if o and o.completed else None,
                     "status": o.status if o else "pending",
@@ -307,7 +311,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
         self.abort()
         return super().cancel()
 
-    def wait_interactive(self, interval: float = 0.1, timeout: float = -1, widget: bool | None = None) -> None:
+    def wait_interactive(
+        self, interval: float = 0.1, timeout: float = -1, widget: bool | None = None
+    ) -> None:
         """Wait with a progress bar (tqdm; a notebook widget in Jupyter)."""
         from pxgrpc.client.progress import progress_bar
 

@@ -123,7 +123,8 @@ def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
     name = code.name if code is not None else ""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationError(
-            f"the controller at {url} refused our credentials: {details}. Use the token from its connection file",
+            f"the controller at {url} refused our credentials: {details}. "
+            "Use the token from its connection file",
             name,
         )
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -160,6 +161,7 @@ class Transport:
         reuse_freed_memory()  # pulled arrays land in the pages of the ones freed before
         self._metadata = security.auth_metadata(info.token)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
+        self._tasks: set[asyncio.Future[None]] = set()
         self._listeners: dict[str, TaskListener] = {}
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
@@ -197,7 +199,9 @@ class Transport:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise PxConnectionError(f"no answer from the controller at {self.url} within {timeout} s") from None
+            raise PxConnectionError(
+                f"no answer from the controller at {self.url} within {timeout} s"
+            ) from None
 
     def close(self) -> None:
         """Close the connection; pending tasks fail with PxConnectionError."""
@@ -236,7 +240,9 @@ class Transport:
         self._stubs = _methods(self.channel)
         try:
             request = wire.pb.ListEnginesRequest()
-            self._note_engines(await self._stubs["ListEngines"](request, metadata=self._metadata, timeout=timeout))
+            self._note_engines(
+                await self._stubs["ListEngines"](request, metadata=self._metadata, timeout=timeout)
+            )
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             target = diagnose.ConnectTarget.of(self.info, role="client")
@@ -283,7 +289,7 @@ class Transport:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self._fail_all(connection_error(exc, self.url))
                 return
-        except Exception as exc:  # noqa: BLE001 - never leave futures hanging
+        except Exception as exc:
             log.exception("client session reader failed")
             self._fail_all(PxConnectionError(f"client session failed: {exc!r}"))
             return
@@ -321,10 +327,12 @@ class Transport:
             submits.append(_address(submit, task_id, target))
         # One blob for every target: straight to each engine only if all of them can take it.
         direct = blob is not None and all(self._direct.url_for(t) for t in targets)
-        self._enqueue(task_ids, submits, [blob if direct else None] * len(submits), listener)
         if blob is not None and not direct:
+            # Before queueing: the loop thread may send the submits the moment they are queued.
             for submit in submits:
                 submit.blob_ids.append(blob.blob_id)
+        self._enqueue(task_ids, submits, [blob if direct else None] * len(submits), listener)
+        if blob is not None and not direct:
             self._start_relay(blob)
 
     def submit_each(
@@ -420,8 +428,15 @@ class Transport:
             return
         if blob.blob_id not in self._relayed:
             self._relayed.add(blob.blob_id)
-            task = asyncio.ensure_future(self._upload(blob))
+            task = self._background(self._upload(blob))
             task.add_done_callback(lambda _: self._relayed.discard(blob.blob_id))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run `coro` in the loop, holding a reference until it is done (asyncio keeps only weak ones)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _upload(self, blob: wire.OutgoingBlob) -> None:
         try:
@@ -451,7 +466,7 @@ class Transport:
             if listener is None:
                 return
             if result.blob_ids:
-                asyncio.ensure_future(self._deliver_with_blobs(result, listener, url))
+                self._background(self._deliver_with_blobs(result, listener, url))
             else:
                 listener.on_result(self._outcome(result, {}))
 
@@ -465,7 +480,11 @@ class Transport:
                 blobs = {b: await self._download(b) for b in result.blob_ids}
             outcome = self._outcome(result, blobs)
         except (grpc.RpcError, wire.DecodingError) as exc:
-            err = connection_error(exc, self.url) if isinstance(exc, grpc.RpcError) else PxConnectionError(str(exc))
+            err = (
+                connection_error(exc, self.url)
+                if isinstance(exc, grpc.RpcError)
+                else PxConnectionError(str(exc))
+            )
             outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
         listener.on_result(outcome)
 
@@ -491,8 +510,9 @@ class Transport:
                 outcome.value = wire.decode(result.value, blobs)
             except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
                 outcome.status = "error"
-                outcome.error = RemoteError(type(exc).__name__, f"cannot load the result here: {exc}",
-                                            engine_id=result.engine_id)
+                outcome.error = RemoteError(
+                    type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
+                )
         return outcome
 
     # --- control calls ----------------------------------------------------------------------
@@ -540,27 +560,39 @@ class Transport:
         ]
 
     def abort(self, task_ids: Sequence[str], targets: Sequence[int] = ()) -> list[str]:
-        request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=wire.pb.Targets(engine_ids=list(targets)))
+        request = wire.pb.AbortRequest(
+            task_ids=list(task_ids), targets=wire.pb.Targets(engine_ids=list(targets))
+        )
         return list(self.call("Abort", request).aborted)
 
     def interrupt(self, targets: Sequence[int]) -> list[int]:
-        reply = self.call("Interrupt", wire.pb.InterruptRequest(targets=wire.pb.Targets(engine_ids=list(targets))))
+        reply = self.call(
+            "Interrupt", wire.pb.InterruptRequest(targets=wire.pb.Targets(engine_ids=list(targets)))
+        )
         return list(reply.engine_ids)
 
     def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
-        request = wire.pb.QueueStatusRequest(targets=wire.pb.Targets(engine_ids=list(targets)), verbose=verbose)
+        request = wire.pb.QueueStatusRequest(
+            targets=wire.pb.Targets(engine_ids=list(targets)), verbose=verbose
+        )
         reply = self.call("QueueStatus", request)
         status: dict[int | str, Any] = {}
         for e in reply.engines:
             if verbose:
-                status[e.engine_id] = {"queue": list(e.queued_task_ids), "completed": e.completed, "tasks": e.tasks}
+                status[e.engine_id] = {
+                    "queue": list(e.queued_task_ids),
+                    "completed": e.completed,
+                    "tasks": e.tasks,
+                }
             else:
                 status[e.engine_id] = {"queue": e.queue, "completed": e.completed, "tasks": e.tasks}
         status["unassigned"] = reply.unassigned
         return status
 
     def shutdown(self, targets: Sequence[int], controller: bool) -> list[int]:
-        request = wire.pb.ShutdownRequest(targets=wire.pb.Targets(engine_ids=list(targets)), controller=controller)
+        request = wire.pb.ShutdownRequest(
+            targets=wire.pb.Targets(engine_ids=list(targets)), controller=controller
+        )
         return list(self.call("Shutdown", request).engine_ids)
 
 
@@ -614,7 +646,9 @@ def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
     pb = wire.pb
 
     def unary(name: str, req: Any, rep: Any) -> Any:
-        return channel.unary_unary(svc + name, request_serializer=req.SerializeToString, response_deserializer=rep.FromString)
+        return channel.unary_unary(
+            svc + name, request_serializer=req.SerializeToString, response_deserializer=rep.FromString
+        )
 
     return {
         "ListEngines": unary("ListEngines", pb.ListEnginesRequest, pb.ListEnginesReply),
@@ -631,7 +665,9 @@ def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
             svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
         ),
         "Download": channel.unary_stream(
-            svc + "Download", request_serializer=pb.DownloadRequest.SerializeToString, response_deserializer=None
+            svc + "Download",
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
         ),
     }
 

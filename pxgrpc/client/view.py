@@ -140,7 +140,9 @@ class View:
         """`map(f, *sequences)` in parallel; waits and returns the list of results."""
         return self.map(f, *sequences, block=True, **kwargs)  # type: ignore[no-any-return]
 
-    def map(self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any) -> Any:
+    def map(
+        self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any
+    ) -> Any:
         raise NotImplementedError
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
@@ -179,7 +181,9 @@ class DirectView(View):
         name = getattr(f, "__name__", "apply")
         return self._start(name, t.Apply(f, args, kwargs), ids, single)
 
-    def execute(self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None) -> AsyncResult:
+    def execute(
+        self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None
+    ) -> AsyncResult:
         """Run `code` on the engines. Returns the AsyncResult (after waiting, if blocking)."""
         ids, single = self._targets(targets)
         ar = self._start("execute", t.Execute(code, silent), ids, single)
@@ -271,7 +275,9 @@ class DirectView(View):
         transport.submit(task_ids, t.Pull([key], single=True), ids, ar)
         return self._finish(ar, block)
 
-    def map(self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any) -> Any:
+    def map(
+        self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any
+    ) -> Any:
         """`map(f, *sequences)` with the sequences split in contiguous parts across the engines."""
         if kw:
             raise TypeError(f"DirectView.map: unexpected arguments {sorted(kw)}")
@@ -279,7 +285,10 @@ class DirectView(View):
             raise TypeError("map needs at least one sequence")
         ids, _ = self._targets()
         length = min(len(s) for s in sequences)
-        parts = [partition(list(s[:length]) if not hasattr(s, "shape") else s[:length], len(ids)) for s in sequences]
+        parts = [
+            partition(list(s[:length]) if not hasattr(s, "shape") else s[:length], len(ids))
+            for s in sequences
+        ]
         mapper = functools.partial(_map_chunk, f)
         items: list[tuple[t.Action, int | None]] = [
             (t.Apply(mapper, [p[i] for p in parts]), engine_id) for i, engine_id in enumerate(ids)
@@ -301,7 +310,9 @@ class DirectView(View):
         real_import = builtins.__import__
         view = self
 
-        def remote_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+        def remote_import(
+            name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
+        ) -> Any:
             if level == 0:
                 if fromlist:
                     names = ", ".join(fromlist)
@@ -342,7 +353,11 @@ class LoadBalancedView(View):
         self.retries = 0
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.targets}>" if self.targets is not None else f"<{type(self).__name__} None>"
+        return (
+            f"<{type(self).__name__} {self.targets}>"
+            if self.targets is not None
+            else f"<{type(self).__name__} None>"
+        )
 
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         name = getattr(f, "__name__", "apply")
@@ -365,7 +380,9 @@ class LoadBalancedView(View):
         size = chunksize or 1
         if size < 1:
             raise ValueError(f"chunksize must be at least 1, not {size}")
-        materialized = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        materialized = [
+            s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences
+        ]
         length = min(len(s) for s in materialized)
         mapper = functools.partial(_map_chunk, f)
         items: list[tuple[t.Action, int | None]] = []
@@ -374,7 +391,9 @@ class LoadBalancedView(View):
             items.append((t.Apply(mapper, [_chunk(s, start, stop) for s in materialized]), None))
         transport = self.client._transport
         task_ids = transport.new_task_ids(len(items))
-        ar = AsyncMapResult(self.client, task_ids, getattr(f, "__name__", "map"), join_parts, None, ordered=ordered)
+        ar = AsyncMapResult(
+            self.client, task_ids, getattr(f, "__name__", "map"), join_parts, None, ordered=ordered
+        )
         self.client._track(ar)
         transport.submit_each(task_ids, items, ar, retries=self.retries)
         return self._finish(ar, block)

@@ -96,10 +96,7 @@ class EngineRecord:
         self._wakeup.set()
 
     def info(self) -> wire.pb.EngineInfo:
-        if self.dead:
-            state = wire.ENGINE_DEAD
-        else:
-            state = wire.ENGINE_BUSY if self.inflight else wire.ENGINE_IDLE
+        state = wire.ENGINE_DEAD if self.dead else wire.ENGINE_BUSY if self.inflight else wire.ENGINE_IDLE
         return wire.pb.EngineInfo(
             engine_id=self.engine_id,
             hostname=self.hostname,

@@ -124,7 +124,12 @@ def _load(engine: EngineRecord) -> tuple[int, int]:
 
 
 def failure(
-    task_id: str, engine_id: int, status: wire.pb.TaskStatus.ValueType, ename: str, evalue: str, submitted: float = 0.0
+    task_id: str,
+    engine_id: int,
+    status: wire.pb.TaskStatus.ValueType,
+    ename: str,
+    evalue: str,
+    submitted: float = 0.0,
 ) -> wire.pb.TaskEvent:
     """A result event for a task that did not run to completion."""
     now = time.time()
@@ -194,14 +199,24 @@ class TaskRouter:
         if not submit.task_id:
             return "InvalidArgument", "SubmitTask.task_id: required"
         if submit.task_id in session.tasks:
-            return "InvalidArgument", f"SubmitTask.task_id: {submit.task_id!r} is already in use in this session"
+            return (
+                "InvalidArgument",
+                f"SubmitTask.task_id: {submit.task_id!r} is already in use in this session",
+            )
         if submit.action.WhichOneof("kind") is None:
             return "InvalidArgument", "SubmitTask.action: one of execute, apply, push, pull is required"
-        if submit.encoding not in (wire.ENCODING_PICKLE, wire.ENCODING_TYPED_ONLY, wire.ENCODING_TYPED_OR_REPR):
+        if submit.encoding not in (
+            wire.ENCODING_PICKLE,
+            wire.ENCODING_TYPED_ONLY,
+            wire.ENCODING_TYPED_OR_REPR,
+        ):
             return "InvalidArgument", f"SubmitTask.encoding: unknown value {submit.encoding}"
         if not submit.load_balanced and self.registry.get(submit.engine_id) is None:
             ids = [e.engine_id for e in self.registry.live()]
-            return "InvalidTargetError", f"SubmitTask.engine_id: no engine {submit.engine_id} (engines: {ids})"
+            return (
+                "InvalidTargetError",
+                f"SubmitTask.engine_id: no engine {submit.engine_id} (engines: {ids})",
+            )
         for blob_id in submit.blob_ids:
             # Only the id's shape: a ref/unref probe would drop a complete blob nobody holds yet.
             if not wire.BLOB_ID_RE.match(blob_id):
@@ -356,7 +371,14 @@ class TaskRouter:
             self._release(record)
             evalue = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname}) {reason}"
             record.session.emit(
-                failure(record.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", evalue, record.submitted)
+                failure(
+                    record.task_id,
+                    engine.engine_id,
+                    wire.TASK_ENGINE_DIED,
+                    "EngineError",
+                    evalue,
+                    record.submitted,
+                )
             )
         self._unassigned.extendleft(reversed(retry))  # first in line again, in their order
         self.schedule()
@@ -377,10 +399,13 @@ class TaskRouter:
             keys = [
                 r.key
                 for r in engine.inflight.values()
-                if engine.engine_id in engine_ids or (r.task_id in wanted and (session is None or r.session is session))
+                if engine.engine_id in engine_ids
+                or (r.task_id in wanted and (session is None or r.session is session))
             ]
             if keys:
                 engine.send_abort(keys)
+                for key in keys:
+                    engine.inflight[key].stealing = False  # aborted for good, not to run elsewhere
                 aborted.extend(engine.inflight[k].task_id for k in keys)
         return aborted
 

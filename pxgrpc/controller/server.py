@@ -199,9 +199,14 @@ class Controller:
         while True:
             await asyncio.sleep(min(1.0, state.heartbeat_interval))
             for engine in state.registry.silent_engines(self.config.heartbeat_timeout):
-                log.warning("engine %d sent nothing for %.0f s: declaring it dead", engine.engine_id,
-                            self.config.heartbeat_timeout)
-                state.router.engine_lost(engine, f"stopped answering (no heartbeat for {self.config.heartbeat_timeout:.0f} s)")
+                log.warning(
+                    "engine %d sent nothing for %.0f s: declaring it dead",
+                    engine.engine_id,
+                    self.config.heartbeat_timeout,
+                )
+                state.router.engine_lost(
+                    engine, f"stopped answering (no heartbeat for {self.config.heartbeat_timeout:.0f} s)"
+                )
             for engine in state.registry.stale_registrations(30.0):
                 state.registry.remove(engine)
             state.blobs.drop_orphans()

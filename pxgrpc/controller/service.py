@@ -37,7 +37,9 @@ async def parse(cls: type[M], raw: bytes, context: Context) -> M:
     try:
         return cls.FromString(raw)
     except DecodeError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{cls.DESCRIPTOR.name}: not a valid message ({exc})")
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{cls.DESCRIPTOR.name}: not a valid message ({exc})"
+        )
         raise  # unreachable: abort raises
 
 
@@ -76,7 +78,9 @@ class ControllerService:
         await parse(wire.pb.ListEnginesRequest, raw, context)
         return self.state.registry.engine_list()
 
-    async def Session(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.SessionEvent]:
+    async def Session(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[wire.pb.SessionEvent]:
         session = ClientSession(context.peer())
         registry = self.state.registry
         registry.watchers.add(session.notify_engines)
@@ -117,7 +121,7 @@ class ControllerService:
         targets: list[int],
         actions: list[wire.pb.Action],
         encoding: wire.pb.ResultEncoding.ValueType,
-        blob_ids: list[str] | None = None
+        blob_ids: list[str] | None = None,
     ) -> AsyncIterator[wire.pb.TaskEvent]:
         """Submit one task per target and stream their events until every result is in."""
         session = ClientSession("call")
@@ -125,7 +129,11 @@ class ControllerService:
         try:
             for i, (engine_id, action) in enumerate(zip(targets, actions, strict=True)):
                 submit = wire.pb.SubmitTask(
-                    task_id=str(i), engine_id=engine_id, action=action, encoding=encoding, blob_ids=blob_ids or []
+                    task_id=str(i),
+                    engine_id=engine_id,
+                    action=action,
+                    encoding=encoding,
+                    blob_ids=blob_ids or [],
                 )
                 self.router.submit(session, submit)
             remaining = len(targets)
@@ -264,9 +272,11 @@ class ControllerService:
 
     async def QueueStatus(self, raw: bytes, context: Context) -> wire.pb.QueueStatusReply:
         request = await parse(wire.pb.QueueStatusRequest, raw, context)
-        ids = set(await self.state.resolve_targets(request.targets, context)) if (
-            request.targets.all or request.targets.engine_ids
-        ) else {e.engine_id for e in self.state.registry.live()}
+        ids = (
+            set(await self.state.resolve_targets(request.targets, context))
+            if (request.targets.all or request.targets.engine_ids)
+            else {e.engine_id for e in self.state.registry.live()}
+        )
         reply = wire.pb.QueueStatusReply(unassigned=self.router.unassigned)
         for engine in self.state.registry.live():
             if engine.engine_id in ids:
@@ -310,7 +320,9 @@ class EngineService:
             heartbeat_interval=self.state.heartbeat_interval,
         )
 
-    async def Work(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[wire.pb.EngineCommand]:
+    async def Work(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[wire.pb.EngineCommand]:
         it = aiter(requests)
         try:
             hello = await parse(wire.pb.EngineMessage, await anext(it), context)
@@ -320,7 +332,8 @@ class EngineService:
         if engine is None or engine.connected or engine.registration_token != hello.registration_token:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"EngineMessage.registration_token: not the registration of engine {hello.engine_id}; call Register first",
+                f"EngineMessage.registration_token: not the registration of engine {hello.engine_id}; "
+                "call Register first",
             )
             return
         self.state.registry.connected(engine)
@@ -366,13 +379,17 @@ async def _stream_blob(blobs: BlobStore, blob_id: str, context: Context) -> Asyn
         code = grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.FAILED_PRECONDITION
         await context.abort(code, str(exc))
     except TimeoutError:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"blob {blob_id}: upload did not start in time")
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"blob {blob_id}: upload did not start in time"
+        )
 
 
 async def _check_names(names: Any, field: str, context: Context) -> None:
     for name in names:
         if not str(name).isidentifier():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {name!r} is not a Python identifier")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {name!r} is not a Python identifier"
+            )
 
 
 async def _check_encoding(encoding: int, context: Context) -> None:
@@ -438,4 +455,3 @@ def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
-

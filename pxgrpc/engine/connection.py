@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -243,10 +244,8 @@ class EngineConnection:
         while True:
             if not self._outgoing:
                 self._wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
-                except TimeoutError:
-                    pass
             yield wire.pb.EngineMessage(events=self._take_outgoing())
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:

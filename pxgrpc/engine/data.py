@@ -36,6 +36,7 @@ SWEEP_INTERVAL = 5.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+
 @dataclass
 class _Offer:
     """A result blob waiting for its download; `done` resolves when it is over (or expired)."""

@@ -76,7 +76,9 @@ class Engine:
         del blobs, item
         self._send(task, outcome)
 
-    def _send(self, task: wire.pb.Task, outcome: Outcome, status: wire.pb.TaskStatus.ValueType | None = None) -> None:
+    def _send(
+        self, task: wire.pb.Task, outcome: Outcome, status: wire.pb.TaskStatus.ValueType | None = None
+    ) -> None:
         self.stdout.send()
         self.stderr.send()
         event = wire.pb.TaskEvent()
@@ -107,4 +109,3 @@ class Engine:
         if upload is not None:
             # The blob views the user's live objects: finish sending before running more code.
             upload.result()
-

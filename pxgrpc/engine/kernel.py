@@ -163,7 +163,9 @@ class Kernel:
         for name, value in func.__globals__.items():
             if name not in self.namespace and not name.startswith("__"):
                 self.namespace[name] = value
-        rebound = types.FunctionType(func.__code__, self.namespace, func.__name__, func.__defaults__, func.__closure__)
+        rebound = types.FunctionType(
+            func.__code__, self.namespace, func.__name__, func.__defaults__, func.__closure__
+        )
         rebound.__kwdefaults__ = func.__kwdefaults__
         rebound.__dict__.update(func.__dict__)
         return rebound
@@ -184,8 +186,12 @@ class Kernel:
 def format_result(value: Any) -> dict[str, str]:
     """A display bundle for an Out[] value: text/plain always, rich formats when the object has them."""
     data = {"text/plain": _plain(value)}
-    for method, mime in (("_repr_html_", "text/html"), ("_repr_markdown_", "text/markdown"),
-                         ("_repr_latex_", "text/latex"), ("_repr_svg_", "image/svg+xml")):
+    for method, mime in (
+        ("_repr_html_", "text/html"),
+        ("_repr_markdown_", "text/markdown"),
+        ("_repr_latex_", "text/latex"),
+        ("_repr_svg_", "image/svg+xml"),
+    ):
         rich = getattr(value, method, None)
         if callable(rich) and not isinstance(value, type):
             try:

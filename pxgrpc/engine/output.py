@@ -22,7 +22,9 @@ class OutputStream(io.TextIOBase):
     task (the controller drops it if that task is over).
     """
 
-    def __init__(self, stream: wire.pb.OutputStream.ValueType, name: str, emit: Emit, schedule: Schedule) -> None:
+    def __init__(
+        self, stream: wire.pb.OutputStream.ValueType, name: str, emit: Emit, schedule: Schedule
+    ) -> None:
         super().__init__()
         self.stream = stream
         self._name = name
