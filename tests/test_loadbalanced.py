@@ -207,3 +207,21 @@ def test_a_map_with_retries_completes_although_an_engine_is_killed(make_cluster:
     assert ar.get(timeout=40) == list(range(30))
     assert isinstance(first.get(timeout=30), int)
     assert len(rc.ids) == 2
+
+
+def test_aborting_tasks_queued_behind_a_running_one_answers_them_at_once(make_cluster: Any) -> None:
+    _, rc = make_cluster(n=1)
+    lview = rc.load_balanced_view()
+    running = lview.apply_async(report_then_sleep, 3)
+    _engine_running(rc, running)
+    queued = [lview.apply_async(square, n) for n in range(3)]
+    deadline = time.monotonic() + 20
+    while rc.queue_status()[0]["queue"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until all three wait on the engine behind the running task
+    for ar in queued:
+        ar.abort()
+    for ar in queued:
+        with pytest.raises(ipp.TaskAborted):
+            ar.get(timeout=30)
+    assert not running.ready()  # the aborts did not wait for it
+    assert isinstance(running.get(timeout=30), int)
