@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 #: glibc serves allocations below this from its heap instead of fresh mmaps ...
 HEAP_ALLOCATIONS_BELOW = 1 << 30
 #: ... and keeps up to this much freed memory at the top of the heap for reuse.
-KEEP_FREED = 512 << 20
+KEEP_FREED = 128 << 20
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
