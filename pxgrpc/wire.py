@@ -33,7 +33,6 @@ from pxgrpc._proto import (
     value_pb2,
 )
 
-
 #: The message classes: `wire.pb.Task`, `wire.pb.Value`, ...
 pb = messages
 
@@ -53,6 +52,7 @@ ENGINE_DEAD = controller_pb2.ENGINE_STATE_DEAD
 
 CONTROLLER_SERVICE = "pxgrpc.v1.Controller"
 ENGINE_SERVICE = "pxgrpc.v1.Engine"
+ENGINE_DATA_SERVICE = "pxgrpc.v1.EngineData"
 controller_descriptor = controller_pb2.DESCRIPTOR
 engine_descriptor = engine_pb2.DESCRIPTOR
 ControllerStub = controller_pb2_grpc.ControllerStub
@@ -406,7 +406,7 @@ def _is_plain(obj: Any, depth: int = 0) -> bool:
     kind = type(obj)
     if kind in _PLAIN_SCALARS:
         return True
-    if depth >= 2 or kind not in _PLAIN_CONTAINERS and kind is not dict or len(obj) > _PLAIN_CHECK_LIMIT:
+    if depth >= 2 or (kind not in _PLAIN_CONTAINERS and kind is not dict) or len(obj) > _PLAIN_CHECK_LIMIT:
         return False
     if kind is dict:
         return all(type(k) in _PLAIN_SCALARS and _is_plain(v, depth + 1) for k, v in obj.items())
@@ -436,7 +436,7 @@ _qualnames: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
 def _safe_repr(obj: Any) -> str:
     try:
         text = repr(obj)
-    except Exception as exc:  # a broken __repr__ must not break the reply
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break the reply
         text = f"<{_qualname(obj)} (repr failed: {exc!r})>"
     return text[:4096]
 
@@ -514,7 +514,9 @@ def decode(value: value_pb2.Value, blobs: BlobMap | None = None, where: str = "v
     if kind == "large_bytes_value":
         return bytes(read_buffer(value.large_bytes_value, blobs, f"{where}.large_bytes_value"))
     if kind == "list_value":
-        return [decode(v, blobs, f"{where}.list_value.items[{i}]") for i, v in enumerate(value.list_value.items)]
+        return [
+            decode(v, blobs, f"{where}.list_value.items[{i}]") for i, v in enumerate(value.list_value.items)
+        ]
     if kind == "map_value":
         return {k: decode(v, blobs, f"{where}.map_value[{k!r}]") for k, v in value.map_value.entries.items()}
     if kind == "array_value":
