@@ -67,11 +67,25 @@ class ControllerState:
         return list(targets.engine_ids)
 
 
-class ControllerService:
-    """Handlers of pxgrpc.v1.Controller."""
+class BlobTransfers:
+    """Upload, shared by both services: bytes for tasks (clients) or results (engines)."""
 
     def __init__(self, state: ControllerState) -> None:
         self.state = state
+
+    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
+        try:
+            return await self.state.blobs.receive(requests)
+        except BlobError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+
+class ControllerService(BlobTransfers):
+    """Handlers of pxgrpc.v1.Controller."""
+
+    def __init__(self, state: ControllerState) -> None:
+        super().__init__(state)
         self.router = state.router
 
     async def ListEngines(self, raw: bytes, context: Context) -> wire.pb.ListEnginesReply:
@@ -239,18 +253,11 @@ class ControllerService:
             r.ClearField("value")
         return wire.pb.GatherReply(value=value, results=ordered)
 
-    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
-        try:
-            return await self.state.blobs.receive(requests)
-        except BlobError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-
     async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
         request = await parse(wire.pb.DownloadRequest, raw, context)
         async for chunk in _stream_blob(self.state.blobs, request.blob_id, context):
             yield chunk
-        self.router.result_blob_done(request.blob_id)
+        self.router.result_blob_done(request.blob_id)  # a client fetches a result blob once
 
     async def Abort(self, raw: bytes, context: Context) -> wire.pb.AbortReply:
         request = await parse(wire.pb.AbortRequest, raw, context)
@@ -305,11 +312,8 @@ class ControllerService:
         return wire.pb.ShutdownReply(engine_ids=ids)
 
 
-class EngineService:
+class EngineService(BlobTransfers):
     """Handlers of pxgrpc.v1.Engine."""
-
-    def __init__(self, state: ControllerState) -> None:
-        self.state = state
 
     async def Register(self, raw: bytes, context: Context) -> wire.pb.RegisterReply:
         request = await parse(wire.pb.RegisterRequest, raw, context)
@@ -357,13 +361,6 @@ class EngineService:
                 raise
             reason = f"disconnected ({exc.__class__.__name__})"
         self.state.router.engine_lost(engine, f"died or {reason}")
-
-    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
-        try:
-            return await self.state.blobs.receive(requests)
-        except BlobError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
 
     async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
         request = await parse(wire.pb.DownloadRequest, raw, context)
