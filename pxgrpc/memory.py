@@ -27,13 +27,14 @@ _M_MMAP_THRESHOLD = -3
 _done = False
 
 
-def reuse_freed_memory() -> None:
+def reuse_freed_memory(default: str = "on") -> None:
     """Tune this process's allocator for repeated large transfers (once; no-op without glibc).
 
-    `PXGRPC_REUSE_MEMORY=off` leaves the allocator alone.
+    `PXGRPC_REUSE_MEMORY=off` leaves the allocator alone, `=on` tunes it; without the variable,
+    `default` decides (engines: on; clients: off, since the client is the user's own process).
     """
     global _done
-    if _done or os.environ.get("PXGRPC_REUSE_MEMORY", "on").lower() in ("off", "0", "no"):
+    if _done or os.environ.get("PXGRPC_REUSE_MEMORY", default).lower() in ("off", "0", "no"):
         return
     _done = True
     name = ctypes.util.find_library("c")

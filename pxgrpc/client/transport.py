@@ -158,7 +158,8 @@ class Transport:
             )
         self.info = info
         self.url = info.url
-        reuse_freed_memory()  # pulled arrays land in the pages of the ones freed before
+        # Opt-in here: allocator settings would affect all of the user's own process.
+        reuse_freed_memory(default="off")
         self._metadata = security.auth_metadata(info.token)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._tasks: set[asyncio.Future[None]] = set()
