@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_start(args: argparse.Namespace) -> int:
     cluster = Cluster(
-        n=args.n, cluster_id=args.cluster_id, controller_args=args.controller_arg, log_level=args.log_level
+        n=args.n,
+        cluster_id=args.cluster_id,
+        controller_args=args.controller_arg,
+        log_level=args.log_level,
+        shutdown_atexit=False,  # the point of `cluster start` is a cluster that outlives it
     )
     t0 = time.monotonic()
     print(f"starting a controller and {cluster.n} engines ...", flush=True)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +91,12 @@ class Cluster:
         engine_args: list[str] | None = None,
         log_level: str = "WARNING",
         env: dict[str, str] | None = None,
+        shutdown_atexit: bool = True,
     ) -> None:
         self.n = n if n is not None else (os.cpu_count() or 1)
+        if shutdown_atexit:
+            # As ipyparallel does: a script that forgets stop_cluster_sync() leaves no processes.
+            atexit.register(_stop_at_exit, weakref.ref(self))
         if cluster_id is None:
             cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
         self.cluster_id = cluster_id
@@ -254,14 +260,17 @@ class Cluster:
 
     def stop_cluster_sync(self) -> None:
         """Stop engines and controller; kill whatever does not stop within a few seconds."""
+        asked = False
         try:
             if self._client is not None:
                 with contextlib.suppress(PxError, PxConnectionError):
                     self._client.shutdown(hub=True)
+                    asked = True
                 self._client.close()
                 self._client = None
         finally:
-            _reap([*self.engines, *([self.controller] if self.controller else [])], 5.0)
+            # Processes asked to stop get a few seconds; otherwise SIGTERM comes (almost) at once.
+            _reap([*self.engines, *([self.controller] if self.controller else [])], 5.0 if asked else 0.2)
             self.engines = []
             self.controller = None
             with contextlib.suppress(FileNotFoundError):
@@ -289,6 +298,12 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop_cluster_sync()
+
+
+def _stop_at_exit(ref: weakref.ReferenceType[Cluster]) -> None:
+    cluster = ref()
+    if cluster is not None and (cluster.controller is not None or cluster.engines):
+        cluster.stop_cluster_sync()
 
 
 def _reap(processes: list[subprocess.Popen[bytes]], grace: float) -> None:

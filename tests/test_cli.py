@@ -66,3 +66,18 @@ def test_engine_without_a_controller_says_so(pxgrpc_home: str) -> None:
 def test_controller_refuses_a_public_bind_without_tls() -> None:
     result = run("pxgrpc-controller", "--ip", "0.0.0.0", check=False)
     assert result.returncode == 2 and "--tls auto" in result.stderr
+
+
+def test_a_script_that_forgets_to_stop_its_cluster_leaves_no_processes(pxgrpc_home: str) -> None:
+    script = (
+        "import pxgrpc as ipp, json\n"
+        "c = ipp.Cluster(n=1)\n"
+        "rc = c.start_and_connect_sync()\n"
+        "print(json.dumps([c.controller.pid, *[p.pid for p in c.engines]]))\n"
+    )
+    result = run(sys.executable, "-c", script)
+    pids = json.loads(result.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import os
@@ -63,6 +64,7 @@ class Client:
         self._transport = Transport(connection_info, timeout)
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._closed = False
+        atexit.register(_close_at_exit, weakref.ref(self))
         _register_magics(self)
 
     # --- engines and views ----------------------------------------------------------------
@@ -244,6 +246,12 @@ class ViewExecutor(concurrent.futures.Executor):
         self._shutdown = True
         if wait:
             self.view.client.wait()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[Client]) -> None:
+    client = ref()
+    if client is not None:
+        client.close()
 
 
 def _are_ids(jobs: Any) -> bool:
