@@ -459,6 +459,21 @@ def blob_ids_of(value: value_pb2.Value) -> set[str]:
     return found
 
 
+def blob_ids_of_action(action: task_pb2.Action) -> set[str]:
+    """Every blob the values of a push or apply action reference."""
+    kind = action.WhichOneof("kind")
+    if kind == "push":
+        values = list(action.push.namespace.values())
+    elif kind == "apply":
+        values = [action.apply.function, *action.apply.args, *action.apply.kwargs.values()]
+    else:
+        return set()
+    found: set[str] = set()
+    for value in values:
+        _collect_blobs(value, found)
+    return found
+
+
 def _collect_blobs(value: value_pb2.Value, found: set[str]) -> None:
     kind = value.WhichOneof("kind")
     if kind == "array_value":

@@ -191,7 +191,7 @@ class ControllerService(BlobTransfers):
         await _check_names(request.apply.kwargs.keys(), "apply.kwargs", context)
         await self._check_values(_values_of_apply(request.apply), context)
         action = wire.pb.Action(apply=request.apply)
-        blobs = sorted(_blobs_of_apply(request.apply))
+        blobs = sorted(wire.blob_ids_of_action(action))
         async for event in self._run(targets, [action] * len(targets), request.encoding, blobs):
             yield event
 
@@ -201,7 +201,7 @@ class ControllerService(BlobTransfers):
         await _check_names(request.namespace.keys(), "namespace", context)
         await self._check_values(((f"namespace[{k!r}]", v) for k, v in request.namespace.items()), context)
         action = wire.pb.Action(push=wire.pb.PushAction(namespace=request.namespace))
-        blobs = sorted({b for v in request.namespace.values() for b in wire.blob_ids_of(v)})
+        blobs = sorted(wire.blob_ids_of_action(action))
         async for event in self._run(targets, [action] * len(targets), wire.ENCODING_PICKLE, blobs):
             yield event
 
@@ -403,15 +403,6 @@ def _values_of_apply(apply: wire.pb.ApplyAction) -> Iterator[tuple[str, wire.pb.
         yield f"apply.args[{i}]", arg
     for key, kwarg in apply.kwargs.items():
         yield f"apply.kwargs[{key!r}]", kwarg
-
-
-def _blobs_of_apply(apply: wire.pb.ApplyAction) -> set[str]:
-    found = wire.blob_ids_of(apply.function)
-    for v in apply.args:
-        found |= wire.blob_ids_of(v)
-    for v in apply.kwargs.values():
-        found |= wire.blob_ids_of(v)
-    return found
 
 
 Handler = Callable[..., Any]

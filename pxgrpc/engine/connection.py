@@ -252,7 +252,7 @@ class EngineConnection:
         """Act on a command; True when the engine must stop."""
         for task in command.tasks:
             item = WorkItem(task)
-            refs = self._task_blobs(task)
+            refs = wire.blob_ids_of_action(task.action)
             if refs:
                 item.blobs = concurrent.futures.Future()
                 fetch = asyncio.ensure_future(self._fetch(refs, item.blobs))
@@ -279,21 +279,6 @@ class EngineConnection:
         """The main thread is about to run `item`: False if it was aborted meanwhile."""
         with self._queue_lock:
             return self._queued.pop(item.task.task_id, None) is not None
-
-    @staticmethod
-    def _task_blobs(task: wire.pb.Task) -> set[str]:
-        action = task.action
-        kind = action.WhichOneof("kind")
-        if kind == "push":
-            return {b for v in action.push.namespace.values() for b in wire.blob_ids_of(v)}
-        if kind == "apply":
-            found = wire.blob_ids_of(action.apply.function)
-            for v in action.apply.args:
-                found |= wire.blob_ids_of(v)
-            for v in action.apply.kwargs.values():
-                found |= wire.blob_ids_of(v)
-            return found
-        return set()
 
     async def _fetch(self, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
         try:
