@@ -1,11 +1,19 @@
 """How pxgrpc processes reuse the memory of large buffers.
 
-Received arrays land in freshly allocated buffers (see `wire.IncomingBlob`). By default glibc
-maps every large allocation afresh and unmaps it when it is freed, so each received array needs
-new pages that the kernel must fault in (and, for huge pages, often compact memory for first):
-pulling or pushing a 64 MB array again and again then runs at a third of its speed or worse.
-`reuse_freed_memory` makes glibc serve large allocations from its heap and keep some freed
-memory for the next ones, which then reuse pages that are already mapped.
+gRPC hands every received message to Python as a fresh allocation (1 MB chunks for bulk data),
+and received arrays land in large buffers (see `wire.IncomingBlob`). By default glibc maps large
+allocations afresh, unmaps them when they are freed and trims its heap whenever a few MB at its
+top are free, so a stream of chunks keeps asking the kernel for new pages to fault in: pushing
+or pulling a 64 MB array again and again then runs at half its speed or worse.
+
+Two profiles tune glibc (`mallopt`) once per process:
+- "chunks" (clients, by default): allocations below 4 MB come from the heap, and up to 64 MB
+  freed at its top is kept. Chunks reuse pages that are already mapped, while the user's own
+  large arrays are still mapped and unmapped as glibc does by default.
+- "all" (engines, by default; clients with `PXGRPC_REUSE_MEMORY=on`): allocations below 1 GB come
+  from the heap and up to 128 MB freed is kept, so received arrays reuse memory too.
+
+`PXGRPC_REUSE_MEMORY=off` leaves the allocator alone.
 """
 
 from __future__ import annotations
@@ -17,32 +25,42 @@ import os
 
 log = logging.getLogger(__name__)
 
-#: glibc serves allocations below this from its heap instead of fresh mmaps ...
-HEAP_ALLOCATIONS_BELOW = 1 << 30
-#: ... and keeps up to this much freed memory at the top of the heap for reuse.
-KEEP_FREED = 128 << 20
+#: (glibc serves allocations below this from its heap, keeps this much freed memory) per profile.
+PROFILES = {
+    "chunks": (4 << 20, 64 << 20),
+    "all": (1 << 30, 128 << 20),
+}
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _done = False
 
 
-def reuse_freed_memory(default: str = "on") -> None:
+def reuse_freed_memory(default: str = "all") -> None:
     """Tune this process's allocator for repeated large transfers (once; no-op without glibc).
 
-    `PXGRPC_REUSE_MEMORY=off` leaves the allocator alone, `=on` tunes it; without the variable,
-    `default` decides (engines: on; clients: off, since the client is the user's own process).
+    `default` is the profile used when `PXGRPC_REUSE_MEMORY` is unset: "all" for engines,
+    "chunks" for clients (the client is the user's own process). The variable can say `off`,
+    `on` (the "all" profile), or a profile's name.
     """
     global _done
-    if _done or os.environ.get("PXGRPC_REUSE_MEMORY", default).lower() in ("off", "0", "no"):
+    if _done:
+        return
+    setting = os.environ.get("PXGRPC_REUSE_MEMORY", default).lower()
+    if setting in ("off", "0", "no"):
+        return
+    profile = PROFILES.get("all" if setting in ("on", "1", "yes") else setting)
+    if profile is None:
+        log.warning("PXGRPC_REUSE_MEMORY=%s: expected off, on, chunks or all; leaving malloc alone", setting)
         return
     _done = True
     name = ctypes.util.find_library("c")
     if not name:
         return
+    heap_below, keep_freed = profile
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_ALLOCATIONS_BELOW)
-        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)
+        libc.mallopt(_M_MMAP_THRESHOLD, heap_below)
+        libc.mallopt(_M_TRIM_THRESHOLD, keep_freed)
     except (OSError, AttributeError) as exc:
         log.debug("mallopt unavailable: %s", exc)

@@ -159,7 +159,7 @@ class Transport:
         self.info = info
         self.url = info.url
         # Opt-in here: allocator settings would affect all of the user's own process.
-        reuse_freed_memory(default="off")
+        reuse_freed_memory(default="chunks")
         self._metadata = security.auth_metadata(info.token)
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._tasks: set[asyncio.Future[None]] = set()

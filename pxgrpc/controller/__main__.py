@@ -12,6 +12,7 @@ import sys
 
 from pxgrpc import security
 from pxgrpc.controller.server import Controller, ControllerConfig
+from pxgrpc.memory import reuse_freed_memory
 
 log = logging.getLogger("pxgrpc.controller")
 
@@ -133,6 +134,7 @@ async def serve(config: ControllerConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    reuse_freed_memory("chunks")  # relayed chunks reuse mapped pages
     try:
         asyncio.run(serve(config_from_args(args)))
     except security.SecurityError as exc:
