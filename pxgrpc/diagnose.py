@@ -27,7 +27,8 @@ import grpc
 from cryptography import x509
 
 from pxgrpc import security, tls
-from pxgrpc.security import CertKey, ConnectionInfo
+from pxgrpc.certs import CertKey
+from pxgrpc.security import ConnectionInfo
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,15 @@
-"""Security helpers for pxgrpc: tokens, connection files, TLS material and token checks.
+"""Security helpers for pxgrpc: tokens, connection files, TLS credentials and token checks.
 
 A controller publishes how to reach it in a *connection file* (JSON, mode 0600) that holds the
 address, the client token, the engine token and, with TLS, the CA that signed its certificate.
 Every RPC carries ``authorization: bearer <token>`` metadata, checked on the server by
-:class:`TokenAuthInterceptor`.
+:class:`TokenAuthInterceptor`. The certificates themselves are made in :mod:`pxgrpc.certs`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hmac
 import ipaddress
 import json
@@ -18,7 +17,6 @@ import logging
 import os
 import pathlib
 import secrets
-import socket
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -27,10 +25,15 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pxgrpc.certs import CertKey
+
+# Transitional re-export, not the API: pxgrpc/controller/server.py (being edited elsewhere) still
+# calls security.make_ca/make_server_cert/make_client_cert. Import them from pxgrpc.certs instead;
+# drop these three once that file does.
+from pxgrpc.certs import make_ca as make_ca
+from pxgrpc.certs import make_client_cert as make_client_cert
+from pxgrpc.certs import make_server_cert as make_server_cert
 
 logger = logging.getLogger(__name__)
 
@@ -339,157 +342,7 @@ def join_url(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-# --------------------------------------------------------------------------- TLS material
-
-
-@dataclass
-class CertKey:
-    """A PEM certificate (or chain) and its PEM private key."""
-
-    cert_pem: bytes
-    key_pem: bytes
-
-
-_SigningKey = (
-    ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
-)
-
-
-_SIGNING_KEY_TYPES = (
-    ec.EllipticCurvePrivateKey,
-    rsa.RSAPrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-)
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: _SigningKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pxgrpc"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "pxgrpc"),
-        ]
-    )
-
-
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any, days: int) -> x509.CertificateBuilder:
-    if days <= 0:
-        raise ValueError(f"certificate validity must be positive, got {days} days")
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    )
-
-
-def _sign(builder: x509.CertificateBuilder, key: _SigningKey) -> bytes:
-    edwards = isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey))
-    algorithm = None if edwards else hashes.SHA256()
-    return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
-
-
-def make_ca(common_name: str = "pxgrpc CA", days: int = 3650) -> CertKey:
-    """Create a self-signed certificate authority able to sign server and client certificates."""
-    key = _new_key()
-    name = _name(common_name)
-    builder = (
-        _builder(name, name, key.public_key(), days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-    )
-    return CertKey(_sign(builder, key), _key_pem(key))
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _load_ca(ca: CertKey) -> tuple[x509.Certificate, _SigningKey]:
-    cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    if not isinstance(key, _SIGNING_KEY_TYPES):
-        raise SecurityError(f"unsupported CA key type {type(key).__name__}; use an EC, RSA or Ed25519 CA key")
-    return cert, key
-
-
-_Leaf = tuple[x509.CertificateBuilder, ec.EllipticCurvePrivateKey, _SigningKey]
-
-
-def _leaf(ca: CertKey, common_name: str, days: int, usage: x509.ObjectIdentifier) -> _Leaf:
-    ca_cert, ca_key = _load_ca(ca)
-    key = _new_key()
-    builder = (
-        _builder(_name(common_name), ca_cert.subject, key.public_key(), days)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    return builder, key, ca_key
-
-
-def _server_hosts(hosts: Iterable[str]) -> list[str]:
-    extra = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
-    result: list[str] = []
-    for host in [*hosts, *extra]:
-        name = host.strip().strip("[]")
-        if name and name not in result:
-            result.append(name)
-    return result
-
-
-def _san(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host.encode("idna").decode("ascii"))
-
-
-def make_server_cert(ca: CertKey, hosts: list[str], days: int = 825) -> CertKey:
-    """Create a server certificate signed by ``ca`` valid for ``hosts`` and this machine.
-
-    Besides ``hosts`` the certificate names localhost, 127.0.0.1, ::1 and the host name.
-    """
-    names = _server_hosts(hosts)
-    builder, key, ca_key = _leaf(ca, names[0], days, ExtendedKeyUsageOID.SERVER_AUTH)
-    builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in names]), critical=False)
-    return CertKey(_sign(builder, ca_key), _key_pem(key))
-
-
-def make_client_cert(ca: CertKey, common_name: str, days: int = 825) -> CertKey:
-    """Create a client certificate signed by ``ca`` for mutual TLS."""
-    builder, key, ca_key = _leaf(ca, common_name, days, ExtendedKeyUsageOID.CLIENT_AUTH)
-    return CertKey(_sign(builder, ca_key), _key_pem(key))
+# --------------------------------------------------------------------------- TLS credentials and options
 
 
 def server_credentials(

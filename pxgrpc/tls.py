@@ -24,8 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from pxgrpc import security
-from pxgrpc.security import CertKey, SecurityError
+from pxgrpc import certs, security
+from pxgrpc.certs import CertKey
+from pxgrpc.security import SecurityError
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def create_ca(directory: pathlib.Path, common_name: str = "pxgrpc CA", days: int
     """Create ``ca.pem`` and ``ca-key.pem`` (mode 0600) in ``directory``; refuse to overwrite."""
     if (directory / CA_KEY).exists():
         raise SecurityError(f"{directory / CA_KEY} exists already; remove it or choose another --dir")
-    cert_path, _ = _write_pair(directory, "ca", security.make_ca(common_name, days))
+    cert_path, _ = _write_pair(directory, "ca", certs.make_ca(common_name, days))
     return cert_path
 
 
@@ -203,13 +204,13 @@ def issue_server(
     """Issue ``<name>.pem``/``<name>-key.pem`` for a controller reachable as ``hosts``."""
     if not hosts:
         raise SecurityError("a server certificate needs the names engines and clients dial: pass --host")
-    cert_path, _ = _write_pair(directory, name, security.make_server_cert(load_ca(directory), hosts, days))
+    cert_path, _ = _write_pair(directory, name, certs.make_server_cert(load_ca(directory), hosts, days))
     return cert_path
 
 
 def issue_client(directory: pathlib.Path, name: str, days: int = 825) -> pathlib.Path:
     """Issue ``<name>.pem``/``<name>-key.pem``, a client certificate for mutual TLS."""
-    cert_path, _ = _write_pair(directory, name, security.make_client_cert(load_ca(directory), name, days))
+    cert_path, _ = _write_pair(directory, name, certs.make_client_cert(load_ca(directory), name, days))
     return cert_path
 
 

@@ -17,9 +17,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pxgrpc import security
+from pxgrpc import certs, security
+from pxgrpc.certs import CertKey
 from pxgrpc.security import (
-    CertKey,
     ConnectionInfo,
     SecurityError,
     TokenAuthInterceptor,
@@ -212,12 +212,12 @@ def test_split_url_rejects_bad(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def ca() -> CertKey:
-    return security.make_ca()
+    return certs.make_ca()
 
 
 @pytest.fixture(scope="module")
 def server_cert(ca: CertKey) -> CertKey:
-    return security.make_server_cert(ca, ["127.0.0.1"])
+    return certs.make_server_cert(ca, ["127.0.0.1"])
 
 
 def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
@@ -227,7 +227,7 @@ def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
 
 
 def test_server_cert_sans_and_chain(ca: CertKey) -> None:
-    leaf = security.make_server_cert(ca, ["example.org", "10.1.2.3", "[fe80::1]"], days=30)
+    leaf = certs.make_server_cert(ca, ["example.org", "10.1.2.3", "[fe80::1]"], days=30)
     cert = x509.load_pem_x509_certificate(leaf.cert_pem)
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     dns, ips = _sans(cert)
@@ -246,7 +246,7 @@ def test_ca_and_client_cert(ca: CertKey) -> None:
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     basic = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert basic.ca
-    client = x509.load_pem_x509_certificate(security.make_client_cert(ca, "alice").cert_pem)
+    client = x509.load_pem_x509_certificate(certs.make_client_cert(ca, "alice").cert_pem)
     client.verify_directly_issued_by(ca_cert)
     eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
@@ -452,7 +452,7 @@ def test_mutual_tls_with_client_cert(ca: CertKey, server_cert: CertKey) -> None:
     async def scenario(channel: grpc.aio.Channel) -> None:
         assert await _unary(channel, CTRL + "Echo", CLIENT_TOKEN) == b"hi"
 
-    client = security.make_client_cert(ca, "engine-1")
+    client = certs.make_client_cert(ca, "engine-1")
     creds = security.channel_credentials(ca.cert_pem, client)
     _run_sync(_mtls_server_creds(ca, server_cert), creds, scenario)
 
@@ -471,7 +471,7 @@ def test_mutual_tls_client_cert_from_other_ca_fails(ca: CertKey, server_cert: Ce
         err = await _rpc_error(_unary(channel, CTRL + "Echo", CLIENT_TOKEN))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
 
-    stranger = security.make_client_cert(security.make_ca("other CA"), "mallory")
+    stranger = certs.make_client_cert(certs.make_ca("other CA"), "mallory")
     creds = security.channel_credentials(ca.cert_pem, stranger)
     _run_sync(_mtls_server_creds(ca, server_cert), creds, scenario)
 
@@ -481,7 +481,7 @@ def test_client_trusting_other_ca_fails(server_cert: CertKey) -> None:
         err = await _rpc_error(_unary(channel, CTRL + "Echo", CLIENT_TOKEN))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
 
-    creds = security.channel_credentials(security.make_ca("other CA").cert_pem)
+    creds = security.channel_credentials(certs.make_ca("other CA").cert_pem)
     _run_sync(security.server_credentials(server_cert), creds, scenario)
 
 
@@ -497,7 +497,7 @@ async def _call_with_server_name(ca: CertKey, server: CertKey, name: str) -> byt
 
 
 def test_server_name_override(ca: CertKey) -> None:
-    named = security.make_server_cert(ca, ["ctrl.internal.example"])
+    named = certs.make_server_cert(ca, ["ctrl.internal.example"])
     assert asyncio.run(_call_with_server_name(ca, named, "ctrl.internal.example")) == b"hi"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         asyncio.run(_call_with_server_name(ca, named, "not-in-cert.example"))

@@ -27,9 +27,10 @@ import pytest
 import trustme
 
 import pxgrpc as ipp
-from pxgrpc import diagnose, security
+from pxgrpc import certs, diagnose, security
+from pxgrpc.certs import CertKey
 from pxgrpc.cluster import Cluster
-from pxgrpc.security import CertKey, ConnectionInfo
+from pxgrpc.security import ConnectionInfo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -592,12 +593,12 @@ def test_controller_refuses_a_public_address_without_tls(tmp_path: pathlib.Path)
 )
 def test_controller_tls_flag_mistakes(args: list[str], message: str, tmp_path: pathlib.Path) -> None:
     pki = tmp_path / "pki"
-    ca = security.make_ca()
+    ca = certs.make_ca()
     pki.mkdir()
-    server = security.make_server_cert(ca, ["127.0.0.1"])
+    server = certs.make_server_cert(ca, ["127.0.0.1"])
     write_pem(pki / "server.pem", server.cert_pem)
     write_pem(pki / "server-key.pem", server.key_pem)
-    write_pem(pki / "alice-key.pem", security.make_client_cert(ca, "alice").key_pem)
+    write_pem(pki / "alice-key.pem", certs.make_client_cert(ca, "alice").key_pem)
     old = trustme.CA().issue_cert(
         "127.0.0.1", not_after=datetime.datetime(2021, 1, 1), not_before=datetime.datetime(2020, 1, 1)
     )

@@ -15,9 +15,10 @@ import grpc
 import psutil
 
 from pxgrpc import security, tls
+from pxgrpc.certs import CertKey
 from pxgrpc.controller import probes
 from pxgrpc.controller.service import ControllerState, generic_handlers
-from pxgrpc.security import CertKey, ConnectionInfo
+from pxgrpc.security import ConnectionInfo
 
 log = logging.getLogger(__name__)
 
