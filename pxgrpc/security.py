@@ -28,13 +28,6 @@ import grpc.aio
 
 from pxgrpc.certs import CertKey
 
-# Transitional re-export, not the API: pxgrpc/controller/server.py (being edited elsewhere) still
-# calls security.make_ca/make_server_cert/make_client_cert. Import them from pxgrpc.certs instead;
-# drop these three once that file does.
-from pxgrpc.certs import make_ca as make_ca
-from pxgrpc.certs import make_client_cert as make_client_cert
-from pxgrpc.certs import make_server_cert as make_server_cert
-
 logger = logging.getLogger(__name__)
 
 ENV_DIR = "PXGRPC_DIR"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
-from pxgrpc import security, tls
+from pxgrpc import certs, security, tls
 from pxgrpc.certs import CertKey
 from pxgrpc.controller import probes
 from pxgrpc.controller.service import ControllerState, generic_handlers
@@ -118,12 +118,12 @@ class Controller:
         certificates that go into the connection files (one for clients, one for engines)."""
         cfg = self.config
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        ca = security.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
-        server = security.make_server_cert(ca, self._certificate_hosts())
+        ca = certs.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
+        server = certs.make_server_cert(ca, self._certificate_hosts())
         if cfg.tls_client_auth:
             self._client_certs = {
-                "client": security.make_client_cert(ca, "pxgrpc client"),
-                "engine": security.make_client_cert(ca, "pxgrpc engine"),
+                "client": certs.make_client_cert(ca, "pxgrpc client"),
+                "engine": certs.make_client_cert(ca, "pxgrpc engine"),
             }
         client_ca = ca.cert_pem if cfg.tls_client_auth else None
         return security.server_credentials(server, client_ca, cfg.tls_client_auth), ca.cert_pem.decode()
