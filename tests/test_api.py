@@ -114,6 +114,25 @@ def test_push_pull_and_item_access(rc: ipp.Client) -> None:
     assert rc[1].pull("only_one").get() == 1
 
 
+def test_a_replaced_value_is_freed_once_the_push_is_answered(rc: ipp.Client) -> None:
+    e0 = rc[0]
+    e0.execute("import weakref\nclass Held: pass\nheld = Held()\nref = weakref.ref(held)", block=True)
+    e0.push({"held": 1}, block=True)
+    deadline = time.monotonic() + 10
+    while e0.apply_sync(ipp.interactive(lambda: ref() is not None)):  # type: ignore[name-defined] # noqa: F821
+        assert time.monotonic() < deadline, "the replaced value is still alive on the engine"
+        time.sleep(0.05)
+    assert e0["held"] == 1
+
+
+def test_scatter_of_large_lists_splits_them_exactly(rc: ipp.Client) -> None:
+    dv = rc[:]
+    data = list(range(400_003))  # each part is large enough to travel as a blob
+    dv.scatter("big", data, block=True)
+    assert [len(p) for p in dv.pull("big", block=True)] == [100_001, 100_001, 100_001, 100_000]
+    assert dv.gather("big", block=True) == data
+
+
 def test_scatter_gives_first_engines_the_longer_chunks(rc: ipp.Client) -> None:
     dv = rc[:]
     assert dv.scatter("chunk", list(range(10)), block=True) is None

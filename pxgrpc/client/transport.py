@@ -15,7 +15,8 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -339,14 +340,18 @@ class Transport:
     def submit_each(
         self,
         task_ids: Sequence[str],
-        items: Sequence[tuple[Action, int | None]],
+        items: Iterable[tuple[Action, int | None]],
         listener: TaskListener,
         retries: int = 0,
     ) -> None:
-        """Run a different action on each target (scatter, map) as the tasks `task_ids`.
+        """Run a different action on each target (scatter, map) as the tasks `task_ids`
+        (`items` may be a generator, to build each action only when it is its turn).
 
         Small tasks are queued together; a task with a large payload is queued as soon as it
         is encoded, so that its upload (and its engine) starts while the next one is encoded.
+        Encoding (pickling) holds the GIL, which the upload also needs now and then: so before
+        encoding the next payload, this waits for a direct upload to finish, for at most as long
+        as encoding its payload took (the engine starts on it while the next one is encoded).
         """
         cache: dict[int, wire.pb.Value] = {}
         submits: list[wire.pb.SubmitTask] = []
@@ -354,6 +359,7 @@ class Transport:
         relayed = []
         start = 0
         for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
+            began = time.perf_counter()
             submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
             submits.append(submit)
@@ -363,12 +369,14 @@ class Transport:
                 direct_blobs.append(None)
             else:
                 direct_blobs.append(blob)
-            if blob is not None and i + 1 < len(items):
-                self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
+            if blob is not None and i + 1 < len(task_ids):
+                gates = self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
                 start, submits, direct_blobs = i + 1, [], []
                 for blob in relayed:
                     self._start_relay(blob)
                 relayed = []
+                if gates:
+                    concurrent.futures.wait(gates, timeout=time.perf_counter() - began)
         self._enqueue(task_ids[start:], submits, direct_blobs, listener)
         for blob in relayed:
             self._start_relay(blob)
@@ -379,10 +387,10 @@ class Transport:
         submits: list[wire.pb.SubmitTask],
         direct_blobs: list[wire.OutgoingBlob | None],
         listener: TaskListener,
-    ) -> None:
+    ) -> list[concurrent.futures.Future[None]]:
         """Queue submits for the session stream. A submit with a direct blob waits (and so do
         the ones after it) until the blob is on its engine; direct tasks fetch their result
-        blobs from the engine when it has a reachable data endpoint."""
+        blobs from the engine when it has a reachable data endpoint. Returns the uploads."""
         if self.failure is not None:
             raise self.failure
         gates = []
@@ -407,6 +415,7 @@ class Transport:
             self._flush_scheduled = True
         if schedule:
             self.loop.call_soon_threadsafe(self._wakeup.set)
+        return [gate for _, gate in gates]
 
     def _gate_opened(self, gate: concurrent.futures.Future[None]) -> None:
         """A direct upload is over: the submits held behind it may go."""

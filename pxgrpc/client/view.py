@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pxgrpc.client import transport as t
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
 from pxgrpc.client.errors import NoEnginesError
-from pxgrpc.partition import partition
+from pxgrpc.partition import partition, partition_bounds
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
@@ -248,13 +248,17 @@ class DirectView(View):
         ids, _ = self._targets(targets)
         if not ids:
             raise NoEnginesError("scatter: the view has no engines")
-        parts = partition(seq, len(ids))
-        items: list[tuple[t.Action, int | None]] = []
-        for engine_id, part in zip(ids, parts, strict=True):
-            value = part[0] if flatten and len(part) == 1 else part
-            items.append((t.Push({key: value}), engine_id))
+        bounds = partition_bounds(len(seq), len(ids))
+
+        def pushes() -> Iterator[tuple[t.Action, int | None]]:
+            # Each part is cut when its turn comes: the first engine starts on its part sooner.
+            for engine_id, (start, stop) in zip(ids, bounds, strict=True):
+                part = seq[start:stop]
+                yield t.Push({key: part[0] if flatten and len(part) == 1 else part}), engine_id
+
+        items = pushes()
         transport = self.client._transport
-        task_ids = transport.new_task_ids(len(items))
+        task_ids = transport.new_task_ids(len(ids))
         ar = AsyncResult(self.client, task_ids, "scatter", ids, single=False)
         self.client._track(ar)
         transport.submit_each(task_ids, items, ar)

@@ -65,6 +65,7 @@ class EngineConnection:
         self.registered = threading.Event()
         self.failure: BaseException | None = None
         self._outgoing: list[wire.pb.TaskEvent] = []
+        self._release: list[object] = []
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
         self._fetches: set[asyncio.Future[None]] = set()
@@ -101,14 +102,17 @@ class EngineConnection:
         timer.daemon = True
         timer.start()
 
-    def emit(self, event: wire.pb.TaskEvent) -> None:
+    def emit(self, event: wire.pb.TaskEvent, release: object = None) -> None:
         """Queue an event for the controller (from any thread).
 
         Events queued before the I/O thread gets round to sending travel in one message: the
-        I/O thread is woken once per batch, not once per event.
+        I/O thread is woken once per batch, not once per event. `release` is dropped once the
+        event is sent (objects whose freeing would hold up the reply, such as a replaced list).
         """
         with self._outgoing_lock:
             self._outgoing.append(event)
+            if release is not None:
+                self._release.append(release)
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -123,10 +127,11 @@ class EngineConnection:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def _take_outgoing(self) -> list[wire.pb.TaskEvent]:
+    def _take_outgoing(self) -> tuple[list[wire.pb.TaskEvent], list[object]]:
         with self._outgoing_lock:
             events, self._outgoing = self._outgoing, []
-        return events
+            release, self._release = self._release, []
+        return events, release
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
@@ -246,7 +251,9 @@ class EngineConnection:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
-            yield wire.pb.EngineMessage(events=self._take_outgoing())
+            events, release = self._take_outgoing()
+            yield wire.pb.EngineMessage(events=events)
+            del events, release  # (the message is written: free what its sender left behind)
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:
         """Act on a command; True when the engine must stop."""

@@ -105,7 +105,8 @@ class Engine:
         if outcome.execute_result is not None:
             result.execute_result.data.update(outcome.execute_result)
             result.execute_result.execution_count = outcome.execution_count
-        self.conn.emit(event)
+        self.conn.emit(event, release=outcome.replaced or None)
+        outcome.replaced = []
         if upload is not None:
             # The blob views the user's live objects: finish sending before running more code.
             upload.result()

@@ -33,6 +33,8 @@ class Outcome:
     execution_count: int = 0
     started: float = field(default_factory=time.time)
     completed: float = 0.0
+    #: Values a push replaced: freed only after the reply is sent (freeing a big list takes ms).
+    replaced: list[Any] = field(default_factory=list)
 
 
 def remote_exception(exc: BaseException) -> wire.pb.RemoteException:
@@ -82,7 +84,9 @@ class Kernel:
                 outcome.value = self._apply(action.apply, blobs)
             elif kind == "push":
                 for name, value in action.push.namespace.items():
-                    self.namespace[name] = wire.decode(value, blobs, f"push.namespace[{name!r}]")
+                    decoded = wire.decode(value, blobs, f"push.namespace[{name!r}]")
+                    outcome.replaced.append(self.namespace.get(name))
+                    self.namespace[name] = decoded
             elif kind == "pull":
                 values = [self._lookup(name) for name in action.pull.names]
                 outcome.value = values[0] if action.pull.single and len(values) == 1 else values
