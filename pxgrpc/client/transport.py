@@ -227,6 +227,11 @@ class Transport:
             await asyncio.gather(self._reader, return_exceptions=True)
         await self._direct.close()
         await self.channel.close()
+        # gRPC's own tasks for the closed calls end on the next turns of the loop: let them, so
+        # that closing the loop does not destroy them pending (a warning at interpreter exit).
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=1.0)
 
     # --- connecting -------------------------------------------------------------------------
 
