@@ -158,7 +158,7 @@ def test_stdout_and_stderr_are_captured_per_engine(rc: ipp.Client) -> None:
     assert ar.stderr == ["err\n", "err\n"]
     meta = ar.metadata
     assert [m["engine_id"] for m in meta] == [0, 1]
-    assert all(m["started"] <= m["completed"] for m in meta)
+    assert all(m["submitted"] <= m["started"] <= m["completed"] <= m["received"] for m in meta)
 
 
 def test_sync_imports_imports_on_engines_too(rc: ipp.Client) -> None:

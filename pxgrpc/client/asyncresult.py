@@ -202,7 +202,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
 
     @property
     def metadata(self) -> Any:
-        """Per-task metadata: engine_id, submitted/started/completed datetimes, stdout, status ..."""
+        """Per-task metadata: engine_id, submitted/started/completed/received datetimes, stdout, status ..."""
         entries = []
         for i, o in enumerate(self._outcomes):
             entries.append(
@@ -214,6 +214,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
                     ),
                     "started": datetime.fromtimestamp(o.started) if o and o.started else None,
                     "completed": datetime.fromtimestamp(o.completed) if o and o.completed else None,
+                    "received": datetime.fromtimestamp(o.received) if o and o.received else None,
                     "status": o.status if o else "pending",
                     "stdout": self._stdout[i],
                     "stderr": self._stderr[i],

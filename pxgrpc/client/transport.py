@@ -83,6 +83,7 @@ class TaskOutcome:
     submitted: float = 0.0
     started: float = 0.0
     completed: float = 0.0
+    received: float = 0.0  # (this client's clock, when the result event arrived)
 
 
 class TaskListener(Protocol):
@@ -480,20 +481,21 @@ class Transport:
             url = self._direct_results.pop(result.task_id, None) if self._direct_results else None
             if listener is None:
                 return
+            received = time.time()
             if result.blob_ids:
-                self._background(self._deliver_with_blobs(result, listener, url))
+                self._background(self._deliver_with_blobs(result, listener, url, received))
             else:
-                listener.on_result(self._outcome(result, {}))
+                listener.on_result(self._outcome(result, {}, received))
 
     async def _deliver_with_blobs(
-        self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None = None
+        self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
     ) -> None:
         try:
             if url is not None:
                 blobs = {b: await self._direct.download(url, b) for b in result.blob_ids}
             else:
                 blobs = {b: await self._download(b) for b in result.blob_ids}
-            outcome = self._outcome(result, blobs)
+            outcome = self._outcome(result, blobs, received)
         except (grpc.RpcError, wire.DecodingError) as exc:
             err = (
                 connection_error(exc, self.url)
@@ -507,7 +509,7 @@ class Transport:
         call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await receive_blob(blob_id, call)
 
-    def _outcome(self, result: wire.pb.TaskResult, blobs: wire.BlobMap) -> TaskOutcome:
+    def _outcome(self, result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
         outcome = TaskOutcome(
             task_id=result.task_id,
             engine_id=result.engine_id,
@@ -517,6 +519,7 @@ class Transport:
             submitted=result.submitted,
             started=result.started,
             completed=result.completed,
+            received=received,
         )
         if result.HasField("execute_result"):
             outcome.execute_result = dict(result.execute_result.data)

@@ -1,0 +1,228 @@
+"""Where the time of a round trip, a scatter and a gather goes, next to the floors under them.
+
+    python scripts/where_time_goes.py            # phases and floors (about 30 s)
+    python scripts/where_time_goes.py --py-spy   # also sample the controller and an engine
+
+The speed goals that `scripts/bench.py` reports as not met are bounded by costs pxgrpc does not
+control. This prints the evidence:
+
+- floors: a bare gRPC ping-pong direct and through one relay process (what any design that sends
+  control traffic through the controller pays), and what CPython needs to pickle, unpickle and
+  create 500,000 ints (the work a scatter or gather of a 1,000,000-int list cannot skip);
+- phases: the median time, from the call, at which each process reaches each step of
+  `rc[0].apply_sync(noop)`, of `scatter` and of `gather` on a 2-engine cluster. The steps are
+  stamped by the processes themselves (the controller's `submitted`, the engine's `started` and
+  `completed`), all on this host's clock;
+- with --py-spy (py-spy on PATH): the functions the controller and an engine spend their samples
+  in during a stream of round trips, and how much of the time they sit idle in epoll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import multiprocessing
+import os
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import relay_floor  # (the sibling script)
+
+import pxgrpc
+
+N = 500_000
+
+
+def noop() -> None:
+    pass
+
+
+def median_ms(f: Callable[[], Any], reps: int = 9) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        result = f()
+        times.append(time.perf_counter() - t0)
+        del result
+    return statistics.median(times) * 1e3
+
+
+def floors() -> None:
+    print("floors")
+    ctx = multiprocessing.get_context("spawn")
+    ready = [ctx.Event(), ctx.Event()]
+    echo = ctx.Process(target=relay_floor._server_process, args=(50641, None, ready[0]), daemon=True)
+    relay = ctx.Process(
+        target=relay_floor._server_process, args=(50642, "127.0.0.1:50641", ready[1]), daemon=True
+    )
+    echo.start()
+    relay.start()
+    try:
+        for event in ready:
+            event.wait(30)
+        direct = asyncio.run(relay_floor._round_trips(50641, 2000))
+        relayed = asyncio.run(relay_floor._round_trips(50642, 2000))
+    finally:
+        echo.terminate()
+        relay.terminate()
+    print(f"  grpc.aio ping-pong, direct                      {direct * 1e3:7.3f} ms")
+    print(f"  grpc.aio ping-pong, through one relay process   {relayed * 1e3:7.3f} ms")
+    ints = list(range(N, 2 * N))
+    data = pickle.dumps(ints, protocol=5)
+    print(f"  create {N:,} ints (list(range(...)))       {median_ms(lambda: list(range(N, 2 * N))):7.2f} ms")
+    print(
+        f"  pickle.dumps of them                            {median_ms(lambda: pickle.dumps(ints)):7.2f} ms"
+    )
+    print(
+        f"  pickle.loads of them                            {median_ms(lambda: pickle.loads(data)):7.2f} ms"
+    )
+    print(f"  join two such lists into one                    {median_ms(lambda: [*ints, *ints]):7.2f} ms")
+
+
+def phases(title: str, rows: list[dict[str, float]]) -> None:
+    print(title)
+    for step in rows[0]:
+        print(f"  {step:<46}{statistics.median(row[step] for row in rows) * 1e3:8.3f} ms")
+
+
+def stamps(ar: Any, t0: float) -> dict[str, float]:
+    """When each engine's task reached the controller, started and ended (seconds from t0)."""
+    outcomes = sorted(ar._outcomes, key=lambda o: o.started)
+    out = {}
+    for k, o in enumerate(outcomes):
+        who = "engine" if len(outcomes) == 1 else f"engine {k + 1} of {len(outcomes)}"
+        out[f"controller has the task for {who}"] = o.submitted - t0
+        out[f"{who} starts it"] = o.started - t0
+        out[f"{who} is done"] = o.completed - t0
+        out[f"client has {who}'s result event"] = o.received - t0
+    return out
+
+
+def apply_phases(rc: Any, calls: int = 2000) -> None:
+    e0 = rc[0]
+    rows = []
+    for i in range(calls + 200):
+        t0 = time.time()
+        ar = e0.apply_async(noop)
+        queued = time.time() - t0
+        ar.get()
+        returned = time.time() - t0
+        if i >= 200:
+            rows.append(
+                {
+                    "client has encoded and queued it": queued,
+                    **stamps(ar, t0),
+                    "get() returns": returned,
+                }
+            )
+    phases("rc[0].apply_sync(noop), median time from the call", rows)
+
+
+def scatter_gather_phases(rc: Any, reps: int = 15) -> None:
+    dv = rc[:]
+    ints = list(range(2 * N))
+    dv.scatter("x", ints, block=True)
+    for what in ("scatter", "gather"):
+        rows = []
+        for _ in range(reps):
+            t0 = time.time()
+            ar = dv.scatter("x", ints) if what == "scatter" else dv.gather("x")
+            queued = time.time() - t0
+            ar.get()
+            rows.append(
+                {
+                    "the call returns (parts encoded, queued)": queued,
+                    **stamps(ar, t0),
+                    "client has every result (decoded, joined)": time.time() - t0,
+                }
+            )
+            del ar
+        phases(f"{what} of a {2 * N:,}-int list over 2 engines, median time from the call", rows)
+
+
+def py_spy_profile(rc: Any, cluster: Any, seconds: int = 4, rate: int = 500) -> None:
+    """Sample the controller and engine 0 (py-spy) while a stream of round trips runs: how busy
+    each thread is (on CPU), and in which Python frames (gRPC's C core shows as its thread)."""
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        print("py-spy is not on PATH: pip install py-spy")
+        return
+    pids = {"controller": cluster.controller.pid, "engine": cluster.engines[0].pid}
+    with tempfile.TemporaryDirectory() as tmp:
+        recorders = {
+            name: subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-d",
+                    str(seconds),
+                    "-r",
+                    str(rate),
+                    "--threads",
+                    "-f",
+                    "raw",
+                    "-o",
+                    f"{tmp}/{name}.txt",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in pids.items()
+        }
+        e0 = rc[0]
+        calls = 0
+        deadline = time.monotonic() + seconds + 0.5
+        while time.monotonic() < deadline:
+            e0.apply_sync(noop)
+            calls += 1
+        print(f"py-spy during {calls} apply_sync round trips ({seconds} s): share of wall time on CPU")
+        for name, recorder in recorders.items():
+            recorder.wait(60)
+            threads: collections.Counter[str] = collections.Counter()
+            frames: collections.Counter[str] = collections.Counter()
+            with open(f"{tmp}/{name}.txt") as f:
+                for line in f:
+                    stack, _, count = line.rstrip().rpartition(" ")
+                    parts = stack.split(";")
+                    threads[parts[0].split(": ", 1)[-1]] += int(count)
+                    frames[parts[-1]] += int(count)
+            possible = seconds * rate
+            busy = ", ".join(f"{thread} {100 * n / possible:.0f}%" for thread, n in threads.most_common())
+            print(f"  {name}: {busy}")
+            for frame, n in frames.most_common(6):
+                print(f"    {100 * n / possible:5.1f}%  {frame[:100]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--py-spy", action="store_true", help="also sample the controller and an engine")
+    args = parser.parse_args()
+    floors()
+    cluster = pxgrpc.Cluster(n=2)
+    rc = cluster.start_and_connect_sync()
+    try:
+        apply_phases(rc)
+        scatter_gather_phases(rc)
+        if args.py_spy:
+            py_spy_profile(rc, cluster)
+    finally:
+        cluster.stop_cluster_sync()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
