@@ -180,6 +180,8 @@ class Transport:
         self._relayed: set[str] = set()
         self._flush_scheduled = False
         self._lock = threading.Lock()
+        # Notified (with _lock held) whenever the session takes submits from _outgoing.
+        self._taken = threading.Condition(self._lock)
         self.failure: PxConnectionError | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="pxgrpc-client-io", daemon=True)
@@ -280,10 +282,13 @@ class Transport:
             gates.popleft()
         if not gates:
             tasks, self._outgoing = self._outgoing, []
+            self._taken.notify_all()
             return tasks
         blocked = gates[0][0]
         cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
         tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
+        if tasks:
+            self._taken.notify_all()
         return tasks
 
     async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
@@ -355,9 +360,10 @@ class Transport:
 
         Small tasks are queued together; a task with a large payload is queued as soon as it
         is encoded, so that its upload (and its engine) starts while the next one is encoded.
-        Encoding (pickling) holds the GIL, which the upload also needs now and then: so before
-        encoding the next payload, this waits for a direct upload to finish, for at most as long
-        as encoding its payload took (the engine starts on it while the next one is encoded).
+        Encoding (pickling) holds the GIL, which the upload and the session also need now and
+        then: so before encoding the next payload, this waits until the task is on its way (its
+        direct upload done, its submit taken by the session), for at most twice as long as
+        encoding its payload took. The engine then starts on it while the next one is encoded.
         """
         cache: dict[int, wire.pb.Value] = {}
         submits: list[wire.pb.SubmitTask] = []
@@ -377,12 +383,10 @@ class Transport:
                 direct_blobs.append(blob)
             if blob is not None and i + 1 < len(task_ids):
                 gates = self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
-                start, submits, direct_blobs = i + 1, [], []
                 for blob in relayed:
                     self._start_relay(blob)
-                relayed = []
-                if gates:
-                    concurrent.futures.wait(gates, timeout=time.perf_counter() - began)
+                self._wait_sent(gates, submits, time.perf_counter() + 2 * (time.perf_counter() - began))
+                start, submits, direct_blobs, relayed = i + 1, [], [], []
         self._enqueue(task_ids[start:], submits, direct_blobs, listener)
         for blob in relayed:
             self._start_relay(blob)
@@ -422,6 +426,20 @@ class Transport:
         if schedule:
             self.loop.call_soon_threadsafe(self._wakeup.set)
         return [gate for _, gate in gates]
+
+    def _wait_sent(
+        self,
+        gates: list[concurrent.futures.Future[None]],
+        submits: list[wire.pb.SubmitTask],
+        deadline: float,
+    ) -> None:
+        """Wait until these uploads are done and these submits taken by the session, or the deadline."""
+        concurrent.futures.wait(gates, timeout=max(0.0, deadline - time.perf_counter()))
+        with self._taken:
+            self._taken.wait_for(
+                lambda: not any(queued is submit for queued in self._outgoing for submit in submits),
+                timeout=max(0.0, deadline - time.perf_counter()),
+            )
 
     def _gate_opened(self, gate: concurrent.futures.Future[None]) -> None:
         """A direct upload is over: the submits held behind it may go."""
