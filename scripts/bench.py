@@ -6,7 +6,9 @@
 
 Every figure of the speed table is measured on both systems, alternating between them repetition
 by repetition (after unmeasured warm-up runs), and printed as the median of the repetitions with
-the ratio pxgrpc/ipyparallel and whether the goal is met. Peak RSS of the controller and of an
+the ratio pxgrpc/ipyparallel and whether the goal is met. Before each repetition the bench waits
+until every process of both clusters, and this one, is idle, and ipyparallel's client forgets
+finished tasks: leftovers of one measurement must not slow the next. Peak RSS of the controller and of an
 engine is sampled (psutil) during 64 MB and 1 GB pushes. A scaling series follows: load-balanced
 throughput with 1, 2, 4 and 8 engines, and round-trip latency with 1-64 client threads (a PNG
 plot when matplotlib is installed).
@@ -70,6 +72,14 @@ class Side:
     def engine_pid(self) -> int:
         return int(self.rc[0].apply_sync(os.getpid))
 
+    def forget(self) -> None:
+        """Drop what the client keeps of finished tasks (pxgrpc keeps nothing)."""
+
+    def processes(self) -> list[psutil.Process]:
+        """The cluster's processes: its controller's and its engines'."""
+        pids = [*self.controller_pids(), *self.rc[:].apply_sync(os.getpid)]
+        return [psutil.Process(pid) for pid in pids]
+
 
 class PxSide(Side):
     name = "pxgrpc"
@@ -107,6 +117,13 @@ class IppSide(Side):
                 self.rc.close()
             self.cluster.stop_cluster_sync()
         self.cluster = self.rc = None
+
+    def forget(self) -> None:
+        # ipyparallel's client and hub keep every task's result, metadata and history. Left to
+        # grow, they make every full garbage collection in this process (whichever system
+        # triggers it) walk hundreds of thousands of objects: small-task figures of both
+        # systems would then depend on the order of the workloads.
+        self.rc.purge_everything()
 
     def controller_pids(self) -> list[int]:
         root = psutil.Process(self.cluster.controller.pid)
@@ -317,15 +334,45 @@ def measure_ready(sides: list[Side], figures: dict[str, Figure], cfg: Config) ->
 WARMUP = {"push": 3, "pull": 3}
 
 
+def settle(processes: list[psutil.Process], window: float = 0.1, timeout: float = 10.0) -> None:
+    """Wait until these processes together use under 5% of a core over `window` seconds.
+
+    Work left over from the previous measurement (ipyparallel's hub records every task it has
+    routed, and catches up after a burst) would otherwise run during the next one, whichever
+    system that measures: on 2 cores, that halves small-task figures.
+    """
+    deadline = time.monotonic() + timeout
+
+    def cpu() -> float:
+        total = 0.0
+        for proc in processes:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    while time.monotonic() < deadline:
+        before = cpu()
+        time.sleep(window)
+        if cpu() - before < 0.05 * window:
+            return
+    log(f"  (still busy after {timeout:.0f} s: measuring anyway)")
+
+
 def measure_table(sides: list[Side], figures: dict[str, Figure], cfg: Config) -> None:
     loads = {side.name: workloads(side.rc, cfg) for side in sides}
+    # This process too: a client's own threads may still be busy with the last burst.
+    everyone = [psutil.Process(), *(proc for side in sides for proc in side.processes())]
     for key in [k for k in loads[sides[0].name] if k in figures]:
         for side in sides:
             for _ in range(WARMUP.get(key, 1)):
                 loads[side.name][key]()
+            side.forget()
         for rep in range(cfg.reps):
             for side in sides if rep % 2 == 0 else sides[::-1]:
+                settle(everyone)
                 value = loads[side.name][key]()
+                side.forget()
                 figures[key].add(side.name, value)
             gc.collect()
         medians = ", ".join(f"{s.name} {figures[key].median(s.name):.4g}" for s in sides)
