@@ -164,15 +164,17 @@ class Figure:
 
 def rate(count: float, fn: Callable[[], Any]) -> float:
     """count / seconds that fn() takes."""
-    t0 = time.perf_counter()
-    fn()
-    return count / (time.perf_counter() - t0)
+    return count / elapsed(fn)
 
 
 def elapsed(fn: Callable[[], Any]) -> float:
+    """Seconds that fn() takes, up to its return: freeing what it returned is not timed (a
+    gathered list of a million ints takes 7 ms to free; ipyparallel's client keeps it cached)."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    result = fn()
+    seconds = time.perf_counter() - t0
+    del result
+    return seconds
 
 
 def median_latency_ms(fn: Callable[[], Any], calls: int) -> float:
@@ -332,6 +334,8 @@ def measure_ready(sides: list[Side], figures: dict[str, Figure], cfg: Config) ->
 #: Unmeasured runs of each figure first (both systems): connections, caches and the allocator
 #: warm up over the first transfers of a large array.
 WARMUP = {"push": 3, "pull": 3}
+#: Figures that take a few tens of ms get more repetitions: their run-to-run spread is wide.
+MORE_REPS = {"scatter": 3, "gather": 3}
 
 
 def settle(processes: list[psutil.Process], window: float = 0.1, timeout: float = 10.0) -> None:
@@ -368,7 +372,7 @@ def measure_table(sides: list[Side], figures: dict[str, Figure], cfg: Config) ->
             for _ in range(WARMUP.get(key, 1)):
                 loads[side.name][key]()
             side.forget()
-        for rep in range(cfg.reps):
+        for rep in range(cfg.reps * MORE_REPS.get(key, 1)):
             for side in sides if rep % 2 == 0 else sides[::-1]:
                 settle(everyone)
                 value = loads[side.name][key]()
