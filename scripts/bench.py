@@ -341,10 +341,12 @@ MORE_REPS = {"scatter": 3, "gather": 3}
 def settle(processes: list[psutil.Process], window: float = 0.1, timeout: float = 10.0) -> None:
     """Wait until these processes together use under 5% of a core over `window` seconds.
 
-    Work left over from the previous measurement (ipyparallel's hub records every task it has
-    routed, and catches up after a burst) would otherwise run during the next one, whichever
-    system that measures: on 2 cores, that halves small-task figures.
+    Work left over from the previous measurement would otherwise run during the next one,
+    whichever system that measures: ipyparallel's hub catches up after a burst, and a burst of
+    ipyparallel tasks leaves cyclic garbage in this process whose collection, when the next burst
+    triggers it, took up to 0.45 s. So this first collects garbage, then waits.
     """
+    gc.collect()  # (the garbage of one system's burst must not be collected in the other's)
     deadline = time.monotonic() + timeout
 
     def cpu() -> float:
