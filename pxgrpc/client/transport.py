@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from pxgrpc import diagnose, security, wire
+from pxgrpc import blobstream, diagnose, security, wire
 from pxgrpc.client.direct import DirectData, receive_blob
 from pxgrpc.client.errors import (
     AuthenticationError,
@@ -367,7 +367,7 @@ class Transport:
         """
         cache: dict[int, wire.pb.Value] = {}
         submits: list[wire.pb.SubmitTask] = []
-        direct_blobs: list[wire.OutgoingBlob | None] = []
+        direct_blobs: list[blobstream.OutgoingBlob | None] = []
         relayed = []
         start = 0
         for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
@@ -395,7 +395,7 @@ class Transport:
         self,
         ids: Sequence[str],
         submits: list[wire.pb.SubmitTask],
-        direct_blobs: list[wire.OutgoingBlob | None],
+        direct_blobs: list[blobstream.OutgoingBlob | None],
         listener: TaskListener,
     ) -> list[concurrent.futures.Future[None]]:
         """Queue submits for the session stream. A submit with a direct blob waits (and so do
@@ -445,7 +445,7 @@ class Transport:
         """A direct upload is over: the submits held behind it may go."""
         self.loop.call_soon_threadsafe(self._wakeup.set)
 
-    async def _send_direct(self, submit: wire.pb.SubmitTask, blob: wire.OutgoingBlob, url: str) -> None:
+    async def _send_direct(self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str) -> None:
         """Upload a task's blob to its engine; on failure send it through the controller."""
         try:
             await self._direct.upload(url, blob)
@@ -455,7 +455,7 @@ class Transport:
             submit.blob_ids.append(blob.blob_id)
             self._start_relay(blob)
 
-    def _start_relay(self, blob: wire.OutgoingBlob) -> None:
+    def _start_relay(self, blob: blobstream.OutgoingBlob) -> None:
         """Upload a blob to the controller (once), from any thread."""
         if threading.get_ident() != self._thread.ident:
             self.loop.call_soon_threadsafe(self._start_relay, blob)
@@ -472,7 +472,7 @@ class Transport:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _upload(self, blob: wire.OutgoingBlob) -> None:
+    async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
         try:
             await self._stubs["Upload"](blob.raw_messages(), metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -523,7 +523,7 @@ class Transport:
             outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
         listener.on_result(outcome)
 
-    async def _download(self, blob_id: str) -> wire.IncomingBlob:
+    async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
         call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await receive_blob(blob_id, call)
 
@@ -645,7 +645,7 @@ def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wi
 
 def encode_action(
     action: Action, message: wire.pb.Action, function_cache: dict[int, wire.pb.Value] | None = None
-) -> wire.OutgoingBlob | None:
+) -> blobstream.OutgoingBlob | None:
     """Write an action into its protobuf message; return the blob its large values need.
 
     `function_cache` (one per map or scatter call) encodes a function applied many times once.
