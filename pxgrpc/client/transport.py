@@ -16,23 +16,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from pxgrpc import blobstream, diagnose, security, wire
 from pxgrpc.client.direct import DirectData, receive_blob
-from pxgrpc.client.errors import (
-    AuthenticationError,
-    EngineError,
-    PxConnectionError,
-    PxError,
-    RemoteError,
-    TaskAborted,
-    TLSError,
-)
+from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
+from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
 from pxgrpc.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
@@ -67,55 +60,6 @@ class Pull:
 
 
 Action = Execute | Apply | Push | Pull
-
-
-@dataclass
-class TaskOutcome:
-    """The end of one task on one engine, decoded."""
-
-    task_id: str
-    engine_id: int
-    status: str  # "ok", "error", "aborted" or "engine_died"
-    value: Any = None
-    error: PxError | None = None
-    execute_result: dict[str, str] | None = None
-    execution_count: int = 0
-    submitted: float = 0.0
-    started: float = 0.0
-    completed: float = 0.0
-    received: float = 0.0  # (this client's clock, when the result event arrived)
-
-
-class TaskListener(Protocol):
-    """Receives the events of tasks (called from the transport's thread)."""
-
-    def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
-
-    def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
-
-    def on_result(self, outcome: TaskOutcome) -> None: ...
-
-
-_STATUS = {
-    wire.TASK_OK: "ok",
-    wire.TASK_ERROR: "error",
-    wire.TASK_ABORTED: "aborted",
-    wire.TASK_ENGINE_DIED: "engine_died",
-}
-
-
-def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
-    """The exception a failed TaskResult stands for."""
-    status = result.status
-    if status == wire.TASK_OK:
-        return None
-    err = result.error
-    if status == wire.TASK_ENGINE_DIED:
-        return EngineError(err.evalue, result.engine_id)
-    if status == wire.TASK_ABORTED:
-        return TaskAborted(f"task {result.task_id} was aborted before it started")
-    engine_id = result.engine_id if result.engine_id >= 0 else None
-    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
 
 
 def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
@@ -503,7 +447,7 @@ class Transport:
             if result.blob_ids:
                 self._background(self._deliver_with_blobs(result, listener, url, received))
             else:
-                listener.on_result(self._outcome(result, {}, received))
+                listener.on_result(decode_outcome(result, {}, received))
 
     async def _deliver_with_blobs(
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
@@ -513,7 +457,7 @@ class Transport:
                 blobs = {b: await self._direct.download(url, b) for b in result.blob_ids}
             else:
                 blobs = {b: await self._download(b) for b in result.blob_ids}
-            outcome = self._outcome(result, blobs, received)
+            outcome = decode_outcome(result, blobs, received)
         except (grpc.RpcError, wire.DecodingError) as exc:
             err = (
                 connection_error(exc, self.url)
@@ -526,30 +470,6 @@ class Transport:
     async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
         call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await receive_blob(blob_id, call)
-
-    def _outcome(self, result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
-        outcome = TaskOutcome(
-            task_id=result.task_id,
-            engine_id=result.engine_id,
-            status=_STATUS.get(result.status, "error"),
-            error=outcome_error(result),
-            execution_count=result.execution_count,
-            submitted=result.submitted,
-            started=result.started,
-            completed=result.completed,
-            received=received,
-        )
-        if result.HasField("execute_result"):
-            outcome.execute_result = dict(result.execute_result.data)
-        if outcome.error is None and result.HasField("value"):
-            try:
-                outcome.value = wire.decode(result.value, blobs)
-            except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
-                outcome.status = "error"
-                outcome.error = RemoteError(
-                    type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
-                )
-        return outcome
 
     # --- control calls ----------------------------------------------------------------------
 
@@ -706,6 +626,3 @@ def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
             response_deserializer=None,
         ),
     }
-
-
-Callback = Callable[[TaskOutcome], None]
