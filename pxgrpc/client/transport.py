@@ -17,12 +17,12 @@ import os
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 
 from pxgrpc import blobstream, diagnose, security, wire
+from pxgrpc.client.actions import Action, encode_action
 from pxgrpc.client.direct import DirectData, receive_blob
 from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
 from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
@@ -30,36 +30,6 @@ from pxgrpc.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-# --- what views ask for -----------------------------------------------------------------------
-
-
-@dataclass
-class Execute:
-    code: str
-    silent: bool = False
-
-
-@dataclass
-class Apply:
-    function: Any
-    args: Sequence[Any] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Push:
-    namespace: dict[str, Any]
-
-
-@dataclass
-class Pull:
-    names: list[str]
-    single: bool = False
-
-
-Action = Execute | Apply | Push | Pull
 
 
 def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
@@ -561,39 +531,6 @@ def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wi
     else:
         submit.engine_id = target
     return submit
-
-
-def encode_action(
-    action: Action, message: wire.pb.Action, function_cache: dict[int, wire.pb.Value] | None = None
-) -> blobstream.OutgoingBlob | None:
-    """Write an action into its protobuf message; return the blob its large values need.
-
-    `function_cache` (one per map or scatter call) encodes a function applied many times once.
-    """
-    encoder = wire.Encoder()
-    if isinstance(action, Execute):
-        message.execute.code = action.code
-        message.execute.silent = action.silent
-    elif isinstance(action, Apply):
-        apply = message.apply
-        cached = function_cache.get(id(action.function)) if function_cache is not None else None
-        if cached is None:
-            cached = encoder.encode(action.function)
-            if function_cache is not None and encoder.blob is None:
-                function_cache[id(action.function)] = cached
-        apply.function.CopyFrom(cached)
-        for arg in action.args:
-            encoder.encode_into(arg, apply.args.add())
-        for key, val in action.kwargs.items():
-            encoder.encode_into(val, apply.kwargs[key])
-    elif isinstance(action, Push):
-        ns = message.push.namespace
-        for key, val in action.namespace.items():
-            encoder.encode_into(val, ns[key])
-    else:
-        message.pull.names.extend(action.names)
-        message.pull.single = action.single
-    return encoder.blob
 
 
 def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
