@@ -1,7 +1,7 @@
 """How pxgrpc processes reuse the memory of large buffers.
 
 gRPC hands every received message to Python as a fresh allocation (1 MB chunks for bulk data),
-and received arrays land in large buffers (see `wire.IncomingBlob`). By default glibc maps large
+and received arrays land in large buffers (see `blobstream.IncomingBlob`). By default glibc maps large
 allocations afresh, unmaps them when they are freed and trims its heap whenever a few MB at its
 top are free, so a stream of chunks keeps asking the kernel for new pages to fault in: pushing
 or pulling a 64 MB array again and again then runs at half its speed or worse.

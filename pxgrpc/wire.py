@@ -1,8 +1,8 @@
 """The wire layer: the only module that imports the generated protobuf code.
 
 It turns Python values into `pxgrpc.v1.Value` messages and back, and moves large buffers as
-*blobs*: streams of `BlobChunk` messages that are built and parsed here by hand so that the
-controller can relay them as raw bytes (no protobuf parse, no copy per hop).
+*blobs*: streams of `BlobChunk` messages that `pxgrpc.blobstream` builds and parses by hand so that
+the controller can relay them as raw bytes (no protobuf parse, no copy per hop).
 
 Everything else in pxgrpc imports the message classes from here (`wire.pb.Task`, ...).
 """
@@ -13,11 +13,9 @@ import math
 import pickle
 import re
 import sys
-import threading
-import uuid
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -32,6 +30,10 @@ from pxgrpc._proto import (
     task_pb2,
     value_pb2,
 )
+
+# Malformed Values and malformed blob streams raise the same error: callers catch `wire.DecodingError`.
+from pxgrpc.blobstream import DecodingError as DecodingError
+from pxgrpc.blobstream import IncomingBlob, OutgoingBlob
 
 #: The message classes: `wire.pb.Task`, `wire.pb.Value`, ...
 pb = messages
@@ -62,10 +64,6 @@ EngineStub = engine_pb2_grpc.EngineStub
 INLINE_LIMIT = 256 * 1024
 #: Largest inline buffer a peer may send (`Buffer.inline`, `Value.bytes_value`).
 MAX_INLINE = 1024 * 1024
-#: Size of the data chunks of a blob stream.
-CHUNK_SIZE = 2 * 1024 * 1024
-#: Largest data chunk a peer may send.
-MAX_CHUNK = 8 * 1024 * 1024
 #: Largest protobuf message either side accepts (chunks and batches stay far below).
 MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -81,10 +79,6 @@ BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 class EncodingError(ValueError):
     """A value cannot be encoded the way the reader asked (e.g. typed-only for a Python object)."""
-
-
-class DecodingError(ValueError):
-    """A `Value` message is malformed; the message names the offending field."""
 
 
 class UnknownBlobError(DecodingError):
@@ -103,164 +97,6 @@ def parse_dtype(text: str, where: str) -> np.dtype[Any]:
             f"{where}: {text!r} is not a fixed-size numeric or bool dtype (e.g. '<f8', '<i4', '|u1', '|b1')"
         )
     return np.dtype(text)
-
-
-def new_id() -> str:
-    """A fresh task or blob id."""
-    return uuid.uuid4().hex
-
-
-# --- outgoing blobs -------------------------------------------------------------------------------
-
-
-@dataclass
-class OutgoingBlob:
-    """Buffers that one message references, to be streamed as one blob."""
-
-    blob_id: str = field(default_factory=new_id)
-    parts: list[memoryview] = field(default_factory=list)
-    size: int = 0
-
-    def add(self, buf: memoryview) -> value_pb2.BlobSlice:
-        """Append a buffer; return where it will sit in the blob."""
-        view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
-        ref = value_pb2.BlobSlice(blob_id=self.blob_id, offset=self.size, length=view.nbytes)
-        self.parts.append(view)
-        self.size += view.nbytes
-        return ref
-
-    def raw_messages(self) -> Iterator[bytes]:
-        """The serialized `BlobChunk` stream: header, then data chunks of CHUNK_SIZE at most."""
-        header = value_pb2.BlobChunk(header=value_pb2.BlobHeader(blob_id=self.blob_id, size=self.size))
-        yield header.SerializeToString()
-        for part in self.parts:
-            for start in range(0, part.nbytes, CHUNK_SIZE):
-                yield encode_data_chunk(part[start : start + CHUNK_SIZE])
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def encode_data_chunk(data: memoryview | bytes) -> bytes:
-    """`BlobChunk(data=...)` serialized with a single copy of the data."""
-    return b"".join((b"\x0a", _varint(len(data)), data))
-
-
-def parse_data_chunk(raw: bytes) -> memoryview:
-    """The data of a serialized `BlobChunk(data=...)`, without copying it.
-
-    Raises DecodingError when `raw` is not a data chunk (e.g. a second header).
-    """
-    if not raw or raw[0] != 0x0A:
-        raise DecodingError("BlobChunk: expected a data chunk (field 1) after the header")
-    length = 0
-    shift = 0
-    pos = 1
-    while True:
-        if pos >= len(raw) or shift > 63:
-            raise DecodingError("BlobChunk.data: truncated length")
-        byte = raw[pos]
-        length |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-    if pos + length != len(raw):
-        raise DecodingError("BlobChunk.data: length does not match the message size")
-    return memoryview(raw)[pos:]
-
-
-def parse_header(raw: bytes) -> value_pb2.BlobHeader:
-    """The header of a blob stream (its first message)."""
-    try:
-        chunk = value_pb2.BlobChunk.FromString(raw)
-    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise DecodingError(f"BlobChunk: not a valid message ({exc})") from exc
-    if chunk.WhichOneof("part") != "header":
-        raise DecodingError("BlobChunk.header: the first message of a blob stream must be a header")
-    return chunk.header
-
-
-class ReceiveBuffers:
-    """Large receive buffers, reused once nothing refers to them any more.
-
-    A received array lives in its blob's buffer for as long as the user keeps it. Allocating a
-    fresh buffer for every blob makes the kernel fault in (and often compact) new pages each
-    time, which halves the speed of repeated large transfers or worse; so buffers of at least
-    `min_size` bytes are remembered (up to `limit` bytes in all) and handed out again once only
-    this pool refers to them (no array, view or memoryview of them is left).
-    """
-
-    def __init__(self, min_size: int = 16 << 20, limit: int = 512 << 20) -> None:
-        self.min_size = min_size
-        self.limit = limit
-        self._buffers: list[np.ndarray[Any, np.dtype[np.uint8]]] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
-        """A writable buffer of `size` bytes (its contents are garbage)."""
-        if size < self.min_size:
-            return np.empty(size, dtype=np.uint8)
-        with self._lock:
-            for i in range(len(self._buffers)):
-                buf = self._buffers[i]
-                # 3 references: the list, `buf` and getrefcount's argument: nobody else holds it.
-                if size <= buf.nbytes <= 2 * size and sys.getrefcount(buf) == 3:
-                    self._buffers.append(self._buffers.pop(i))
-                    return buf[:size]
-            buf = np.empty(size, dtype=np.uint8)
-            self._buffers.append(buf)
-            total = sum(b.nbytes for b in self._buffers)
-            while total > self.limit and len(self._buffers) > 1:
-                total -= self._buffers.pop(0).nbytes  # forget the least recently used
-            return buf
-
-
-#: The receive buffers of this process.
-receive_buffers = ReceiveBuffers()
-
-
-class IncomingBlob:
-    """A blob being received: preallocated once, filled chunk by chunk.
-
-    The buffer is a numpy allocation from `receive_buffers`: untouched until written (no zeroing
-    pass), backed by huge pages where the kernel offers them, and reused for later blobs once
-    the data received in it is no longer referenced.
-    """
-
-    def __init__(self, blob_id: str, size: int) -> None:
-        if size < 0:
-            raise DecodingError("BlobHeader.size: must not be negative")
-        self.blob_id = blob_id
-        self.size = size
-        self.buffer = receive_buffers.take(size)
-        self._view = memoryview(self.buffer)  # type: ignore[arg-type]
-        self.received = 0
-
-    def write(self, data: memoryview) -> None:
-        end = self.received + len(data)
-        if end > self.size:
-            raise DecodingError(f"blob {self.blob_id}: more data than the header's size {self.size}")
-        self._view[self.received : end] = data
-        self.received = end
-
-    @property
-    def complete(self) -> bool:
-        return self.received == self.size
-
-    def slice(self, ref: value_pb2.BlobSlice) -> memoryview:
-        if ref.offset < 0 or ref.length < 0 or ref.offset + ref.length > self.size:
-            raise DecodingError(f"BlobSlice: offset/length outside blob {ref.blob_id} of {self.size} bytes")
-        return self._view[ref.offset : ref.offset + ref.length]
 
 
 # --- encoding -------------------------------------------------------------------------------------

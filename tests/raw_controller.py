@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from pxgrpc import security, wire
+from pxgrpc import blobstream, security, wire
 
 SERVICE = f"/{wire.CONTROLLER_SERVICE}/"
 UNARY = ("ListEngines", "Gather", "Abort", "Interrupt", "QueueStatus", "Shutdown")
@@ -109,7 +109,7 @@ class RawController:
 
     def upload(self, data: bytes, blob_id: str | None = None, chunk: int = 1 << 20) -> str:
         """Upload `data` as one blob; return its id."""
-        blob_id = blob_id or wire.new_id()
+        blob_id = blob_id or blobstream.new_id()
         header = wire.pb.BlobChunk(header=wire.pb.BlobHeader(blob_id=blob_id, size=len(data)))
         chunks = [wire.pb.BlobChunk(data=data[i : i + chunk]) for i in range(0, len(data), chunk)]
         outcome = self.stream_in("Upload", [header, *chunks])
@@ -128,7 +128,7 @@ class RawController:
         for result in results:
             for blob_id in result.blob_ids:
                 data = self.download(blob_id)
-                blob = wire.IncomingBlob(blob_id, len(data))
+                blob = blobstream.IncomingBlob(blob_id, len(data))
                 blob.write(memoryview(data))
                 blobs[blob_id] = blob
         return blobs

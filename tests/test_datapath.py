@@ -102,7 +102,7 @@ def test_large_results_of_load_balanced_tasks_come_through_the_controller(make_c
 
 
 def test_receive_buffers_are_reused_only_when_nothing_refers_to_them() -> None:
-    from pxgrpc.wire import ReceiveBuffers
+    from pxgrpc.blobstream import ReceiveBuffers
 
     pool = ReceiveBuffers(min_size=100, limit=10_000)
     first = pool.take(1000)
@@ -116,7 +116,7 @@ def test_receive_buffers_are_reused_only_when_nothing_refers_to_them() -> None:
 
 
 def test_receive_buffers_forget_the_oldest_beyond_their_limit() -> None:
-    from pxgrpc.wire import ReceiveBuffers
+    from pxgrpc.blobstream import ReceiveBuffers
 
     pool = ReceiveBuffers(min_size=100, limit=2500)
     addresses = [pool.take(1000).ctypes.data for _ in range(3)]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from raw_controller import Outcome, RawController
 
 import pxgrpc
-from pxgrpc import wire
+from pxgrpc import blobstream, wire
 from pxgrpc.cluster import Cluster
 
 pytestmark = pytest.mark.timeout(150)
@@ -361,7 +361,7 @@ def _header(blob_id: str, size: int) -> bytes:
 @st.composite
 def bad_upload(draw: st.DrawFn) -> tuple[list[bytes], str]:
     """A blob stream that breaks a rule, and the message or field its error must name."""
-    blob_id = wire.new_id()
+    blob_id = blobstream.new_id()
     size = draw(st.integers(0, 3000))
     kind = draw(
         st.sampled_from(["empty", "no_header", "blob_id", "size", "short", "long", "second_header", "junk"])
@@ -370,7 +370,7 @@ def bad_upload(draw: st.DrawFn) -> tuple[list[bytes], str]:
     if kind == "empty":
         return [], "BlobChunk.header"
     if kind == "no_header":
-        return [wire.encode_data_chunk(bytes(n)) for n in sizes or [1]], "BlobChunk.header"
+        return [blobstream.encode_data_chunk(bytes(n)) for n in sizes or [1]], "BlobChunk.header"
     if kind == "blob_id":
         bad = draw(st.text(max_size=80).filter(lambda s: not wire.BLOB_ID_RE.match(s)))
         return [_header(bad, 0)], "BlobHeader.blob_id"
@@ -388,7 +388,8 @@ def bad_upload(draw: st.DrawFn) -> tuple[list[bytes], str]:
         if total == 0:
             sizes, total = [1], 1
         declared = draw(st.integers(0, total - 1))
-    return [_header(blob_id, declared), *(wire.encode_data_chunk(bytes(n)) for n in sizes)], "BlobChunk.data"
+    chunks = [blobstream.encode_data_chunk(bytes(n)) for n in sizes]
+    return [_header(blob_id, declared), *chunks], "BlobChunk.data"
 
 
 @FUZZ
@@ -401,16 +402,17 @@ def test_broken_blob_streams_get_invalid_argument_naming_the_field(
 
 
 def test_oversized_chunks_and_reused_blob_ids_are_refused(fx: Fixture) -> None:
-    blob_id = wire.new_id()
-    huge = wire.encode_data_chunk(bytes(wire.MAX_CHUNK + 1))
+    blob_id = blobstream.new_id()
+    huge = blobstream.encode_data_chunk(bytes(blobstream.MAX_CHUNK + 1))
     rejected(
-        fx.raw.stream_in("Upload", [_header(blob_id, wire.MAX_CHUNK + 1), huge]),
+        fx.raw.stream_in("Upload", [_header(blob_id, blobstream.MAX_CHUNK + 1), huge]),
         "BlobChunk.data",
         "more than",
     )
     done = fx.raw.upload(b"abc")
     rejected(
-        fx.raw.stream_in("Upload", [_header(done, 3), wire.encode_data_chunk(b"abc")]), "already uploaded"
+        fx.raw.stream_in("Upload", [_header(done, 3), blobstream.encode_data_chunk(b"abc")]),
+        "already uploaded",
     )
     rejected(
         fx.raw.call("Download", pb.DownloadRequest(blob_id="never-was")), "never-was", codes=(NOT_FOUND,)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pxgrpc import wire
+from pxgrpc import blobstream, wire
 from pxgrpc.partition import partition, partition_bounds
 
 pytestmark = pytest.mark.timeout(30)
@@ -16,11 +16,11 @@ def roundtrip(obj: object, mode: int = wire.ENCODING_PICKLE) -> object:
     blobs: wire.BlobMap = {}
     if blob is not None:
         raw = list(blob.raw_messages())
-        header = wire.parse_header(raw[0])
-        incoming = wire.IncomingBlob(header.blob_id, header.size)
+        header = blobstream.parse_header(raw[0])
+        incoming = blobstream.IncomingBlob(header.blob_id, header.size)
         for chunk in raw[1:]:
-            assert len(chunk) <= wire.CHUNK_SIZE + 16
-            incoming.write(wire.parse_data_chunk(chunk))
+            assert len(chunk) <= blobstream.CHUNK_SIZE + 16
+            incoming.write(blobstream.parse_data_chunk(chunk))
         assert incoming.complete
         blobs[header.blob_id] = incoming
     wire_value = wire.pb.Value.FromString(value.SerializeToString())
@@ -101,11 +101,11 @@ def test_malformed_values_name_the_field() -> None:
 
 
 def test_data_chunks_are_valid_protobuf() -> None:
-    raw = wire.encode_data_chunk(b"abc" * 1000)
+    raw = blobstream.encode_data_chunk(b"abc" * 1000)
     assert wire.pb.BlobChunk.FromString(raw).data == b"abc" * 1000
-    assert bytes(wire.parse_data_chunk(raw)) == b"abc" * 1000
+    assert bytes(blobstream.parse_data_chunk(raw)) == b"abc" * 1000
     with pytest.raises(wire.DecodingError):
-        wire.parse_data_chunk(raw[:-1])
+        blobstream.parse_data_chunk(raw[:-1])
 
 
 def test_partition_matches_ipyparallel() -> None:

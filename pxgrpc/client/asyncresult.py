@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.errors import CompositeError, PxError, TimeoutError
-from pxgrpc.client.transport import TaskOutcome
+from pxgrpc.client.outcome import TaskOutcome
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import security, wire
+from pxgrpc import blobstream, security, wire
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ class DirectData:
             path, request_serializer=wire.pb.DownloadRequest.SerializeToString, response_deserializer=None
         )
 
-    async def upload(self, url: str, blob: wire.OutgoingBlob, timeout: float | None = None) -> None:
+    async def upload(self, url: str, blob: blobstream.OutgoingBlob, timeout: float | None = None) -> None:
         """Send a blob to an engine for a task about to be submitted (raises grpc.RpcError)."""
         await self._stub(url, "Upload", "upload")(
             blob.raw_messages(), metadata=self._metadata, timeout=timeout
         )
 
-    async def download(self, url: str, blob_id: str) -> wire.IncomingBlob:
+    async def download(self, url: str, blob_id: str) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine (raises grpc.RpcError or wire.DecodingError)."""
         call = self._stub(url, "Download", "download")(
             wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata
@@ -86,14 +86,14 @@ class DirectData:
         self._channels.clear()
 
 
-async def receive_blob(blob_id: str, chunks: Any) -> wire.IncomingBlob:
+async def receive_blob(blob_id: str, chunks: Any) -> blobstream.IncomingBlob:
     """Assemble a blob from a stream of raw BlobChunks (header first) into one buffer."""
-    blob: wire.IncomingBlob | None = None
+    blob: blobstream.IncomingBlob | None = None
     async for raw in chunks:
         if blob is None:
-            blob = wire.IncomingBlob(blob_id, wire.parse_header(raw).size)
+            blob = blobstream.IncomingBlob(blob_id, blobstream.parse_header(raw).size)
         else:
-            blob.write(wire.parse_data_chunk(raw))
+            blob.write(blobstream.parse_data_chunk(raw))
     if blob is None or not blob.complete:
         raise wire.DecodingError(f"blob {blob_id}: the download ended early")
     return blob

@@ -4,118 +4,32 @@ Views hand it plain actions (`Execute`, `Apply`, `Push`, `Pull`) and a listener;
 batches them onto the session stream, streams large values as blobs, and calls the listener
 back (in its own thread) with output and with decoded `TaskOutcome`s. Nothing above this module
 sees a protobuf message.
+
+The actions are in `actions.py`, the queue of submits and the uploads of their blobs in
+`submit.py` (`Submitter`, which `Transport` extends), and the decoding of results in `outcome.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import itertools
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
-from pxgrpc import diagnose, security, wire
+from pxgrpc import blobstream, diagnose, security, wire
 from pxgrpc.client.direct import DirectData, receive_blob
-from pxgrpc.client.errors import (
-    AuthenticationError,
-    EngineError,
-    PxConnectionError,
-    PxError,
-    RemoteError,
-    TaskAborted,
-    TLSError,
-)
+from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
+from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
+from pxgrpc.client.submit import Submitter
 from pxgrpc.memory import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-# --- what views ask for -----------------------------------------------------------------------
-
-
-@dataclass
-class Execute:
-    code: str
-    silent: bool = False
-
-
-@dataclass
-class Apply:
-    function: Any
-    args: Sequence[Any] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Push:
-    namespace: dict[str, Any]
-
-
-@dataclass
-class Pull:
-    names: list[str]
-    single: bool = False
-
-
-Action = Execute | Apply | Push | Pull
-
-
-@dataclass
-class TaskOutcome:
-    """The end of one task on one engine, decoded."""
-
-    task_id: str
-    engine_id: int
-    status: str  # "ok", "error", "aborted" or "engine_died"
-    value: Any = None
-    error: PxError | None = None
-    execute_result: dict[str, str] | None = None
-    execution_count: int = 0
-    submitted: float = 0.0
-    started: float = 0.0
-    completed: float = 0.0
-    received: float = 0.0  # (this client's clock, when the result event arrived)
-
-
-class TaskListener(Protocol):
-    """Receives the events of tasks (called from the transport's thread)."""
-
-    def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
-
-    def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
-
-    def on_result(self, outcome: TaskOutcome) -> None: ...
-
-
-_STATUS = {
-    wire.TASK_OK: "ok",
-    wire.TASK_ERROR: "error",
-    wire.TASK_ABORTED: "aborted",
-    wire.TASK_ENGINE_DIED: "engine_died",
-}
-
-
-def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
-    """The exception a failed TaskResult stands for."""
-    status = result.status
-    if status == wire.TASK_OK:
-        return None
-    err = result.error
-    if status == wire.TASK_ENGINE_DIED:
-        return EngineError(err.evalue, result.engine_id)
-    if status == wire.TASK_ABORTED:
-        return TaskAborted(f"task {result.task_id} was aborted before it started")
-    engine_id = result.engine_id if result.engine_id >= 0 else None
-    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
 
 
 def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
@@ -145,10 +59,7 @@ def diagnosed_error(found: diagnose.Diagnosis, code: str) -> PxConnectionError:
     return PxConnectionError(found.message, code, str(found.cause))
 
 
-_task_counter = itertools.count()
-
-
-class Transport:
+class Transport(Submitter):
     """One client's link to one controller."""
 
     def __init__(self, info: security.ConnectionInfo, timeout: float = 10.0) -> None:
@@ -163,25 +74,16 @@ class Transport:
         # Opt-in here: allocator settings would affect all of the user's own process.
         reuse_freed_memory(default="chunks")
         self._metadata = security.auth_metadata(info.token)
-        self._prefix = f"{os.getpid():x}-{id(self):x}-"
         self._tasks: set[asyncio.Future[None]] = set()
         self._listeners: dict[str, TaskListener] = {}
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
-        self._outgoing: list[wire.pb.SubmitTask] = []
-        # Submits that must wait (in order) until their blob is on the engine: (submit, upload).
-        self._gates: collections.deque[tuple[wire.pb.SubmitTask, concurrent.futures.Future[None]]] = (
-            collections.deque()
-        )
         self._direct = DirectData(self._metadata)
         # Tasks whose result blobs wait on the engine's data endpoint: task id -> its url.
         self._direct_results: dict[str, str] = {}
-        self._relayed: set[str] = set()
-        self._flush_scheduled = False
         self._lock = threading.Lock()
-        # Notified (with _lock held) whenever the session takes submits from _outgoing.
-        self._taken = threading.Condition(self._lock)
+        super().__init__()  # the queue of submits
         self.failure: PxConnectionError | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="pxgrpc-client-io", daemon=True)
@@ -207,6 +109,13 @@ class Transport:
             raise PxConnectionError(
                 f"no answer from the controller at {self.url} within {timeout} s"
             ) from None
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run `coro` in the loop, holding a reference until it is done (asyncio keeps only weak ones)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def close(self) -> None:
         """Close the connection; pending tasks fail with PxConnectionError."""
@@ -262,35 +171,6 @@ class Transport:
         self._session = self._stubs["Session"](self._requests(), metadata=self._metadata)
         self._reader = asyncio.ensure_future(self._read_session(self._session))
 
-    async def _requests(self) -> Any:
-        """The session's requests: everything submitted since the last one, in one message."""
-        while True:
-            with self._lock:
-                tasks = self._take_ready()
-            if tasks:
-                yield wire.pb.SessionRequest(tasks=tasks)
-                continue
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    def _take_ready(self) -> list[wire.pb.SubmitTask]:
-        """(With the lock held.) The submits that may go: all of them, up to the first one whose
-        blob is still on its way to the engine (order of submission is kept)."""
-        self._flush_scheduled = False
-        gates = self._gates
-        while gates and gates[0][1].done():
-            gates.popleft()
-        if not gates:
-            tasks, self._outgoing = self._outgoing, []
-            self._taken.notify_all()
-            return tasks
-        blocked = gates[0][0]
-        cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
-        tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
-        if tasks:
-            self._taken.notify_all()
-        return tasks
-
     async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         try:
             async for message in call:
@@ -314,169 +194,6 @@ class Transport:
         self._direct_results.clear()
         for task_id, listener in listeners.items():
             listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
-
-    # --- submitting -------------------------------------------------------------------------
-
-    def new_task_ids(self, n: int) -> list[str]:
-        """Fresh task ids (listeners are built with them before the tasks are submitted)."""
-        return [f"{self._prefix}{next(_task_counter)}" for _ in range(n)]
-
-    def submit(
-        self,
-        task_ids: Sequence[str],
-        action: Action,
-        targets: Sequence[int | None],
-        listener: TaskListener,
-        retries: int = 0,
-        encoding: wire.pb.ResultEncoding.ValueType = wire.ENCODING_PICKLE,
-    ) -> None:
-        """Run `action` on each target (None: load-balanced) as the tasks `task_ids`."""
-        template = wire.pb.SubmitTask(encoding=encoding, retries=retries)
-        blob = encode_action(action, template.action)
-        submits = []
-        for task_id, target in zip(task_ids, targets, strict=True):
-            submit = wire.pb.SubmitTask()
-            submit.CopyFrom(template)
-            submits.append(_address(submit, task_id, target))
-        # One blob for every target: straight to each engine only if all of them can take it.
-        direct = blob is not None and all(self._direct.url_for(t) for t in targets)
-        if blob is not None and not direct:
-            # Before queueing: the loop thread may send the submits the moment they are queued.
-            for submit in submits:
-                submit.blob_ids.append(blob.blob_id)
-        self._enqueue(task_ids, submits, [blob if direct else None] * len(submits), listener)
-        if blob is not None and not direct:
-            self._start_relay(blob)
-
-    def submit_each(
-        self,
-        task_ids: Sequence[str],
-        items: Iterable[tuple[Action, int | None]],
-        listener: TaskListener,
-        retries: int = 0,
-    ) -> None:
-        """Run a different action on each target (scatter, map) as the tasks `task_ids`
-        (`items` may be a generator, to build each action only when it is its turn).
-
-        Small tasks are queued together; a task with a large payload is queued as soon as it
-        is encoded, so that its upload (and its engine) starts while the next one is encoded.
-        Encoding (pickling) holds the GIL, which the upload and the session also need now and
-        then: so before encoding the next payload, this waits until the task is on its way (its
-        direct upload done, its submit taken by the session), for at most twice as long as
-        encoding its payload took. The engine then starts on it while the next one is encoded.
-        """
-        cache: dict[int, wire.pb.Value] = {}
-        submits: list[wire.pb.SubmitTask] = []
-        direct_blobs: list[wire.OutgoingBlob | None] = []
-        relayed = []
-        start = 0
-        for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
-            began = time.perf_counter()
-            submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
-            blob = encode_action(action, submit.action, cache)
-            submits.append(submit)
-            if blob is not None and not self._direct.url_for(target):
-                submit.blob_ids.append(blob.blob_id)
-                relayed.append(blob)
-                direct_blobs.append(None)
-            else:
-                direct_blobs.append(blob)
-            if blob is not None and i + 1 < len(task_ids):
-                gates = self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
-                for blob in relayed:
-                    self._start_relay(blob)
-                self._wait_sent(gates, submits, time.perf_counter() + 2 * (time.perf_counter() - began))
-                start, submits, direct_blobs, relayed = i + 1, [], [], []
-        self._enqueue(task_ids[start:], submits, direct_blobs, listener)
-        for blob in relayed:
-            self._start_relay(blob)
-
-    def _enqueue(
-        self,
-        ids: Sequence[str],
-        submits: list[wire.pb.SubmitTask],
-        direct_blobs: list[wire.OutgoingBlob | None],
-        listener: TaskListener,
-    ) -> list[concurrent.futures.Future[None]]:
-        """Queue submits for the session stream. A submit with a direct blob waits (and so do
-        the ones after it) until the blob is on its engine; direct tasks fetch their result
-        blobs from the engine when it has a reachable data endpoint. Returns the uploads."""
-        if self.failure is not None:
-            raise self.failure
-        gates = []
-        direct_results = []
-        for submit, blob in zip(submits, direct_blobs, strict=True):
-            url = self._direct.url_for(submit.engine_id) if not submit.load_balanced else None
-            if url is None:
-                continue
-            submit.direct_results = True
-            direct_results.append((submit.task_id, url))
-            if blob is not None:
-                gate = asyncio.run_coroutine_threadsafe(self._send_direct(submit, blob, url), self.loop)
-                gate.add_done_callback(self._gate_opened)
-                gates.append((submit, gate))
-        with self._lock:
-            for task_id in ids:
-                self._listeners[task_id] = listener
-            self._direct_results.update(direct_results)
-            self._outgoing.extend(submits)
-            self._gates.extend(gates)
-            schedule = not self._flush_scheduled
-            self._flush_scheduled = True
-        if schedule:
-            self.loop.call_soon_threadsafe(self._wakeup.set)
-        return [gate for _, gate in gates]
-
-    def _wait_sent(
-        self,
-        gates: list[concurrent.futures.Future[None]],
-        submits: list[wire.pb.SubmitTask],
-        deadline: float,
-    ) -> None:
-        """Wait until these uploads are done and these submits taken by the session, or the deadline."""
-        concurrent.futures.wait(gates, timeout=max(0.0, deadline - time.perf_counter()))
-        with self._taken:
-            self._taken.wait_for(
-                lambda: not any(queued is submit for queued in self._outgoing for submit in submits),
-                timeout=max(0.0, deadline - time.perf_counter()),
-            )
-
-    def _gate_opened(self, gate: concurrent.futures.Future[None]) -> None:
-        """A direct upload is over: the submits held behind it may go."""
-        self.loop.call_soon_threadsafe(self._wakeup.set)
-
-    async def _send_direct(self, submit: wire.pb.SubmitTask, blob: wire.OutgoingBlob, url: str) -> None:
-        """Upload a task's blob to its engine; on failure send it through the controller."""
-        try:
-            await self._direct.upload(url, blob)
-        except grpc.RpcError as exc:
-            self._direct.give_up(url, f"{exc.code().name}: {exc.details()}")
-            submit.direct_results = False
-            submit.blob_ids.append(blob.blob_id)
-            self._start_relay(blob)
-
-    def _start_relay(self, blob: wire.OutgoingBlob) -> None:
-        """Upload a blob to the controller (once), from any thread."""
-        if threading.get_ident() != self._thread.ident:
-            self.loop.call_soon_threadsafe(self._start_relay, blob)
-            return
-        if blob.blob_id not in self._relayed:
-            self._relayed.add(blob.blob_id)
-            task = self._background(self._upload(blob))
-            task.add_done_callback(lambda _: self._relayed.discard(blob.blob_id))
-
-    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-        """Run `coro` in the loop, holding a reference until it is done (asyncio keeps only weak ones)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _upload(self, blob: wire.OutgoingBlob) -> None:
-        try:
-            await self._stubs["Upload"](blob.raw_messages(), metadata=self._metadata)
-        except grpc.RpcError as exc:
-            log.error("upload of %d bytes failed: %s", blob.size, exc.details())
 
     # --- results ----------------------------------------------------------------------------
 
@@ -503,7 +220,7 @@ class Transport:
             if result.blob_ids:
                 self._background(self._deliver_with_blobs(result, listener, url, received))
             else:
-                listener.on_result(self._outcome(result, {}, received))
+                listener.on_result(decode_outcome(result, {}, received))
 
     async def _deliver_with_blobs(
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
@@ -513,7 +230,7 @@ class Transport:
                 blobs = {b: await self._direct.download(url, b) for b in result.blob_ids}
             else:
                 blobs = {b: await self._download(b) for b in result.blob_ids}
-            outcome = self._outcome(result, blobs, received)
+            outcome = decode_outcome(result, blobs, received)
         except (grpc.RpcError, wire.DecodingError) as exc:
             err = (
                 connection_error(exc, self.url)
@@ -523,33 +240,9 @@ class Transport:
             outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
         listener.on_result(outcome)
 
-    async def _download(self, blob_id: str) -> wire.IncomingBlob:
+    async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
         call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await receive_blob(blob_id, call)
-
-    def _outcome(self, result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
-        outcome = TaskOutcome(
-            task_id=result.task_id,
-            engine_id=result.engine_id,
-            status=_STATUS.get(result.status, "error"),
-            error=outcome_error(result),
-            execution_count=result.execution_count,
-            submitted=result.submitted,
-            started=result.started,
-            completed=result.completed,
-            received=received,
-        )
-        if result.HasField("execute_result"):
-            outcome.execute_result = dict(result.execute_result.data)
-        if outcome.error is None and result.HasField("value"):
-            try:
-                outcome.value = wire.decode(result.value, blobs)
-            except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
-                outcome.status = "error"
-                outcome.error = RemoteError(
-                    type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
-                )
-        return outcome
 
     # --- control calls ----------------------------------------------------------------------
 
@@ -632,50 +325,6 @@ class Transport:
         return list(self.call("Shutdown", request).engine_ids)
 
 
-def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wire.pb.SubmitTask:
-    """Fill in who runs the task (None: the controller picks, load-balanced)."""
-    submit.task_id = task_id
-    if target is None:
-        submit.engine_id = -1
-        submit.load_balanced = True
-    else:
-        submit.engine_id = target
-    return submit
-
-
-def encode_action(
-    action: Action, message: wire.pb.Action, function_cache: dict[int, wire.pb.Value] | None = None
-) -> wire.OutgoingBlob | None:
-    """Write an action into its protobuf message; return the blob its large values need.
-
-    `function_cache` (one per map or scatter call) encodes a function applied many times once.
-    """
-    encoder = wire.Encoder()
-    if isinstance(action, Execute):
-        message.execute.code = action.code
-        message.execute.silent = action.silent
-    elif isinstance(action, Apply):
-        apply = message.apply
-        cached = function_cache.get(id(action.function)) if function_cache is not None else None
-        if cached is None:
-            cached = encoder.encode(action.function)
-            if function_cache is not None and encoder.blob is None:
-                function_cache[id(action.function)] = cached
-        apply.function.CopyFrom(cached)
-        for arg in action.args:
-            encoder.encode_into(arg, apply.args.add())
-        for key, val in action.kwargs.items():
-            encoder.encode_into(val, apply.kwargs[key])
-    elif isinstance(action, Push):
-        ns = message.push.namespace
-        for key, val in action.namespace.items():
-            encoder.encode_into(val, ns[key])
-    else:
-        message.pull.names.extend(action.names)
-        message.pull.single = action.single
-    return encoder.blob
-
-
 def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
     """Callables for the Controller service; blobs travel as raw bytes."""
     svc = f"/{wire.CONTROLLER_SERVICE}/"
@@ -706,6 +355,3 @@ def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
             response_deserializer=None,
         ),
     }
-
-
-Callback = Callable[[TaskOutcome], None]

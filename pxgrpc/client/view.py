@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pxgrpc.client import transport as t
+from pxgrpc.client.actions import Action, Apply, Execute, Pull, Push
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
 from pxgrpc.client.errors import NoEnginesError
 from pxgrpc.partition import partition, partition_bounds
@@ -102,7 +102,7 @@ class View:
     def _start(
         self,
         fname: str,
-        action: t.Action,
+        action: Action,
         targets: Sequence[int | None],
         single: bool,
         retries: int = 0,
@@ -179,14 +179,14 @@ class DirectView(View):
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         ids, single = self._targets()
         name = getattr(f, "__name__", "apply")
-        return self._start(name, t.Apply(f, args, kwargs), ids, single)
+        return self._start(name, Apply(f, args, kwargs), ids, single)
 
     def execute(
         self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None
     ) -> AsyncResult:
         """Run `code` on the engines. Returns the AsyncResult (after waiting, if blocking)."""
         ids, single = self._targets(targets)
-        ar = self._start("execute", t.Execute(code, silent), ids, single)
+        ar = self._start("execute", Execute(code, silent), ids, single)
         if self._block(block):
             with contextlib.suppress(KeyboardInterrupt):
                 ar.get()
@@ -206,7 +206,7 @@ class DirectView(View):
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"push: {name!r} is not a valid variable name")
         ids, single = self._targets(targets)
-        return self._finish(self._start("push", t.Push(dict(ns)), ids, single), block)
+        return self._finish(self._start("push", Push(dict(ns)), ids, single), block)
 
     def update(self, ns: dict[str, Any]) -> Any:
         """Push `ns` (dict-like interface)."""
@@ -217,7 +217,7 @@ class DirectView(View):
         single_name = isinstance(names, str)
         name_list = [names] if isinstance(names, str) else list(names)
         ids, single = self._targets(targets)
-        return self._finish(self._start("pull", t.Pull(name_list, single_name), ids, single), block)
+        return self._finish(self._start("pull", Pull(name_list, single_name), ids, single), block)
 
     def get(self, key: str) -> Any:
         return self.pull(key, block=True)
@@ -250,11 +250,11 @@ class DirectView(View):
             raise NoEnginesError("scatter: the view has no engines")
         bounds = partition_bounds(len(seq), len(ids))
 
-        def pushes() -> Iterator[tuple[t.Action, int | None]]:
+        def pushes() -> Iterator[tuple[Action, int | None]]:
             # Each part is cut when its turn comes: the first engine starts on its part sooner.
             for engine_id, (start, stop) in zip(ids, bounds, strict=True):
                 part = seq[start:stop]
-                yield t.Push({key: part[0] if flatten and len(part) == 1 else part}), engine_id
+                yield Push({key: part[0] if flatten and len(part) == 1 else part}), engine_id
 
         items = pushes()
         transport = self.client._transport
@@ -276,7 +276,7 @@ class DirectView(View):
         task_ids = transport.new_task_ids(len(ids))
         ar = AsyncMapResult(self.client, task_ids, "gather", join_parts, ids)
         self.client._track(ar)
-        transport.submit(task_ids, t.Pull([key], single=True), ids, ar)
+        transport.submit(task_ids, Pull([key], single=True), ids, ar)
         return self._finish(ar, block)
 
     def map(
@@ -294,8 +294,8 @@ class DirectView(View):
             for s in sequences
         ]
         mapper = functools.partial(_map_chunk, f)
-        items: list[tuple[t.Action, int | None]] = [
-            (t.Apply(mapper, [p[i] for p in parts]), engine_id) for i, engine_id in enumerate(ids)
+        items: list[tuple[Action, int | None]] = [
+            (Apply(mapper, [p[i] for p in parts]), engine_id) for i, engine_id in enumerate(ids)
         ]
         transport = self.client._transport
         task_ids = transport.new_task_ids(len(items))
@@ -365,7 +365,7 @@ class LoadBalancedView(View):
 
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         name = getattr(f, "__name__", "apply")
-        return self._start(name, t.Apply(f, args, kwargs), [None], single=True, retries=self.retries)
+        return self._start(name, Apply(f, args, kwargs), [None], single=True, retries=self.retries)
 
     def map(
         self,
@@ -389,10 +389,10 @@ class LoadBalancedView(View):
         ]
         length = min(len(s) for s in materialized)
         mapper = functools.partial(_map_chunk, f)
-        items: list[tuple[t.Action, int | None]] = []
+        items: list[tuple[Action, int | None]] = []
         for start in range(0, length, size):
             stop = min(start + size, length)
-            items.append((t.Apply(mapper, [_chunk(s, start, stop) for s in materialized]), None))
+            items.append((Apply(mapper, [_chunk(s, start, stop) for s in materialized]), None))
         transport = self.client._transport
         task_ids = transport.new_task_ids(len(items))
         ar = AsyncMapResult(

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 
-from pxgrpc import wire
+from pxgrpc import blobstream, wire
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class BlobStore:
         except StopAsyncIteration:
             raise BlobError("BlobChunk.header: empty upload stream") from None
         try:
-            header = wire.parse_header(first)
+            header = blobstream.parse_header(first)
         except wire.DecodingError as exc:
             raise BlobError(str(exc)) from exc
         if not BLOB_ID_RE.match(header.blob_id):
@@ -160,11 +160,11 @@ class BlobStore:
     async def _receive_chunks(self, blob: Blob, it: AsyncIterator[bytes]) -> None:
         async for raw in it:
             try:
-                data = wire.parse_data_chunk(raw)
+                data = blobstream.parse_data_chunk(raw)
             except wire.DecodingError as exc:
                 raise BlobError(str(exc)) from exc
-            if len(data) > wire.MAX_CHUNK:
-                raise BlobError(f"BlobChunk.data: {len(data)} bytes is more than {wire.MAX_CHUNK}")
+            if len(data) > blobstream.MAX_CHUNK:
+                raise BlobError(f"BlobChunk.data: {len(data)} bytes is more than {blobstream.MAX_CHUNK}")
             if blob.received + len(data) > blob.size:
                 raise BlobError(f"BlobChunk.data: more bytes than BlobHeader.size ({blob.size})")
             blob.chunks.append(raw)

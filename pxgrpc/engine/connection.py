@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import diagnose, security, wire
+from pxgrpc import blobstream, diagnose, security, wire
 from pxgrpc.engine.data import DataEndpoint
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class EngineConnection:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
         self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
 
-    def upload(self, blob: wire.OutgoingBlob) -> concurrent.futures.Future[None]:
+    def upload(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Start sending a result blob; the future resolves when the controller has it."""
         return asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
 
@@ -163,7 +163,7 @@ class EngineConnection:
             return False
         return bool(self.info.token) and not self.info.uses_tls and security.is_loopback(host)
 
-    def offer(self, blob: wire.OutgoingBlob) -> concurrent.futures.Future[None]:
+    def offer(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Keep a result blob for its client's direct download (when there is a data endpoint;
         else upload it to the controller). The future resolves when it is gone."""
         if self.data is None:
@@ -295,30 +295,30 @@ class EngineConnection:
         else:
             ready.set_result(blobs)
 
-    async def _claim(self, blob_id: str) -> wire.IncomingBlob:
+    async def _claim(self, blob_id: str) -> blobstream.IncomingBlob:
         """A blob a task needs: uploaded straight here by the client, else from the controller."""
         blob = self.data.take(blob_id) if self.data is not None else None
         return blob if blob is not None else await self._download(blob_id)
 
-    async def _download(self, blob_id: str) -> wire.IncomingBlob:
+    async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
         download: Any = self.channel.unary_stream(
             f"/{wire.ENGINE_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
         call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
-        blob: wire.IncomingBlob | None = None
+        blob: blobstream.IncomingBlob | None = None
         async for raw in call:
             if blob is None:
-                header = wire.parse_header(raw)
-                blob = wire.IncomingBlob(blob_id, header.size)
+                header = blobstream.parse_header(raw)
+                blob = blobstream.IncomingBlob(blob_id, header.size)
             else:
-                blob.write(wire.parse_data_chunk(raw))
+                blob.write(blobstream.parse_data_chunk(raw))
         if blob is None or not blob.complete:
             raise wire.DecodingError(f"blob {blob_id}: the download ended early")
         return blob
 
-    async def _upload(self, blob: wire.OutgoingBlob) -> None:
+    async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
         upload: Any = self.channel.stream_unary(
             f"/{wire.ENGINE_SERVICE}/Upload",
             request_serializer=None,

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from pxgrpc import security, wire
+from pxgrpc import blobstream, security, wire
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class _Offer:
     """A result blob waiting for its download; `done` resolves when it is over (or expired)."""
 
-    blob: wire.OutgoingBlob
+    blob: blobstream.OutgoingBlob
     done: concurrent.futures.Future[None]
     expires: float
 
@@ -51,7 +51,7 @@ class DataEndpoint:
 
     def __init__(self, token: str) -> None:
         self._token = token
-        self._received: dict[str, tuple[wire.IncomingBlob, float]] = {}
+        self._received: dict[str, tuple[blobstream.IncomingBlob, float]] = {}
         self._offers: dict[str, _Offer] = {}
         self._lock = threading.Lock()  # offers come from the main thread
         self._server: grpc.aio.Server | None = None
@@ -90,12 +90,12 @@ class DataEndpoint:
 
     # --- what the engine asks -----------------------------------------------------------------
 
-    def take(self, blob_id: str) -> wire.IncomingBlob | None:
+    def take(self, blob_id: str) -> blobstream.IncomingBlob | None:
         """The blob a client uploaded for a task (once), or None if it did not come here."""
         entry = self._received.pop(blob_id, None)
         return entry[0] if entry is not None else None
 
-    def offer(self, blob: wire.OutgoingBlob) -> concurrent.futures.Future[None]:
+    def offer(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Keep a result blob for its client (from any thread); the future resolves once it has
         been downloaded, or dropped after RESULT_TTL seconds."""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -108,14 +108,14 @@ class DataEndpoint:
     async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
         it = aiter(requests)
         try:
-            header = wire.parse_header(await anext(it))
+            header = blobstream.parse_header(await anext(it))
             if not wire.BLOB_ID_RE.match(header.blob_id):
                 raise wire.DecodingError(
                     f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]"
                 )
-            blob = wire.IncomingBlob(header.blob_id, header.size)
+            blob = blobstream.IncomingBlob(header.blob_id, header.size)
             async for raw in it:
-                blob.write(wire.parse_data_chunk(raw))
+                blob.write(blobstream.parse_data_chunk(raw))
             if not blob.complete:
                 raise wire.DecodingError(
                     f"BlobChunk.data: stream ended after {blob.received} of {blob.size} bytes"

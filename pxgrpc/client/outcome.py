@@ -1,0 +1,93 @@
+"""What the client's transport reports about tasks: decoded `TaskOutcome`s, and the
+`TaskListener` that receives them (with the tasks' output) in the transport's thread.
+
+A `TaskResult` from the controller becomes a `TaskOutcome` here: its value decoded, a failure
+turned into the matching `PxError`. Nothing above the transport sees a protobuf message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pxgrpc import wire
+from pxgrpc.client.errors import EngineError, PxError, RemoteError, TaskAborted
+
+
+@dataclass
+class TaskOutcome:
+    """The end of one task on one engine, decoded."""
+
+    task_id: str
+    engine_id: int
+    status: str  # "ok", "error", "aborted" or "engine_died"
+    value: Any = None
+    error: PxError | None = None
+    execute_result: dict[str, str] | None = None
+    execution_count: int = 0
+    submitted: float = 0.0
+    started: float = 0.0
+    completed: float = 0.0
+    received: float = 0.0  # (this client's clock, when the result event arrived)
+
+
+class TaskListener(Protocol):
+    """Receives the events of tasks (called from the transport's thread)."""
+
+    def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
+
+    def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
+
+    def on_result(self, outcome: TaskOutcome) -> None: ...
+
+
+_STATUS = {
+    wire.TASK_OK: "ok",
+    wire.TASK_ERROR: "error",
+    wire.TASK_ABORTED: "aborted",
+    wire.TASK_ENGINE_DIED: "engine_died",
+}
+
+
+def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
+    """The exception a failed TaskResult stands for."""
+    status = result.status
+    if status == wire.TASK_OK:
+        return None
+    err = result.error
+    if status == wire.TASK_ENGINE_DIED:
+        return EngineError(err.evalue, result.engine_id)
+    if status == wire.TASK_ABORTED:
+        return TaskAborted(f"task {result.task_id} was aborted before it started")
+    engine_id = result.engine_id if result.engine_id >= 0 else None
+    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
+
+
+def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
+    """The outcome a TaskResult reports, its value decoded (with the blobs it references)."""
+    outcome = TaskOutcome(
+        task_id=result.task_id,
+        engine_id=result.engine_id,
+        status=_STATUS.get(result.status, "error"),
+        error=outcome_error(result),
+        execution_count=result.execution_count,
+        submitted=result.submitted,
+        started=result.started,
+        completed=result.completed,
+        received=received,
+    )
+    if result.HasField("execute_result"):
+        outcome.execute_result = dict(result.execute_result.data)
+    if outcome.error is None and result.HasField("value"):
+        try:
+            outcome.value = wire.decode(result.value, blobs)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
+            outcome.status = "error"
+            outcome.error = RemoteError(
+                type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
+            )
+    return outcome
+
+
+Callback = Callable[[TaskOutcome], None]

@@ -1,0 +1,261 @@
+"""Submitting tasks: the half of the client's `Transport` that sends work to the controller.
+
+Submits are queued and leave in batches, everything queued since the last request in one
+`SessionRequest` on the session stream. A task's large arguments travel as a blob: straight to
+its engine when the engine's data endpoint is reachable, else uploaded to the controller (a
+relay). A submit whose blob goes straight to the engine is held back (and so are the ones after
+it, to keep the order) until its upload is done: the upload is the submit's *gate*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from pxgrpc import blobstream, wire
+from pxgrpc.client.actions import Action, encode_action
+from pxgrpc.client.direct import DirectData
+from pxgrpc.client.errors import PxConnectionError
+from pxgrpc.client.outcome import TaskListener
+
+log = logging.getLogger(__name__)
+
+_task_counter = itertools.count()
+
+
+class Submitter:
+    """The submitting half of `Transport` (a mixin): the queue of submits for the session
+    stream, the gates that hold them back, and the uploads of their blobs."""
+
+    # Set up by Transport: its event loop and thread, its calls to the controller and the engines'
+    # data endpoints, and its record of the tasks in flight (guarded by _lock, as is the queue).
+    loop: asyncio.AbstractEventLoop
+    failure: PxConnectionError | None
+    _thread: threading.Thread
+    _lock: threading.Lock
+    _wakeup: asyncio.Event
+    _stubs: dict[str, Any]
+    _metadata: tuple[tuple[str, str], ...]
+    _direct: DirectData
+    _listeners: dict[str, TaskListener]
+    _direct_results: dict[str, str]
+    _background: Callable[[Coroutine[Any, Any, None]], asyncio.Future[None]]
+
+    def __init__(self) -> None:
+        """An empty queue (Transport makes `_lock` first)."""
+        self._prefix = f"{os.getpid():x}-{id(self):x}-"
+        self._outgoing: list[wire.pb.SubmitTask] = []
+        # Submits that must wait (in order) until their blob is on the engine: (submit, upload).
+        self._gates: collections.deque[tuple[wire.pb.SubmitTask, concurrent.futures.Future[None]]] = (
+            collections.deque()
+        )
+        self._relayed: set[str] = set()
+        self._flush_scheduled = False
+        # Notified (with _lock held) whenever the session takes submits from _outgoing.
+        self._taken = threading.Condition(self._lock)
+
+    def new_task_ids(self, n: int) -> list[str]:
+        """Fresh task ids (listeners are built with them before the tasks are submitted)."""
+        return [f"{self._prefix}{next(_task_counter)}" for _ in range(n)]
+
+    def submit(
+        self,
+        task_ids: Sequence[str],
+        action: Action,
+        targets: Sequence[int | None],
+        listener: TaskListener,
+        retries: int = 0,
+        encoding: wire.pb.ResultEncoding.ValueType = wire.ENCODING_PICKLE,
+    ) -> None:
+        """Run `action` on each target (None: load-balanced) as the tasks `task_ids`."""
+        template = wire.pb.SubmitTask(encoding=encoding, retries=retries)
+        blob = encode_action(action, template.action)
+        submits = []
+        for task_id, target in zip(task_ids, targets, strict=True):
+            submit = wire.pb.SubmitTask()
+            submit.CopyFrom(template)
+            submits.append(_address(submit, task_id, target))
+        # One blob for every target: straight to each engine only if all of them can take it.
+        direct = blob is not None and all(self._direct.url_for(t) for t in targets)
+        if blob is not None and not direct:
+            # Before queueing: the loop thread may send the submits the moment they are queued.
+            for submit in submits:
+                submit.blob_ids.append(blob.blob_id)
+        self._enqueue(task_ids, submits, [blob if direct else None] * len(submits), listener)
+        if blob is not None and not direct:
+            self._start_relay(blob)
+
+    def submit_each(
+        self,
+        task_ids: Sequence[str],
+        items: Iterable[tuple[Action, int | None]],
+        listener: TaskListener,
+        retries: int = 0,
+    ) -> None:
+        """Run a different action on each target (scatter, map) as the tasks `task_ids`
+        (`items` may be a generator, to build each action only when it is its turn).
+
+        Small tasks are queued together; a task with a large payload is queued as soon as it
+        is encoded, so that its upload (and its engine) starts while the next one is encoded.
+        Encoding (pickling) holds the GIL, which the upload and the session also need now and
+        then: so before encoding the next payload, this waits until the task is on its way (its
+        direct upload done, its submit taken by the session), for at most twice as long as
+        encoding its payload took. The engine then starts on it while the next one is encoded.
+        """
+        cache: dict[int, wire.pb.Value] = {}
+        submits: list[wire.pb.SubmitTask] = []
+        direct_blobs: list[blobstream.OutgoingBlob | None] = []
+        relayed = []
+        start = 0
+        for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
+            began = time.perf_counter()
+            submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
+            blob = encode_action(action, submit.action, cache)
+            submits.append(submit)
+            if blob is not None and not self._direct.url_for(target):
+                submit.blob_ids.append(blob.blob_id)
+                relayed.append(blob)
+                direct_blobs.append(None)
+            else:
+                direct_blobs.append(blob)
+            if blob is not None and i + 1 < len(task_ids):
+                gates = self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
+                for blob in relayed:
+                    self._start_relay(blob)
+                self._wait_sent(gates, submits, time.perf_counter() + 2 * (time.perf_counter() - began))
+                start, submits, direct_blobs, relayed = i + 1, [], [], []
+        self._enqueue(task_ids[start:], submits, direct_blobs, listener)
+        for blob in relayed:
+            self._start_relay(blob)
+
+    def _enqueue(
+        self,
+        ids: Sequence[str],
+        submits: list[wire.pb.SubmitTask],
+        direct_blobs: list[blobstream.OutgoingBlob | None],
+        listener: TaskListener,
+    ) -> list[concurrent.futures.Future[None]]:
+        """Queue submits for the session stream. A submit with a direct blob waits (and so do
+        the ones after it) until the blob is on its engine; direct tasks fetch their result
+        blobs from the engine when it has a reachable data endpoint. Returns the uploads."""
+        if self.failure is not None:
+            raise self.failure
+        gates = []
+        direct_results = []
+        for submit, blob in zip(submits, direct_blobs, strict=True):
+            url = self._direct.url_for(submit.engine_id) if not submit.load_balanced else None
+            if url is None:
+                continue
+            submit.direct_results = True
+            direct_results.append((submit.task_id, url))
+            if blob is not None:
+                gate = asyncio.run_coroutine_threadsafe(self._send_direct(submit, blob, url), self.loop)
+                gate.add_done_callback(self._gate_opened)
+                gates.append((submit, gate))
+        with self._lock:
+            for task_id in ids:
+                self._listeners[task_id] = listener
+            self._direct_results.update(direct_results)
+            self._outgoing.extend(submits)
+            self._gates.extend(gates)
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self.loop.call_soon_threadsafe(self._wakeup.set)
+        return [gate for _, gate in gates]
+
+    def _wait_sent(
+        self,
+        gates: list[concurrent.futures.Future[None]],
+        submits: list[wire.pb.SubmitTask],
+        deadline: float,
+    ) -> None:
+        """Wait until these uploads are done and these submits taken by the session, or the deadline."""
+        concurrent.futures.wait(gates, timeout=max(0.0, deadline - time.perf_counter()))
+        with self._taken:
+            self._taken.wait_for(
+                lambda: not any(queued is submit for queued in self._outgoing for submit in submits),
+                timeout=max(0.0, deadline - time.perf_counter()),
+            )
+
+    def _gate_opened(self, gate: concurrent.futures.Future[None]) -> None:
+        """A direct upload is over: the submits held behind it may go."""
+        self.loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _send_direct(self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str) -> None:
+        """Upload a task's blob to its engine; on failure send it through the controller."""
+        try:
+            await self._direct.upload(url, blob)
+        except grpc.RpcError as exc:
+            self._direct.give_up(url, f"{exc.code().name}: {exc.details()}")
+            submit.direct_results = False
+            submit.blob_ids.append(blob.blob_id)
+            self._start_relay(blob)
+
+    def _start_relay(self, blob: blobstream.OutgoingBlob) -> None:
+        """Upload a blob to the controller (once), from any thread."""
+        if threading.get_ident() != self._thread.ident:
+            self.loop.call_soon_threadsafe(self._start_relay, blob)
+            return
+        if blob.blob_id not in self._relayed:
+            self._relayed.add(blob.blob_id)
+            task = self._background(self._upload(blob))
+            task.add_done_callback(lambda _: self._relayed.discard(blob.blob_id))
+
+    async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
+        try:
+            await self._stubs["Upload"](blob.raw_messages(), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            log.error("upload of %d bytes failed: %s", blob.size, exc.details())
+
+    # --- the session stream's side ----------------------------------------------------------
+
+    async def _requests(self) -> Any:
+        """The session's requests: everything submitted since the last one, in one message."""
+        while True:
+            with self._lock:
+                tasks = self._take_ready()
+            if tasks:
+                yield wire.pb.SessionRequest(tasks=tasks)
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _take_ready(self) -> list[wire.pb.SubmitTask]:
+        """(With the lock held.) The submits that may go: all of them, up to the first one whose
+        blob is still on its way to the engine (order of submission is kept)."""
+        self._flush_scheduled = False
+        gates = self._gates
+        while gates and gates[0][1].done():
+            gates.popleft()
+        if not gates:
+            tasks, self._outgoing = self._outgoing, []
+            self._taken.notify_all()
+            return tasks
+        blocked = gates[0][0]
+        cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
+        tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
+        if tasks:
+            self._taken.notify_all()
+        return tasks
+
+
+def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wire.pb.SubmitTask:
+    """Fill in who runs the task (None: the controller picks, load-balanced)."""
+    submit.task_id = task_id
+    if target is None:
+        submit.engine_id = -1
+        submit.load_balanced = True
+    else:
+        submit.engine_id = target
+    return submit
