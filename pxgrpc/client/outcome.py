@@ -7,7 +7,6 @@ turned into the matching `PxError`. Nothing above the transport sees a protobuf 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,6 +87,3 @@ def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: fl
                 type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
             )
     return outcome
-
-
-Callback = Callable[[TaskOutcome], None]
