@@ -7,9 +7,10 @@ top are free, so a stream of chunks keeps asking the kernel for new pages to fau
 or pulling a 64 MB array again and again then runs at half its speed or worse.
 
 Two profiles tune glibc (`mallopt`) once per process:
-- "chunks" (clients, by default): allocations below 4 MB come from the heap, and up to 64 MB
-  freed at its top is kept. Chunks reuse pages that are already mapped, while the user's own
-  large arrays are still mapped and unmapped as glibc does by default.
+- "chunks" (clients and the controller, by default): allocations below 32 MB come from the heap,
+  and up to 64 MB freed at its top is kept: where glibc's own adaptive thresholds end up after
+  a few large frees, from the start. Chunks (and the few-MB lists that unpickling builds) reuse
+  pages that are already mapped, while larger arrays are still mapped and unmapped.
 - "all" (engines, by default; clients with `PXGRPC_REUSE_MEMORY=on`): allocations below 1 GB come
   from the heap and up to 128 MB freed is kept, so received arrays reuse memory too.
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: (glibc serves allocations below this from its heap, keeps this much freed memory) per profile.
 PROFILES = {
-    "chunks": (4 << 20, 64 << 20),
+    "chunks": (32 << 20, 64 << 20),
     "all": (1 << 30, 128 << 20),
 }
 
