@@ -192,7 +192,8 @@ class ControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Interrupt(self, request, context):
-        """Raise KeyboardInterrupt in the code running on engines; the engines stay up.
+        """Signal the engines running a task: by default SIGINT, which raises KeyboardInterrupt in the
+        running code and leaves the engines up; another signal (e.g. SIGTERM) may end them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

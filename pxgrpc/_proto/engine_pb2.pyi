@@ -122,10 +122,16 @@ class EngineCommand(_message.Message):
     ABORT_TASK_IDS_FIELD_NUMBER: _builtins.int
     INTERRUPT_FIELD_NUMBER: _builtins.int
     SHUTDOWN_FIELD_NUMBER: _builtins.int
+    INTERRUPT_SIGNAL_FIELD_NUMBER: _builtins.int
     interrupt: _builtins.bool
-    """Raise KeyboardInterrupt in the running task, if any."""
+    """Interrupt the running task, if any, with `interrupt_signal`."""
     shutdown: _builtins.bool
     """Finish nothing more and exit."""
+    interrupt_signal: _builtins.int
+    """With `interrupt`: 0 or SIGINT (2) raises KeyboardInterrupt in the running task and the
+    engine goes on; any other POSIX signal number the engine sends to its own process
+    (kill(getpid(), n)), with that signal's usual effect (SIGTERM ends the engine).
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
         """Run these, in order, after any earlier ones."""
@@ -141,10 +147,11 @@ class EngineCommand(_message.Message):
         abort_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         interrupt: _builtins.bool = ...,
         shutdown: _builtins.bool = ...,
+        interrupt_signal: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_task_ids", b"abort_task_ids", "interrupt", b"interrupt", "shutdown", b"shutdown", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_task_ids", b"abort_task_ids", "interrupt", b"interrupt", "interrupt_signal", b"interrupt_signal", "shutdown", b"shutdown", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
