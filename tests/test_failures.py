@@ -7,10 +7,20 @@ import signal
 import time
 
 import pytest
+from raw_controller import RawController
 
 import pxgrpc as ipp
+from pxgrpc import wire
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def wait_for_output(ar: ipp.AsyncResult, text: str) -> None:
+    """Until `text` was printed by every task of `ar` (so the tasks run, not just queued)."""
+    deadline = time.monotonic() + 20
+    while not all(text in out for out in (ar.stdout if isinstance(ar.stdout, list) else [ar.stdout])):
+        assert time.monotonic() < deadline, ar.stdout
+        time.sleep(0.02)
 
 
 def test_engine_killed_mid_task_fails_its_tasks_and_spares_the_others(make_cluster) -> None:  # type: ignore[no-untyped-def]
@@ -47,6 +57,40 @@ def test_multi_engine_call_reports_the_dead_engine_in_a_composite_error(make_clu
         ar.get(timeout=20)
     kinds = sorted(type(e).__name__ for e in info.value.elist)
     assert kinds == ["EngineError", "RemoteError"]
+
+
+def test_interrupt_with_sigterm_ends_the_engine_and_fails_its_task_while_others_serve(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    _, rc = make_cluster(n=3)
+    running = rc[1].execute("import time\nprint('started', flush=True)\ntime.sleep(30)", block=False)
+    others = rc[[0, 2]].apply_async(time.sleep, 1)
+    wait_for_output(running, "started")
+
+    assert running.interrupt(signal.SIGTERM) == [1]
+    with pytest.raises(ipp.EngineError, match=r"engine 1 .*after an Interrupt sent it SIGTERM"):
+        running.get(timeout=20)
+    assert others.get(timeout=20) == [None, None]
+    deadline = time.monotonic() + 10
+    while rc.ids != [0, 2] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rc.ids == [0, 2]
+    assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
+
+
+def test_interrupt_without_a_signal_number_raises_keyboard_interrupt_as_before(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster, rc = make_cluster(n=2)
+    pids = rc[:].apply_sync(os.getpid)
+    ar = rc[:].execute("import time\nprint('started', flush=True)\ntime.sleep(30)", block=False)
+    wait_for_output(ar, "started")
+    raw = RawController(cluster.connection_file)  # an older client: no signal_number
+    try:
+        outcome = raw.call("Interrupt", wire.pb.InterruptRequest(targets=wire.pb.Targets(all=True)))
+    finally:
+        raw.close()
+    assert outcome.ok and sorted(outcome.replies[0].engine_ids) == [0, 1], outcome
+    with pytest.raises(ipp.CompositeError) as info:
+        ar.get(timeout=20)
+    assert {e.ename for e in info.value.elist} == {"KeyboardInterrupt"}
+    assert rc[:].apply_sync(os.getpid) == pids
 
 
 def test_controller_going_away_fails_pending_work_instead_of_hanging(make_cluster) -> None:  # type: ignore[no-untyped-def]

@@ -188,6 +188,18 @@ def test_missing_targets_get_invalid_argument(fx: Fixture, method: str) -> None:
     rejected(fx.raw.call(method, _request(method, pb.Targets())), "targets")
 
 
+@pytest.mark.parametrize("number", [-1, 32, 999, 2**31 - 1])
+def test_interrupt_with_a_number_that_is_no_signal_gets_invalid_argument_naming_the_field(
+    fx: Fixture, number: int
+) -> None:
+    request = pb.InterruptRequest(targets=pb.Targets(all=True), signal_number=number)
+    rejected(fx.raw.call("Interrupt", request), "signal_number", str(number))
+    with pytest.raises(pxgrpc.PxConnectionError, match=f"INVALID_ARGUMENT signal_number: {number} "):
+        fx.rc.interrupt(sig=number)
+    with pytest.raises(ValueError, match=f"sig: {number} is not a signal"):
+        fx.rc[:].apply_async(abs, -1).interrupt(number)
+
+
 names = st.text(max_size=12).filter(lambda s: not s.isidentifier())
 
 

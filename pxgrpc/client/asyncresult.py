@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -288,19 +289,25 @@ class AsyncResult(concurrent.futures.Future[Any]):
         pending = [self.msg_ids[i] for i, o in enumerate(self._outcomes) if o is None]
         return self._client._transport.abort(pending) if pending else []
 
-    def interrupt(self) -> list[int]:
+    def interrupt(self, sig: int = signal.SIGINT) -> list[int]:
         """Abort this result's queued tasks and raise KeyboardInterrupt in those running.
 
         The engines stay up and keep their namespaces. Returns the engines interrupted; tasks
-        of a load-balanced view whose engine is not known yet are only aborted.
+        of a load-balanced view whose engine is not known yet are only aborted. With another
+        signal than SIGINT the engines running the tasks are sent that signal instead
+        (`ar.interrupt(signal.SIGTERM)` ends them, and the tasks fail with `EngineError`).
         """
+        try:
+            signal.Signals(sig)
+        except ValueError:
+            raise ValueError(f"sig: {sig!r} is not a signal on this platform") from None
         pending = [i for i, o in enumerate(self._outcomes) if o is None]
         engines = sorted({e for i in pending if (e := self._engine_ids[i]) is not None})
         if not pending:
             return []
         try:
             self.abort()
-            return self._client.interrupt(engines) if engines else []
+            return self._client.interrupt(engines, sig) if engines else []
         except PxError as exc:
             log.warning("%s: could not interrupt the engines: %s", self._fname, exc)
             return []

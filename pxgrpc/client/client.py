@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import os
 import pathlib
+import signal
 import sys
 import time
 import weakref
@@ -179,9 +180,14 @@ class Client:
         else:
             self._transport.abort(sorted(self.outstanding))
 
-    def interrupt(self, targets: Targets = "all") -> list[int]:
-        """Raise KeyboardInterrupt in the code running on the engines; they stay up."""
-        return self._transport.interrupt(self._build_targets(targets)[0])
+    def interrupt(self, targets: Targets = "all", sig: int = signal.SIGINT) -> list[int]:
+        """Interrupt the code running on the engines; returns the engines that were running some.
+
+        With SIGINT (the default) it raises KeyboardInterrupt there and the engines stay up.
+        Another signal goes to the engine processes: `rc.interrupt(sig=signal.SIGTERM)` ends
+        them, and their unfinished tasks fail with `EngineError`.
+        """
+        return self._transport.interrupt(self._build_targets(targets)[0], sig)
 
     def queue_status(self, targets: Targets = "all", verbose: bool = False) -> dict[int | str, Any]:
         """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`."""

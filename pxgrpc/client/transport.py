@@ -294,11 +294,12 @@ class Transport(Submitter):
         )
         return list(self.call("Abort", request).aborted)
 
-    def interrupt(self, targets: Sequence[int]) -> list[int]:
-        reply = self.call(
-            "Interrupt", wire.pb.InterruptRequest(targets=wire.pb.Targets(engine_ids=list(targets)))
+    def interrupt(self, targets: Sequence[int], signal_number: int = 0) -> list[int]:
+        """Signal the engines of `targets` that run a task (0: SIGINT); the ones signalled."""
+        request = wire.pb.InterruptRequest(
+            targets=wire.pb.Targets(engine_ids=list(targets)), signal_number=signal_number
         )
-        return list(reply.engine_ids)
+        return list(self.call("Interrupt", request).engine_ids)
 
     def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
         request = wire.pb.QueueStatusRequest(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,10 @@ class EngineRecord:
     head_since: float = field(default_factory=time.monotonic)
     _tasks: list[wire.pb.Task] = field(default_factory=list)
     _aborts: list[str] = field(default_factory=list)
-    _interrupt: bool = False
+    #: The signal of an interrupt not yet sent down the work stream (0: none).
+    _interrupt: int = 0
+    #: The name of the last signal other than SIGINT sent to the engine (it may end the engine).
+    signalled: str = ""
     _shutdown: bool = False
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -67,8 +71,13 @@ class EngineRecord:
         self._aborts.extend(task_ids)
         self._wakeup.set()
 
-    def send_interrupt(self) -> None:
-        self._interrupt = True
+    def send_interrupt(self, signal_number: int = signal.SIGINT) -> None:
+        """Interrupt the running task with `signal_number` (SIGINT: KeyboardInterrupt only)."""
+        if signal_number != signal.SIGINT:
+            self._interrupt = signal_number  # (a SIGINT does not replace another queued signal)
+            self.signalled = signal.Signals(signal_number).name
+        elif not self._interrupt:
+            self._interrupt = signal_number
         self._wakeup.set()
 
     def send_shutdown(self) -> None:
@@ -83,10 +92,14 @@ class EngineRecord:
         if self.dead:
             return None
         command = wire.pb.EngineCommand(
-            tasks=self._tasks, abort_task_ids=self._aborts, interrupt=self._interrupt, shutdown=self._shutdown
+            tasks=self._tasks,
+            abort_task_ids=self._aborts,
+            interrupt=bool(self._interrupt),
+            interrupt_signal=self._interrupt,
+            shutdown=self._shutdown,
         )
         self._tasks, self._aborts = [], []
-        self._interrupt = False
+        self._interrupt = 0
         if self._shutdown:
             self.dead = True
         return command

@@ -359,6 +359,8 @@ class TaskRouter:
         """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks."""
         if not self.registry.remove(engine):
             return
+        if engine.signalled:
+            reason = f"{reason} after an Interrupt sent it {engine.signalled}"
         lost = list(engine.inflight.values())
         engine.inflight.clear()
         retry: list[TaskRecord] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -269,11 +270,12 @@ class ControllerService(BlobTransfers):
 
     async def Interrupt(self, raw: bytes, context: Context) -> wire.pb.InterruptReply:
         request = await parse(wire.pb.InterruptRequest, raw, context)
+        signal_number = await _check_signal(request.signal_number, context)
         interrupted = []
         for engine_id in await self.state.resolve_targets(request.targets, context):
             engine = self.state.registry.get(engine_id)
             if engine is not None and engine.inflight:
-                engine.send_interrupt()
+                engine.send_interrupt(signal_number)
                 interrupted.append(engine_id)
         return wire.pb.InterruptReply(engine_ids=interrupted)
 
@@ -395,6 +397,21 @@ async def _check_encoding(encoding: int, context: Context) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             f"encoding: unknown ResultEncoding {encoding} (0 PICKLE, 1 TYPED_ONLY, 2 TYPED_OR_REPR)",
         )
+
+
+async def _check_signal(signal_number: int, context: Context) -> int:
+    """`InterruptRequest.signal_number` as a signal of this platform (0 means SIGINT)."""
+    if signal_number == 0:
+        return signal.SIGINT
+    try:
+        return signal.Signals(signal_number)
+    except ValueError:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"signal_number: {signal_number} is not a signal on the controller's platform "
+            "(0 or 2 SIGINT, 15 SIGTERM, 9 SIGKILL, ...)",
+        )
+        raise  # unreachable: abort raises
 
 
 def _values_of_apply(apply: wire.pb.ApplyAction) -> Iterator[tuple[str, wire.pb.Value]]:

@@ -271,8 +271,21 @@ class EngineConnection:
         for task_id in command.abort_task_ids:
             self._abort_queued(task_id)
         if command.interrupt and self.running_task is not None and self._main_thread is not None:
-            signal.pthread_kill(self._main_thread, signal.SIGINT)
+            self._interrupt_running_task(command.interrupt_signal or signal.SIGINT)
         return command.shutdown
+
+    def _interrupt_running_task(self, signal_number: int) -> None:
+        """SIGINT raises KeyboardInterrupt in the user's code; any other signal goes to the whole
+        process, with its usual effect (SIGTERM and SIGKILL end the engine)."""
+        assert self._main_thread is not None
+        if signal_number == signal.SIGINT:
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
+            return
+        log.warning("task %s: an interrupt sends this engine signal %d", self.running_task, signal_number)
+        try:
+            os.kill(os.getpid(), signal_number)
+        except (OSError, ValueError) as exc:  # e.g. a number that is no signal on this host
+            log.error("could not send signal %d to this engine: %s", signal_number, exc)
 
     def _abort_queued(self, task_id: str) -> None:
         """Answer a task that has not started as aborted, at once (even while another task
