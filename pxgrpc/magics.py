@@ -15,7 +15,8 @@ views at once by `view.activate(suffix)` (`rc[::2].activate("_even")` gives `%px
 
 While a blocking `%%px` cell runs, the engines' output is shown as it arrives; interrupting the
 kernel (Ctrl-C, Jupyter's stop button) interrupts the engines' code, which raises
-KeyboardInterrupt there, and stops waiting.
+KeyboardInterrupt there, and stops waiting. `--signal-on-interrupt SIGTERM` (any signal name or
+number) sends the engines that signal instead, and `--signal-on-interrupt 0` none.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import re
+import signal
 import sys
 import time
 import warnings
@@ -42,12 +44,12 @@ if TYPE_CHECKING:
 
 #: How often a blocking %%px wakes up to update the progress bar.
 POLL_SECONDS = 0.1
-#: After interrupting the engines, how long to wait for their KeyboardInterrupt reports.
+#: After signalling the engines, how long to wait for their reports (KeyboardInterrupt, or
+#: EngineError when the signal ended them).
 INTERRUPT_GRACE_SECONDS = 2.0
 
 _SLICE = re.compile(r"\[?\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?\]?")
 _NO_SIGNAL = {"0", "none", "no", "off"}
-_SIGINT = {"2", "sigint", "int"}
 
 
 def parse_targets(text: str, client: Client) -> Targets:
@@ -70,17 +72,27 @@ def parse_targets(text: str, client: Client) -> Targets:
     raise UsageError(f"--targets {text!r}: give engine ids (3, or 0,2), a slice (::2) or all")
 
 
-def parse_interrupt_signal(text: str) -> bool:
-    """`--signal-on-interrupt` as whether to interrupt the engines (SIGINT) or not (0/none)."""
-    value = text.strip().lower()
-    if value in _NO_SIGNAL:
-        return False
-    if value in _SIGINT:
-        return True
-    raise UsageError(
-        f"--signal-on-interrupt {text!r}: pxgrpc interrupts engines with SIGINT (or 0 for not at all); "
-        "to stop engines use rc.shutdown()"
-    )
+def parse_interrupt_signal(text: str) -> int:
+    """`--signal-on-interrupt` as the signal Ctrl-C sends the engines, 0 for none.
+
+    Names in any case, with or without SIG (`SIGTERM`, `term`), or numbers (`15`);
+    `0`/`none` only stops waiting.
+    """
+    value = text.strip()
+    if value.lower() in _NO_SIGNAL:
+        return 0
+    name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+    try:
+        return signal.Signals(int(value)) if value.isdigit() else signal.Signals[name]
+    except (KeyError, ValueError):
+        raise UsageError(
+            f"--signal-on-interrupt {text!r}: not a signal here; give a name (SIGINT, SIGTERM, TERM), "
+            "a number (15), or 0 to only stop waiting"
+        ) from None
+
+
+def _signal_name(signal_number: int) -> str:
+    return signal.Signals(signal_number).name if signal_number else "0"
 
 
 def _describe(targets: Any) -> str:
@@ -137,7 +149,8 @@ def _exec_args(f: Any) -> Any:
             dest="signal_on_interrupt",
             type=str,
             default=None,
-            help="on Ctrl-C: SIGINT interrupts the engines (default), 0 only stops waiting",
+            help="on Ctrl-C: the signal for the engines, a name or number (default SIGINT: "
+            "KeyboardInterrupt; SIGTERM ends them); 0 only stops waiting",
         ),
     ]
     for argument in arguments:
@@ -204,7 +217,8 @@ class ParallelMagics(Magics):
         self.verbose = False
         self.stream_output = True
         self.progress_after = 2.0
-        self.interrupt_engines = True
+        #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
+        self.signal_on_interrupt: int = signal.SIGINT
         self.last_result: AsyncResult | None = None
         self.running_locally = False
         self._autopx: _AutopxTransform | None = None
@@ -303,7 +317,9 @@ class ParallelMagics(Magics):
             save_name=args.save_name,
             stream=args.stream,
             progress_after=args.progress_after,
-            interrupt=parse_interrupt_signal(args.signal_on_interrupt) if args.signal_on_interrupt else None,
+            signal_on_interrupt=(
+                parse_interrupt_signal(args.signal_on_interrupt) if args.signal_on_interrupt else None
+            ),
             local=bool(args.local),
         )
 
@@ -317,7 +333,7 @@ class ParallelMagics(Magics):
         save_name: str | None = None,
         stream: bool | None = None,
         progress_after: float | None = None,
-        interrupt: bool | None = None,
+        signal_on_interrupt: int | None = None,
         local: bool = False,
     ) -> AsyncResult | None:
         """What %px and %%px do: submit `code`, optionally run it here too, then wait and show."""
@@ -339,7 +355,7 @@ class ParallelMagics(Magics):
             groupby,
             self.stream_output if stream is None else stream,
             self.progress_after if progress_after is None else progress_after,
-            self.interrupt_engines if interrupt is None else interrupt,
+            self.signal_on_interrupt if signal_on_interrupt is None else signal_on_interrupt,
         )
         return None
 
@@ -351,16 +367,17 @@ class ParallelMagics(Magics):
             self.running_locally = False
 
     def _wait_and_show(
-        self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, interrupt: bool
+        self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, signal_number: int
     ) -> None:
         live = LiveOutput(ar) if stream else None
         try:
             self._wait(ar, live, progress_after)
         except KeyboardInterrupt:
-            if not interrupt:
+            if not signal_number:
                 raise
-            print("Received Keyboard Interrupt. Sending signal SIGINT to engines...", file=sys.stderr)
-            ar.interrupt()
+            name = _signal_name(signal_number)
+            print(f"Received Keyboard Interrupt. Sending signal {name} to engines...", file=sys.stderr)
+            ar.interrupt(signal_number)
             ar.wait(INTERRUPT_GRACE_SECONDS)
         finally:
             if live is not None:
@@ -453,13 +470,13 @@ class ParallelMagics(Magics):
                 setattr(self.view if owner == "view" else self, name, value)
                 changed = True
         if args.signal_on_interrupt is not None:
-            self.interrupt_engines = parse_interrupt_signal(args.signal_on_interrupt)
+            self.signal_on_interrupt = parse_interrupt_signal(args.signal_on_interrupt)
             changed = True
         if not changed:
             print(
                 f"targets={self.view.targets!r} block={self.view.block} stream={self.stream_output} "
                 f"verbose={self.verbose} progress_after={self.progress_after} "
-                f"signal_on_interrupt={'SIGINT' if self.interrupt_engines else 0}"
+                f"signal_on_interrupt={_signal_name(self.signal_on_interrupt)}"
             )
 
     def autopx(self, line: str = "") -> None:

@@ -16,12 +16,14 @@ from typing import Any
 
 import nbformat
 import pytest
+from IPython.core.error import UsageError
 from nbclient import NotebookClient
 from notebooks.kernel import KernelSession, stdout_blocks
 from notebooks.seed import seed_notebook
 
 import pxgrpc
 from pxgrpc.cluster import Cluster
+from pxgrpc.magics import parse_interrupt_signal
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -202,6 +204,31 @@ def test_kernel_interrupt_during_get_interrupts_the_engines(kernel, cluster7) ->
     assert check.stream() == f"['KeyboardInterrupt'] {[1] * N}\n"
 
 
+def test_signal_on_interrupt_sigterm_ends_the_engines_of_a_px_cell(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster, _ = make_cluster(n=3)
+    session = KernelSession(kernel_env(cluster))
+    try:
+        connect = session.run("import pxgrpc as ipp\nrc = ipp.Client()\nrc.wait_for_engines(3, 30)")
+        assert connect.status == "ok", connect.summary()
+        cell = session.submit(
+            "%%px --targets 0,1 --signal-on-interrupt term\nimport time\nprint('sleeping')\ntime.sleep(60)\n"
+        )
+        session.read_until(cell, lambda c: len(stdout_blocks(c.stream())) == 2)
+        session.interrupt()
+        session.finish(cell)
+        assert cell.status == "error"
+        assert "Sending signal SIGTERM to engines" in cell.stream("stderr")
+        traceback = "\n".join(cell.error()["traceback"])
+        for e in (0, 1):
+            died = rf"EngineError: engine {e} .* after an Interrupt sent it SIGTERM"
+            assert re.search(died, traceback), traceback
+        after = session.run("rc.wait_for_engines(1, 10)\nprint(rc.ids)\n%px print('still serving')")
+        assert after.status == "ok", after.summary()
+        assert after.stream() == "[2]\n[stdout:2] \nstill serving\n"
+    finally:
+        session.close()
+
+
 # --- the magics -----------------------------------------------------------------------------
 
 
@@ -242,6 +269,35 @@ def test_pxconfig_sets_default_targets_and_verbosity(kernel: KernelSession) -> N
     finally:
         kernel.run("%pxconfig --targets all --no-verbose")
     assert "targets='all'" in kernel.run("%pxconfig").stream()
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("SIGINT", 2), ("sigterm", 15), ("INT", 2), ("Term", 15), ("15", 15), (" 9 ", 9), ("0", 0), ("none", 0)],
+)
+def test_signal_on_interrupt_takes_signal_names_and_numbers(text: str, number: int) -> None:
+    assert parse_interrupt_signal(text) == number
+
+
+@pytest.mark.parametrize("text", ["SIGBOGUS", "bogus", "999", "-15", "15.0", "SIG_DFL", "SIGTERM,"])
+def test_signal_on_interrupt_refuses_what_is_no_signal(text: str) -> None:
+    with pytest.raises(UsageError, match=r"--signal-on-interrupt .*not a signal here"):
+        parse_interrupt_signal(text)
+
+
+def test_pxconfig_sets_the_signal_on_interrupt(kernel: KernelSession) -> None:
+    try:
+        assert kernel.run("%pxconfig --signal-on-interrupt 15").status == "ok"
+        assert "signal_on_interrupt=SIGTERM" in kernel.run("%pxconfig").stream()
+        assert kernel.run("%pxconfig --signal-on-interrupt none").status == "ok"
+        assert "signal_on_interrupt=0" in kernel.run("%pxconfig").stream()
+        refused = kernel.run("%pxconfig --signal-on-interrupt SIGNOPE")
+        assert "UsageError" in refused.stream("stderr") and "SIGNOPE" in refused.stream("stderr")
+        refused = kernel.run("%%px --signal-on-interrupt 12345\n1")
+        assert "UsageError" in refused.stream("stderr") and "12345" in refused.stream("stderr")
+    finally:
+        kernel.run("%pxconfig --signal-on-interrupt SIGINT")
+    assert "signal_on_interrupt=SIGINT" in kernel.run("%pxconfig").stream()
 
 
 def test_errors_on_engines_show_each_remote_traceback(kernel: KernelSession) -> None:
