@@ -13,6 +13,7 @@ from `IncomingBlob`s. The message classes come from `pxgrpc.messages` (as `wire.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import uuid
@@ -28,6 +29,8 @@ from pxgrpc import messages as pb
 CHUNK_SIZE = 2 * 1024 * 1024
 #: Largest data chunk a peer may send.
 MAX_CHUNK = 8 * 1024 * 1024
+#: What blob ids look like (chosen by uploaders).
+BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class DecodingError(ValueError):

@@ -31,7 +31,9 @@ from pxgrpc._proto import (
     value_pb2,
 )
 
-# Malformed Values and malformed blob streams raise the same error: callers catch `wire.DecodingError`.
+# Malformed Values and malformed blob streams raise the same error: callers catch `wire.DecodingError`;
+# blob ids look the same in a `BlobSlice` as in a blob stream: `wire.BLOB_ID_RE`.
+from pxgrpc.blobstream import BLOB_ID_RE as BLOB_ID_RE
 from pxgrpc.blobstream import DecodingError as DecodingError
 from pxgrpc.blobstream import IncomingBlob, OutgoingBlob
 
@@ -73,8 +75,6 @@ ALLOWED_DTYPE_KINDS = frozenset("biufc")
 TYPED_DTYPE_RE = re.compile(r"^[<>|=]?(b1|[iu](1|2|4|8)|f(2|4|8)|c(8|16))$")
 #: Deepest nesting of lists and maps the typed result encodings produce.
 MAX_DEPTH = 100
-#: What blob ids look like (chosen by uploaders).
-BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class EncodingError(ValueError):
