@@ -131,17 +131,9 @@ class BlobStore:
         """Take an upload stream (raw serialized BlobChunks) into the store."""
         it = aiter(messages)
         try:
-            first = await anext(it)
-        except StopAsyncIteration:
-            raise BlobError("BlobChunk.header: empty upload stream") from None
-        try:
-            header = blobstream.parse_header(first)
+            header = await blobstream.read_header(it)
         except wire.DecodingError as exc:
             raise BlobError(str(exc)) from exc
-        if not wire.BLOB_ID_RE.match(header.blob_id):
-            raise BlobError(f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
-        if header.size < 0:
-            raise BlobError("BlobHeader.size: must not be negative")
         blob = self._get_or_create(header.blob_id)
         if blob.uploading or blob.complete:
             raise BlobError(f"BlobHeader.blob_id: blob {header.blob_id} was already uploaded")
