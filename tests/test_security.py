@@ -1,4 +1,4 @@
-"""Tests for pxgrpc.security: connection files, addresses, TLS material and token checks."""
+"""Tests for pxgrpc.security (connection files, addresses, TLS material) and pxgrpc.auth (token checks)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pxgrpc import certs, security
+from pxgrpc import auth, certs, security
+from pxgrpc.auth import TokenAuthInterceptor
 from pxgrpc.certs import CertKey
-from pxgrpc.security import (
-    ConnectionInfo,
-    SecurityError,
-    TokenAuthInterceptor,
-)
+from pxgrpc.security import ConnectionInfo, SecurityError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -285,8 +282,8 @@ def test_check_rules() -> None:
     assert check(CTRL + "Echo", ok) is None
     assert check(ENGINE + "Echo", security.auth_metadata(ENGINE_TOKEN)) is None
     assert check(OPEN + "Echo", None) is None
-    assert check(CTRL + "Echo", ()) == security._MISSING_TOKEN_MSG
-    assert check(CTRL + "Echo", (("authorization", "bearer "),)) == security._MISSING_TOKEN_MSG
+    assert check(CTRL + "Echo", ()) == auth._MISSING_TOKEN_MSG
+    assert check(CTRL + "Echo", (("authorization", "bearer "),)) == auth._MISSING_TOKEN_MSG
     assert check(CTRL + "Echo", (("authorization", f"Basic {CLIENT_TOKEN}"),)) is not None
     assert check(CTRL + "Echo", (("authorization", f"Bearer {CLIENT_TOKEN}"),)) is None
     assert "no token grants" in str(check("/other.Service/X", ok))
@@ -397,7 +394,7 @@ def test_real_server_token_checks(ca: CertKey, server_cert: CertKey) -> None:
         assert await _unary(channel, OPEN + "Echo", None) == b"hi"
         missing = await _rpc_error(_unary(channel, CTRL + "Echo", None))
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert missing.details() == security._MISSING_TOKEN_MSG
+        assert missing.details() == auth._MISSING_TOKEN_MSG
         wrong = await _rpc_error(_unary(channel, CTRL + "Echo", "wrong"))
         assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
         assert wrong.details() == "invalid token for pxgrpc.test.Controller"

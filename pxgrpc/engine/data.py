@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from pxgrpc import blobstream, security, wire
+from pxgrpc import auth, blobstream, security, wire
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DataEndpoint:
 
     async def start(self, host: str = "127.0.0.1") -> str:
         """Listen on an ephemeral port of `host`; return the "host:port" to advertise."""
-        interceptor = security.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
+        interceptor = auth.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
         server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Upload": grpc.stream_unary_rpc_method_handler(
