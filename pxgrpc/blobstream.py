@@ -40,7 +40,10 @@ class DecodingError(ValueError):
 
 
 def new_id() -> str:
-    """A fresh task or blob id."""
+    """A fresh blob id: 32 random hex digits (so it matches BLOB_ID_RE).
+
+    Task ids are not made here: the client numbers its tasks (`Submitter.new_task_ids`).
+    """
     return uuid.uuid4().hex
 
 

@@ -1,10 +1,13 @@
-"""The wire layer: the only module that imports the generated protobuf code.
+"""The wire layer: with `pxgrpc.messages`, the only code that imports the generated protobuf code.
 
 It turns Python values into `pxgrpc.v1.Value` messages and back, and moves large buffers as
 *blobs*: streams of `BlobChunk` messages that `pxgrpc.blobstream` builds and parses by hand so that
 the controller can relay them as raw bytes (no protobuf parse, no copy per hop).
 
-Everything else in pxgrpc imports the message classes from here (`wire.pb.Task`, ...).
+`pxgrpc.messages` gathers the message classes; this module adds the enum values, service names,
+descriptors and stubs. Everything else in pxgrpc takes the message classes from here
+(`wire.pb.Task`, ...), except `pxgrpc.blobstream`, which this module builds on and which therefore
+imports `pxgrpc.messages` itself.
 """
 
 from __future__ import annotations
