@@ -7,16 +7,18 @@ Data chunks are built and parsed here by hand, so that the controller can relay 
 bytes (no protobuf parse, no copy per hop) and a receiver can write them straight into one
 preallocated buffer.
 
-`wire.Encoder` collects a value's large buffers into an `OutgoingBlob`; `wire.decode` reads them
-from `IncomingBlob`s. The message classes come from `pxgrpc.messages` (as `wire.pb`).
+`wire.Encoder` collects a value's large buffers into an `OutgoingBlob`; `receive` assembles a
+blob stream (an upload or a download) into an `IncomingBlob`, and `wire.decode` reads from
+those. The message classes come from `pxgrpc.messages` (as `wire.pb`).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,8 @@ from pxgrpc import messages as pb
 CHUNK_SIZE = 2 * 1024 * 1024
 #: Largest data chunk a peer may send.
 MAX_CHUNK = 8 * 1024 * 1024
+#: What blob ids look like (chosen by uploaders).
+BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class DecodingError(ValueError):
@@ -36,7 +40,10 @@ class DecodingError(ValueError):
 
 
 def new_id() -> str:
-    """A fresh task or blob id."""
+    """A fresh blob id: 32 random hex digits (so it matches BLOB_ID_RE).
+
+    Task ids are not made here: the client numbers its tasks (`Submitter.new_task_ids`).
+    """
     return uuid.uuid4().hex
 
 
@@ -118,6 +125,50 @@ def parse_header(raw: bytes) -> pb.BlobHeader:
     if chunk.WhichOneof("part") != "header":
         raise DecodingError("BlobChunk.header: the first message of a blob stream must be a header")
     return chunk.header
+
+
+async def read_header(messages: AsyncIterator[bytes], blob_id: str | None = None) -> pb.BlobHeader:
+    """Read the header of a blob stream (its first message) and check it.
+
+    `blob_id` is the blob the receiver asked for (a download); without it the peer sent the blob
+    of its own accord (an upload) and the header's id must be a valid blob id. Raises
+    DecodingError naming the field, or, for a download, the blob whose stream ended early.
+    """
+    try:
+        first = await anext(messages)
+    except StopAsyncIteration:
+        raise DecodingError(_ended_early(blob_id, "BlobChunk.header: empty upload stream")) from None
+    header = parse_header(first)
+    if blob_id is None and not BLOB_ID_RE.match(header.blob_id):
+        raise DecodingError(f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    if header.size < 0:
+        raise DecodingError("BlobHeader.size: must not be negative")
+    return header
+
+
+async def receive(messages: AsyncIterable[bytes], blob_id: str | None = None) -> IncomingBlob:
+    """Assemble a blob from a stream of raw `BlobChunk`s (header first) into one buffer.
+
+    `blob_id` is as for `read_header`: the blob asked for in a download (it names the result,
+    whatever the header says), or None for an upload (the header names the blob). Raises
+    DecodingError when a message is malformed or the stream ends before the header's size.
+
+        blob = await blobstream.receive(call, blob_id)  # call: a Download's raw responses
+    """
+    it = aiter(messages)
+    header = await read_header(it, blob_id)
+    blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size)
+    async for raw in it:
+        blob.write(parse_data_chunk(raw))
+    if not blob.complete:
+        short = f"BlobChunk.data: stream ended after {blob.received} of {blob.size} bytes"
+        raise DecodingError(_ended_early(blob_id, short))
+    return blob
+
+
+def _ended_early(blob_id: str | None, upload_message: str) -> str:
+    """What to say when a blob stream stops early: the download's blob, or the upload's field."""
+    return f"blob {blob_id}: the download ended early" if blob_id is not None else upload_message
 
 
 class ReceiveBuffers:

@@ -1,16 +1,16 @@
-"""Security helpers for pxgrpc: tokens, connection files, TLS credentials and token checks.
+"""Security helpers for pxgrpc: tokens, connection files, addresses and TLS credentials.
 
 A controller publishes how to reach it in a *connection file* (JSON, mode 0600) that holds the
 address, the client token, the engine token and, with TLS, the CA that signed its certificate.
-Every RPC carries ``authorization: bearer <token>`` metadata, checked on the server by
-:class:`TokenAuthInterceptor`. The certificates themselves are made in :mod:`pxgrpc.certs`.
+Every RPC carries ``authorization: bearer <token>`` metadata (:func:`auth_metadata`), checked on
+the server by :class:`pxgrpc.auth.TokenAuthInterceptor`. The certificates themselves are made in
+:mod:`pxgrpc.certs`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
 import ipaddress
 import json
 import logging
@@ -19,12 +19,10 @@ import pathlib
 import secrets
 import stat
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-import grpc.aio
 
 from pxgrpc.certs import CertKey
 
@@ -33,17 +31,11 @@ logger = logging.getLogger(__name__)
 ENV_DIR = "PXGRPC_DIR"
 ENV_CONNECTION_FILE = "PXGRPC_CONNECTION_FILE"
 TOKEN_METADATA_KEY = "authorization"
+#: The scheme of the token in the metadata: ``authorization: bearer <token>``.
+TOKEN_SCHEME = "bearer"
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_BEARER = "bearer"
 _REQUIRED_KEYS = ("url", "token", "engine_token")
-_MISSING_TOKEN_MSG = (
-    "missing token: send 'authorization: bearer <token>' metadata; the token is in the connection file"
-)
-_ENGINE_TOKEN_HINT = " (an engine token cannot be used as a client token)"
-
-_TRequest = TypeVar("_TRequest")
-_TResponse = TypeVar("_TResponse")
 
 
 class SecurityError(Exception):
@@ -390,126 +382,9 @@ def server_options() -> list[tuple[str, object]]:
     ]
 
 
-# --------------------------------------------------------------------------- token checks
+# --------------------------------------------------------------------------- call metadata
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
     """Call metadata carrying ``token``; pass it as ``metadata=`` on every RPC."""
-    return ((TOKEN_METADATA_KEY, f"{_BEARER} {token}"),)
-
-
-def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
-    for key, value in metadata or ():
-        if key != TOKEN_METADATA_KEY:
-            continue
-        text = value.decode("latin-1") if isinstance(value, bytes) else value
-        scheme, _, token = text.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() == _BEARER and token:
-            return token.encode("utf-8")
-        return None
-    return None
-
-
-def _matches(token: bytes, accepted: frozenset[bytes]) -> bool:
-    found = False
-    for candidate in accepted:
-        found |= hmac.compare_digest(token, candidate)
-    return found
-
-
-def _service_name(method: str) -> str:
-    return method.strip("/").split("/", 1)[0]
-
-
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks ``authorization: bearer <token>`` on every RPC.
-
-    ``rules`` maps a full service prefix such as ``"/pxgrpc.v1.Controller/"`` to the set of
-    tokens accepted for it (the longest matching prefix wins). ``open_prefixes`` are method-name
-    prefixes needing no token (e.g. health). Anything matching no rule and no open prefix is
-    rejected (deny by default) with ``UNAUTHENTICATED``.
-    """
-
-    def __init__(self, rules: Mapping[str, set[str]], open_prefixes: tuple[str, ...] = ()) -> None:
-        self._rules: list[tuple[str, frozenset[bytes]]] = sorted(
-            ((prefix, _encode_tokens(prefix, tokens)) for prefix, tokens in rules.items()),
-            key=lambda item: len(item[0]),
-            reverse=True,
-        )
-        self._open_prefixes = tuple(open_prefixes)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails],
-            Awaitable[grpc.RpcMethodHandler[_TRequest, _TResponse] | None],
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
-        """Pass authorized calls through; answer the others with UNAUTHENTICATED."""
-        problem = self.check(handler_call_details.method, handler_call_details.invocation_metadata)
-        if problem is None:
-            return await continuation(handler_call_details)
-        logger.warning("rejected %s: %s", handler_call_details.method, problem)
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown method: grpc answers UNIMPLEMENTED
-        return _rejecting_handler(handler, problem)
-
-    def check(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-        """Return None when ``metadata`` authorizes a call of ``method``, else why not."""
-        if method.startswith(self._open_prefixes):
-            return None
-        accepted = self._accepted_for(method)
-        if accepted is None:
-            return f"no token grants access to {_service_name(method)}"
-        token = _bearer_token(metadata)
-        if token is None:
-            return _MISSING_TOKEN_MSG
-        if _matches(token, accepted):
-            return None
-        return f"invalid token for {_service_name(method)}" + self._hint(token, accepted)
-
-    def _accepted_for(self, method: str) -> frozenset[bytes] | None:
-        for prefix, tokens in self._rules:
-            if method.startswith(prefix):
-                return tokens
-        return None
-
-    def _hint(self, token: bytes, accepted: frozenset[bytes]) -> str:
-        valid_for = [
-            _service_name(prefix)
-            for prefix, tokens in self._rules
-            if tokens is not accepted and _matches(token, tokens)
-        ]
-        if any(name.rsplit(".", 1)[-1] == "Engine" for name in valid_for):
-            return _ENGINE_TOKEN_HINT
-        if valid_for:
-            return f" (that token is only valid for {valid_for[0]})"
-        return ""
-
-
-def _encode_tokens(prefix: str, tokens: Iterable[str]) -> frozenset[bytes]:
-    encoded = frozenset(t.encode("utf-8") for t in tokens if t)
-    if not encoded:
-        logger.warning("no usable token for %s: every call to it will be rejected", prefix)
-    return encoded
-
-
-def _rejecting_handler(
-    handler: grpc.RpcMethodHandler[_TRequest, _TResponse], message: str
-) -> grpc.RpcMethodHandler[_TRequest, _TResponse]:
-    """A handler of the same kind as ``handler`` that aborts with UNAUTHENTICATED."""
-
-    async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    kind = (handler.request_streaming, handler.response_streaming)
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[kind]
-    return factory(reject)
+    return ((TOKEN_METADATA_KEY, f"{TOKEN_SCHEME} {token}"),)

@@ -1,10 +1,13 @@
-"""The wire layer: the only module that imports the generated protobuf code.
+"""The wire layer: with `pxgrpc.messages`, the only code that imports the generated protobuf code.
 
 It turns Python values into `pxgrpc.v1.Value` messages and back, and moves large buffers as
 *blobs*: streams of `BlobChunk` messages that `pxgrpc.blobstream` builds and parses by hand so that
 the controller can relay them as raw bytes (no protobuf parse, no copy per hop).
 
-Everything else in pxgrpc imports the message classes from here (`wire.pb.Task`, ...).
+`pxgrpc.messages` gathers the message classes; this module adds the enum values, service names,
+descriptors and stubs. Everything else in pxgrpc takes the message classes from here
+(`wire.pb.Task`, ...), except `pxgrpc.blobstream`, which this module builds on and which therefore
+imports `pxgrpc.messages` itself.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from pxgrpc._proto import (
     value_pb2,
 )
 
-# Malformed Values and malformed blob streams raise the same error: callers catch `wire.DecodingError`.
+# Malformed Values and malformed blob streams raise the same error: callers catch `wire.DecodingError`;
+# blob ids look the same in a `BlobSlice` as in a blob stream: `wire.BLOB_ID_RE`.
+from pxgrpc.blobstream import BLOB_ID_RE as BLOB_ID_RE
 from pxgrpc.blobstream import DecodingError as DecodingError
 from pxgrpc.blobstream import IncomingBlob, OutgoingBlob
 
@@ -73,8 +78,6 @@ ALLOWED_DTYPE_KINDS = frozenset("biufc")
 TYPED_DTYPE_RE = re.compile(r"^[<>|=]?(b1|[iu](1|2|4|8)|f(2|4|8)|c(8|16))$")
 #: Deepest nesting of lists and maps the typed result encodings produce.
 MAX_DEPTH = 100
-#: What blob ids look like (chosen by uploaders).
-BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class EncodingError(ValueError):

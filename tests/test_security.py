@@ -1,12 +1,10 @@
-"""Tests for pxgrpc.security: connection files, addresses, TLS material and token checks."""
+"""Tests for pxgrpc.security (connection files, addresses, TLS material) and pxgrpc.auth (token checks)."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import pathlib
-import socket
 import stat
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -14,16 +12,11 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pxgrpc import certs, security
+from pxgrpc import auth, certs, security
+from pxgrpc.auth import TokenAuthInterceptor
 from pxgrpc.certs import CertKey
-from pxgrpc.security import (
-    ConnectionInfo,
-    SecurityError,
-    TokenAuthInterceptor,
-)
+from pxgrpc.security import ConnectionInfo, SecurityError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -220,39 +213,6 @@ def server_cert(ca: CertKey) -> CertKey:
     return certs.make_server_cert(ca, ["127.0.0.1"])
 
 
-def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
-    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    ips = [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
-    return ext.get_values_for_type(x509.DNSName), ips
-
-
-def test_server_cert_sans_and_chain(ca: CertKey) -> None:
-    leaf = certs.make_server_cert(ca, ["example.org", "10.1.2.3", "[fe80::1]"], days=30)
-    cert = x509.load_pem_x509_certificate(leaf.cert_pem)
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    dns, ips = _sans(cert)
-    assert {"example.org", "localhost", socket.gethostname()} <= set(dns)
-    assert {"10.1.2.3", "fe80::1", "127.0.0.1", "::1"} <= set(ips)
-    assert all(ipaddress.ip_address(ip) for ip in ips)
-    cert.verify_directly_issued_by(ca_cert)
-    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert 30 <= lifetime.days <= 31
-    assert b"PRIVATE KEY" in leaf.key_pem
-
-
-def test_ca_and_client_cert(ca: CertKey) -> None:
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    basic = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    assert basic.ca
-    client = x509.load_pem_x509_certificate(certs.make_client_cert(ca, "alice").cert_pem)
-    client.verify_directly_issued_by(ca_cert)
-    eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
-    assert "alice" in client.subject.rfc4514_string()
-
-
 def test_mutual_tls_needs_client_ca(server_cert: CertKey) -> None:
     with pytest.raises(SecurityError, match="client_ca_pem"):
         security.server_credentials(server_cert, require_client_auth=True)
@@ -285,8 +245,8 @@ def test_check_rules() -> None:
     assert check(CTRL + "Echo", ok) is None
     assert check(ENGINE + "Echo", security.auth_metadata(ENGINE_TOKEN)) is None
     assert check(OPEN + "Echo", None) is None
-    assert check(CTRL + "Echo", ()) == security._MISSING_TOKEN_MSG
-    assert check(CTRL + "Echo", (("authorization", "bearer "),)) == security._MISSING_TOKEN_MSG
+    assert check(CTRL + "Echo", ()) == auth._MISSING_TOKEN_MSG
+    assert check(CTRL + "Echo", (("authorization", "bearer "),)) == auth._MISSING_TOKEN_MSG
     assert check(CTRL + "Echo", (("authorization", f"Basic {CLIENT_TOKEN}"),)) is not None
     assert check(CTRL + "Echo", (("authorization", f"Bearer {CLIENT_TOKEN}"),)) is None
     assert "no token grants" in str(check("/other.Service/X", ok))
@@ -397,7 +357,7 @@ def test_real_server_token_checks(ca: CertKey, server_cert: CertKey) -> None:
         assert await _unary(channel, OPEN + "Echo", None) == b"hi"
         missing = await _rpc_error(_unary(channel, CTRL + "Echo", None))
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert missing.details() == security._MISSING_TOKEN_MSG
+        assert missing.details() == auth._MISSING_TOKEN_MSG
         wrong = await _rpc_error(_unary(channel, CTRL + "Echo", "wrong"))
         assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
         assert wrong.details() == "invalid token for pxgrpc.test.Controller"

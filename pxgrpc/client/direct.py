@@ -78,22 +78,9 @@ class DirectData:
         call = self._stub(url, "Download", "download")(
             wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata
         )
-        return await receive_blob(blob_id, call)
+        return await blobstream.receive(call, blob_id)
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-
-
-async def receive_blob(blob_id: str, chunks: Any) -> blobstream.IncomingBlob:
-    """Assemble a blob from a stream of raw BlobChunks (header first) into one buffer."""
-    blob: blobstream.IncomingBlob | None = None
-    async for raw in chunks:
-        if blob is None:
-            blob = blobstream.IncomingBlob(blob_id, blobstream.parse_header(raw).size)
-        else:
-            blob.write(blobstream.parse_data_chunk(raw))
-    if blob is None or not blob.complete:
-        raise wire.DecodingError(f"blob {blob_id}: the download ended early")
-    return blob

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from pxgrpc import blobstream, diagnose, security, wire
-from pxgrpc.client.direct import DirectData, receive_blob
+from pxgrpc.client.direct import DirectData
 from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
 from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
 from pxgrpc.client.submit import Submitter
@@ -242,7 +242,7 @@ class Transport(Submitter):
 
     async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
         call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
-        return await receive_blob(blob_id, call)
+        return await blobstream.receive(call, blob_id)
 
     # --- control calls ----------------------------------------------------------------------
 

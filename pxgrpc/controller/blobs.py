@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +16,6 @@ from pxgrpc import blobstream, wire
 
 log = logging.getLogger(__name__)
 
-BLOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: A complete blob nobody has referenced is dropped after this long (an orphaned upload).
 ORPHAN_TTL = 120.0
 
@@ -83,7 +81,7 @@ class BlobStore:
 
     def ref(self, blob_id: str) -> None:
         """Someone (a task, a result's reader) will need this blob: keep it until unref."""
-        if not BLOB_ID_RE.match(blob_id):
+        if not wire.BLOB_ID_RE.match(blob_id):
             raise BlobError(f"blob_ids: {blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
         blob = self._get_or_create(blob_id)
         blob.refs += 1
@@ -133,17 +131,9 @@ class BlobStore:
         """Take an upload stream (raw serialized BlobChunks) into the store."""
         it = aiter(messages)
         try:
-            first = await anext(it)
-        except StopAsyncIteration:
-            raise BlobError("BlobChunk.header: empty upload stream") from None
-        try:
-            header = blobstream.parse_header(first)
+            header = await blobstream.read_header(it)
         except wire.DecodingError as exc:
             raise BlobError(str(exc)) from exc
-        if not BLOB_ID_RE.match(header.blob_id):
-            raise BlobError(f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
-        if header.size < 0:
-            raise BlobError("BlobHeader.size: must not be negative")
         blob = self._get_or_create(header.blob_id)
         if blob.uploading or blob.complete:
             raise BlobError(f"BlobHeader.blob_id: blob {header.blob_id} was already uploaded")

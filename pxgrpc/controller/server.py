@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
-from pxgrpc import certs, security, tls
+from pxgrpc import auth, certs, security, tls
 from pxgrpc.certs import CertKey
 from pxgrpc.controller import probes
 from pxgrpc.controller.service import ControllerState, generic_handlers
@@ -141,7 +141,7 @@ class Controller:
         """Bind, start serving and write the connection file."""
         self._check_bind()
         creds, ca_pem = self._tls_material()
-        interceptor = security.TokenAuthInterceptor(
+        interceptor = auth.TokenAuthInterceptor(
             {
                 "/pxgrpc.v1.Controller/": {self.token},
                 "/pxgrpc.v1.Engine/": {self.engine_token},

@@ -320,16 +320,7 @@ class EngineConnection:
             response_deserializer=None,
         )
         call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
-        blob: blobstream.IncomingBlob | None = None
-        async for raw in call:
-            if blob is None:
-                header = blobstream.parse_header(raw)
-                blob = blobstream.IncomingBlob(blob_id, header.size)
-            else:
-                blob.write(blobstream.parse_data_chunk(raw))
-        if blob is None or not blob.complete:
-            raise wire.DecodingError(f"blob {blob_id}: the download ended early")
-        return blob
+        return await blobstream.receive(call, blob_id)
 
     async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
         upload: Any = self.channel.stream_unary(

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from pxgrpc import blobstream, security, wire
+from pxgrpc import auth, blobstream, security, wire
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DataEndpoint:
 
     async def start(self, host: str = "127.0.0.1") -> str:
         """Listen on an ephemeral port of `host`; return the "host:port" to advertise."""
-        interceptor = security.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
+        interceptor = auth.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
         server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Upload": grpc.stream_unary_rpc_method_handler(
@@ -106,23 +106,8 @@ class DataEndpoint:
     # --- the service ----------------------------------------------------------------------------
 
     async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
-        it = aiter(requests)
         try:
-            header = blobstream.parse_header(await anext(it))
-            if not wire.BLOB_ID_RE.match(header.blob_id):
-                raise wire.DecodingError(
-                    f"BlobHeader.blob_id: {header.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]"
-                )
-            blob = blobstream.IncomingBlob(header.blob_id, header.size)
-            async for raw in it:
-                blob.write(blobstream.parse_data_chunk(raw))
-            if not blob.complete:
-                raise wire.DecodingError(
-                    f"BlobChunk.data: stream ended after {blob.received} of {blob.size} bytes"
-                )
-        except StopAsyncIteration:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "BlobChunk.header: empty upload stream")
-            raise
+            blob = await blobstream.receive(requests)
         except wire.DecodingError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
