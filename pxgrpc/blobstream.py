@@ -157,9 +157,17 @@ async def receive(messages: AsyncIterable[bytes], blob_id: str | None = None) ->
     """
     it = aiter(messages)
     header = await read_header(it, blob_id)
-    blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size)
+    if blob_id is not None and header.blob_id != blob_id:
+        raise DecodingError(f"BlobHeader.blob_id: {header.blob_id!r}, but blob {blob_id} was asked for")
+    try:
+        blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size)
+    except MemoryError:
+        raise DecodingError(f"BlobHeader.size: {header.size} bytes cannot be allocated here") from None
     async for raw in it:
-        blob.write(parse_data_chunk(raw))
+        data = parse_data_chunk(raw)
+        if len(data) > MAX_CHUNK:
+            raise DecodingError(f"BlobChunk.data: {len(data)} bytes is more than {MAX_CHUNK}")
+        blob.write(data)
     if not blob.complete:
         short = f"BlobChunk.data: stream ended after {blob.received} of {blob.size} bytes"
         raise DecodingError(_ended_early(blob_id, short))

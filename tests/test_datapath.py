@@ -3,10 +3,14 @@ when the engine's data endpoint is reachable, through the controller otherwise."
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+
+from pxgrpc import blobstream, security, wire
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,3 +126,45 @@ def test_receive_buffers_forget_the_oldest_beyond_their_limit() -> None:
     addresses = [pool.take(1000).ctypes.data for _ in range(3)]
     assert pool.take(1000).ctypes.data in addresses[1:]
     assert sum(b.nbytes for b in pool._buffers) <= 2500
+
+
+def _upload_raw(rc: Any, messages: list[bytes]) -> grpc.RpcError:
+    """Upload raw BlobChunk messages to engine 0's data endpoint; return the error it answers."""
+    url = rc.engines[0]["data_url"]
+    metadata = security.auth_metadata(rc._transport.info.token)
+    with grpc.insecure_channel(url) as channel:
+        upload = channel.stream_unary(f"/{wire.ENGINE_DATA_SERVICE}/Upload")
+        with pytest.raises(grpc.RpcError) as caught:
+            upload(iter(messages), metadata=metadata, timeout=20)
+    return caught.value
+
+
+def test_the_data_endpoint_refuses_bad_uploads_and_the_engine_goes_on(make_cluster: Any) -> None:
+    _, rc = make_cluster(1)
+
+    def header(blob_id: str, size: int) -> bytes:
+        return wire.pb.BlobChunk(header=wire.pb.BlobHeader(blob_id=blob_id, size=size)).SerializeToString()
+
+    too_big = _upload_raw(rc, [header("huge", 1 << 50)])
+    assert too_big.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "BlobHeader.size" in (too_big.details() or "")
+    big_chunk = blobstream.encode_data_chunk(b"x" * (blobstream.MAX_CHUNK + 1))
+    oversized = _upload_raw(rc, [header("chunky", 16 * MB), big_chunk])
+    assert oversized.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "BlobChunk.data" in (oversized.details() or "")
+    bad_id = _upload_raw(rc, [header("no spaces allowed", 1)])
+    assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "BlobHeader.blob_id" in (bad_id.details() or "")
+    assert rc[0].apply_sync(lambda: 41 + 1) == 42
+    rc[0].push({"a": np.arange(4 * MB)}, block=True)  # a large push still goes straight there
+    assert rc[0].apply_sync(lambda: 41 + 1) == 42
+
+
+def test_a_download_whose_header_names_another_blob_is_refused() -> None:
+    async def stream() -> Any:
+        yield wire.pb.BlobChunk(header=wire.pb.BlobHeader(blob_id="other", size=1)).SerializeToString()
+        yield blobstream.encode_data_chunk(b"x")
+
+    with pytest.raises(wire.DecodingError, match=r"BlobHeader\.blob_id: 'other', but blob wanted"):
+        asyncio.run(blobstream.receive(stream(), "wanted"))
+    assert asyncio.run(blobstream.receive(stream())).blob_id == "other"  # an upload names its blob
