@@ -440,7 +440,8 @@ class ParallelMagics(Magics):
         try:
             ar.wait()
         except KeyboardInterrupt:
-            ar.interrupt()
+            if self.signal_on_interrupt:  # (as configured by %pxconfig --signal-on-interrupt)
+                ar.interrupt(self.signal_on_interrupt)
             raise
         display_outputs(ar, args.groupby)
         error = ar.exception()
