@@ -2,6 +2,7 @@
 
     python scripts/where_time_goes.py            # phases and floors (about 30 s)
     python scripts/where_time_goes.py --py-spy   # also sample the controller and an engine
+    python scripts/where_time_goes.py --quick    # fewer repetitions (a smoke test)
 
 The speed goals that `scripts/bench.py` reports as not met are bounded by costs pxgrpc does not
 control. This prints the evidence:
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -57,21 +59,30 @@ def median_ms(f: Callable[[], Any], reps: int = 9) -> float:
     return statistics.median(times) * 1e3
 
 
-def floors() -> None:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def floors(pings: int) -> None:
     print("floors")
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event(), ctx.Event()]
-    echo = ctx.Process(target=relay_floor._server_process, args=(50641, None, ready[0]), daemon=True)
+    echo_port, relay_port = free_port(), free_port()
+    echo = ctx.Process(target=relay_floor._server_process, args=(echo_port, None, ready[0]), daemon=True)
     relay = ctx.Process(
-        target=relay_floor._server_process, args=(50642, "127.0.0.1:50641", ready[1]), daemon=True
+        target=relay_floor._server_process,
+        args=(relay_port, f"127.0.0.1:{echo_port}", ready[1]),
+        daemon=True,
     )
     echo.start()
     relay.start()
     try:
         for event in ready:
             event.wait(30)
-        direct = asyncio.run(relay_floor._round_trips(50641, 2000))
-        relayed = asyncio.run(relay_floor._round_trips(50642, 2000))
+        direct = asyncio.run(relay_floor._round_trips(echo_port, pings))
+        relayed = asyncio.run(relay_floor._round_trips(relay_port, pings))
     finally:
         echo.terminate()
         relay.terminate()
@@ -111,13 +122,14 @@ def stamps(ar: Any, t0: float) -> dict[str, float]:
 def apply_phases(rc: Any, calls: int = 2000) -> None:
     e0 = rc[0]
     rows = []
-    for i in range(calls + 200):
+    warmup = calls // 10
+    for i in range(calls + warmup):
         t0 = time.time()
         ar = e0.apply_async(noop)
         queued = time.time() - t0
         ar.get()
         returned = time.time() - t0
-        if i >= 200:
+        if i >= warmup:
             rows.append(
                 {
                     "client has encoded and queued it": queued,
@@ -210,13 +222,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--py-spy", action="store_true", help="also sample the controller and an engine")
+    parser.add_argument("--quick", action="store_true", help="a short run (fewer repetitions)")
     args = parser.parse_args()
-    floors()
+    floors(300 if args.quick else 2000)
     cluster = pxgrpc.Cluster(n=2)
     rc = cluster.start_and_connect_sync()
     try:
-        apply_phases(rc)
-        scatter_gather_phases(rc)
+        apply_phases(rc, 200 if args.quick else 2000)
+        scatter_gather_phases(rc, 3 if args.quick else 15)
         if args.py_spy:
             py_spy_profile(rc, cluster)
     finally:

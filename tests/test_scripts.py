@@ -1,0 +1,55 @@
+"""The measuring scripts still run (short modes; their figures are not checked: no timing
+assertions in tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+SCRIPTS = pathlib.Path(__file__).resolve().parent.parent / "scripts"
+
+
+def run(*args: str) -> str:
+    """Run a script in its own process group; on a timeout the whole group (its clusters) goes."""
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def test_bench_runs_a_short_pxgrpc_only_table() -> None:
+    out = run(str(SCRIPTS / "bench.py"), "--quick", "--no-ipp", "--only", "apply,push,gather")
+    for label in ("cluster of 2 engines ready", "apply_sync(noop) round trip", "push 64 MB", "gather of"):
+        assert label in out, out
+    assert "all goals met:" in out
+
+
+def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
+    out = run(str(SCRIPTS / "where_time_goes.py"), "--quick")
+    for label in (
+        "through one relay process",
+        "pickle.loads of them",
+        "controller has the task for engine",
+        "engine 2 of 2 is done",
+        "client has every result (decoded, joined)",
+    ):
+        assert label in out, out
