@@ -177,3 +177,83 @@ def make_client_cert(ca: CertKey, common_name: str, days: int = 825) -> CertKey:
     """Create a client certificate signed by ``ca`` for mutual TLS."""
     builder, key, ca_key = _leaf(ca, common_name, days, ExtendedKeyUsageOID.CLIENT_AUTH)
     return CertKey(_sign(builder, ca_key), _key_pem(key))
+
+
+# --------------------------------------------------------------------------- engines' data endpoints
+
+
+class CsrError(ValueError):
+    """A certificate signing request that cannot be signed (the message says why)."""
+
+
+def make_csr(host: str) -> tuple[bytes, bytes]:
+    """A new private key and a certificate signing request for a server at ``host``.
+
+    Returns ``(csr_pem, key_pem)``: the key stays with the caller; the request goes to whoever
+    holds the CA (see :func:`sign_server_csr`).
+    """
+    key = _new_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(host))
+        .add_extension(x509.SubjectAlternativeName([_san(host)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def sign_server_csr(ca: CertKey, csr_pem: bytes, host: str, days: int = 825) -> bytes:
+    """A server certificate (PEM) signed by ``ca`` for the key of ``csr_pem``, valid for ``host``
+    only.
+
+    The request must be signed by its own key and name no host but ``host`` (in its subject
+    alternative names, if it has any); otherwise :class:`CsrError`. Only the request's public key
+    is taken: the subject, names and usages are set here.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise CsrError(f"not a PEM certificate signing request ({exc})") from None
+    if not csr.is_signature_valid:
+        raise CsrError("the request is not signed by the key it carries")
+    names = [_normal_host(h) for h in _csr_hosts(csr)]
+    wanted = _normal_host(host)
+    if names not in ([wanted], []):
+        raise CsrError(f"the request names {names}, but the endpoint is at {wanted!r} (one host, that one)")
+    public_key = csr.public_key()
+    if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey)):
+        raise CsrError(f"unsupported key type {type(public_key).__name__}; use an EC, RSA or Ed25519 key")
+    ca_cert, ca_key = _load_ca(ca)
+    builder = (
+        _builder(_name(wanted), ca_cert.subject, public_key, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .add_extension(x509.SubjectAlternativeName([_san(wanted)]), critical=False)
+    )
+    return _sign(builder, ca_key)
+
+
+def _normal_host(host: str) -> str:
+    name = host.strip().strip("[]")
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name.lower().rstrip(".")
+
+
+def _csr_hosts(csr: x509.CertificateSigningRequest) -> list[str]:
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError as exc:
+        raise CsrError(f"unreadable extensions ({exc})") from None
+    hosts: list[str] = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    hosts += san.get_values_for_type(x509.DNSName)
+    if len(hosts) != len(san):
+        raise CsrError("the request names something other than a DNS name or IP address")
+    return hosts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 import pytest
@@ -51,3 +52,37 @@ def test_ca_and_client_cert(ca: CertKey) -> None:
     eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
     assert "alice" in client.subject.rfc4514_string()
+
+
+def test_a_csr_is_signed_for_its_host_only_with_the_requesters_key(ca: CertKey) -> None:
+    csr, key_pem = certs.make_csr("10.1.2.3")
+    cert = x509.load_pem_x509_certificate(certs.sign_server_csr(ca, csr, "10.1.2.3"))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.IPAddress(ipaddress.ip_address("10.1.2.3"))]
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert cert.public_key() == x509.load_pem_x509_csr(csr).public_key()
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem))
+    assert b"PRIVATE KEY" in key_pem
+    v6, _ = certs.make_csr("fd00::0:1")
+    assert certs.sign_server_csr(ca, v6, "[fd00::1]")  # the same address, written differently
+
+
+@pytest.mark.parametrize(
+    ("csr_host", "endpoint_host", "phrase"),
+    [
+        ("10.1.2.3", "10.1.2.4", "names ['10.1.2.3'], but the endpoint is at '10.1.2.4'"),
+        ("engine.example", "10.1.2.3", "names ['engine.example']"),
+    ],
+)
+def test_a_csr_for_another_host_is_refused(
+    ca: CertKey, csr_host: str, endpoint_host: str, phrase: str
+) -> None:
+    csr, _ = certs.make_csr(csr_host)
+    with pytest.raises(certs.CsrError, match=re.escape(phrase)):
+        certs.sign_server_csr(ca, csr, endpoint_host)
+
+
+def test_a_malformed_csr_is_refused(ca: CertKey) -> None:
+    with pytest.raises(certs.CsrError, match="not a PEM certificate signing request"):
+        certs.sign_server_csr(ca, b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END", "10.1.2.3")
