@@ -35,11 +35,22 @@ class RegisterRequest(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
     DATA_URL_FIELD_NUMBER: _builtins.int
+    DATA_CSR_PEM_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
     python_version: _builtins.str
     data_url: _builtins.str
-    """"host:port" of a direct data endpoint the engine serves, or empty."""
+    """"host:port" of a direct data endpoint the engine serves, or empty. On a TLS cluster the
+    controller publishes it only when it signs `data_csr_pem` (else the engine's clients use the
+    controller's blobs).
+    """
+    data_csr_pem: _builtins.bytes
+    """TLS clusters: a PEM certificate signing request (PKCS#10) for the data endpoint's server
+    certificate, signed by the engine's own key (which never leaves the engine). It must name no
+    host but the host of `data_url` (as an IP address or DNS subject alternative name). A
+    controller that holds its CA (`--tls auto`) answers with `RegisterReply.data_cert_pem`; a
+    malformed request, or one for another host, fails the call with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -47,10 +58,11 @@ class RegisterRequest(_message.Message):
         pid: _builtins.int = ...,
         python_version: _builtins.str = ...,
         data_url: _builtins.str = ...,
+        data_csr_pem: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -63,6 +75,7 @@ class RegisterReply(_message.Message):
     ENGINE_ID_FIELD_NUMBER: _builtins.int
     REGISTRATION_TOKEN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    DATA_CERT_PEM_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.int
     registration_token: _builtins.str
     """Identifies this registration on `Work` (the first EngineMessage must carry it)."""
@@ -70,16 +83,23 @@ class RegisterReply(_message.Message):
     """How often the engine must send something up `Work`; the controller declares an engine
     dead after a few silent periods.
     """
+    data_cert_pem: _builtins.bytes
+    """The server certificate (PEM) for the data endpoint, signed by the cluster's CA for the
+    host of `RegisterRequest.data_url`; empty when the controller cannot sign (its TLS
+    certificate came from files) or no request was sent. Without it a TLS engine serves no
+    data endpoint and the controller does not publish its `data_url`.
+    """
     def __init__(
         self,
         *,
         engine_id: _builtins.int = ...,
         registration_token: _builtins.str = ...,
         heartbeat_interval: _builtins.float = ...,
+        data_cert_pem: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_id", b"engine_id", "heartbeat_interval", b"heartbeat_interval", "registration_token", b"registration_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_cert_pem", b"data_cert_pem", "engine_id", b"engine_id", "heartbeat_interval", b"heartbeat_interval", "registration_token", b"registration_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,7 +67,9 @@ class Controller:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.state = ControllerState(heartbeat_interval=config.heartbeat_interval, prefetch=config.prefetch)
+        self.state = ControllerState(
+            heartbeat_interval=config.heartbeat_interval, prefetch=config.prefetch, tls=config.tls != "off"
+        )
         self.token = config.token or security.new_token()
         self.engine_token = config.engine_token or security.new_token()
         self.connection_file = config.connection_file or security.default_connection_file(config.cluster_id)
@@ -120,6 +122,7 @@ class Controller:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         ca = certs.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
         server = certs.make_server_cert(ca, self._certificate_hosts())
+        self.state.data_ca = ca  # signs the certificates of engines' data endpoints
         if cfg.tls_client_auth:
             self._client_certs = {
                 "client": certs.make_client_cert(ca, "pxgrpc client"),

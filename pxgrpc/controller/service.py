@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from pxgrpc import wire
+from pxgrpc import certs, security, wire
 from pxgrpc.controller.blobs import BlobError, BlobStore
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.router import Session as ClientSession
@@ -47,8 +47,19 @@ async def parse(cls: type[M], raw: bytes, context: Context) -> M:
 class ControllerState:
     """Everything the handlers share."""
 
-    def __init__(self, heartbeat_interval: float = 1.0, prefetch: int = 4) -> None:
+    def __init__(
+        self,
+        heartbeat_interval: float = 1.0,
+        prefetch: int = 4,
+        *,
+        tls: bool = False,
+        data_ca: certs.CertKey | None = None,
+    ) -> None:
         self.registry = EngineRegistry()
+        #: The controller speaks TLS: engines' data endpoints must too (with a certificate of ours).
+        self.tls = tls
+        #: The CA (certificate and key) that signs engines' data endpoints (`--tls auto` only).
+        self.data_ca = data_ca
         self.blobs = BlobStore()
         self.router = TaskRouter(self.registry, self.blobs, prefetch=prefetch)
         self.heartbeat_interval = heartbeat_interval
@@ -319,12 +330,35 @@ class EngineService(BlobTransfers):
 
     async def Register(self, raw: bytes, context: Context) -> wire.pb.RegisterReply:
         request = await parse(wire.pb.RegisterRequest, raw, context)
+        data_cert = await self._data_certificate(request, context)
         engine = self.state.registry.register(request)
         return wire.pb.RegisterReply(
             engine_id=engine.engine_id,
             registration_token=engine.registration_token,
             heartbeat_interval=self.state.heartbeat_interval,
+            data_cert_pem=data_cert,
         )
+
+    async def _data_certificate(self, request: wire.pb.RegisterRequest, context: Context) -> bytes:
+        """On a TLS cluster, sign the engine's data endpoint certificate request, or (when we
+        cannot) clear its `data_url`: clients could not trust the endpoint. Plaintext clusters
+        take `data_url` as sent."""
+        if not self.state.tls:
+            return b""
+        ca = self.state.data_ca
+        if ca is None or not request.data_url or not request.data_csr_pem:
+            request.data_url = ""
+            return b""
+        try:
+            host, _ = security.split_url(request.data_url)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"data_url: {exc}")
+            raise  # unreachable: abort raises
+        try:
+            return certs.sign_server_csr(ca, request.data_csr_pem, host)
+        except certs.CsrError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"data_csr_pem: {exc}")
+            raise  # unreachable: abort raises
 
     async def Work(
         self, requests: AsyncIterator[bytes], context: Context
