@@ -123,6 +123,13 @@ class ConnectionInfo:
             return CertKey(self.tls_client_cert.encode(), self.tls_client_key.encode())
         return None
 
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials for dialing this cluster (its CA, the client certificate when there
+        is one), or None when it speaks plaintext."""
+        if not self.uses_tls:
+            return None
+        return channel_credentials(self.tls_ca.encode() if self.tls_ca else None, self.client_cert())
+
     def for_engines(self) -> ConnectionInfo:
         """A copy without the client token, safe to hand to engine hosts."""
         return dataclasses.replace(self, token="")

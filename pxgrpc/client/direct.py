@@ -2,8 +2,9 @@
 
 Engines may serve a data endpoint (`EngineData`, advertised as `EngineInfo.data_url`). A client
 that reaches it moves a direct task's large arguments and results in one hop instead of through
-the controller; one that cannot falls back to the controller for good. Runs in the transport's
-event loop.
+the controller; one that cannot falls back to the controller for good. On a TLS cluster the
+channels speak TLS, trusting the cluster's CA and presenting the connection file's client
+certificate, as the channel to the controller does. Runs in the transport's event loop.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ def enabled() -> bool:
 class DirectData:
     """Channels to the engines' data endpoints, opened on first use."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self, metadata: tuple[tuple[str, str], ...], credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self._metadata = metadata
+        self._credentials = credentials
         self._urls: dict[int, str] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
@@ -55,9 +59,13 @@ class DirectData:
     def _stub(self, url: str, method: str, kind: str) -> Any:
         channel = self._channels.get(url)
         if channel is None:
-            channel = self._channels[url] = grpc.aio.insecure_channel(
-                url, options=security.channel_options(None)
-            )
+            # No TLS server name override: the engine's certificate names the host it is dialed at.
+            options = security.channel_options(None)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(url, options=options)
+            else:
+                channel = grpc.aio.secure_channel(url, self._credentials, options=options)
+            self._channels[url] = channel
         path = f"/{wire.ENGINE_DATA_SERVICE}/{method}"
         if kind == "upload":
             return channel.stream_unary(

@@ -79,7 +79,7 @@ class Transport(Submitter):
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
-        self._direct = DirectData(self._metadata)
+        self._direct = DirectData(self._metadata, info.channel_credentials())
         # Tasks whose result blobs wait on the engine's data endpoint: task id -> its url.
         self._direct_results: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -150,9 +150,8 @@ class Transport(Submitter):
     async def _connect(self, timeout: float) -> None:
         options = security.channel_options(self.info.tls_server_name)
         self._session: grpc.aio.StreamStreamCall[Any, Any] | None = None
-        if self.info.uses_tls:
-            ca = self.info.tls_ca.encode() if self.info.tls_ca else None
-            creds = security.channel_credentials(ca, self.info.client_cert())
+        creds = self.info.channel_credentials()
+        if creds is not None:
             self.channel = grpc.aio.secure_channel(self.url, creds, options=options)
         else:
             self.channel = grpc.aio.insecure_channel(self.url, options=options)

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="wait up to this many seconds for the connection file to appear",
     )
+    parser.add_argument(
+        "--data-host",
+        default=os.environ.get("PXGRPC_DATA_HOST", ""),
+        help="TLS clusters: the address (or name) this engine's direct data endpoint listens on and "
+        "clients dial (default: $PXGRPC_DATA_HOST, else this host's address towards the controller)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         info = connection_from_args(args)
         engine = Engine(info)
         engine.conn.connect_timeout = args.timeout
+        engine.conn.data_host = args.data_host
         engine.serve(register_timeout=args.timeout + 15)
     except (security.SecurityError, diagnose.ConnectFailure, TimeoutError) as exc:
         print(f"pxgrpc-engine: {exc}", file=sys.__stderr__)

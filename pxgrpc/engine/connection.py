@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from pxgrpc import blobstream, diagnose, security, wire
-from pxgrpc.engine.data import DataEndpoint
+from pxgrpc.engine.data import DataCertificate, DataEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class EngineConnection:
         self._fetches: set[asyncio.Future[None]] = set()
         #: The direct data endpoint, when this engine offers one (see `_offers_data`).
         self.data: DataEndpoint | None = None
+        #: The host (name or address) the data endpoint listens on and is advertised at; empty:
+        #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
+        self.data_host = os.environ.get("PXGRPC_DATA_HOST", "")
         self._wakeup: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
         self._metadata = security.auth_metadata(info.engine_token)
@@ -145,23 +148,63 @@ class EngineConnection:
 
     def _channel(self) -> grpc.aio.Channel:
         options = security.channel_options(self.info.tls_server_name)
-        if self.info.uses_tls:
-            ca = self.info.tls_ca.encode() if self.info.tls_ca else None
-            creds = security.channel_credentials(ca, self.info.client_cert())
+        creds = self.info.channel_credentials()
+        if creds is not None:
             return grpc.aio.secure_channel(self.info.url, creds, options=options)
         return grpc.aio.insecure_channel(self.info.url, options=options)
 
     def _offers_data(self) -> bool:
-        """Serve a direct data endpoint? Only where plain TCP is safe and clients can use it:
-        a controller on loopback without TLS, engines started with the client token (from the
-        connection file). `PXGRPC_DATA_ENDPOINT=off` turns it off."""
+        """Serve a direct data endpoint? Only where clients can use it safely: engines started
+        with the client token (from the connection file), and a controller either on loopback
+        without TLS (plain TCP on 127.0.0.1) or with TLS and a CA in the connection file (the
+        endpoint then speaks TLS too, with a certificate the controller signs; see
+        `_use_data_certificate`). `PXGRPC_DATA_ENDPOINT=off` turns it off."""
         if os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() in ("off", "0", "no"):
             return False
         try:
             host, _ = security.split_url(self.info.url)
         except ValueError:
             return False
-        return bool(self.info.token) and not self.info.uses_tls and security.is_loopback(host)
+        if not self.info.token:
+            return False
+        if self.info.uses_tls:
+            return bool(self.info.tls_ca)
+        return security.is_loopback(host)
+
+    async def _data_address(self) -> str:
+        """Where the data endpoint listens and is reached: `data_host` when set; next to a
+        loopback controller 127.0.0.1; else this host's address on the route to the controller
+        (the address the controller's network knows it by)."""
+        host, port = security.split_url(self.info.url)
+        if security.is_loopback(host):
+            return self.data_host if self.data_host and self.info.uses_tls else "127.0.0.1"
+        if self.data_host:
+            return self.data_host
+        return await asyncio.to_thread(local_address_towards, host, port)
+
+    async def _start_data_endpoint(self) -> None:
+        host = await self._data_address()
+        tls = None
+        if self.info.uses_tls:
+            assert self.info.tls_ca is not None  # (see _offers_data)
+            mutual = self.info.client_cert() is not None
+            tls = DataCertificate(host, self.info.tls_ca.encode() if mutual else None)
+        data = DataEndpoint(self.info.token)
+        await data.start(host, tls)
+        self.data = data
+
+    async def _use_data_certificate(self, reply: wire.pb.RegisterReply) -> None:
+        """Put the certificate the controller signed in place; without one a TLS endpoint is
+        useless (clients could not trust it, and the controller does not publish it)."""
+        if self.data is None or self.data.tls is None:
+            return
+        if reply.data_cert_pem:
+            self.data.tls.install(reply.data_cert_pem)
+            log.info("direct data endpoint at %s (TLS)", self.data.url)
+            return
+        log.info("the controller signs no data endpoint certificate: bulk data goes through it")
+        data, self.data = self.data, None
+        await data.stop()
 
     def offer(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Keep a result blob for its client's direct download (when there is a data endpoint;
@@ -173,9 +216,8 @@ class EngineConnection:
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
         if self._offers_data():
-            self.data = DataEndpoint(self.info.token)
             try:
-                await self.data.start()
+                await self._start_data_endpoint()
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
                 log.warning("no direct data endpoint: %s", exc)
                 self.data = None
@@ -189,6 +231,7 @@ class EngineConnection:
         async with self._channel() as channel:
             self.channel = channel
             reply = await self._register(channel)
+            await self._use_data_certificate(reply)
             self.engine_id = reply.engine_id
             self.heartbeat = reply.heartbeat_interval or 1.0
             self.registered.set()
@@ -217,6 +260,7 @@ class EngineConnection:
             pid=os.getpid(),
             python_version=wire.python_version(),
             data_url=self.data.url if self.data is not None else "",
+            data_csr_pem=self.data.tls.csr_pem if self.data is not None and self.data.tls else b"",
         )
         target = diagnose.ConnectTarget.of(self.info, role="engine")
         deadline = self.loop.time() + self.connect_timeout
@@ -329,6 +373,16 @@ class EngineConnection:
             response_deserializer=wire.pb.UploadReply.FromString,
         )
         await upload(blob.raw_messages(), metadata=self._metadata)
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """This host's IP address on the route to `host` (no packet is sent: a UDP socket is only
+    connected, which picks the source address)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.connect(address)
+        local: str = probe.getsockname()[0]
+    return local.split("%", 1)[0]
 
 
 def aborted_event(task_id: str, engine_id: int) -> wire.pb.TaskEvent:

@@ -3,9 +3,11 @@ this engine in one hop, instead of through the controller.
 
 A client uploads the blobs of a task here before it submits the task, and downloads here the
 result blobs of tasks it submitted with `direct_results`. Chunks are taken and given as raw
-serialized `BlobChunk`s, as on the controller. The endpoint runs in the engine's I/O thread and is
-offered only where it needs no TLS (see `EngineConnection`); clients fall back to the controller
-when they cannot reach it.
+serialized `BlobChunk`s, as on the controller. The endpoint runs in the engine's I/O thread.
+On a plaintext loopback cluster it is plain TCP on 127.0.0.1; on a TLS cluster it speaks TLS
+with a certificate the controller's CA signs at registration (`DataCertificate`), and asks for
+client certificates when the cluster does. Clients fall back to the controller when they cannot
+reach it (see `EngineConnection._offers_data` for when it is offered).
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from pxgrpc import auth, blobstream, security, wire
+from pxgrpc import auth, blobstream, certs, security, wire
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,46 @@ class _Offer:
     expires: float
 
 
+class DataCertificate:
+    """The TLS side of a data endpoint: a key made here, the request the controller signs
+    (`csr_pem`), and server credentials that switch to the signed certificate once it comes.
+
+    The port must be known before registering (it is in `data_url`), but the certificate comes
+    back from the registration: until `install`, the server holds a throwaway certificate no
+    client trusts (and no client knows the address yet).
+    """
+
+    def __init__(self, host: str, client_ca_pem: bytes | None) -> None:
+        self.csr_pem, self._key_pem = certs.make_csr(host)
+        self._client_ca = client_ca_pem
+        placeholder = certs.make_server_cert(certs.make_ca("pxgrpc placeholder"), [host], days=1)
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._pending_lock = threading.Lock()  # gRPC fetches from its own threads
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(placeholder.cert_pem, placeholder.key_pem),
+            # (gRPC documents None as "no change"; its stubs do not say so)
+            cast("Callable[[], grpc.ServerCertificateConfiguration]", self._fetch),
+            require_client_authentication=client_ca_pem is not None,
+        )
+
+    def install(self, cert_pem: bytes) -> None:
+        """Serve with `cert_pem` (the controller's signature on our key) from the next handshake."""
+        configuration = self._configuration(cert_pem, self._key_pem)
+        with self._pending_lock:
+            self._pending = configuration
+
+    def _configuration(self, cert_pem: bytes, key_pem: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(key_pem, cert_pem)], root_certificates=self._client_ca
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        # gRPC asks before each handshake; None keeps the current configuration.
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+
 class DataEndpoint:
     """Serves `pxgrpc.v1.EngineData` to clients that hold `token`."""
 
@@ -57,9 +99,12 @@ class DataEndpoint:
         self._server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.url = ""
+        #: The TLS certificate machinery, when the endpoint speaks TLS.
+        self.tls: DataCertificate | None = None
 
-    async def start(self, host: str = "127.0.0.1") -> str:
-        """Listen on an ephemeral port of `host`; return the "host:port" to advertise."""
+    async def start(self, host: str = "127.0.0.1", tls: DataCertificate | None = None) -> str:
+        """Listen on an ephemeral port of `host` (with TLS when given `tls`); return the
+        "host:port" to advertise."""
         interceptor = auth.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
         server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
@@ -71,7 +116,12 @@ class DataEndpoint:
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(wire.ENGINE_DATA_SERVICE, handlers)]
         )
-        port = server.add_insecure_port(security.join_url(host, 0))
+        address = security.join_url(host, 0)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials)
+        self.tls = tls
         await server.start()
         self._server = server
         self._sweeper = asyncio.create_task(self._sweep())
