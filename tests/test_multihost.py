@@ -3,8 +3,10 @@
 Four hosts, each its own network namespace with one interface on a bridge (10.77.0.0/24):
 
     ctl  10.77.0.1   pxgrpc-controller --ip 10.77.0.1 --tls auto   (the others know it as head.lan)
-    e1   10.77.0.2   two engines, from a copy of controller-engine.json
-    e2   10.77.0.3   two engines, from a copy of controller-engine.json
+    e1   10.77.0.2   two engines, from a copy of controller.json: they serve a direct data
+                     endpoint on 10.77.0.2 over TLS (certificate signed by the controller)
+    e2   10.77.0.3   two engines, from a copy of controller-engine.json (no client token, so
+                     no data endpoint: their bulk data goes through the controller)
     cli  10.77.0.4   a Client from a copy of controller.json: execute/push/pull/scatter/gather
 
 Each host has its own PXGRPC_DIR; files move between them only by explicit copies, as an
@@ -30,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,7 +229,7 @@ def cluster(lan: Lan) -> LanCluster:
     info = security.read_connection_file(conn)
     assert info.url.startswith(f"{lan.addr('ctl')}:") and info.tls_ca
     engine_file = security.engine_connection_file(conn)
-    copies = {host: lan.copy(engine_file, host) for host in ("e1", "e2")}
+    copies = {"e1": lan.copy(conn, "e1"), "e2": lan.copy(engine_file, "e2")}
     ca_files = {}
     for host in ("e1", "e2", "cli"):
         ca_files[host] = lan.home(host) / "ca.pem"
@@ -257,7 +260,23 @@ CLIENT_SCRIPT = textwrap.dedent(
     dv.scatter("part", list(range(10)))
     dv.execute("scaled = [v * factor for v in part]; big_sum = int(big.sum())")
     lview = rc.load_balanced_view()
+    relayed = []
+    relay = rc._transport._upload
+
+    async def counted(blob):
+        relayed.append(blob.blob_id)
+        await relay(blob)
+
+    rc._transport._upload = counted
+    direct = [e["id"] for e in rc.engines if e["data_url"]]
+    large = np.random.default_rng(7).random(4_000_000)  # 32 MB
+    rc[direct].push({"large": large}, block=True)
+    large_back = [bool(np.array_equal(a, large)) for a in rc[direct].pull("large", block=True)]
     print(json.dumps({
+        "data_urls": [e["data_url"] for e in rc.engines],
+        "large_back": large_back,
+        "large_relayed": len(relayed),
+        "gave_up": sorted(rc._transport._direct._broken),
         "tls": bool(rc.connection_info.tls_ca),
         "url": rc.connection_info.url,
         "addresses": dv.pull("my_address"),
@@ -297,10 +316,19 @@ REFUSED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_client_host_drives_engines_on_two_other_hosts_over_tls(lan: Lan, cluster: LanCluster) -> None:
+@pytest.fixture(scope="module")
+def client_run(lan: Lan, cluster: LanCluster) -> dict[str, Any]:
+    """What CLIENT_SCRIPT, run on the client host, saw."""
     result = lan.run("cli", ["-c", CLIENT_SCRIPT, str(cluster.client_file)])
     assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_client_host_drives_engines_on_two_other_hosts_over_tls(
+    lan: Lan, cluster: LanCluster, client_run: dict[str, Any]
+) -> None:
+    out = client_run
     assert out["tls"] and out["url"] == cluster.url
     assert sorted(out["addresses"]) == [lan.addr("e1")] * 2 + [lan.addr("e2")] * 2
     assert out["parts"] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
@@ -308,6 +336,18 @@ def test_client_host_drives_engines_on_two_other_hosts_over_tls(lan: Lan, cluste
     expected_sum = sum(range(2_000_000))
     assert out["big_sums"] == [expected_sum] * 4 and out["big_back"] == expected_sum
     assert out["squares"] == [v * v for v in range(8)]
+
+
+def test_engines_with_the_client_file_serve_bulk_data_directly_at_their_lan_address(
+    lan: Lan, client_run: dict[str, Any]
+) -> None:
+    out = client_run
+    for url, address in zip(out["data_urls"], out["addresses"], strict=True):
+        assert url == "" or url.startswith(f"{address}:")
+    hosts = sorted(url.rpartition(":")[0] for url in out["data_urls"] if url)
+    assert hosts == [lan.addr("e1")] * 2 and out["data_urls"].count("") == 2
+    assert out["large_back"] == [True, True]
+    assert out["large_relayed"] == 0 and out["gave_up"] == []
 
 
 def test_hosts_without_token_or_ca_are_refused(lan: Lan, cluster: LanCluster) -> None:

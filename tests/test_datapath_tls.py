@@ -1,0 +1,205 @@
+"""The direct data path on TLS clusters: with `--tls auto` the controller signs each engine's data
+endpoint certificate at registration, and large arguments and results travel straight between
+client and engine over TLS, with the same token and client-certificate checks as the controller.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from cryptography import x509
+from test_datapath import MB, _forbid_relay
+from test_tls import spawned, start_cluster, wait_for_connection_file, write_pem
+
+import pxgrpc as ipp
+from pxgrpc import certs, security, wire
+from pxgrpc.cluster import Cluster
+from pxgrpc.security import ConnectionInfo
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[Cluster]:
+    """A `--tls auto` controller with two engines (no client certificates)."""
+    cluster = start_cluster(2, "--tls", "auto")
+    try:
+        yield cluster
+    finally:
+        cluster.stop_cluster_sync()
+
+
+@pytest.fixture(scope="module")
+def mtls_cluster() -> Iterator[Cluster]:
+    """A `--tls auto --tls-client-auth` controller with two engines."""
+    cluster = start_cluster(2, "--tls", "auto", "--tls-client-auth")
+    try:
+        yield cluster
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def _info(cluster: Cluster) -> ConnectionInfo:
+    return security.read_connection_file(cluster.connection_file)
+
+
+def _client(cluster: Cluster) -> ipp.Client:
+    rc = ipp.Client(cluster.connection_file, timeout=10)
+    rc.wait_for_engines(2, timeout=30)
+    return rc
+
+
+@pytest.mark.parametrize("which", ["tls_cluster", "mtls_cluster"])
+def test_tls_engines_offer_a_data_endpoint_and_large_data_goes_straight_there(
+    which: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster: Cluster = request.getfixturevalue(which)
+    with _client(cluster) as rc:
+        urls = [e["data_url"] for e in rc.engines]
+        assert all(url.startswith("127.0.0.1:") for url in urls) and len(set(urls)) == 2
+        _forbid_relay(rc, monkeypatch)
+        data = np.random.default_rng(4).random(32 * MB // 8)
+        rc[0].push({"a": data}, block=True)
+        assert np.array_equal(rc[0].pull("a", block=True), data)
+        rc[:].push({"b": data[: 4 * MB // 8]}, block=True)
+        assert all(np.array_equal(b, data[: 4 * MB // 8]) for b in rc[:].pull("b", block=True))
+        assert not rc._transport._direct._broken
+
+
+def test_the_data_certificate_is_signed_by_the_cluster_ca_for_the_engine_host_only(
+    tls_cluster: Cluster,
+) -> None:
+    info = _info(tls_cluster)
+    with _client(tls_cluster) as rc:
+        host, port = security.split_url(rc.engines[0]["data_url"])
+    pem = ssl.get_server_certificate((host, port), ca_certs=None, timeout=10)
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    ca = x509.load_pem_x509_certificate((info.tls_ca or "").encode())
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [host]
+    assert san.get_values_for_type(x509.DNSName) == []
+
+
+def _data_call(url: str, credentials: grpc.ChannelCredentials | None, token: str) -> grpc.RpcError:
+    """Ask the data endpoint at `url` for a blob it does not hold; return its answer."""
+    options = security.channel_options(None)
+    if credentials is None:
+        channel = grpc.insecure_channel(url, options=options)
+    else:
+        channel = grpc.secure_channel(url, credentials, options=options)
+    with channel:
+        download = channel.unary_stream(
+            f"/{wire.ENGINE_DATA_SERVICE}/Download",
+            request_serializer=wire.pb.DownloadRequest.SerializeToString,
+        )
+        request = wire.pb.DownloadRequest(blob_id="nothing-here")
+        call = download(request, metadata=security.auth_metadata(token), timeout=10)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(call)
+    return caught.value
+
+
+def test_the_tls_data_endpoint_refuses_plaintext_missing_client_certs_and_wrong_tokens(
+    mtls_cluster: Cluster,
+) -> None:
+    info = _info(mtls_cluster)
+    ca = (info.tls_ca or "").encode()
+    with _client(mtls_cluster) as rc:
+        url = rc.engines[0]["data_url"]
+        plaintext = _data_call(url, None, info.token)
+        assert plaintext.code() == grpc.StatusCode.UNAVAILABLE
+        no_client_cert = _data_call(url, security.channel_credentials(ca), info.token)
+        assert no_client_cert.code() == grpc.StatusCode.UNAVAILABLE
+        foreign = certs.make_client_cert(certs.make_ca("someone else"), "mallory")
+        foreign_cert = _data_call(url, security.channel_credentials(ca, foreign), info.token)
+        assert foreign_cert.code() == grpc.StatusCode.UNAVAILABLE
+        wrong_token = _data_call(url, info.channel_credentials(), info.engine_token)
+        assert wrong_token.code() == grpc.StatusCode.UNAUTHENTICATED
+        allowed = _data_call(url, info.channel_credentials(), info.token)
+        assert allowed.code() == grpc.StatusCode.NOT_FOUND  # through to the service itself
+        assert rc[0].apply_sync(lambda: 41 + 1) == 42
+        rc[0].push({"a": np.arange(4 * MB)}, block=True)
+        assert not rc._transport._direct._broken
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _register(info: ConnectionInfo, request: wire.pb.RegisterRequest) -> tuple[grpc.StatusCode, Any]:
+    """Call Engine/Register as an engine would (raw gRPC); return the status and reply/details."""
+    credentials = info.channel_credentials()
+    assert credentials is not None
+    options = security.channel_options(info.tls_server_name)
+    with grpc.secure_channel(info.url, credentials, options=options) as channel:
+        register = channel.unary_unary(
+            f"/{wire.ENGINE_SERVICE}/Register",
+            request_serializer=wire.pb.RegisterRequest.SerializeToString,
+            response_deserializer=wire.pb.RegisterReply.FromString,
+        )
+        try:
+            reply = register(request, metadata=security.auth_metadata(info.engine_token), timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+    return grpc.StatusCode.OK, reply
+
+
+def test_registration_refuses_a_csr_for_another_host_or_a_malformed_one(tls_cluster: Cluster) -> None:
+    info = _info(tls_cluster)
+    other_host, _ = certs.make_csr("10.9.8.7")
+    for csr, phrase in ((other_host, "'10.9.8.7'"), (b"not a csr", "not a PEM certificate signing request")):
+        request = wire.pb.RegisterRequest(hostname="h", pid=1, data_url="127.0.0.1:5", data_csr_pem=csr)
+        code, details = _register(info, request)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("data_csr_pem: ") and phrase in details
+    csr, _ = certs.make_csr("127.0.0.1")
+    request = wire.pb.RegisterRequest(hostname="h", pid=1, data_url="127.0.0.1:5", data_csr_pem=csr)
+    code, reply = _register(info, request)
+    assert code == grpc.StatusCode.OK
+    cert = x509.load_pem_x509_certificate(reply.data_cert_pem)
+    assert cert.public_key() == x509.load_pem_x509_csr(csr).public_key()
+    code, reply = _register(info, wire.pb.RegisterRequest(hostname="h", pid=1, data_url="127.0.0.1:5"))
+    assert code == grpc.StatusCode.OK and reply.data_cert_pem == b""  # no request, no endpoint
+    with _client(tls_cluster) as rc:
+        assert rc[:].apply_sync(lambda: "still here") == ["still here"] * 2
+        assert all(e["data_url"] for e in rc.engines)
+
+
+def test_engines_of_a_controller_with_your_own_certificate_use_the_relay(tmp_path: pathlib.Path) -> None:
+    ca = certs.make_ca("my CA")
+    server = certs.make_server_cert(ca, ["127.0.0.1"])
+    conn = tmp_path / "controller.json"
+    controller = [
+        "pxgrpc.controller",
+        "--file",
+        str(conn),
+        "--tls-cert",
+        str(write_pem(tmp_path / "server.pem", server.cert_pem)),
+        "--tls-key",
+        str(write_pem(tmp_path / "server-key.pem", server.key_pem)),
+        "--tls-ca",
+        str(write_pem(tmp_path / "ca.pem", ca.cert_pem)),
+    ]
+    with spawned(controller) as proc:
+        wait_for_connection_file(conn, proc)
+        with spawned(["pxgrpc.engine", "--file", str(conn)]), ipp.Client(conn, timeout=10) as rc:
+            rc.wait_for_engines(1, timeout=30)
+            assert rc.engines[0]["data_url"] == ""  # the controller cannot sign: nothing published
+            data = np.random.default_rng(5).random(2 * MB)
+            rc[0].push({"a": data}, block=True)
+            assert np.array_equal(rc[0].pull("a", block=True), data)
+
+
+def test_an_engine_from_the_engine_only_file_offers_no_data_endpoint(tls_cluster: Cluster) -> None:
+    engine_file = security.engine_connection_file(tls_cluster.connection_file)
+    with _client(tls_cluster) as rc, spawned(["pxgrpc.engine", "--file", str(engine_file)]):
+        rc.wait_for_engines(3, timeout=30)
+        newest = max(rc.engines, key=lambda e: e["id"])
+        assert newest["data_url"] == ""
