@@ -14,6 +14,8 @@ credentials is :mod:`pxgrpc.security`'s job.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -200,6 +202,11 @@ def make_csr(host: str) -> tuple[bytes, bytes]:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def csr_mac(csr_pem: bytes, token: str) -> bytes:
+    """Proof that whoever sent ``csr_pem`` holds ``token`` (HMAC-SHA256 keyed with it)."""
+    return hmac.new(token.encode(), csr_pem, hashlib.sha256).digest()
 
 
 def sign_server_csr(ca: CertKey, csr_pem: bytes, host: str, days: int = 825) -> bytes:

@@ -151,17 +151,25 @@ def _register(info: ConnectionInfo, request: wire.pb.RegisterRequest) -> tuple[g
     return grpc.StatusCode.OK, reply
 
 
+def _csr_request(csr: bytes, token: str) -> wire.pb.RegisterRequest:
+    return wire.pb.RegisterRequest(
+        hostname="h", pid=1, data_url="127.0.0.1:5", data_csr_pem=csr, data_csr_mac=certs.csr_mac(csr, token)
+    )
+
+
 def test_registration_refuses_a_csr_for_another_host_or_a_malformed_one(tls_cluster: Cluster) -> None:
     info = _info(tls_cluster)
     other_host, _ = certs.make_csr("10.9.8.7")
     for csr, phrase in ((other_host, "'10.9.8.7'"), (b"not a csr", "not a PEM certificate signing request")):
-        request = wire.pb.RegisterRequest(hostname="h", pid=1, data_url="127.0.0.1:5", data_csr_pem=csr)
-        code, details = _register(info, request)
+        code, details = _register(info, _csr_request(csr, info.token))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert details.startswith("data_csr_pem: ") and phrase in details
     csr, _ = certs.make_csr("127.0.0.1")
-    request = wire.pb.RegisterRequest(hostname="h", pid=1, data_url="127.0.0.1:5", data_csr_pem=csr)
-    code, reply = _register(info, request)
+    for token in ("", info.engine_token):  # an engine without the client token gets no certificate
+        code, details = _register(info, _csr_request(csr, token))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert details.startswith("data_csr_mac: ") and "controller.json" in details
+    code, reply = _register(info, _csr_request(csr, info.token))
     assert code == grpc.StatusCode.OK
     cert = x509.load_pem_x509_certificate(reply.data_cert_pem)
     assert cert.public_key() == x509.load_pem_x509_csr(csr).public_key()

@@ -37,6 +37,7 @@ class RegisterRequest(_message.Message):
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
     DATA_URL_FIELD_NUMBER: _builtins.int
     DATA_CSR_PEM_FIELD_NUMBER: _builtins.int
+    DATA_CSR_MAC_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
     python_version: _builtins.str
@@ -52,6 +53,12 @@ class RegisterRequest(_message.Message):
     controller that holds its CA (`--tls auto`) answers with `RegisterReply.data_cert_pem`; a
     malformed request, or one for another host, fails the call with INVALID_ARGUMENT.
     """
+    data_csr_mac: _builtins.bytes
+    """With `data_csr_pem`: HMAC-SHA256 of `data_csr_pem` keyed with the client token (UTF-8). The
+    endpoint checks client tokens, so only an engine that holds one gets a certificate (an
+    engine token alone must not yield a certificate from the cluster's CA); a missing or wrong
+    one fails the call with PERMISSION_DENIED.
+    """
     def __init__(
         self,
         *,
@@ -60,10 +67,11 @@ class RegisterRequest(_message.Message):
         python_version: _builtins.str = ...,
         data_url: _builtins.str = ...,
         data_csr_pem: _builtins.bytes = ...,
+        data_csr_mac: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,10 +67,13 @@ class Controller:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.state = ControllerState(
-            heartbeat_interval=config.heartbeat_interval, prefetch=config.prefetch, tls=config.tls != "off"
-        )
         self.token = config.token or security.new_token()
+        self.state = ControllerState(
+            heartbeat_interval=config.heartbeat_interval,
+            prefetch=config.prefetch,
+            tls=config.tls != "off",
+            client_token=self.token,
+        )
         self.engine_token = config.engine_token or security.new_token()
         self.connection_file = config.connection_file or security.default_connection_file(config.cluster_id)
         self.engine_connection_file = security.engine_connection_file(self.connection_file)

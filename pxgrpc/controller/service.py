@@ -8,6 +8,7 @@ relayed without being parsed at all.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import time
@@ -54,12 +55,15 @@ class ControllerState:
         *,
         tls: bool = False,
         data_ca: certs.CertKey | None = None,
+        client_token: str = "",
     ) -> None:
         self.registry = EngineRegistry()
         #: The controller speaks TLS: engines' data endpoints must too (with a certificate of ours).
         self.tls = tls
         #: The CA (certificate and key) that signs engines' data endpoints (`--tls auto` only).
         self.data_ca = data_ca
+        #: Engines prove they hold it before their data endpoint gets a certificate.
+        self.client_token = client_token
         self.blobs = BlobStore()
         self.router = TaskRouter(self.registry, self.blobs, prefetch=prefetch)
         self.heartbeat_interval = heartbeat_interval
@@ -354,6 +358,13 @@ class EngineService(BlobTransfers):
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"data_url: {exc}")
             raise  # unreachable: abort raises
+        expected = certs.csr_mac(request.data_csr_pem, self.state.client_token)
+        if not hmac.compare_digest(request.data_csr_mac, expected):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "data_csr_mac: not keyed with the client token; only engines started from the "
+                "full connection file (controller.json) serve a data endpoint",
+            )
         try:
             return certs.sign_server_csr(ca, request.data_csr_pem, host)
         except certs.CsrError as exc:

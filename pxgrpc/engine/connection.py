@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, security, wire
+from pxgrpc import blobstream, certs, diagnose, security, wire
 from pxgrpc.engine.data import DataCertificate, DataEndpoint
 
 log = logging.getLogger(__name__)
@@ -260,8 +260,10 @@ class EngineConnection:
             pid=os.getpid(),
             python_version=wire.python_version(),
             data_url=self.data.url if self.data is not None else "",
-            data_csr_pem=self.data.tls.csr_pem if self.data is not None and self.data.tls else b"",
         )
+        if self.data is not None and self.data.tls is not None:
+            request.data_csr_pem = self.data.tls.csr_pem
+            request.data_csr_mac = certs.csr_mac(self.data.tls.csr_pem, self.info.token)
         target = diagnose.ConnectTarget.of(self.info, role="engine")
         deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
