@@ -18,6 +18,7 @@ Connection files, the tokens themselves and TLS credentials are in `pxgrpc.secur
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -70,15 +71,40 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     tokens accepted for it (the longest matching prefix wins). ``open_prefixes`` are method-name
     prefixes needing no token (e.g. health). Anything matching no rule and no open prefix is
     rejected (deny by default) with ``UNAUTHENTICATED``.
+
+    ``token_sha256`` maps service prefixes to SHA-256 digests of further accepted tokens: a
+    server that must check a token it should not hold (an engine's data endpoint checking
+    clients' tokens) accepts any token whose digest matches. Tokens are random 256-bit values
+    (`pxgrpc.security.new_token`), so the digest gives nothing away. `accept_token_sha256` adds
+    one later (the engine learns it at registration).
     """
 
-    def __init__(self, rules: Mapping[str, set[str]], open_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        rules: Mapping[str, set[str]],
+        open_prefixes: tuple[str, ...] = (),
+        token_sha256: Mapping[str, set[bytes]] | None = None,
+    ) -> None:
+        digests = dict(token_sha256 or {})
+        self._digests: dict[str, frozenset[bytes]] = {
+            prefix: frozenset(d for d in accepted if d) for prefix, accepted in digests.items()
+        }
         self._rules: list[tuple[str, frozenset[bytes]]] = sorted(
-            ((prefix, _encode_tokens(prefix, tokens)) for prefix, tokens in rules.items()),
+            (
+                (prefix, _encode_tokens(prefix, rules.get(prefix, ()), warn=prefix not in digests))
+                for prefix in {*rules, *digests}
+            ),
             key=lambda item: len(item[0]),
             reverse=True,
         )
         self._open_prefixes = tuple(open_prefixes)
+
+    def accept_token_sha256(self, prefix: str, digest: bytes) -> None:
+        """Also accept, for the service `prefix` (one of the rules), tokens whose SHA-256 is `digest`."""
+        if not any(rule == prefix for rule, _ in self._rules):
+            raise ValueError(f"no rule for {prefix!r}")
+        if digest:
+            self._digests[prefix] = self._digests.get(prefix, frozenset()) | {digest}
 
     async def intercept_service(
         self,
@@ -102,20 +128,24 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         """Return None when ``metadata`` authorizes a call of ``method``, else why not."""
         if method.startswith(self._open_prefixes):
             return None
-        accepted = self._accepted_for(method)
-        if accepted is None:
+        rule = self._rule_for(method)
+        if rule is None:
             return f"no token grants access to {_service_name(method)}"
+        prefix, accepted = rule
         token = _bearer_token(metadata)
         if token is None:
             return _MISSING_TOKEN_MSG
         if _matches(token, accepted):
             return None
+        digests = self._digests.get(prefix)
+        if digests and _matches(hashlib.sha256(token).digest(), digests):
+            return None
         return f"invalid token for {_service_name(method)}" + self._hint(token, accepted)
 
-    def _accepted_for(self, method: str) -> frozenset[bytes] | None:
+    def _rule_for(self, method: str) -> tuple[str, frozenset[bytes]] | None:
         for prefix, tokens in self._rules:
             if method.startswith(prefix):
-                return tokens
+                return prefix, tokens
         return None
 
     def _hint(self, token: bytes, accepted: frozenset[bytes]) -> str:
@@ -131,9 +161,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         return ""
 
 
-def _encode_tokens(prefix: str, tokens: Iterable[str]) -> frozenset[bytes]:
+def _encode_tokens(prefix: str, tokens: Iterable[str], *, warn: bool = True) -> frozenset[bytes]:
     encoded = frozenset(t.encode("utf-8") for t in tokens if t)
-    if not encoded:
+    if not encoded and warn:
         logger.warning("no usable token for %s: every call to it will be rejected", prefix)
     return encoded
 

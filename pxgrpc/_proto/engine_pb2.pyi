@@ -85,6 +85,7 @@ class RegisterReply(_message.Message):
     REGISTRATION_TOKEN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     DATA_CERT_PEM_FIELD_NUMBER: _builtins.int
+    CLIENT_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.int
     registration_token: _builtins.str
     """Identifies this registration on `Work` (the first EngineMessage must carry it)."""
@@ -98,6 +99,11 @@ class RegisterReply(_message.Message):
     certificate came from files) or no request was sent. Without it a TLS engine serves no
     data endpoint and the controller does not publish its `data_url`.
     """
+    client_token_sha256: _builtins.bytes
+    """SHA-256 of the client token, so an engine's data endpoint can check clients' bearer tokens
+    without holding a token that would let it act as a client (engines started from the
+    engine-only connection file); empty when the engine gets no data certificate.
+    """
     def __init__(
         self,
         *,
@@ -105,10 +111,11 @@ class RegisterReply(_message.Message):
         registration_token: _builtins.str = ...,
         heartbeat_interval: _builtins.float = ...,
         data_cert_pem: _builtins.bytes = ...,
+        client_token_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_cert_pem", b"data_cert_pem", "engine_id", b"engine_id", "heartbeat_interval", b"heartbeat_interval", "registration_token", b"registration_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_token_sha256", b"client_token_sha256", "data_cert_pem", b"data_cert_pem", "engine_id", b"engine_id", "heartbeat_interval", b"heartbeat_interval", "registration_token", b"registration_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

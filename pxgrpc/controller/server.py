@@ -17,7 +17,7 @@ import psutil
 from pxgrpc import auth, certs, security, tls
 from pxgrpc.certs import CertKey
 from pxgrpc.controller import probes
-from pxgrpc.controller.service import ControllerState, generic_handlers
+from pxgrpc.controller.service import ControllerState, generic_handlers, normal_host
 from pxgrpc.security import ConnectionInfo
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class Controller:
         ca = certs.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
         server = certs.make_server_cert(ca, self._certificate_hosts())
         self.state.data_ca = ca  # signs the certificates of engines' data endpoints
+        self.state.own_hosts = self._own_hosts()
         if cfg.tls_client_auth:
             self._client_certs = {
                 "client": certs.make_client_cert(ca, "pxgrpc client"),
@@ -142,6 +143,13 @@ class Controller:
         if cfg.ip in _WILDCARDS:
             hosts += _local_addresses()
         return hosts
+
+    def _own_hosts(self) -> frozenset[str]:
+        """This controller's addresses and names: its certificate's hosts, its bind address and
+        (whatever it is bound to) every local address. No engine without the client token gets
+        a data endpoint certificate for one of them."""
+        hosts = [*self._certificate_hosts(), self.config.ip, *_local_addresses()]
+        return frozenset(normal_host(h) for h in hosts if h and h not in _WILDCARDS)
 
     async def start(self) -> ConnectionInfo:
         """Bind, start serving and write the connection file."""

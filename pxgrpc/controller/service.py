@@ -8,7 +8,9 @@ relayed without being parsed at all.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import ipaddress
 import logging
 import signal
 import time
@@ -64,6 +66,10 @@ class ControllerState:
         self.data_ca = data_ca
         #: Engines prove they hold it before their data endpoint gets a certificate.
         self.client_token = client_token
+        #: This controller's own addresses and names (its certificate's hosts, its bind address,
+        #: its interfaces' addresses): an engine without the client token never gets a data
+        #: certificate for one of them, which would let it pass for the controller.
+        self.own_hosts: frozenset[str] = frozenset()
         self.blobs = BlobStore()
         self.router = TaskRouter(self.registry, self.blobs, prefetch=prefetch)
         self.heartbeat_interval = heartbeat_interval
@@ -336,17 +342,25 @@ class EngineService(BlobTransfers):
         request = await parse(wire.pb.RegisterRequest, raw, context)
         data_cert = await self._data_certificate(request, context)
         engine = self.state.registry.register(request)
+        digest = hashlib.sha256(self.state.client_token.encode()).digest() if data_cert else b""
         return wire.pb.RegisterReply(
             engine_id=engine.engine_id,
             registration_token=engine.registration_token,
             heartbeat_interval=self.state.heartbeat_interval,
             data_cert_pem=data_cert,
+            client_token_sha256=digest,
         )
 
     async def _data_certificate(self, request: wire.pb.RegisterRequest, context: Context) -> bytes:
         """On a TLS cluster, sign the engine's data endpoint certificate request, or (when we
         cannot) clear its `data_url`: clients could not trust the endpoint. Plaintext clusters
-        take `data_url` as sent."""
+        take `data_url` as sent.
+
+        Engines started from the full connection file prove they hold the client token
+        (`data_csr_mac`) and get a certificate for the host they name. Engines with the engine
+        token only send no MAC: they get one only for the address their call comes from, and
+        only when that is none of the controller's own (`own_hosts`, loopback); elsewhere (an
+        engine on the controller's host) they get none and their data goes through us."""
         if not self.state.tls:
             return b""
         ca = self.state.data_ca
@@ -358,15 +372,34 @@ class EngineService(BlobTransfers):
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"data_url: {exc}")
             raise  # unreachable: abort raises
+        if not request.data_csr_mac:
+            peer = peer_address(context.peer())
+            if peer is None:  # (a unix socket: no address to sign for)
+                request.data_url = ""
+                return b""
+            if normal_host(host) != str(peer):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"data_url: host {host!r} is not {str(peer)!r}, the address this registration "
+                    "comes from; without data_csr_mac (the client token) the controller signs "
+                    "a data endpoint certificate for that address only",
+                )
+            if peer.is_loopback or str(peer) in self.state.own_hosts:
+                request.data_url = ""  # the controller's own address: never for an engine token
+                return b""
+            return await self._sign_data_csr(ca, request.data_csr_pem, str(peer), context)
         expected = certs.csr_mac(request.data_csr_pem, self.state.client_token)
         if not hmac.compare_digest(request.data_csr_mac, expected):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "data_csr_mac: not keyed with the client token; only engines started from the "
-                "full connection file (controller.json) serve a data endpoint",
+                "full connection file (controller.json) serve a data endpoint at any address",
             )
+        return await self._sign_data_csr(ca, request.data_csr_pem, host, context)
+
+    async def _sign_data_csr(self, ca: certs.CertKey, csr_pem: bytes, host: str, context: Context) -> bytes:
         try:
-            return certs.sign_server_csr(ca, request.data_csr_pem, host)
+            return certs.sign_server_csr(ca, csr_pem, host)
         except certs.CsrError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"data_csr_pem: {exc}")
             raise  # unreachable: abort raises
@@ -505,3 +538,31 @@ def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
 
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
+
+
+def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address in a gRPC peer string ("ipv4:10.0.0.2:5123", "ipv6:[::1]:5123"); None for
+    other transports (unix sockets). IPv4-mapped IPv6 addresses come back as IPv4."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return None
+    try:
+        host, _ = security.split_url(rest)
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def normal_host(host: str) -> str:
+    """An address in one spelling (IPv4-mapped IPv6 as IPv4, zone dropped); names lower-cased."""
+    name = host.strip().strip("[]").split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return name.lower().rstrip(".")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)

@@ -154,22 +154,23 @@ class EngineConnection:
         return grpc.aio.insecure_channel(self.info.url, options=options)
 
     def _offers_data(self) -> bool:
-        """Serve a direct data endpoint? Only where clients can use it safely: engines started
-        with the client token (from the connection file), and a controller either on loopback
-        without TLS (plain TCP on 127.0.0.1) or with TLS and a CA in the connection file (the
-        endpoint then speaks TLS too, with a certificate the controller signs; see
-        `_use_data_certificate`). `PXGRPC_DATA_ENDPOINT=off` turns it off."""
+        """Serve a direct data endpoint? Only where clients can use it safely: a controller
+        with TLS and a CA in the connection file (the endpoint then speaks TLS too, with a
+        certificate the controller signs; see `_use_data_certificate`), or, for engines started
+        with the client token, a controller on loopback without TLS (plain TCP on 127.0.0.1).
+        Engines with the engine token only (the engine-only file) check clients' tokens against
+        the SHA-256 the controller sends, and get a certificate only for the address they
+        register from, never the controller's: next to the controller they use its relay.
+        `PXGRPC_DATA_ENDPOINT=off` turns it off."""
         if os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() in ("off", "0", "no"):
             return False
         try:
             host, _ = security.split_url(self.info.url)
         except ValueError:
             return False
-        if not self.info.token:
-            return False
         if self.info.uses_tls:
             return bool(self.info.tls_ca)
-        return security.is_loopback(host)
+        return bool(self.info.token) and security.is_loopback(host)
 
     async def _data_address(self) -> str:
         """Where the data endpoint listens and is reached: `data_host` when set; next to a
@@ -198,7 +199,8 @@ class EngineConnection:
         useless (clients could not trust it, and the controller does not publish it)."""
         if self.data is None or self.data.tls is None:
             return
-        if reply.data_cert_pem:
+        if reply.data_cert_pem and (self.info.token or reply.client_token_sha256):
+            self.data.accept_token_sha256(reply.client_token_sha256)
             self.data.tls.install(reply.data_cert_pem)
             log.info("direct data endpoint at %s (TLS)", self.data.url)
             return
@@ -263,7 +265,8 @@ class EngineConnection:
         )
         if self.data is not None and self.data.tls is not None:
             request.data_csr_pem = self.data.tls.csr_pem
-            request.data_csr_mac = certs.csr_mac(self.data.tls.csr_pem, self.info.token)
+            if self.info.token:  # else the controller signs for the address we call from only
+                request.data_csr_mac = certs.csr_mac(self.data.tls.csr_pem, self.info.token)
         target = diagnose.ConnectTarget.of(self.info, role="engine")
         deadline = self.loop.time() + self.connect_timeout
         delay = 0.05
@@ -285,6 +288,18 @@ class EngineConnection:
             log.info("controller at %s not reachable yet (%s)", self.info.url, diagnose.short(details))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+        if (
+            self.data is not None
+            and not request.data_csr_mac
+            and code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+            and details.startswith(("data_url:", "data_csr_pem:"))
+        ):
+            # Without the client token the controller only signs for the address it sees us
+            # call from (not, say, a name set with --data-host): go on without an endpoint.
+            log.warning("no direct data endpoint (%s): bulk data goes through the controller", details)
+            data, self.data = self.data, None
+            await data.stop()
+            return await self._register(channel)
         found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
         raise diagnose.ConnectFailure(found)
 

@@ -89,10 +89,13 @@ class DataCertificate:
 
 
 class DataEndpoint:
-    """Serves `pxgrpc.v1.EngineData` to clients that hold `token`."""
+    """Serves `pxgrpc.v1.EngineData` to clients that hold `token` (the client token), or, for
+    an engine that does not hold it, a token whose SHA-256 the controller gave at registration
+    (`accept_token_sha256`)."""
 
-    def __init__(self, token: str) -> None:
-        self._token = token
+    def __init__(self, token: str = "") -> None:
+        prefix = f"/{wire.ENGINE_DATA_SERVICE}/"
+        self._auth = auth.TokenAuthInterceptor({prefix: {token}}, token_sha256={prefix: set()})
         self._received: dict[str, tuple[blobstream.IncomingBlob, float]] = {}
         self._offers: dict[str, _Offer] = {}
         self._lock = threading.Lock()  # offers come from the main thread
@@ -105,8 +108,7 @@ class DataEndpoint:
     async def start(self, host: str = "127.0.0.1", tls: DataCertificate | None = None) -> str:
         """Listen on an ephemeral port of `host` (with TLS when given `tls`); return the
         "host:port" to advertise."""
-        interceptor = auth.TokenAuthInterceptor({f"/{wire.ENGINE_DATA_SERVICE}/": {self._token}})
-        server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
+        server = grpc.aio.server(options=security.server_options(), interceptors=[self._auth])
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Upload": grpc.stream_unary_rpc_method_handler(
                 self.Upload, response_serializer=wire.pb.UploadReply.SerializeToString
@@ -127,6 +129,10 @@ class DataEndpoint:
         self._sweeper = asyncio.create_task(self._sweep())
         self.url = security.join_url(host, port)
         return self.url
+
+    def accept_token_sha256(self, digest: bytes) -> None:
+        """Also accept clients whose token has this SHA-256 (from `RegisterReply`)."""
+        self._auth.accept_token_sha256(f"/{wire.ENGINE_DATA_SERVICE}/", digest)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
