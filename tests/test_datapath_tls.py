@@ -5,8 +5,10 @@ client and engine over TLS, with the same token and client-certificate checks as
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -205,9 +207,44 @@ def test_engines_of_a_controller_with_your_own_certificate_use_the_relay(tmp_pat
             assert np.array_equal(rc[0].pull("a", block=True), data)
 
 
-def test_an_engine_from_the_engine_only_file_offers_no_data_endpoint(tls_cluster: Cluster) -> None:
+@pytest.mark.parametrize("data_host", [[], ["--data-host", "127.0.0.2"]], ids=["default", "other-host"])
+def test_an_engine_from_the_engine_only_file_next_to_the_controller_uses_the_relay(
+    tls_cluster: Cluster, data_host: list[str]
+) -> None:
+    """Without the client token the controller signs only for the address the engine registers
+    from, never its own: an engine-only engine on the controller's host gets no certificate (on
+    other hosts it does: see test_multihost). Asked for another address (--data-host), the
+    controller refuses it, and the engine registers again without an endpoint."""
     engine_file = security.engine_connection_file(tls_cluster.connection_file)
-    with _client(tls_cluster) as rc, spawned(["pxgrpc.engine", "--file", str(engine_file)]):
-        rc.wait_for_engines(3, timeout=30)
-        newest = max(rc.engines, key=lambda e: e["id"])
-        assert newest["data_url"] == ""
+    engine = ["pxgrpc.engine", "--file", str(engine_file), *data_host]
+    with _client(tls_cluster) as rc:
+        before = set(rc.ids)
+        with spawned(engine):
+            deadline = time.monotonic() + 30
+            while not (new := [e for e in rc.engines if e["id"] not in before]):
+                assert time.monotonic() < deadline, "the engine did not register"
+                time.sleep(0.05)
+            newest = new[0]
+            assert newest["data_url"] == ""
+            data = np.random.default_rng(9).random(2 * MB)
+            rc[newest["id"]].push({"a": data}, block=True)
+            assert np.array_equal(rc[newest["id"]].pull("a", block=True), data)
+
+
+def test_registration_without_the_client_token_gets_no_certificate_for_another_host_or_the_controller(
+    tls_cluster: Cluster,
+) -> None:
+    info = _info(tls_cluster)
+    other, _ = certs.make_csr("10.9.8.7")
+    request = wire.pb.RegisterRequest(hostname="h", pid=1, data_url="10.9.8.7:5", data_csr_pem=other)
+    code, details = _register(info, request)  # no data_csr_mac: only for the caller's address
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details.startswith("data_url: ") and "'10.9.8.7'" in details and "'127.0.0.1'" in details
+    own, _ = certs.make_csr("127.0.0.1")
+    request = wire.pb.RegisterRequest(hostname="h", pid=1, data_url="127.0.0.1:5", data_csr_pem=own)
+    code, reply = _register(info, request)  # the caller's address, but the controller's too
+    assert code == grpc.StatusCode.OK
+    assert reply.data_cert_pem == b"" and reply.client_token_sha256 == b""
+    code, reply = _register(info, _csr_request(own, info.token))  # with the client token: signed
+    assert code == grpc.StatusCode.OK and reply.data_cert_pem
+    assert reply.client_token_sha256 == hashlib.sha256(info.token.encode()).digest()

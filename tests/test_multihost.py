@@ -5,8 +5,9 @@ Four hosts, each its own network namespace with one interface on a bridge (10.77
     ctl  10.77.0.1   pxgrpc-controller --ip 10.77.0.1 --tls auto   (the others know it as head.lan)
     e1   10.77.0.2   two engines, from a copy of controller.json: they serve a direct data
                      endpoint on 10.77.0.2 over TLS (certificate signed by the controller)
-    e2   10.77.0.3   two engines, from a copy of controller-engine.json (no client token, so
-                     no data endpoint: their bulk data goes through the controller)
+    e2   10.77.0.3   two engines, from a copy of controller-engine.json (no client token: they
+                     check clients' tokens against its SHA-256, and get a certificate for the
+                     address they register from, 10.77.0.3, so they serve data directly too)
     cli  10.77.0.4   a Client from a copy of controller.json: execute/push/pull/scatter/gather
 
 Each host has its own PXGRPC_DIR; files move between them only by explicit copies, as an
@@ -338,16 +339,57 @@ def test_client_host_drives_engines_on_two_other_hosts_over_tls(
     assert out["squares"] == [v * v for v in range(8)]
 
 
-def test_engines_with_the_client_file_serve_bulk_data_directly_at_their_lan_address(
+def test_engines_from_either_file_serve_bulk_data_directly_at_their_lan_address(
     lan: Lan, client_run: dict[str, Any]
 ) -> None:
     out = client_run
     for url, address in zip(out["data_urls"], out["addresses"], strict=True):
-        assert url == "" or url.startswith(f"{address}:")
-    hosts = sorted(url.rpartition(":")[0] for url in out["data_urls"] if url)
-    assert hosts == [lan.addr("e1")] * 2 and out["data_urls"].count("") == 2
-    assert out["large_back"] == [True, True]
+        assert url.startswith(f"{address}:")
+    hosts = sorted(url.rpartition(":")[0] for url in out["data_urls"])
+    assert hosts == [lan.addr("e1")] * 2 + [lan.addr("e2")] * 2  # e2: the engine-only file
+    assert out["large_back"] == [True] * 4
     assert out["large_relayed"] == 0 and out["gave_up"] == []
+
+
+DATA_TOKENS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import grpc
+    from pxgrpc import security, wire
+
+    info = security.read_connection_file(sys.argv[1])
+    out = {}
+    for name, token in (("client", info.token), ("engine", info.engine_token), ("none", "x")):
+        with grpc.secure_channel(sys.argv[2], info.channel_credentials()) as channel:
+            download = channel.unary_stream(
+                f"/{wire.ENGINE_DATA_SERVICE}/Download",
+                request_serializer=wire.pb.DownloadRequest.SerializeToString,
+            )
+            call = download(
+                wire.pb.DownloadRequest(blob_id="nothing-here"),
+                metadata=security.auth_metadata(token),
+                timeout=10,
+            )
+            try:
+                list(call)
+                out[name] = "OK"
+            except grpc.RpcError as exc:
+                out[name] = exc.code().name
+    print(json.dumps(out))
+    """
+)
+
+
+def test_the_data_endpoint_of_an_engine_only_engine_checks_the_client_token_by_its_digest(
+    lan: Lan, cluster: LanCluster, client_run: dict[str, Any]
+) -> None:
+    assert security.read_connection_file(cluster.engine_file_on["e2"]).token == ""  # e2 never held it
+    e2_url = next(u for u in client_run["data_urls"] if u.startswith(f"{lan.addr('e2')}:"))
+    result = lan.run("cli", ["-c", DATA_TOKENS_SCRIPT, str(cluster.client_file), e2_url])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    # the client token goes through to the service (which has no such blob); others do not
+    assert out == {"client": "NOT_FOUND", "engine": "UNAUTHENTICATED", "none": "UNAUTHENTICATED"}
 
 
 def test_hosts_without_token_or_ca_are_refused(lan: Lan, cluster: LanCluster) -> None:

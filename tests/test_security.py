@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import pathlib
 import stat
@@ -264,6 +265,22 @@ def test_engine_token_hint() -> None:
 def test_empty_tokens_never_match() -> None:
     interceptor = TokenAuthInterceptor({CTRL: {""}})
     assert interceptor.check(CTRL + "Echo", (("authorization", "bearer "),)) is not None
+
+
+def test_a_token_digest_admits_that_token_only() -> None:
+    digest = hashlib.sha256(CLIENT_TOKEN.encode()).digest()
+    interceptor = TokenAuthInterceptor({ENGINE: {ENGINE_TOKEN}}, token_sha256={CTRL: {digest}})
+    assert interceptor.check(CTRL + "Echo", security.auth_metadata(CLIENT_TOKEN)) is None
+    assert interceptor.check(CTRL + "Echo", (("authorization", f"bearer {digest.hex()}"),)) is not None
+    message = interceptor.check(CTRL + "Echo", security.auth_metadata(ENGINE_TOKEN))
+    assert message is not None and message.startswith("invalid token")
+    later = TokenAuthInterceptor({CTRL: {""}}, token_sha256={CTRL: set()})
+    assert later.check(CTRL + "Echo", security.auth_metadata(CLIENT_TOKEN)) is not None
+    later.accept_token_sha256(CTRL, digest)
+    assert later.check(CTRL + "Echo", security.auth_metadata(CLIENT_TOKEN)) is None
+    assert later.check(ENGINE + "Echo", security.auth_metadata(CLIENT_TOKEN)) is not None
+    with pytest.raises(ValueError, match="no rule"):
+        later.accept_token_sha256(ENGINE, digest)
 
 
 # --------------------------------------------------------------------------- interceptor, real grpc
