@@ -54,10 +54,12 @@ class RegisterRequest(_message.Message):
     malformed request, or one for another host, fails the call with INVALID_ARGUMENT.
     """
     data_csr_mac: _builtins.bytes
-    """With `data_csr_pem`: HMAC-SHA256 of `data_csr_pem` keyed with the client token (UTF-8). The
-    endpoint checks client tokens, so only an engine that holds one gets a certificate (an
-    engine token alone must not yield a certificate from the cluster's CA); a missing or wrong
-    one fails the call with PERMISSION_DENIED.
+    """With `data_csr_pem`: HMAC-SHA256 of `data_csr_pem` keyed with the client token (UTF-8), from
+    engines that hold it; a wrong one fails the call with PERMISSION_DENIED. Without it (an
+    engine token only) the host of `data_url` must be the IP address the call comes from (else
+    PERMISSION_DENIED naming `data_url`), and the controller signs nothing when that address is
+    one of its own (loopback, bind address, certificate hosts, interfaces): an engine token
+    never yields a certificate that could pass for the controller.
     """
     def __init__(
         self,
@@ -96,7 +98,7 @@ class RegisterReply(_message.Message):
     data_cert_pem: _builtins.bytes
     """The server certificate (PEM) for the data endpoint, signed by the cluster's CA for the
     host of `RegisterRequest.data_url`; empty when the controller cannot sign (its TLS
-    certificate came from files) or no request was sent. Without it a TLS engine serves no
+    certificate came from files), will not (see `data_csr_mac`), or no request was sent. Without it a TLS engine serves no
     data endpoint and the controller does not publish its `data_url`.
     """
     client_token_sha256: _builtins.bytes
