@@ -556,3 +556,70 @@ def test_own_ca_fixed_tokens_and_mutual_tls_from_flags(lan: Lan, tmp_path: Path)
     assert out["sums"] == [10, 10]
     cause, message = out["without_cert"]
     assert cause == "client-certificate-required" and "requires a client certificate" in message
+
+
+MTLS_CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    import grpc
+    import numpy as np
+    import pxgrpc as ipp
+    from pxgrpc import security, wire
+
+    rc = ipp.Client(sys.argv[1], timeout=20)
+    rc.wait_for_engines(1, timeout=60)
+    relayed = []
+    relay = rc._transport._upload
+
+    async def counted(blob):
+        relayed.append(blob.blob_id)
+        await relay(blob)
+
+    rc._transport._upload = counted
+    url = rc.engines[0]["data_url"]
+    large = np.random.default_rng(3).random(4_000_000)  # 32 MB
+    rc[0].push({"large": large}, block=True)
+    back = bool(np.array_equal(rc[0].pull("large", block=True), large))
+    info = rc.connection_info
+    calls = {}
+    for name, creds in (
+        ("client_cert", info.channel_credentials()),
+        ("no_client_cert", security.channel_credentials((info.tls_ca or "").encode())),
+    ):
+        with grpc.secure_channel(url, creds) as channel:
+            download = channel.unary_stream(
+                f"/{wire.ENGINE_DATA_SERVICE}/Download",
+                request_serializer=wire.pb.DownloadRequest.SerializeToString,
+            )
+            call = download(
+                wire.pb.DownloadRequest(blob_id="nothing-here"),
+                metadata=security.auth_metadata(info.token),
+                timeout=10,
+            )
+            try:
+                list(call)
+                calls[name] = "OK"
+            except grpc.RpcError as exc:
+                calls[name] = exc.code().name
+    print(json.dumps({"url": url, "back": back, "relayed": len(relayed), "calls": calls}))
+    rc.close()
+    """
+)
+
+
+def test_engine_only_engines_with_mutual_tls_serve_data_directly_to_certified_clients(lan: Lan) -> None:
+    """`--tls auto --tls-client-auth`: the engine-only file holds the CA and an engine client
+    certificate; the data endpoint of its engines asks clients for a certificate of that CA."""
+    conn = lan.home("ctl") / "mtls.json"
+    args = ["--ip", lan.addr("ctl"), "--tls", "auto", "--tls-client-auth", "--file", str(conn)]
+    controller = lan.spawn("ctl", ["-m", "pxgrpc.controller", *args])
+    engine_file = security.engine_connection_file(conn)
+    wait_for_file(engine_file, controller)
+    assert security.read_connection_file(engine_file).token == ""
+    lan.spawn("e2", ["-m", "pxgrpc.engine", "--file", str(lan.copy(engine_file, "e2"))])
+    result = lan.run("cli", ["-c", MTLS_CLIENT, str(lan.copy(conn, "cli"))])
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["url"].startswith(f"{lan.addr('e2')}:")
+    assert out["back"] and out["relayed"] == 0
+    assert out["calls"] == {"client_cert": "NOT_FOUND", "no_client_cert": "UNAVAILABLE"}
