@@ -14,6 +14,7 @@ those. The message classes come from `pxgrpc.messages` (as `wire.pb`).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -48,6 +49,12 @@ def new_id() -> str:
 
 
 # --- outgoing blobs -------------------------------------------------------------------------------
+
+
+def direct_data_enabled() -> bool:
+    """Whether engines may serve, and clients use, direct data endpoints: not with
+    `PXGRPC_DATA_ENDPOINT=off` (everything then goes through the controller)."""
+    return os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() not in ("off", "0", "no")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import socket
 import statistics
 import sys
 import time
@@ -69,21 +70,34 @@ async def _round_trips(port: int, n: int = 3000) -> float:
     return statistics.median(times[n // 10 :])
 
 
-def main() -> int:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measure(pings: int = 3000) -> tuple[float, float]:
+    """Median round trips (seconds) of `pings` ping-pongs: direct, and through a relay process."""
     ctx = multiprocessing.get_context("spawn")
     echo_ready, relay_ready = ctx.Event(), ctx.Event()
-    echo = ctx.Process(target=_server_process, args=(50631, None, echo_ready), daemon=True)
-    relay = ctx.Process(target=_server_process, args=(50632, "127.0.0.1:50631", relay_ready), daemon=True)
+    echo_port, relay_port = _free_port(), _free_port()
+    echo = ctx.Process(target=_server_process, args=(echo_port, None, echo_ready), daemon=True)
+    relay = ctx.Process(
+        target=_server_process, args=(relay_port, f"127.0.0.1:{echo_port}", relay_ready), daemon=True
+    )
     echo.start()
     relay.start()
     try:
         echo_ready.wait(30)
         relay_ready.wait(30)
-        direct = asyncio.run(_round_trips(50631))
-        relayed = asyncio.run(_round_trips(50632))
+        return asyncio.run(_round_trips(echo_port, pings)), asyncio.run(_round_trips(relay_port, pings))
     finally:
         echo.terminate()
         relay.terminate()
+
+
+def main() -> int:
+    direct, relayed = measure()
     print(
         f"grpc.aio ping-pong, raw bytes, median round trip: direct {direct * 1e6:.0f} us, "
         f"through a relay process {relayed * 1e6:.0f} us"

@@ -21,13 +21,10 @@ control. This prints the evidence:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
-import multiprocessing
 import os
 import pickle
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,33 +56,9 @@ def median_ms(f: Callable[[], Any], reps: int = 9) -> float:
     return statistics.median(times) * 1e3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def floors(pings: int) -> None:
     print("floors")
-    ctx = multiprocessing.get_context("spawn")
-    ready = [ctx.Event(), ctx.Event()]
-    echo_port, relay_port = free_port(), free_port()
-    echo = ctx.Process(target=relay_floor._server_process, args=(echo_port, None, ready[0]), daemon=True)
-    relay = ctx.Process(
-        target=relay_floor._server_process,
-        args=(relay_port, f"127.0.0.1:{echo_port}", ready[1]),
-        daemon=True,
-    )
-    echo.start()
-    relay.start()
-    try:
-        for event in ready:
-            event.wait(30)
-        direct = asyncio.run(relay_floor._round_trips(echo_port, pings))
-        relayed = asyncio.run(relay_floor._round_trips(relay_port, pings))
-    finally:
-        echo.terminate()
-        relay.terminate()
+    direct, relayed = relay_floor.measure(pings)
     print(f"  grpc.aio ping-pong, direct                      {direct * 1e3:7.3f} ms")
     print(f"  grpc.aio ping-pong, through one relay process   {relayed * 1e3:7.3f} ms")
     ints = list(range(N, 2 * N))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from cryptography import x509
 from test_datapath import MB, _forbid_relay
-from test_tls import spawned, start_cluster, wait_for_connection_file, write_pem
+from test_tls import running_cluster, spawned, wait_for_connection_file, write_pem
 
 import pxgrpc as ipp
 from pxgrpc import certs, security, wire
@@ -30,21 +30,15 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[Cluster]:
     """A `--tls auto` controller with two engines (no client certificates)."""
-    cluster = start_cluster(2, "--tls", "auto")
-    try:
+    with running_cluster(2, "--tls", "auto") as cluster:
         yield cluster
-    finally:
-        cluster.stop_cluster_sync()
 
 
 @pytest.fixture(scope="module")
 def mtls_cluster() -> Iterator[Cluster]:
     """A `--tls auto --tls-client-auth` controller with two engines."""
-    cluster = start_cluster(2, "--tls", "auto", "--tls-client-auth")
-    try:
+    with running_cluster(2, "--tls", "auto", "--tls-client-auth") as cluster:
         yield cluster
-    finally:
-        cluster.stop_cluster_sync()
 
 
 def _info(cluster: Cluster) -> ConnectionInfo:

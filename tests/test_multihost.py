@@ -241,6 +241,18 @@ def cluster(lan: Lan) -> LanCluster:
     return LanCluster(info.url, ca_files, copies, lan.copy(conn, "cli"), info)
 
 
+#: Client-script lines that count the blobs a client uploads to the controller (relayed) in
+#: `relayed`, for scripts that check their large data went straight to the engines.
+COUNT_RELAYS = """relayed = []
+relay = rc._transport._upload
+
+async def counted(blob):
+    relayed.append(blob.blob_id)
+    await relay(blob)
+
+rc._transport._upload = counted"""
+
+
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -261,14 +273,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     dv.scatter("part", list(range(10)))
     dv.execute("scaled = [v * factor for v in part]; big_sum = int(big.sum())")
     lview = rc.load_balanced_view()
-    relayed = []
-    relay = rc._transport._upload
-
-    async def counted(blob):
-        relayed.append(blob.blob_id)
-        await relay(blob)
-
-    rc._transport._upload = counted
+    {count_relays}
     direct = [e["id"] for e in rc.engines if e["data_url"]]
     large = np.random.default_rng(7).random(4_000_000)  # 32 MB
     rc[direct].push({"large": large}, block=True)
@@ -289,7 +294,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     }))
     rc.close()
     """
-)
+).replace("{count_relays}", COUNT_RELAYS)
 
 REFUSED_SCRIPT = textwrap.dedent(
     """
@@ -568,14 +573,7 @@ MTLS_CLIENT = textwrap.dedent(
 
     rc = ipp.Client(sys.argv[1], timeout=20)
     rc.wait_for_engines(1, timeout=60)
-    relayed = []
-    relay = rc._transport._upload
-
-    async def counted(blob):
-        relayed.append(blob.blob_id)
-        await relay(blob)
-
-    rc._transport._upload = counted
+    {count_relays}
     url = rc.engines[0]["data_url"]
     large = np.random.default_rng(3).random(4_000_000)  # 32 MB
     rc[0].push({"large": large}, block=True)
@@ -604,7 +602,7 @@ MTLS_CLIENT = textwrap.dedent(
     print(json.dumps({"url": url, "back": back, "relayed": len(relayed), "calls": calls}))
     rc.close()
     """
-)
+).replace("{count_relays}", COUNT_RELAYS)
 
 
 def test_engine_only_engines_with_mutual_tls_serve_data_directly_to_certified_clients(lan: Lan) -> None:

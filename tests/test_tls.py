@@ -107,14 +107,15 @@ def trustme_pair(leaf: trustme.LeafCert) -> CertKey:
     return CertKey(leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())
 
 
-def start_cluster(n: int, *controller_args: str) -> Cluster:
+@contextlib.contextmanager
+def running_cluster(n: int, *controller_args: str) -> Iterator[Cluster]:
+    """A local cluster of `n` engines, connected, stopped at the end (even if start-up fails)."""
     cluster = Cluster(n=n, controller_args=list(controller_args))
     try:
         cluster.start_and_connect_sync(timeout=45)
-    except BaseException:
+        yield cluster
+    finally:
         cluster.stop_cluster_sync()
-        raise
-    return cluster
 
 
 @contextlib.contextmanager
@@ -158,31 +159,22 @@ def wait_for_engines(rc: ipp.Client, n: int) -> None:
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[Cluster]:
     """A `--tls auto` controller with one engine."""
-    cluster = start_cluster(1, "--tls", "auto")
-    try:
+    with running_cluster(1, "--tls", "auto") as cluster:
         yield cluster
-    finally:
-        cluster.stop_cluster_sync()
 
 
 @pytest.fixture(scope="module")
 def plain_cluster() -> Iterator[Cluster]:
     """A loopback controller without TLS, no engines."""
-    cluster = start_cluster(0)
-    try:
+    with running_cluster(0) as cluster:
         yield cluster
-    finally:
-        cluster.stop_cluster_sync()
 
 
 @pytest.fixture(scope="module")
 def mtls_cluster() -> Iterator[Cluster]:
     """A `--tls auto --tls-client-auth` controller with one engine (certificates from the files)."""
-    cluster = start_cluster(1, "--tls", "auto", "--tls-client-auth")
-    try:
+    with running_cluster(1, "--tls", "auto", "--tls-client-auth") as cluster:
         yield cluster
-    finally:
-        cluster.stop_cluster_sync()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ certificate, as the channel to the controller does. Runs in the transport's even
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,11 +18,6 @@ import grpc
 from pxgrpc import blobstream, security, wire
 
 log = logging.getLogger(__name__)
-
-
-def enabled() -> bool:
-    """`PXGRPC_DATA_ENDPOINT=off` makes clients (and engines) use the controller for all data."""
-    return os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() not in ("off", "0", "no")
 
 
 class DirectData:
@@ -37,7 +31,7 @@ class DirectData:
         self._urls: dict[int, str] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
-        self._enabled = enabled()
+        self._enabled = blobstream.direct_data_enabled()
 
     def set_urls(self, urls: Mapping[int, str]) -> None:
         """The data endpoints of the live engines (engine id -> "host:port"), from an engine list."""

@@ -162,7 +162,7 @@ class EngineConnection:
         the SHA-256 the controller sends, and get a certificate only for the address they
         register from, never the controller's: next to the controller they use its relay.
         `PXGRPC_DATA_ENDPOINT=off` turns it off."""
-        if os.environ.get("PXGRPC_DATA_ENDPOINT", "auto").lower() in ("off", "0", "no"):
+        if not blobstream.direct_data_enabled():
             return False
         try:
             host, _ = security.split_url(self.info.url)

@@ -85,7 +85,8 @@ class Kernel:
             elif kind == "push":
                 for name, value in action.push.namespace.items():
                     decoded = wire.decode(value, blobs, f"push.namespace[{name!r}]")
-                    outcome.replaced.append(self.namespace.get(name))
+                    if name in self.namespace:
+                        outcome.replaced.append(self.namespace[name])
                     self.namespace[name] = decoded
             elif kind == "pull":
                 values = [self._lookup(name) for name in action.pull.names]
