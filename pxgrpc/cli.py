@@ -7,10 +7,12 @@ import logging
 import sys
 import time
 
-from pxgrpc import security, tls
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxError
 from pxgrpc.cluster import Cluster, stop_by_id
+from pxgrpc.security import certfiles
+from pxgrpc.security.connection_file import default_connection_file
+from pxgrpc.security.errors import SecurityError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = actions.add_parser("status", help="list the engines of a running cluster")
     status.add_argument("--cluster-id", default="")
-    tls.add_commands(sub)
+    certfiles.add_commands(sub)
     return parser
 
 
@@ -72,7 +74,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 if any(p.poll() is not None for p in cluster.engines):
                     raise PxError(f"an engine exited during start-up (logs: {cluster.log_dir})")
                 time.sleep(0.02)
-    except (PxError, security.SecurityError) as exc:
+    except (PxError, SecurityError) as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)
         cluster.stop_cluster_sync()
         return 1
@@ -96,7 +98,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = security.default_connection_file(args.cluster_id)
+    path = default_connection_file(args.cluster_id)
     try:
         with Client(path, timeout=5) as rc:
             engines = rc.engines
@@ -111,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     f"{e['id']:>4}  {e['hostname']:<24} {e['pid']:>8}  {e['state']:<6} {e['queue']:>5} "
                     f"{e['completed']:>6}"
                 )
-    except (PxError, security.SecurityError) as exc:
+    except (PxError, SecurityError) as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -120,8 +122,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_tls(args: argparse.Namespace) -> int:
     """`pxgrpc tls ca|server|client`: PEM files for --tls-cert/--tls-key/--tls-ca and mutual TLS."""
     try:
-        cert = tls.run_command(args)
-    except security.SecurityError as exc:
+        cert = certfiles.run_command(args)
+    except SecurityError as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)
         return 1
     key = cert.with_name(f"{cert.stem}-key.pem")

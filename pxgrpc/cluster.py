@@ -26,9 +26,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from pxgrpc import security
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxConnectionError, PxError
+from pxgrpc.security.connection_file import default_connection_file, pxgrpc_dir, read_connection_file
+from pxgrpc.security.errors import SecurityError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ClusterState:
     @staticmethod
     def path(cluster_id: str) -> pathlib.Path:
         name = f"cluster-{cluster_id}.json" if cluster_id else "cluster.json"
-        return security.pxgrpc_dir() / name
+        return pxgrpc_dir() / name
 
     def save(self) -> None:
         path = self.path(self.cluster_id)
@@ -101,15 +102,15 @@ class Cluster:
             cluster_id = f"{int(time.time())}-{secrets.token_hex(2)}"
         self.cluster_id = cluster_id
         self.connection_file = (
-            pathlib.Path(connection_file) if connection_file else security.default_connection_file(cluster_id)
+            pathlib.Path(connection_file) if connection_file else default_connection_file(cluster_id)
         )
         if not connection_file and not cluster_id:
-            self.connection_file = security.pxgrpc_dir() / "controller.json"
+            self.connection_file = pxgrpc_dir() / "controller.json"
         self.controller_args = list(controller_args or [])
         self.engine_args = list(engine_args or [])
         self.log_level = log_level
         self.env = {**os.environ, **(env or {})}
-        self.log_dir = security.pxgrpc_dir() / "logs"
+        self.log_dir = pxgrpc_dir() / "logs"
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []
         self._client: Client | None = None
@@ -137,8 +138,8 @@ class Cluster:
         if not self.connection_file.exists():
             return
         try:
-            info = security.read_connection_file(self.connection_file)
-        except security.SecurityError:
+            info = read_connection_file(self.connection_file)
+        except SecurityError:
             info = None
         if info is not None and _alive(info.controller_pid):
             raise PxError(
@@ -325,9 +326,9 @@ def _reap(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
 def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
     """Stop a cluster started earlier (by `pxgrpc cluster start`); False if none was found."""
     state = ClusterState.load(cluster_id)
-    conn = pathlib.Path(state.connection_file) if state else security.default_connection_file(cluster_id)
+    conn = pathlib.Path(state.connection_file) if state else default_connection_file(cluster_id)
     found = False
-    with contextlib.suppress(PxError, security.SecurityError, OSError), Client(conn, timeout=3) as rc:
+    with contextlib.suppress(PxError, SecurityError, OSError), Client(conn, timeout=3) as rc:
         rc.shutdown(hub=True)
         found = True
     pids = [state.controller_pid, *state.engine_pids] if state else []

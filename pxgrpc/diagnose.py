@@ -26,9 +26,10 @@ from typing import Literal
 import grpc
 from cryptography import x509
 
-from pxgrpc import security, tls
-from pxgrpc.certs import CertKey
-from pxgrpc.security import ConnectionInfo
+from pxgrpc.addresses import split_url
+from pxgrpc.security import certfiles
+from pxgrpc.security.certs import CertKey
+from pxgrpc.security.connection_file import ConnectionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +235,9 @@ def _expired(target: ConnectTarget, probe: bool) -> Diagnosis:
     if cert is not None:
         now = datetime.datetime.now(datetime.UTC)
         if cert.not_valid_before_utc > now:
-            when = f" (not valid before {tls.format_utc(cert.not_valid_before_utc)}: check the clocks)"
+            when = f" (not valid before {certfiles.format_utc(cert.not_valid_before_utc)}: check the clocks)"
         else:
-            when = f" (expired {tls.format_utc(cert.not_valid_after_utc)})"
+            when = f" (expired {certfiles.format_utc(cert.not_valid_after_utc)})"
     return Diagnosis(
         FailureCause.EXPIRED_CERTIFICATE,
         f"the controller at {target.url} presented an expired or not yet valid TLS certificate{when}. "
@@ -248,7 +249,7 @@ def _expired(target: ConnectTarget, probe: bool) -> Diagnosis:
 def _hostname(target: ConnectTarget, probe: bool) -> Diagnosis:
     host = target.server_name or _host(target.url)
     cert = probe_server(target).certificate if probe else None
-    names = f" (it names {', '.join(tls.subject_names(cert))})" if cert is not None else ""
+    names = f" (it names {', '.join(certfiles.subject_names(cert))})" if cert is not None else ""
     fixes = _FIXES[target.role]
     return Diagnosis(
         FailureCause.HOSTNAME_MISMATCH,
@@ -264,9 +265,9 @@ def _untrusted(details: str, target: ConnectTarget, probe: bool) -> Diagnosis:
     if cert is not None:
         trusted = ""
         if target.ca_pem:
-            ours = tls.load_certificate(target.ca_pem, "tls_ca")
-            trusted = f", we trust {tls.common_name(ours.subject)!r}"
-        issued = f" (it was issued by {tls.common_name(cert.issuer)!r}{trusted})"
+            ours = certfiles.load_certificate(target.ca_pem, "tls_ca")
+            trusted = f", we trust {certfiles.common_name(ours.subject)!r}"
+        issued = f" (it was issued by {certfiles.common_name(cert.issuer)!r}{trusted})"
     where = "the CA we were given" if target.ca_pem else "the system's trusted CAs"
     fixes = _FIXES[target.role]
     return Diagnosis(
@@ -302,13 +303,13 @@ def _client_cert(target: ConnectTarget) -> Diagnosis:
             f"(mutual TLS) and we presented none. Fix: {fixes.conn}, which holds one when the controller "
             f"runs with --tls auto; or {fixes.cert}",
         )
-    cert = tls.load_certificate(target.client_cert.cert_pem, "our client certificate")
-    why = f"our client certificate {tls.common_name(cert.subject)!r}"
+    cert = certfiles.load_certificate(target.client_cert.cert_pem, "our client certificate")
+    why = f"our client certificate {certfiles.common_name(cert.subject)!r}"
     now = datetime.datetime.now(datetime.UTC)
     if cert.not_valid_after_utc < now:
-        why += f" expired {tls.format_utc(cert.not_valid_after_utc)}"
-    elif target.ca_pem and not tls.signed_by(cert, target.ca_pem):
-        why += f" was issued by {tls.common_name(cert.issuer)!r}, not by the controller's CA"
+        why += f" expired {certfiles.format_utc(cert.not_valid_after_utc)}"
+    elif target.ca_pem and not certfiles.signed_by(cert, target.ca_pem):
+        why += f" was issued by {certfiles.common_name(cert.issuer)!r}, not by the controller's CA"
     else:
         why += " was refused"
     return Diagnosis(
@@ -339,7 +340,7 @@ class ProbeResult:
 
 def _host(url: str) -> str:
     try:
-        return security.split_url(url)[0]
+        return split_url(url)[0]
     except ValueError:
         return url
 
@@ -348,7 +349,7 @@ def probe_server(target: ConnectTarget, timeout: float = PROBE_TIMEOUT) -> Probe
     """Try a TLS handshake that verifies nothing, to learn whether the server speaks TLS and
     which certificate it shows. Only ever dials ``target.url`` (the address that just failed)."""
     try:
-        host, port = security.split_url(target.url)
+        host, port = split_url(target.url)
     except ValueError:
         return ProbeResult(None)
     if port == 0:

@@ -14,7 +14,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from pxgrpc import blobstream, security, wire
+from pxgrpc import blobstream, wire
+from pxgrpc.security.connection_file import read_connection_file
+from pxgrpc.security.credentials import channel_credentials, channel_options
+from pxgrpc.security.tokens import auth_metadata
 
 SERVICE = f"/{wire.CONTROLLER_SERVICE}/"
 UNARY = ("ListEngines", "Gather", "Abort", "Interrupt", "QueueStatus", "Shutdown")
@@ -56,17 +59,15 @@ class RawController:
     """A Controller-service caller built from a connection file only."""
 
     def __init__(self, connection_file: str | os.PathLike[str], token: str | None = None) -> None:
-        info = security.read_connection_file(connection_file)  # type: ignore[arg-type]
-        options = security.channel_options(info.tls_server_name)
+        info = read_connection_file(connection_file)  # type: ignore[arg-type]
+        options = channel_options(info.tls_server_name)
         if info.uses_tls:
-            creds = security.channel_credentials(
-                info.tls_ca.encode() if info.tls_ca else None, info.client_cert()
-            )
+            creds = channel_credentials(info.tls_ca.encode() if info.tls_ca else None, info.client_cert())
             self.channel = grpc.secure_channel(info.url, creds, options=options)
         else:
             self.channel = grpc.insecure_channel(info.url, options=options)
         self.info = info
-        self.metadata = security.auth_metadata(info.token if token is None else token)
+        self.metadata = auth_metadata(info.token if token is None else token)
 
     def close(self) -> None:
         self.channel.close()

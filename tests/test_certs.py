@@ -10,8 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pxgrpc import certs
-from pxgrpc.certs import CertKey
+from pxgrpc.security import certs
+from pxgrpc.security.certs import CertKey
 
 pytestmark = pytest.mark.timeout(30)
 

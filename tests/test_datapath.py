@@ -10,7 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from pxgrpc import blobstream, security, wire
+from pxgrpc import blobstream, wire
+from pxgrpc.security.tokens import auth_metadata
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,7 +132,7 @@ def test_receive_buffers_forget_the_oldest_beyond_their_limit() -> None:
 def _upload_raw(rc: Any, messages: list[bytes]) -> grpc.RpcError:
     """Upload raw BlobChunk messages to engine 0's data endpoint; return the error it answers."""
     url = rc.engines[0]["data_url"]
-    metadata = security.auth_metadata(rc._transport.info.token)
+    metadata = auth_metadata(rc._transport.info.token)
     with grpc.insecure_channel(url) as channel:
         upload = channel.stream_unary(f"/{wire.ENGINE_DATA_SERVICE}/Upload")
         with pytest.raises(grpc.RpcError) as caught:

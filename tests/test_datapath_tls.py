@@ -20,9 +20,13 @@ from test_datapath import MB, _forbid_relay
 from test_tls import running_cluster, spawned, wait_for_connection_file, write_pem
 
 import pxgrpc as ipp
-from pxgrpc import certs, security, wire
+from pxgrpc import wire
+from pxgrpc.addresses import split_url
 from pxgrpc.cluster import Cluster
-from pxgrpc.security import ConnectionInfo
+from pxgrpc.security import certs
+from pxgrpc.security.connection_file import ConnectionInfo, engine_connection_file, read_connection_file
+from pxgrpc.security.credentials import channel_credentials, channel_options
+from pxgrpc.security.tokens import auth_metadata
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -42,7 +46,7 @@ def mtls_cluster() -> Iterator[Cluster]:
 
 
 def _info(cluster: Cluster) -> ConnectionInfo:
-    return security.read_connection_file(cluster.connection_file)
+    return read_connection_file(cluster.connection_file)
 
 
 def _client(cluster: Cluster) -> ipp.Client:
@@ -73,7 +77,7 @@ def test_the_data_certificate_is_signed_by_the_cluster_ca_for_the_engine_host_on
 ) -> None:
     info = _info(tls_cluster)
     with _client(tls_cluster) as rc:
-        host, port = security.split_url(rc.engines[0]["data_url"])
+        host, port = split_url(rc.engines[0]["data_url"])
     pem = ssl.get_server_certificate((host, port), ca_certs=None, timeout=10)
     cert = x509.load_pem_x509_certificate(pem.encode())
     ca = x509.load_pem_x509_certificate((info.tls_ca or "").encode())
@@ -86,7 +90,7 @@ def test_the_data_certificate_is_signed_by_the_cluster_ca_for_the_engine_host_on
 
 def _data_call(url: str, credentials: grpc.ChannelCredentials | None, token: str) -> grpc.RpcError:
     """Ask the data endpoint at `url` for a blob it does not hold; return its answer."""
-    options = security.channel_options(None)
+    options = channel_options(None)
     if credentials is None:
         channel = grpc.insecure_channel(url, options=options)
     else:
@@ -97,7 +101,7 @@ def _data_call(url: str, credentials: grpc.ChannelCredentials | None, token: str
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
         )
         request = wire.pb.DownloadRequest(blob_id="nothing-here")
-        call = download(request, metadata=security.auth_metadata(token), timeout=10)
+        call = download(request, metadata=auth_metadata(token), timeout=10)
         with pytest.raises(grpc.RpcError) as caught:
             list(call)
     return caught.value
@@ -112,10 +116,10 @@ def test_the_tls_data_endpoint_refuses_plaintext_missing_client_certs_and_wrong_
         url = rc.engines[0]["data_url"]
         plaintext = _data_call(url, None, info.token)
         assert plaintext.code() == grpc.StatusCode.UNAVAILABLE
-        no_client_cert = _data_call(url, security.channel_credentials(ca), info.token)
+        no_client_cert = _data_call(url, channel_credentials(ca), info.token)
         assert no_client_cert.code() == grpc.StatusCode.UNAVAILABLE
         foreign = certs.make_client_cert(certs.make_ca("someone else"), "mallory")
-        foreign_cert = _data_call(url, security.channel_credentials(ca, foreign), info.token)
+        foreign_cert = _data_call(url, channel_credentials(ca, foreign), info.token)
         assert foreign_cert.code() == grpc.StatusCode.UNAVAILABLE
         wrong_token = _data_call(url, info.channel_credentials(), info.engine_token)
         assert wrong_token.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -133,7 +137,7 @@ def _register(info: ConnectionInfo, request: wire.pb.RegisterRequest) -> tuple[g
     """Call Engine/Register as an engine would (raw gRPC); return the status and reply/details."""
     credentials = info.channel_credentials()
     assert credentials is not None
-    options = security.channel_options(info.tls_server_name)
+    options = channel_options(info.tls_server_name)
     with grpc.secure_channel(info.url, credentials, options=options) as channel:
         register = channel.unary_unary(
             f"/{wire.ENGINE_SERVICE}/Register",
@@ -141,7 +145,7 @@ def _register(info: ConnectionInfo, request: wire.pb.RegisterRequest) -> tuple[g
             response_deserializer=wire.pb.RegisterReply.FromString,
         )
         try:
-            reply = register(request, metadata=security.auth_metadata(info.engine_token), timeout=10)
+            reply = register(request, metadata=auth_metadata(info.engine_token), timeout=10)
         except grpc.RpcError as exc:
             return exc.code(), exc.details()
     return grpc.StatusCode.OK, reply
@@ -209,7 +213,7 @@ def test_an_engine_from_the_engine_only_file_next_to_the_controller_uses_the_rel
     from, never its own: an engine-only engine on the controller's host gets no certificate (on
     other hosts it does: see test_multihost). Asked for another address (--data-host), the
     controller refuses it, and the engine registers again without an endpoint."""
-    engine_file = security.engine_connection_file(tls_cluster.connection_file)
+    engine_file = engine_connection_file(tls_cluster.connection_file)
     engine = ["pxgrpc.engine", "--file", str(engine_file), *data_host]
     with _client(tls_cluster) as rc:
         before = set(rc.ids)

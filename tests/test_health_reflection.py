@@ -11,7 +11,9 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pxgrpc import security, wire
+from pxgrpc import wire
+from pxgrpc.security.connection_file import read_connection_file
+from pxgrpc.security.tokens import auth_metadata
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,7 +26,7 @@ def _channel(url: str) -> grpc.Channel:
 
 
 def _check(url: str, service: str = "", token: str | None = None) -> Any:
-    metadata = security.auth_metadata(token) if token else None
+    metadata = auth_metadata(token) if token else None
     with _channel(url) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return stub.Check(
@@ -33,7 +35,7 @@ def _check(url: str, service: str = "", token: str | None = None) -> Any:
 
 
 def _reflect(url: str, request: reflection_pb2.ServerReflectionRequest, token: str | None) -> Any:
-    metadata = security.auth_metadata(token) if token else None
+    metadata = auth_metadata(token) if token else None
     with _channel(url) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         return next(iter(stub.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=10)))
@@ -47,7 +49,7 @@ def _code(fn: Any, *args: Any) -> grpc.StatusCode:
 
 def test_health_answers_without_a_token_on_loopback(make_cluster) -> None:  # type: ignore[no-untyped-def]
     cluster, _ = make_cluster(n=1)
-    info = security.read_connection_file(cluster.connection_file)
+    info = read_connection_file(cluster.connection_file)
     assert _check(info.url) == SERVING
     assert _check(info.url, wire.CONTROLLER_SERVICE) == SERVING
     assert _check(info.url, wire.ENGINE_SERVICE) == SERVING
@@ -56,7 +58,7 @@ def test_health_answers_without_a_token_on_loopback(make_cluster) -> None:  # ty
 
 def test_reflection_needs_the_client_token_and_describes_the_api(make_cluster) -> None:  # type: ignore[no-untyped-def]
     cluster, _ = make_cluster(n=1)
-    info = security.read_connection_file(cluster.connection_file)
+    info = read_connection_file(cluster.connection_file)
     listing = reflection_pb2.ServerReflectionRequest(list_services="")
     assert _code(_reflect, info.url, listing, None) == grpc.StatusCode.UNAUTHENTICATED
     assert _code(_reflect, info.url, listing, info.engine_token) == grpc.StatusCode.UNAUTHENTICATED
@@ -81,7 +83,7 @@ def test_health_needs_a_token_off_loopback(make_cluster) -> None:  # type: ignor
     cluster, _ = make_cluster(
         n=1, controller_args=["--ip", "0.0.0.0", "--insecure", "--location", "127.0.0.1"]
     )
-    info = security.read_connection_file(cluster.connection_file)
+    info = read_connection_file(cluster.connection_file)
     assert _code(_check, info.url) == grpc.StatusCode.UNAUTHENTICATED
     assert _check(info.url, "", info.token) == SERVING
     assert _check(info.url, "", info.engine_token) == SERVING
@@ -91,7 +93,7 @@ def test_health_needs_a_token_off_loopback(make_cluster) -> None:  # type: ignor
 
 def test_health_watchers_see_not_serving_when_the_controller_stops(make_cluster) -> None:  # type: ignore[no-untyped-def]
     cluster, rc = make_cluster(n=1)
-    info = security.read_connection_file(cluster.connection_file)
+    info = read_connection_file(cluster.connection_file)
     seen: list[int] = []
     first = threading.Event()
 

@@ -37,7 +37,8 @@ from typing import Any
 
 import pytest
 
-from pxgrpc import security
+from pxgrpc.security.connection_file import ConnectionInfo, engine_connection_file, read_connection_file
+from pxgrpc.security.tokens import new_token
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -208,7 +209,7 @@ class LanCluster:
     ca_file_on: dict[str, Path]
     engine_file_on: dict[str, Path]
     client_file: Path
-    info: security.ConnectionInfo
+    info: ConnectionInfo
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen[str]) -> None:
@@ -226,10 +227,10 @@ def cluster(lan: Lan) -> LanCluster:
     """The controller on ctl (TLS auto, LAN address), two engines on each of e1 and e2."""
     conn = lan.home("ctl") / "controller.json"
     controller = lan.spawn("ctl", ["-m", "pxgrpc.controller", "--ip", lan.addr("ctl"), "--tls", "auto"])
-    wait_for_file(security.engine_connection_file(conn), controller)
-    info = security.read_connection_file(conn)
+    wait_for_file(engine_connection_file(conn), controller)
+    info = read_connection_file(conn)
     assert info.url.startswith(f"{lan.addr('ctl')}:") and info.tls_ca
-    engine_file = security.engine_connection_file(conn)
+    engine_file = engine_connection_file(conn)
     copies = {"e1": lan.copy(conn, "e1"), "e2": lan.copy(engine_file, "e2")}
     ca_files = {}
     for host in ("e1", "e2", "cli"):
@@ -300,7 +301,7 @@ REFUSED_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import pxgrpc as ipp
-    from pxgrpc.security import ConnectionInfo, read_connection_file
+    from pxgrpc.security.connection_file import ConnectionInfo, read_connection_file
 
     real = read_connection_file(sys.argv[1])
     cases = {
@@ -360,9 +361,11 @@ DATA_TOKENS_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import grpc
-    from pxgrpc import security, wire
+    from pxgrpc import wire
+    from pxgrpc.security.connection_file import read_connection_file
+    from pxgrpc.security.tokens import auth_metadata
 
-    info = security.read_connection_file(sys.argv[1])
+    info = read_connection_file(sys.argv[1])
     out = {}
     for name, token in (("client", info.token), ("engine", info.engine_token), ("none", "x")):
         with grpc.secure_channel(sys.argv[2], info.channel_credentials()) as channel:
@@ -372,7 +375,7 @@ DATA_TOKENS_SCRIPT = textwrap.dedent(
             )
             call = download(
                 wire.pb.DownloadRequest(blob_id="nothing-here"),
-                metadata=security.auth_metadata(token),
+                metadata=auth_metadata(token),
                 timeout=10,
             )
             try:
@@ -388,7 +391,7 @@ DATA_TOKENS_SCRIPT = textwrap.dedent(
 def test_the_data_endpoint_of_an_engine_only_engine_checks_the_client_token_by_its_digest(
     lan: Lan, cluster: LanCluster, client_run: dict[str, Any]
 ) -> None:
-    assert security.read_connection_file(cluster.engine_file_on["e2"]).token == ""  # e2 never held it
+    assert read_connection_file(cluster.engine_file_on["e2"]).token == ""  # e2 never held it
     e2_url = next(u for u in client_run["data_urls"] if u.startswith(f"{lan.addr('e2')}:"))
     result = lan.run("cli", ["-c", DATA_TOKENS_SCRIPT, str(cluster.client_file), e2_url])
     assert result.returncode == 0, result.stderr
@@ -504,7 +507,7 @@ def test_own_ca_fixed_tokens_and_mutual_tls_from_flags(lan: Lan, tmp_path: Path)
             timeout=CMD_TIMEOUT,
         )
         assert made.returncode == 0, made.stderr
-    tokens = {"PXGRPC_TOKEN": security.new_token(), "PXGRPC_ENGINE_TOKEN": security.new_token()}
+    tokens = {"PXGRPC_TOKEN": new_token(), "PXGRPC_ENGINE_TOKEN": new_token()}
     conn = lan.home("ctl") / "own.json"
     controller = lan.spawn(
         "ctl",
@@ -530,7 +533,7 @@ def test_own_ca_fixed_tokens_and_mutual_tls_from_flags(lan: Lan, tmp_path: Path)
         extra_env=tokens,
     )
     wait_for_file(conn, controller)
-    assert security.read_connection_file(conn).url == f"{HEAD_NAME}:50051"
+    assert read_connection_file(conn).url == f"{HEAD_NAME}:50051"
     engine_env = {"PXGRPC_ENGINE_TOKEN": tokens["PXGRPC_ENGINE_TOKEN"]}
     for host in ("e1", "e2"):
         for name in ("ca.pem", "engine.pem", "engine-key.pem"):
@@ -569,7 +572,9 @@ MTLS_CLIENT = textwrap.dedent(
     import grpc
     import numpy as np
     import pxgrpc as ipp
-    from pxgrpc import security, wire
+    from pxgrpc import wire
+    from pxgrpc.security.credentials import channel_credentials
+    from pxgrpc.security.tokens import auth_metadata
 
     rc = ipp.Client(sys.argv[1], timeout=20)
     rc.wait_for_engines(1, timeout=60)
@@ -582,7 +587,7 @@ MTLS_CLIENT = textwrap.dedent(
     calls = {}
     for name, creds in (
         ("client_cert", info.channel_credentials()),
-        ("no_client_cert", security.channel_credentials((info.tls_ca or "").encode())),
+        ("no_client_cert", channel_credentials((info.tls_ca or "").encode())),
     ):
         with grpc.secure_channel(url, creds) as channel:
             download = channel.unary_stream(
@@ -591,7 +596,7 @@ MTLS_CLIENT = textwrap.dedent(
             )
             call = download(
                 wire.pb.DownloadRequest(blob_id="nothing-here"),
-                metadata=security.auth_metadata(info.token),
+                metadata=auth_metadata(info.token),
                 timeout=10,
             )
             try:
@@ -611,9 +616,9 @@ def test_engine_only_engines_with_mutual_tls_serve_data_directly_to_certified_cl
     conn = lan.home("ctl") / "mtls.json"
     args = ["--ip", lan.addr("ctl"), "--tls", "auto", "--tls-client-auth", "--file", str(conn)]
     controller = lan.spawn("ctl", ["-m", "pxgrpc.controller", *args])
-    engine_file = security.engine_connection_file(conn)
+    engine_file = engine_connection_file(conn)
     wait_for_file(engine_file, controller)
-    assert security.read_connection_file(engine_file).token == ""
+    assert read_connection_file(engine_file).token == ""
     lan.spawn("e2", ["-m", "pxgrpc.engine", "--file", str(lan.copy(engine_file, "e2"))])
     result = lan.run("cli", ["-c", MTLS_CLIENT, str(lan.copy(conn, "cli"))])
     assert result.returncode == 0, result.stderr

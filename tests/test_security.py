@@ -14,15 +14,32 @@ import grpc
 import grpc.aio
 import pytest
 
-from pxgrpc import auth, certs, security
-from pxgrpc.auth import TokenAuthInterceptor
-from pxgrpc.certs import CertKey
-from pxgrpc.security import ConnectionInfo, SecurityError
+from pxgrpc.addresses import is_loopback, join_url, split_url
+from pxgrpc.security import certs
+from pxgrpc.security.certs import CertKey
+from pxgrpc.security.connection_file import (
+    ENV_CONNECTION_FILE,
+    ENV_DIR,
+    ConnectionInfo,
+    default_connection_file,
+    pxgrpc_dir,
+    read_connection_file,
+    write_connection_file,
+)
+from pxgrpc.security.credentials import (
+    channel_credentials,
+    channel_options,
+    server_credentials,
+    server_options,
+)
+from pxgrpc.security.errors import SecurityError
+from pxgrpc.security.interceptor import _MISSING_TOKEN_MSG, TokenAuthInterceptor
+from pxgrpc.security.tokens import auth_metadata, new_token
 
 pytestmark = pytest.mark.timeout(30)
 
-CLIENT_TOKEN = security.new_token()
-ENGINE_TOKEN = security.new_token()
+CLIENT_TOKEN = new_token()
+ENGINE_TOKEN = new_token()
 CTRL = "/pxgrpc.test.Controller/"
 ENGINE = "/pxgrpc.test.Engine/"
 OPEN = "/pxgrpc.test.Open/"
@@ -47,43 +64,43 @@ def _info() -> ConnectionInfo:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(security.ENV_DIR, str(tmp_path / "pxdir"))
-    monkeypatch.delenv(security.ENV_CONNECTION_FILE, raising=False)
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "pxdir"))
+    monkeypatch.delenv(ENV_CONNECTION_FILE, raising=False)
 
 
 # --------------------------------------------------------------------------- tokens and paths
 
 
 def test_new_token_is_random_and_long() -> None:
-    tokens = {security.new_token() for _ in range(10)}
+    tokens = {new_token() for _ in range(10)}
     assert len(tokens) == 10
     assert all(len(t) >= 43 for t in tokens)
 
 
 def test_new_token_never_looks_like_a_command_line_option() -> None:
     # 1 in 64 URL-safe tokens would start with '-', and `--token -abc` fails in argparse.
-    assert not any(security.new_token().startswith("-") for _ in range(2000))
+    assert not any(new_token().startswith("-") for _ in range(2000))
 
 
 def test_default_paths(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert security.pxgrpc_dir() == tmp_path / "pxdir"
-    assert security.default_connection_file() == tmp_path / "pxdir" / "controller.json"
-    assert security.default_connection_file("x1") == tmp_path / "pxdir" / "controller-x1.json"
-    monkeypatch.setenv(security.ENV_CONNECTION_FILE, str(tmp_path / "c.json"))
-    assert security.default_connection_file() == tmp_path / "c.json"
-    assert security.default_connection_file("x1") == tmp_path / "pxdir" / "controller-x1.json"
-    monkeypatch.delenv(security.ENV_DIR)
-    assert security.pxgrpc_dir() == pathlib.Path.home() / ".pxgrpc"
+    assert pxgrpc_dir() == tmp_path / "pxdir"
+    assert default_connection_file() == tmp_path / "pxdir" / "controller.json"
+    assert default_connection_file("x1") == tmp_path / "pxdir" / "controller-x1.json"
+    monkeypatch.setenv(ENV_CONNECTION_FILE, str(tmp_path / "c.json"))
+    assert default_connection_file() == tmp_path / "c.json"
+    assert default_connection_file("x1") == tmp_path / "pxdir" / "controller-x1.json"
+    monkeypatch.delenv(ENV_DIR)
+    assert pxgrpc_dir() == pathlib.Path.home() / ".pxgrpc"
 
 
 # --------------------------------------------------------------------------- connection file
 
 
 def test_connection_file_round_trip_and_modes() -> None:
-    path = security.default_connection_file()
-    security.write_connection_file(path, _info())
-    assert security.read_connection_file() == _info()
-    assert security.read_connection_file(path) == _info()
+    path = default_connection_file()
+    write_connection_file(path, _info())
+    assert read_connection_file() == _info()
+    assert read_connection_file(path) == _info()
     assert _mode(path) == 0o600
     assert _mode(path.parent) == 0o700
     assert [p.name for p in path.parent.iterdir()] == ["controller.json"]
@@ -91,19 +108,19 @@ def test_connection_file_round_trip_and_modes() -> None:
 
 def test_write_creates_nested_dirs_private(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "a" / "b" / "conn.json"
-    security.write_connection_file(path, _info())
+    write_connection_file(path, _info())
     assert _mode(tmp_path / "a") == 0o700
     assert _mode(tmp_path / "a" / "b") == 0o700
 
 
 def test_write_tightens_existing_pxgrpc_dir() -> None:
-    base = security.pxgrpc_dir()
+    base = pxgrpc_dir()
     base.mkdir(mode=0o755)
     os.chmod(base, 0o755)
-    path = security.default_connection_file()
-    security.write_connection_file(path, _info())
+    path = default_connection_file()
+    write_connection_file(path, _info())
     assert _mode(base) == 0o700
-    security.write_connection_file(path, _info())  # overwrite atomically
+    write_connection_file(path, _info())  # overwrite atomically
     assert _mode(path) == 0o600
 
 
@@ -111,17 +128,17 @@ def test_write_leaves_unrelated_existing_dir_alone(tmp_path: pathlib.Path) -> No
     other = tmp_path / "shared"
     other.mkdir()
     os.chmod(other, 0o755)
-    security.write_connection_file(other / "c.json", _info())
+    write_connection_file(other / "c.json", _info())
     assert _mode(other) == 0o755
     assert _mode(other / "c.json") == 0o600
 
 
 def test_group_readable_file_is_refused() -> None:
-    path = security.default_connection_file()
-    security.write_connection_file(path, _info())
+    path = default_connection_file()
+    write_connection_file(path, _info())
     os.chmod(path, 0o644)
     with pytest.raises(SecurityError, match=r"chmod 600") as err:
-        security.read_connection_file(path)
+        read_connection_file(path)
     assert str(path) in str(err.value)
     assert "token" in str(err.value)
 
@@ -129,7 +146,7 @@ def test_group_readable_file_is_refused() -> None:
 def test_missing_file_message(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "nope.json"
     with pytest.raises(SecurityError) as err:
-        security.read_connection_file(path)
+        read_connection_file(path)
     message = str(err.value)
     assert f"no controller found at {path}" in message
     assert "pxgrpc cluster start -n 4" in message
@@ -143,7 +160,7 @@ def test_from_json_ignores_unknown_and_names_missing_key(tmp_path: pathlib.Path)
     path.write_text('{"url": "h:1", "token": "t"}')
     os.chmod(path, 0o600)
     with pytest.raises(SecurityError, match="engine_token") as err:
-        security.read_connection_file(path)
+        read_connection_file(path)
     assert str(path) in str(err.value)
 
 
@@ -176,7 +193,7 @@ def test_from_json_rejects_bad_content(text: str) -> None:
     ],
 )
 def test_is_loopback(host: str, expected: bool) -> None:
-    assert security.is_loopback(host) is expected
+    assert is_loopback(host) is expected
 
 
 @pytest.mark.parametrize(
@@ -190,15 +207,15 @@ def test_is_loopback(host: str, expected: bool) -> None:
     ],
 )
 def test_split_url(url: str, expected: tuple[str, int]) -> None:
-    assert security.split_url(url) == expected
+    assert split_url(url) == expected
     if not url.startswith("unix:"):
-        assert security.join_url(*expected) == url
+        assert join_url(*expected) == url
 
 
 @pytest.mark.parametrize("url", ["noport", "host:", "host:x", "host:70000", "::1:5", "[::1]5"])
 def test_split_url_rejects_bad(url: str) -> None:
     with pytest.raises(ValueError, match="bad address"):
-        security.split_url(url)
+        split_url(url)
 
 
 # --------------------------------------------------------------------------- TLS material
@@ -216,19 +233,19 @@ def server_cert(ca: CertKey) -> CertKey:
 
 def test_mutual_tls_needs_client_ca(server_cert: CertKey) -> None:
     with pytest.raises(SecurityError, match="client_ca_pem"):
-        security.server_credentials(server_cert, require_client_auth=True)
+        server_credentials(server_cert, require_client_auth=True)
 
 
 def test_channel_options() -> None:
-    options = dict(security.channel_options("ctrl.example"))
+    options = dict(channel_options("ctrl.example"))
     assert options["grpc.ssl_target_name_override"] == "ctrl.example"
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     assert options["grpc.keepalive_time_ms"] == 10000
-    assert "grpc.ssl_target_name_override" not in dict(security.channel_options(None))
+    assert "grpc.ssl_target_name_override" not in dict(channel_options(None))
 
 
 def test_auth_metadata() -> None:
-    assert security.auth_metadata("t0k") == (("authorization", "bearer t0k"),)
+    assert auth_metadata("t0k") == (("authorization", "bearer t0k"),)
 
 
 # --------------------------------------------------------------------------- interceptor, unit
@@ -242,21 +259,21 @@ def _interceptor() -> TokenAuthInterceptor:
 
 def test_check_rules() -> None:
     check = _interceptor().check
-    ok = security.auth_metadata(CLIENT_TOKEN)
+    ok = auth_metadata(CLIENT_TOKEN)
     assert check(CTRL + "Echo", ok) is None
-    assert check(ENGINE + "Echo", security.auth_metadata(ENGINE_TOKEN)) is None
+    assert check(ENGINE + "Echo", auth_metadata(ENGINE_TOKEN)) is None
     assert check(OPEN + "Echo", None) is None
-    assert check(CTRL + "Echo", ()) == auth._MISSING_TOKEN_MSG
-    assert check(CTRL + "Echo", (("authorization", "bearer "),)) == auth._MISSING_TOKEN_MSG
+    assert check(CTRL + "Echo", ()) == _MISSING_TOKEN_MSG
+    assert check(CTRL + "Echo", (("authorization", "bearer "),)) == _MISSING_TOKEN_MSG
     assert check(CTRL + "Echo", (("authorization", f"Basic {CLIENT_TOKEN}"),)) is not None
     assert check(CTRL + "Echo", (("authorization", f"Bearer {CLIENT_TOKEN}"),)) is None
     assert "no token grants" in str(check("/other.Service/X", ok))
-    wrong = check(CTRL + "Echo", security.auth_metadata("nope"))
+    wrong = check(CTRL + "Echo", auth_metadata("nope"))
     assert wrong == "invalid token for pxgrpc.test.Controller"
 
 
 def test_engine_token_hint() -> None:
-    message = _interceptor().check(CTRL + "Echo", security.auth_metadata(ENGINE_TOKEN))
+    message = _interceptor().check(CTRL + "Echo", auth_metadata(ENGINE_TOKEN))
     assert message == (
         "invalid token for pxgrpc.test.Controller (an engine token cannot be used as a client token)"
     )
@@ -270,15 +287,15 @@ def test_empty_tokens_never_match() -> None:
 def test_a_token_digest_admits_that_token_only() -> None:
     digest = hashlib.sha256(CLIENT_TOKEN.encode()).digest()
     interceptor = TokenAuthInterceptor({ENGINE: {ENGINE_TOKEN}}, token_sha256={CTRL: {digest}})
-    assert interceptor.check(CTRL + "Echo", security.auth_metadata(CLIENT_TOKEN)) is None
+    assert interceptor.check(CTRL + "Echo", auth_metadata(CLIENT_TOKEN)) is None
     assert interceptor.check(CTRL + "Echo", (("authorization", f"bearer {digest.hex()}"),)) is not None
-    message = interceptor.check(CTRL + "Echo", security.auth_metadata(ENGINE_TOKEN))
+    message = interceptor.check(CTRL + "Echo", auth_metadata(ENGINE_TOKEN))
     assert message is not None and message.startswith("invalid token")
     later = TokenAuthInterceptor({CTRL: {""}}, token_sha256={CTRL: set()})
-    assert later.check(CTRL + "Echo", security.auth_metadata(CLIENT_TOKEN)) is not None
+    assert later.check(CTRL + "Echo", auth_metadata(CLIENT_TOKEN)) is not None
     later.accept_token_sha256(CTRL, digest)
-    assert later.check(CTRL + "Echo", security.auth_metadata(CLIENT_TOKEN)) is None
-    assert later.check(ENGINE + "Echo", security.auth_metadata(CLIENT_TOKEN)) is not None
+    assert later.check(CTRL + "Echo", auth_metadata(CLIENT_TOKEN)) is None
+    assert later.check(ENGINE + "Echo", auth_metadata(CLIENT_TOKEN)) is not None
     with pytest.raises(ValueError, match="no rule"):
         later.accept_token_sha256(ENGINE, digest)
 
@@ -320,7 +337,7 @@ def _generic_handlers() -> list[grpc.GenericRpcHandler]:
 async def _start_server(creds: grpc.ServerCredentials) -> tuple[grpc.aio.Server, str]:
     rules = {CTRL: {CLIENT_TOKEN}, ENGINE: {ENGINE_TOKEN}}
     interceptor = TokenAuthInterceptor(rules, open_prefixes=(OPEN,))
-    server = grpc.aio.server(interceptors=[interceptor], options=security.server_options())
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options())
     server.add_generic_rpc_handlers(_generic_handlers())
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
@@ -337,7 +354,7 @@ async def _run(
 ) -> None:
     server, target = await _start_server(server_creds)
     try:
-        options = security.channel_options(None)
+        options = channel_options(None)
         async with grpc.aio.secure_channel(target, channel_creds, options=options) as channel:
             await scenario(channel)
     finally:
@@ -351,7 +368,7 @@ def _run_sync(
 
 
 async def _unary(channel: grpc.aio.Channel, method: str, token: str | None) -> bytes:
-    metadata = security.auth_metadata(token) if token is not None else None
+    metadata = auth_metadata(token) if token is not None else None
     call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
     result: bytes = await call(b"hi", metadata=metadata, timeout=CALL_TIMEOUT)
     return result
@@ -364,7 +381,7 @@ async def _rpc_error(awaitable: Awaitable[Any]) -> grpc.aio.AioRpcError:
 
 
 def _metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return security.auth_metadata(token)
+    return auth_metadata(token)
 
 
 def test_real_server_token_checks(ca: CertKey, server_cert: CertKey) -> None:
@@ -374,7 +391,7 @@ def test_real_server_token_checks(ca: CertKey, server_cert: CertKey) -> None:
         assert await _unary(channel, OPEN + "Echo", None) == b"hi"
         missing = await _rpc_error(_unary(channel, CTRL + "Echo", None))
         assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert missing.details() == auth._MISSING_TOKEN_MSG
+        assert missing.details() == _MISSING_TOKEN_MSG
         wrong = await _rpc_error(_unary(channel, CTRL + "Echo", "wrong"))
         assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
         assert wrong.details() == "invalid token for pxgrpc.test.Controller"
@@ -386,8 +403,8 @@ def test_real_server_token_checks(ca: CertKey, server_cert: CertKey) -> None:
         unknown = await _rpc_error(_unary(channel, CTRL + "NoSuchMethod", "wrong"))
         assert unknown.code() == grpc.StatusCode.UNIMPLEMENTED
 
-    creds = security.channel_credentials(ca.cert_pem)
-    _run_sync(security.server_credentials(server_cert), creds, scenario)
+    creds = channel_credentials(ca.cert_pem)
+    _run_sync(server_credentials(server_cert), creds, scenario)
 
 
 async def _collect(call: AsyncIterable[Any]) -> list[bytes]:
@@ -417,12 +434,12 @@ def test_real_server_streaming_arities(ca: CertKey, server_cert: CertKey) -> Non
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED
             assert err.details() == "invalid token for pxgrpc.test.Controller"
 
-    creds = security.channel_credentials(ca.cert_pem)
-    _run_sync(security.server_credentials(server_cert), creds, scenario)
+    creds = channel_credentials(ca.cert_pem)
+    _run_sync(server_credentials(server_cert), creds, scenario)
 
 
 def _mtls_server_creds(ca: CertKey, server_cert: CertKey) -> grpc.ServerCredentials:
-    return security.server_credentials(server_cert, client_ca_pem=ca.cert_pem, require_client_auth=True)
+    return server_credentials(server_cert, client_ca_pem=ca.cert_pem, require_client_auth=True)
 
 
 def test_mutual_tls_with_client_cert(ca: CertKey, server_cert: CertKey) -> None:
@@ -430,7 +447,7 @@ def test_mutual_tls_with_client_cert(ca: CertKey, server_cert: CertKey) -> None:
         assert await _unary(channel, CTRL + "Echo", CLIENT_TOKEN) == b"hi"
 
     client = certs.make_client_cert(ca, "engine-1")
-    creds = security.channel_credentials(ca.cert_pem, client)
+    creds = channel_credentials(ca.cert_pem, client)
     _run_sync(_mtls_server_creds(ca, server_cert), creds, scenario)
 
 
@@ -439,7 +456,7 @@ def test_mutual_tls_without_client_cert_fails(ca: CertKey, server_cert: CertKey)
         err = await _rpc_error(_unary(channel, CTRL + "Echo", CLIENT_TOKEN))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
 
-    creds = security.channel_credentials(ca.cert_pem)
+    creds = channel_credentials(ca.cert_pem)
     _run_sync(_mtls_server_creds(ca, server_cert), creds, scenario)
 
 
@@ -449,7 +466,7 @@ def test_mutual_tls_client_cert_from_other_ca_fails(ca: CertKey, server_cert: Ce
         assert err.code() == grpc.StatusCode.UNAVAILABLE
 
     stranger = certs.make_client_cert(certs.make_ca("other CA"), "mallory")
-    creds = security.channel_credentials(ca.cert_pem, stranger)
+    creds = channel_credentials(ca.cert_pem, stranger)
     _run_sync(_mtls_server_creds(ca, server_cert), creds, scenario)
 
 
@@ -458,15 +475,15 @@ def test_client_trusting_other_ca_fails(server_cert: CertKey) -> None:
         err = await _rpc_error(_unary(channel, CTRL + "Echo", CLIENT_TOKEN))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
 
-    creds = security.channel_credentials(certs.make_ca("other CA").cert_pem)
-    _run_sync(security.server_credentials(server_cert), creds, scenario)
+    creds = channel_credentials(certs.make_ca("other CA").cert_pem)
+    _run_sync(server_credentials(server_cert), creds, scenario)
 
 
 async def _call_with_server_name(ca: CertKey, server: CertKey, name: str) -> bytes:
-    grpc_server, target = await _start_server(security.server_credentials(server))
+    grpc_server, target = await _start_server(server_credentials(server))
     try:
-        options = security.channel_options(name)
-        creds = security.channel_credentials(ca.cert_pem)
+        options = channel_options(name)
+        creds = channel_credentials(ca.cert_pem)
         async with grpc.aio.secure_channel(target, creds, options=options) as channel:
             return await _unary(channel, CTRL + "Echo", CLIENT_TOKEN)
     finally:

@@ -27,10 +27,19 @@ import pytest
 import trustme
 
 import pxgrpc as ipp
-from pxgrpc import certs, diagnose, security
-from pxgrpc.certs import CertKey
+from pxgrpc import diagnose
 from pxgrpc.cluster import Cluster
-from pxgrpc.security import ConnectionInfo
+from pxgrpc.security import certs
+from pxgrpc.security.certs import CertKey
+from pxgrpc.security.connection_file import (
+    ConnectionInfo,
+    engine_connection_file,
+    read_connection_file,
+    write_connection_file,
+)
+from pxgrpc.security.credentials import server_credentials
+from pxgrpc.security.errors import SecurityError
+from pxgrpc.security.tokens import new_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,7 +93,7 @@ def write_pem(path: pathlib.Path, data: bytes) -> pathlib.Path:
 
 
 def write_private(path: pathlib.Path, info: ConnectionInfo) -> pathlib.Path:
-    security.write_connection_file(path, info)
+    write_connection_file(path, info)
     return path
 
 
@@ -146,7 +155,7 @@ def wait_for_connection_file(path: pathlib.Path, proc: subprocess.Popen[str]) ->
         assert proc.poll() is None, f"the controller exited: {proc.stderr.read() if proc.stderr else ''}"
         assert time.monotonic() < deadline, "no connection file"
         time.sleep(0.02)
-    return security.read_connection_file(path)
+    return read_connection_file(path)
 
 
 def wait_for_engines(rc: ipp.Client, n: int) -> None:
@@ -184,7 +193,7 @@ def other_ca() -> trustme.CA:
 
 
 def info_of(cluster: Cluster) -> ConnectionInfo:
-    return security.read_connection_file(cluster.connection_file)
+    return read_connection_file(cluster.connection_file)
 
 
 # --------------------------------------------------------------------------- working set-ups
@@ -193,12 +202,12 @@ def info_of(cluster: Cluster) -> ConnectionInfo:
 def test_tls_auto_publishes_ca_and_engine_only_file(tls_cluster: Cluster) -> None:
     info = info_of(tls_cluster)
     assert info.tls and info.tls_ca and "BEGIN CERTIFICATE" in info.tls_ca
-    engine_file = security.engine_connection_file(tls_cluster.connection_file)
+    engine_file = engine_connection_file(tls_cluster.connection_file)
     assert engine_file.name.endswith("-engine.json")
     for path in (tls_cluster.connection_file, engine_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    engine_info = security.read_connection_file(engine_file)
+    engine_info = read_connection_file(engine_file)
     assert engine_info.token == ""
     assert engine_info.engine_token == info.engine_token
     assert engine_info.url == info.url and engine_info.tls_ca == info.tls_ca
@@ -207,7 +216,7 @@ def test_tls_auto_publishes_ca_and_engine_only_file(tls_cluster: Cluster) -> Non
 
 
 def test_engine_joins_from_the_engine_only_file(tls_cluster: Cluster) -> None:
-    engine_file = security.engine_connection_file(tls_cluster.connection_file)
+    engine_file = engine_connection_file(tls_cluster.connection_file)
     with ipp.Client(tls_cluster.connection_file, timeout=5) as rc:
         before = len(rc.ids)
         with spawned(["pxgrpc.engine", "--file", str(engine_file)]):
@@ -216,7 +225,7 @@ def test_engine_joins_from_the_engine_only_file(tls_cluster: Cluster) -> None:
 
 
 def test_engine_only_file_cannot_drive_the_cluster(tls_cluster: Cluster) -> None:
-    engine_file = security.engine_connection_file(tls_cluster.connection_file)
+    engine_file = engine_connection_file(tls_cluster.connection_file)
     with pytest.raises(ipp.AuthenticationError) as err:
         ipp.Client(engine_file, timeout=5)
     assert_one_line(err.value, "no client token", "controller.json")
@@ -242,7 +251,7 @@ def test_client_token_cannot_register_an_engine(tls_cluster: Cluster, tmp_path: 
 def test_mutual_tls_auto_works_with_the_certificates_in_the_files(mtls_cluster: Cluster) -> None:
     info = info_of(mtls_cluster)
     assert info.tls_client_cert and info.tls_client_key
-    engine_info = security.read_connection_file(security.engine_connection_file(mtls_cluster.connection_file))
+    engine_info = read_connection_file(engine_connection_file(mtls_cluster.connection_file))
     assert engine_info.tls_client_cert and engine_info.tls_client_cert != info.tls_client_cert
     with ipp.Client(mtls_cluster.connection_file, timeout=5) as rc:
         assert rc[:].apply_sync(lambda: "mtls") == ["mtls"]
@@ -301,7 +310,7 @@ def test_engine_waits_for_a_controller_that_starts_later(tmp_path: pathlib.Path)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    token = security.new_token()
+    token = new_token()
     conn = tmp_path / "late" / "controller.json"
     engine = ["pxgrpc.engine", "--controller", f"127.0.0.1:{port}", "--token", token, "--timeout", "20"]
     with spawned(engine) as engine_proc:
@@ -398,14 +407,14 @@ def expired_server(other_ca: trustme.CA) -> Iterator[str]:
     leaf = other_ca.issue_cert(
         "127.0.0.1", not_before=datetime.datetime(2020, 1, 1), not_after=datetime.datetime(2021, 1, 1)
     )
-    with bare_server(security.server_credentials(trustme_pair(leaf))) as url:
+    with bare_server(server_credentials(trustme_pair(leaf))) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def misnamed_server(other_ca: trustme.CA) -> Iterator[str]:
     leaf = other_ca.issue_cert("head.example.org")
-    with bare_server(security.server_credentials(trustme_pair(leaf))) as url:
+    with bare_server(server_credentials(trustme_pair(leaf))) as url:
         yield url
 
 
@@ -466,7 +475,7 @@ def test_missing_client_certificate_client(mtls_cluster: Cluster) -> None:
 
 
 def test_missing_client_certificate_engine(mtls_cluster: Cluster, tmp_path: pathlib.Path) -> None:
-    engine_info = security.read_connection_file(security.engine_connection_file(mtls_cluster.connection_file))
+    engine_info = read_connection_file(engine_connection_file(mtls_cluster.connection_file))
     bad = dataclasses.replace(engine_info, tls_client_cert=None, tls_client_key=None)
     path = write_private(tmp_path / "m" / "controller-engine.json", bad)
     result = run_cli("pxgrpc-engine", "--file", str(path))
@@ -491,7 +500,7 @@ def test_foreign_client_certificate_engine(
     leaf = other_ca.issue_cert("mallory@example.org")
     cert = write_pem(tmp_path / "mallory.pem", leaf.cert_chain_pems[0].bytes())
     key = write_pem(tmp_path / "mallory-key.pem", leaf.private_key_pem.bytes())
-    engine_file = security.engine_connection_file(mtls_cluster.connection_file)
+    engine_file = engine_connection_file(mtls_cluster.connection_file)
     result = run_cli(
         "pxgrpc-engine", "--file", str(engine_file), "--tls-cert", str(cert), "--tls-key", str(key)
     )
@@ -506,7 +515,7 @@ def test_expired_client_certificate_is_refused_before_connecting(tmp_path: pathl
     cert = write_pem(tmp_path / "old.pem", leaf.cert_chain_pems[0].bytes())
     key = write_pem(tmp_path / "old-key.pem", leaf.private_key_pem.bytes())
     info = ConnectionInfo(url="127.0.0.1:1", token="t", engine_token="e")
-    with pytest.raises(security.SecurityError, match=r"expired on 2021-01-01.*pxgrpc tls"):
+    with pytest.raises(SecurityError, match=r"expired on 2021-01-01.*pxgrpc tls"):
         ipp.Client(connection_info=info, tls_cert=cert, tls_key=key)
     result = run_cli(
         "pxgrpc-engine",
@@ -538,7 +547,7 @@ def test_readable_connection_file_is_refused_by_the_tools(
     result = run_cli("pxgrpc-engine", "--file", str(path))
     line = assert_engine_refused(result, "accessible by other users", f"chmod 600 {path}")
     assert "mode 0644" in line
-    with pytest.raises(security.SecurityError, match="chmod 600"):
+    with pytest.raises(SecurityError, match="chmod 600"):
         ipp.Client(path)
     home = tmp_path / "open-home"
     write_private(home / "controller.json", info_of(tls_cluster))

@@ -14,11 +14,12 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pxgrpc import security, tls
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.errors import NoEnginesError, TimeoutError
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
+from pxgrpc.security import certfiles
+from pxgrpc.security.connection_file import ConnectionInfo, default_connection_file, read_connection_file
 
 
 class Client:
@@ -44,7 +45,7 @@ class Client:
         url_file: str | os.PathLike[str] | None = None,
         *,
         cluster_id: str = "",
-        connection_info: security.ConnectionInfo | None = None,
+        connection_info: ConnectionInfo | None = None,
         timeout: float = 10.0,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
@@ -52,13 +53,9 @@ class Client:
         tls_server_name: str | None = None,
     ) -> None:
         if connection_info is None:
-            path = (
-                pathlib.Path(url_file)
-                if url_file is not None
-                else security.default_connection_file(cluster_id)
-            )
-            connection_info = security.read_connection_file(path)
-        connection_info = tls.override(
+            path = pathlib.Path(url_file) if url_file is not None else default_connection_file(cluster_id)
+            connection_info = read_connection_file(path)
+        connection_info = certfiles.override(
             connection_info, cert=tls_cert, key=tls_key, ca=tls_ca, server_name=tls_server_name
         )
         self.connection_info = connection_info

@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, security, wire
+from pxgrpc import blobstream, wire
+from pxgrpc.security.credentials import channel_options
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class DirectData:
         channel = self._channels.get(url)
         if channel is None:
             # No TLS server name override: the engine's certificate names the host it is dialed at.
-            options = security.channel_options(None)
+            options = channel_options(None)
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(url, options=options)
             else:

@@ -21,12 +21,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, security, wire
+from pxgrpc import blobstream, diagnose, wire
 from pxgrpc.client.direct import DirectData
 from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
 from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
 from pxgrpc.client.submit import Submitter
 from pxgrpc.memory import reuse_freed_memory
+from pxgrpc.security.connection_file import ConnectionInfo
+from pxgrpc.security.credentials import channel_options
+from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,7 +65,7 @@ def diagnosed_error(found: diagnose.Diagnosis, code: str) -> PxConnectionError:
 class Transport(Submitter):
     """One client's link to one controller."""
 
-    def __init__(self, info: security.ConnectionInfo, timeout: float = 10.0) -> None:
+    def __init__(self, info: ConnectionInfo, timeout: float = 10.0) -> None:
         if not info.token:
             raise AuthenticationError(
                 "this connection file holds no client token (it is the engine-only copy, "
@@ -73,7 +76,7 @@ class Transport(Submitter):
         self.url = info.url
         # Opt-in here: allocator settings would affect all of the user's own process.
         reuse_freed_memory(default="chunks")
-        self._metadata = security.auth_metadata(info.token)
+        self._metadata = auth_metadata(info.token)
         self._tasks: set[asyncio.Future[None]] = set()
         self._listeners: dict[str, TaskListener] = {}
         # The live engines as the controller last told us (see `engine_ids`).
@@ -148,7 +151,7 @@ class Transport(Submitter):
     # --- connecting -------------------------------------------------------------------------
 
     async def _connect(self, timeout: float) -> None:
-        options = security.channel_options(self.info.tls_server_name)
+        options = channel_options(self.info.tls_server_name)
         self._session: grpc.aio.StreamStreamCall[Any, Any] | None = None
         creds = self.info.channel_credentials()
         if creds is not None:

@@ -10,9 +10,9 @@ import pathlib
 import signal
 import sys
 
-from pxgrpc import security
 from pxgrpc.controller.server import Controller, ControllerConfig
 from pxgrpc.memory import reuse_freed_memory
+from pxgrpc.security.errors import SecurityError
 
 log = logging.getLogger("pxgrpc.controller")
 
@@ -95,11 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ControllerConfig:
     """The ControllerConfig the command-line flags describe."""
     if args.tls == "auto" and (args.tls_cert or args.tls_key):
-        raise security.SecurityError(
-            "--tls auto makes its own certificate: drop --tls-cert/--tls-key, or --tls auto"
-        )
+        raise SecurityError("--tls auto makes its own certificate: drop --tls-cert/--tls-key, or --tls auto")
     if args.tls == "off" and (args.tls_cert or args.tls_key):
-        raise security.SecurityError("--tls off contradicts --tls-cert/--tls-key: drop one of them")
+        raise SecurityError("--tls off contradicts --tls-cert/--tls-key: drop one of them")
     tls = args.tls or ("files" if args.tls_cert or args.tls_key else "off")
     return ControllerConfig(
         ip=args.ip,
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory("chunks")  # relayed chunks reuse mapped pages
     try:
         asyncio.run(serve(config_from_args(args)))
-    except security.SecurityError as exc:
+    except SecurityError as exc:
         print(f"pxgrpc-controller: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # grpc's "Failed to bind to address ..."

@@ -14,11 +14,22 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
-from pxgrpc import auth, certs, security, tls
-from pxgrpc.certs import CertKey
+from pxgrpc.addresses import is_loopback, join_url
 from pxgrpc.controller import probes
 from pxgrpc.controller.service import ControllerState, generic_handlers, normal_host
-from pxgrpc.security import ConnectionInfo
+from pxgrpc.security import certfiles, certs
+from pxgrpc.security.certs import CertKey
+from pxgrpc.security.connection_file import (
+    ConnectionInfo,
+    default_connection_file,
+    engine_connection_file,
+    read_connection_file,
+    write_connection_file,
+)
+from pxgrpc.security.credentials import server_credentials, server_options
+from pxgrpc.security.errors import SecurityError
+from pxgrpc.security.interceptor import TokenAuthInterceptor
+from pxgrpc.security.tokens import new_token
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +78,16 @@ class Controller:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.token = config.token or security.new_token()
+        self.token = config.token or new_token()
         self.state = ControllerState(
             heartbeat_interval=config.heartbeat_interval,
             prefetch=config.prefetch,
             tls=config.tls != "off",
             client_token=self.token,
         )
-        self.engine_token = config.engine_token or security.new_token()
-        self.connection_file = config.connection_file or security.default_connection_file(config.cluster_id)
-        self.engine_connection_file = security.engine_connection_file(self.connection_file)
+        self.engine_token = config.engine_token or new_token()
+        self.connection_file = config.connection_file or default_connection_file(config.cluster_id)
+        self.engine_connection_file = engine_connection_file(self.connection_file)
         self._client_certs: dict[str, CertKey] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -86,9 +97,9 @@ class Controller:
 
     def _check_bind(self) -> None:
         ip = self.config.ip
-        if self.config.tls == "off" and not security.is_loopback(ip):
+        if self.config.tls == "off" and not is_loopback(ip):
             if not self.config.insecure:
-                raise security.SecurityError(
+                raise SecurityError(
                     f"refusing to listen on {ip!r} without TLS: anyone who reaches the port could run "
                     "code on every engine. Add --tls auto (or --tls-cert/--tls-key), "
                     "or --insecure to accept the risk"
@@ -100,22 +111,22 @@ class Controller:
         cfg = self.config
         if cfg.tls == "off":
             if cfg.tls_client_auth:
-                raise security.SecurityError(
+                raise SecurityError(
                     "--tls-client-auth needs TLS: add --tls auto, or --tls-cert/--tls-key/--tls-ca"
                 )
             return None, None
         if cfg.tls == "auto":
             return self._auto_tls()
         if cfg.tls_cert is None or cfg.tls_key is None:
-            raise security.SecurityError("TLS with your own certificate needs both --tls-cert and --tls-key")
-        cert = tls.load_cert_pair(cfg.tls_cert, cfg.tls_key, "--tls-cert")
-        ca_pem = tls.read_pem(cfg.tls_ca, "--tls-ca") if cfg.tls_ca else None
+            raise SecurityError("TLS with your own certificate needs both --tls-cert and --tls-key")
+        cert = certfiles.load_cert_pair(cfg.tls_cert, cfg.tls_key, "--tls-cert")
+        ca_pem = certfiles.read_pem(cfg.tls_ca, "--tls-ca") if cfg.tls_ca else None
         if cfg.tls_client_auth and ca_pem is None:
-            raise security.SecurityError(
+            raise SecurityError(
                 "--tls-client-auth needs --tls-ca: the CA that signs the certificates of engines and clients"
             )
         client_ca = ca_pem if cfg.tls_client_auth else None
-        creds = security.server_credentials(cert, client_ca, cfg.tls_client_auth)
+        creds = server_credentials(cert, client_ca, cfg.tls_client_auth)
         return creds, ca_pem.decode() if ca_pem else None
 
     def _auto_tls(self) -> tuple[grpc.ServerCredentials, str]:
@@ -133,7 +144,7 @@ class Controller:
                 "engine": certs.make_client_cert(ca, "pxgrpc engine"),
             }
         client_ca = ca.cert_pem if cfg.tls_client_auth else None
-        return security.server_credentials(server, client_ca, cfg.tls_client_auth), ca.cert_pem.decode()
+        return server_credentials(server, client_ca, cfg.tls_client_auth), ca.cert_pem.decode()
 
     def _certificate_hosts(self) -> list[str]:
         """Names the auto certificate is valid for: the bind address, --location, --tls-san, and
@@ -155,18 +166,18 @@ class Controller:
         """Bind, start serving and write the connection file."""
         self._check_bind()
         creds, ca_pem = self._tls_material()
-        interceptor = auth.TokenAuthInterceptor(
+        interceptor = TokenAuthInterceptor(
             {
                 "/pxgrpc.v1.Controller/": {self.token},
                 "/pxgrpc.v1.Engine/": {self.engine_token},
                 **probes.auth_rules(self.token, self.engine_token),
             },
-            open_prefixes=probes.open_prefixes(security.is_loopback(self.config.ip)),
+            open_prefixes=probes.open_prefixes(is_loopback(self.config.ip)),
         )
-        server = grpc.aio.server(options=security.server_options(), interceptors=[interceptor])
+        server = grpc.aio.server(options=server_options(), interceptors=[interceptor])
         server.add_generic_rpc_handlers(generic_handlers(self.state))
         self.standard_services = services = probes.StandardServices(server)
-        address = security.join_url(self.config.ip, self.config.port)
+        address = join_url(self.config.ip, self.config.port)
         if creds is None:
             self.port = server.add_insecure_port(address)
         else:
@@ -175,7 +186,7 @@ class Controller:
         await services.serving()
         self.server = server
         self.info = ConnectionInfo(
-            url=security.join_url(self._location(), self.port),
+            url=join_url(self._location(), self.port),
             token=self.token,
             engine_token=self.engine_token,
             tls_ca=ca_pem,
@@ -194,12 +205,12 @@ class Controller:
         if client_cert is not None:
             info.tls_client_cert = client_cert.cert_pem.decode()
             info.tls_client_key = client_cert.key_pem.decode()
-        security.write_connection_file(self.connection_file, info)
+        write_connection_file(self.connection_file, info)
         for_engines = info.for_engines()
         if engine_cert is not None:
             for_engines.tls_client_cert = engine_cert.cert_pem.decode()
             for_engines.tls_client_key = engine_cert.key_pem.decode()
-        security.write_connection_file(self.engine_connection_file, for_engines)
+        write_connection_file(self.engine_connection_file, for_engines)
 
     def _location(self) -> str:
         if self.config.location:
@@ -243,7 +254,7 @@ class Controller:
             await self.server.stop(grace)
             self.server = None
         for path in (self.connection_file, self.engine_connection_file):
-            with contextlib.suppress(OSError, security.SecurityError):
-                current = security.read_connection_file(path)
+            with contextlib.suppress(OSError, SecurityError):
+                current = read_connection_file(path)
                 if current.controller_pid == os.getpid():
                     path.unlink()

@@ -20,12 +20,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from pxgrpc import certs, security, wire
+from pxgrpc import wire
+from pxgrpc.addresses import split_url
 from pxgrpc.controller.blobs import BlobError, BlobStore
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.router import Session as ClientSession
 from pxgrpc.controller.router import TaskRouter
 from pxgrpc.controller.scatter import concatenate_values, scatter_values
+from pxgrpc.security import certs
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +370,7 @@ class EngineService(BlobTransfers):
             request.data_url = ""
             return b""
         try:
-            host, _ = security.split_url(request.data_url)
+            host, _ = split_url(request.data_url)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"data_url: {exc}")
             raise  # unreachable: abort raises
@@ -547,7 +549,7 @@ def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
     if kind not in ("ipv4", "ipv6"):
         return None
     try:
-        host, _ = security.split_url(rest)
+        host, _ = split_url(rest)
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None

@@ -9,8 +9,16 @@ import pathlib
 import sys
 import time
 
-from pxgrpc import diagnose, security, tls
+from pxgrpc import diagnose
 from pxgrpc.engine.engine import Engine
+from pxgrpc.security import certfiles
+from pxgrpc.security.connection_file import (
+    ConnectionInfo,
+    default_connection_file,
+    engine_connection_file,
+    read_connection_file,
+)
+from pxgrpc.security.errors import SecurityError
 
 log = logging.getLogger("pxgrpc.engine")
 
@@ -72,21 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def connection_from_args(args: argparse.Namespace) -> security.ConnectionInfo:
+def connection_from_args(args: argparse.Namespace) -> ConnectionInfo:
     """The controller to dial and the credentials to use, from a connection file or flags."""
     if args.controller:
         if not args.token:
-            raise security.SecurityError(
-                "--controller needs --token (or $PXGRPC_ENGINE_TOKEN): the engine token"
-            )
-        info = security.ConnectionInfo(url=args.controller, token="", engine_token=args.token, tls=args.tls)
+            raise SecurityError("--controller needs --token (or $PXGRPC_ENGINE_TOKEN): the engine token")
+        info = ConnectionInfo(url=args.controller, token="", engine_token=args.token, tls=args.tls)
     else:
-        info = security.read_connection_file(_connection_file(args))
+        info = read_connection_file(_connection_file(args))
         if not info.engine_token:
-            raise security.SecurityError(
-                "the connection file holds no engine token; use the controller's own file"
-            )
-    return tls.override(
+            raise SecurityError("the connection file holds no engine token; use the controller's own file")
+    return certfiles.override(
         info,
         cert=args.tls_cert,
         key=args.tls_key,
@@ -100,8 +104,8 @@ def _connection_file(args: argparse.Namespace) -> pathlib.Path:
     if args.connection_file:
         path: pathlib.Path = args.connection_file
     else:
-        path = security.default_connection_file(args.cluster_id)
-        engine_only = security.engine_connection_file(path)
+        path = default_connection_file(args.cluster_id)
+        engine_only = engine_connection_file(path)
         if not path.exists() and engine_only.exists():
             path = engine_only
     deadline = time.monotonic() + args.wait
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.conn.connect_timeout = args.timeout
         engine.conn.data_host = args.data_host
         engine.serve(register_timeout=args.timeout + 15)
-    except (security.SecurityError, diagnose.ConnectFailure, TimeoutError) as exc:
+    except (SecurityError, diagnose.ConnectFailure, TimeoutError) as exc:
         print(f"pxgrpc-engine: {exc}", file=sys.__stderr__)
         return 2
     return 0

@@ -23,8 +23,13 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, certs, diagnose, security, wire
+from pxgrpc import blobstream, diagnose, wire
+from pxgrpc.addresses import is_loopback, split_url
 from pxgrpc.engine.data import DataCertificate, DataEndpoint
+from pxgrpc.security import certs
+from pxgrpc.security.connection_file import ConnectionInfo
+from pxgrpc.security.credentials import channel_options
+from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ class EngineConnection:
 
     def __init__(
         self,
-        info: security.ConnectionInfo,
+        info: ConnectionInfo,
         work: queue.SimpleQueue[WorkItem | None],
         connect_timeout: float = 30.0,
     ) -> None:
@@ -76,7 +81,7 @@ class EngineConnection:
         self.data_host = os.environ.get("PXGRPC_DATA_HOST", "")
         self._wakeup: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
-        self._metadata = security.auth_metadata(info.engine_token)
+        self._metadata = auth_metadata(info.engine_token)
         self._main_thread = threading.main_thread().ident
 
     # --- thread plumbing --------------------------------------------------------------------
@@ -147,7 +152,7 @@ class EngineConnection:
     # --- the conversation -------------------------------------------------------------------
 
     def _channel(self) -> grpc.aio.Channel:
-        options = security.channel_options(self.info.tls_server_name)
+        options = channel_options(self.info.tls_server_name)
         creds = self.info.channel_credentials()
         if creds is not None:
             return grpc.aio.secure_channel(self.info.url, creds, options=options)
@@ -165,19 +170,19 @@ class EngineConnection:
         if not blobstream.direct_data_enabled():
             return False
         try:
-            host, _ = security.split_url(self.info.url)
+            host, _ = split_url(self.info.url)
         except ValueError:
             return False
         if self.info.uses_tls:
             return bool(self.info.tls_ca)
-        return bool(self.info.token) and security.is_loopback(host)
+        return bool(self.info.token) and is_loopback(host)
 
     async def _data_address(self) -> str:
         """Where the data endpoint listens and is reached: `data_host` when set; next to a
         loopback controller 127.0.0.1; else this host's address on the route to the controller
         (the address the controller's network knows it by)."""
-        host, port = security.split_url(self.info.url)
-        if security.is_loopback(host):
+        host, port = split_url(self.info.url)
+        if is_loopback(host):
             return self.data_host if self.data_host and self.info.uses_tls else "127.0.0.1"
         if self.data_host:
             return self.data_host

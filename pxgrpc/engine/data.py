@@ -25,7 +25,11 @@ from typing import Any, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from pxgrpc import auth, blobstream, certs, security, wire
+from pxgrpc import blobstream, wire
+from pxgrpc.addresses import join_url
+from pxgrpc.security import certs
+from pxgrpc.security.credentials import server_options
+from pxgrpc.security.interceptor import TokenAuthInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ class DataEndpoint:
 
     def __init__(self, token: str = "") -> None:
         prefix = f"/{wire.ENGINE_DATA_SERVICE}/"
-        self._auth = auth.TokenAuthInterceptor({prefix: {token}}, token_sha256={prefix: set()})
+        self._auth = TokenAuthInterceptor({prefix: {token}}, token_sha256={prefix: set()})
         self._received: dict[str, tuple[blobstream.IncomingBlob, float]] = {}
         self._offers: dict[str, _Offer] = {}
         self._lock = threading.Lock()  # offers come from the main thread
@@ -108,7 +112,7 @@ class DataEndpoint:
     async def start(self, host: str = "127.0.0.1", tls: DataCertificate | None = None) -> str:
         """Listen on an ephemeral port of `host` (with TLS when given `tls`); return the
         "host:port" to advertise."""
-        server = grpc.aio.server(options=security.server_options(), interceptors=[self._auth])
+        server = grpc.aio.server(options=server_options(), interceptors=[self._auth])
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Upload": grpc.stream_unary_rpc_method_handler(
                 self.Upload, response_serializer=wire.pb.UploadReply.SerializeToString
@@ -118,7 +122,7 @@ class DataEndpoint:
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(wire.ENGINE_DATA_SERVICE, handlers)]
         )
-        address = security.join_url(host, 0)
+        address = join_url(host, 0)
         if tls is None:
             port = server.add_insecure_port(address)
         else:
@@ -127,7 +131,7 @@ class DataEndpoint:
         await server.start()
         self._server = server
         self._sweeper = asyncio.create_task(self._sweep())
-        self.url = security.join_url(host, port)
+        self.url = join_url(host, port)
         return self.url
 
     def accept_token_sha256(self, digest: bytes) -> None:

@@ -8,11 +8,12 @@ import signal
 import sys
 from types import FrameType
 
-from pxgrpc import security, wire
+from pxgrpc import wire
 from pxgrpc.engine.connection import EngineConnection, WorkItem, wait_registered
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
 from pxgrpc.memory import reuse_freed_memory
+from pxgrpc.security.connection_file import ConnectionInfo
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class Engine:
     """Runs tasks from the controller in a persistent namespace until told to stop."""
 
-    def __init__(self, info: security.ConnectionInfo) -> None:
+    def __init__(self, info: ConnectionInfo) -> None:
         reuse_freed_memory()
         self.work: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
         self.conn = EngineConnection(info, self.work)

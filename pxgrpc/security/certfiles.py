@@ -24,9 +24,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from pxgrpc import certs, security
-from pxgrpc.certs import CertKey
-from pxgrpc.security import SecurityError
+from pxgrpc.security import certs
+from pxgrpc.security.certs import CertKey
+from pxgrpc.security.connection_file import ConnectionInfo
+from pxgrpc.security.errors import SecurityError
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +143,14 @@ def signed_by(cert: x509.Certificate, ca_pem: bytes) -> bool:
 
 
 def override(
-    info: security.ConnectionInfo,
+    info: ConnectionInfo,
     *,
     cert: str | os.PathLike[str] | None = None,
     key: str | os.PathLike[str] | None = None,
     ca: str | os.PathLike[str] | None = None,
     server_name: str | None = None,
     names: tuple[str, str, str] = ("tls_cert=", "tls_key=", "tls_ca="),
-) -> security.ConnectionInfo:
+) -> ConnectionInfo:
     """A copy of ``info`` with the TLS settings the user gave explicitly (files are loaded and
     checked here); ``names`` is how the user spelled cert, key and CA, for error messages."""
     info = dataclasses.replace(info)

@@ -1,22 +1,18 @@
-"""Security helpers for pxgrpc: tokens, connection files, addresses and TLS credentials.
+"""Connection files: where a controller publishes how to reach and authenticate to it.
 
-A controller publishes how to reach it in a *connection file* (JSON, mode 0600) that holds the
-address, the client token, the engine token and, with TLS, the CA that signed its certificate.
-Every RPC carries ``authorization: bearer <token>`` metadata (:func:`auth_metadata`), checked on
-the server by :class:`pxgrpc.auth.TokenAuthInterceptor`. The certificates themselves are made in
-:mod:`pxgrpc.certs`.
+A controller writes a *connection file* (JSON, mode 0600) holding its address, the client
+token, the engine token and, with TLS, the CA that signed its certificate; an engine-only copy
+leaves the client token out. Clients and engines read it with :func:`read_connection_file`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
 import pathlib
-import secrets
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -24,36 +20,18 @@ from typing import Any
 
 import grpc
 
-from pxgrpc.certs import CertKey
+from pxgrpc.security.certs import CertKey
+from pxgrpc.security.credentials import channel_credentials
+from pxgrpc.security.errors import SecurityError
 
 logger = logging.getLogger(__name__)
 
 ENV_DIR = "PXGRPC_DIR"
 ENV_CONNECTION_FILE = "PXGRPC_CONNECTION_FILE"
-TOKEN_METADATA_KEY = "authorization"
-#: The scheme of the token in the metadata: ``authorization: bearer <token>``.
-TOKEN_SCHEME = "bearer"
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _REQUIRED_KEYS = ("url", "token", "engine_token")
 
 
-class SecurityError(Exception):
-    """A security check failed; the message names the cause and how to fix it."""
-
-
-# --------------------------------------------------------------------------- tokens and paths
-
-
-def new_token() -> str:
-    """Return a fresh random token (256 bits, URL-safe) for a client or engine.
-
-    Never starts with '-', so that ``--token TOKEN`` on a command line is not read as an option.
-    """
-    while True:
-        token = secrets.token_urlsafe(32)
-        if not token.startswith("-"):
-            return token
+# --------------------------------------------------------------------------- paths
 
 
 def pxgrpc_dir() -> pathlib.Path:
@@ -274,124 +252,3 @@ def _check_private_mode(path: pathlib.Path, mode: int) -> None:
             f"(mode {stat.S_IMODE(mode):04o}) and it holds the cluster token: "
             f"run `chmod 600 {path}`"
         )
-
-
-# --------------------------------------------------------------------------- addresses
-
-
-def is_loopback(host: str) -> bool:
-    """Tell whether ``host`` only reaches this machine (127.0.0.0/8, ::1, localhost, unix:).
-
-    The wildcard addresses ``""``, ``0.0.0.0`` and ``::`` are *not* loopback.
-    """
-    if host.startswith(("unix:", "unix-abstract:")):
-        return True
-    name = host.strip()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    if name.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        addr = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
-
-
-def split_url(url: str) -> tuple[str, int]:
-    """Split ``host:port`` (or ``[v6]:port``) into host and port.
-
-    Brackets are removed from IPv6 hosts. Unix socket URLs come back whole with port 0.
-    Raises :class:`ValueError` for an address without a valid port.
-    """
-    if url.startswith(("unix:", "unix-abstract:")):
-        return url, 0
-    if url.startswith("["):
-        host, sep, port_text = url[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"bad address {url!r}: expected '[ipv6]:port'")
-    else:
-        host, sep, port_text = url.rpartition(":")
-        if not sep:
-            raise ValueError(f"bad address {url!r}: expected 'host:port'")
-        if ":" in host:
-            raise ValueError(f"bad address {url!r}: write IPv6 hosts in brackets, '[{host}]:port'")
-    return host, _parse_port(url, port_text)
-
-
-def _parse_port(url: str, port_text: str) -> int:
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"bad address {url!r}: port must be a number from 0 to 65535")
-    return int(port_text)
-
-
-def join_url(host: str, port: int) -> str:
-    """Build a dialable ``host:port`` address, bracketing IPv6 literals (inverse of split_url)."""
-    if ":" in host and not host.startswith(("[", "unix:", "unix-abstract:")):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
-# --------------------------------------------------------------------------- TLS credentials and options
-
-
-def server_credentials(
-    cert: CertKey, client_ca_pem: bytes | None = None, require_client_auth: bool = False
-) -> grpc.ServerCredentials:
-    """Build TLS credentials for a server; with ``require_client_auth`` clients need a cert
-    signed by ``client_ca_pem`` (mutual TLS)."""
-    if require_client_auth and not client_ca_pem:
-        raise SecurityError("mutual TLS needs the CA that signs client certificates: pass client_ca_pem")
-    return grpc.ssl_server_credentials(
-        [(cert.key_pem, cert.cert_pem)],
-        root_certificates=client_ca_pem,
-        require_client_auth=require_client_auth,
-    )
-
-
-def channel_credentials(ca_pem: bytes | None, client: CertKey | None = None) -> grpc.ChannelCredentials:
-    """Build TLS credentials for a channel trusting ``ca_pem`` (None: the system roots),
-    presenting ``client``'s certificate when given (mutual TLS)."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca_pem,
-        private_key=client.key_pem if client else None,
-        certificate_chain=client.cert_pem if client else None,
-    )
-
-
-def channel_options(info_server_name: str | None) -> list[tuple[str, object]]:
-    """Channel options for pxgrpc: 64 MiB messages, keepalive for long-lived streams and,
-    when given, the TLS server name to check instead of the dialed host."""
-    options: list[tuple[str, object]] = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    if info_server_name:
-        options.append(("grpc.ssl_target_name_override", info_server_name))
-    return options
-
-
-def server_options() -> list[tuple[str, object]]:
-    """Server options matching :func:`channel_options`: 64 MiB messages, and accept the
-    clients' keepalive pings (otherwise gRPC closes idle streams with 'too_many_pings')."""
-    return [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-    ]
-
-
-# --------------------------------------------------------------------------- call metadata
-
-
-def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying ``token``; pass it as ``metadata=`` on every RPC."""
-    return ((TOKEN_METADATA_KEY, f"{TOKEN_SCHEME} {token}"),)

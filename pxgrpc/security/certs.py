@@ -7,8 +7,8 @@ back as a :class:`CertKey`, a PEM certificate with its PEM private key. New keys
 a CA you bring may also hold an RSA or Ed25519/Ed448 key.
 
 ``controller --tls auto`` mints a fresh CA and certificates in memory with these functions, and
-``pxgrpc tls ...`` (:mod:`pxgrpc.tls`) writes them to files. Turning a :class:`CertKey` into gRPC
-credentials is :mod:`pxgrpc.security`'s job.
+``pxgrpc tls ...`` (:mod:`pxgrpc.security.certfiles`) writes them to files. Turning a
+:class:`CertKey` into gRPC credentials is :mod:`pxgrpc.security.credentials`' job.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pxgrpc.addresses import normal_host
+from pxgrpc.security.errors import SecurityError
 
 
 @dataclass
@@ -122,9 +125,6 @@ def _load_ca(ca: CertKey) -> tuple[x509.Certificate, _SigningKey]:
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
     key = serialization.load_pem_private_key(ca.key_pem, password=None)
     if not isinstance(key, _SIGNING_KEY_TYPES):
-        # Imported here: pxgrpc.security imports this module (for CertKey) at load time.
-        from pxgrpc.security import SecurityError
-
         raise SecurityError(f"unsupported CA key type {type(key).__name__}; use an EC, RSA or Ed25519 CA key")
     return cert, key
 
@@ -223,8 +223,8 @@ def sign_server_csr(ca: CertKey, csr_pem: bytes, host: str, days: int = 825) -> 
         raise CsrError(f"not a PEM certificate signing request ({exc})") from None
     if not csr.is_signature_valid:
         raise CsrError("the request is not signed by the key it carries")
-    names = [_normal_host(h) for h in _csr_hosts(csr)]
-    wanted = _normal_host(host)
+    names = [normal_host(h) for h in _csr_hosts(csr)]
+    wanted = normal_host(host)
     if names not in ([wanted], []):
         raise CsrError(f"the request names {names}, but the endpoint is at {wanted!r} (one host, that one)")
     public_key = csr.public_key()
@@ -242,14 +242,6 @@ def sign_server_csr(ca: CertKey, csr_pem: bytes, host: str, days: int = 825) -> 
         .add_extension(x509.SubjectAlternativeName([_san(wanted)]), critical=False)
     )
     return _sign(builder, ca_key)
-
-
-def _normal_host(host: str) -> str:
-    name = host.strip().strip("[]")
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name.lower().rstrip(".")
 
 
 def _csr_hosts(csr: x509.CertificateSigningRequest) -> list[str]:

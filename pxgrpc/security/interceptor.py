@@ -2,7 +2,7 @@
 
 Every pxgrpc server (the controller, an engine's data endpoint) installs a
 `TokenAuthInterceptor`. It reads the ``authorization: bearer <token>`` metadata that clients and
-engines attach to every call (`pxgrpc.security.auth_metadata`), compares the token in constant
+engines attach to every call (`pxgrpc.security.tokens.auth_metadata`), compares the token in constant
 time with the tokens accepted for the called service, and answers a call it refuses with
 ``UNAUTHENTICATED`` and a sentence saying what was wrong (no token, the wrong token, an engine
 token used as a client token). A service no rule names is refused too: deny by default.
@@ -13,7 +13,8 @@ token used as a client token). A service no rule names is refused too: deny by d
     )
     server = grpc.aio.server(interceptors=[interceptor])
 
-Connection files, the tokens themselves and TLS credentials are in `pxgrpc.security`.
+The tokens themselves are made in `pxgrpc.security.tokens`; connection files and TLS credentials
+live next door in the `pxgrpc.security` package.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from pxgrpc.security import TOKEN_METADATA_KEY, TOKEN_SCHEME
+from pxgrpc.security.tokens import TOKEN_METADATA_KEY, TOKEN_SCHEME
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     ``token_sha256`` maps service prefixes to SHA-256 digests of further accepted tokens: a
     server that must check a token it should not hold (an engine's data endpoint checking
     clients' tokens) accepts any token whose digest matches. Tokens are random 256-bit values
-    (`pxgrpc.security.new_token`), so the digest gives nothing away. `accept_token_sha256` adds
+    (`pxgrpc.security.tokens.new_token`), so the digest gives nothing away. `accept_token_sha256` adds
     one later (the engine learns it at registration).
     """
 
