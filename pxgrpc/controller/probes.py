@@ -5,7 +5,8 @@ They let operators probe a controller with stock tools, no pxgrpc code needed::
     grpc_health_probe -addr 127.0.0.1:PORT                   # Kubernetes-style liveness probe
     grpcurl -H "authorization: bearer TOKEN" -plaintext 127.0.0.1:PORT list
 
-Authentication (enforced by the controller's `pxgrpc.security.interceptor.TokenAuthInterceptor`, see `auth_rules`):
+Authentication (enforced by the controller's `TokenAuthInterceptor` from `pxgrpc.security.interceptor`,
+see `auth_rules`):
 
 * Health (`grpc.health.v1.Health`) needs no token while the controller listens on loopback only:
   only processes of this host can reach it, and local supervisors and probes should not need a
