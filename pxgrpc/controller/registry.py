@@ -9,12 +9,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from pxgrpc import wire
-
-if TYPE_CHECKING:
-    from pxgrpc.controller.router import TaskRecord
+from pxgrpc.controller.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
 

@@ -8,20 +8,17 @@ that no engine idles while it waits for the next task.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from pxgrpc import wire
 from pxgrpc.controller.blobs import BlobStore
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.tasks import ClientSession, TaskRecord
 
 log = logging.getLogger(__name__)
-
-_session_numbers = itertools.count(1)
 
 #: Load-balanced work an engine may hold, in expected seconds of running time: enough to keep it
 #: busy while its results travel to the controller and new tasks come back, and to batch many
@@ -35,87 +32,6 @@ MAX_PREFETCH = 256
 #: (and longer than a few of its engine's recent tasks), so that prefetching never leaves
 #: tasks waiting behind a long one while an engine idles.
 STEAL_AFTER = 0.05
-
-
-class Session:
-    """The events of one client's tasks, batched for its stream."""
-
-    def __init__(self, name: str = "") -> None:
-        self.number = next(_session_numbers)
-        self.name = name or f"session-{self.number}"
-        self.closed = False
-        self.input_done = False
-        #: Set when the engines changed since the session's last message.
-        self.engines_changed = False
-        self.tasks: dict[str, TaskRecord] = {}
-        self.result_blobs: set[str] = set()
-        self._events: list[wire.pb.TaskEvent] = []
-        self._wakeup = asyncio.Event()
-
-    def emit(self, event: wire.pb.TaskEvent) -> None:
-        if not self.closed:
-            self._events.append(event)
-            self._wakeup.set()
-
-    def notify_engines(self) -> None:
-        """Engines joined or went away: tell the client with the next message."""
-        self.engines_changed = True
-        self._wakeup.set()
-
-    def finish_input(self) -> None:
-        """The client will submit nothing more: end the stream once its tasks are done."""
-        self.input_done = True
-        self._wakeup.set()
-
-    async def next_events(self) -> list[wire.pb.TaskEvent]:
-        """Every event since the last call (waits for at least one)."""
-        while True:
-            message = await self.next_message()
-            if message is None:
-                return []
-            if message[0]:
-                return message[0]
-
-    async def next_message(self) -> tuple[list[wire.pb.TaskEvent], bool] | None:
-        """What the session's next message carries: every event since the last call and whether
-        the engines changed. Waits for either; None once the input is finished and no task of
-        the session is left."""
-        while not (self._events or self.engines_changed):
-            if self.input_done and not self.tasks:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        events, self._events = self._events, []
-        changed, self.engines_changed = self.engines_changed, False
-        return events, changed
-
-
-@dataclass(eq=False)
-class TaskRecord:
-    """A task from its submission until its result reaches the session."""
-
-    key: str  # unique in the controller; the id engines see
-    task_id: str  # the client's id
-    session: Session
-    action: wire.pb.Action
-    encoding: wire.pb.ResultEncoding.ValueType
-    load_balanced: bool
-    retries: int
-    blob_ids: list[str]
-    direct_results: bool = False
-    submitted: float = field(default_factory=time.time)
-    engine: EngineRecord | None = None
-    #: Asked back from its engine (an abort) to run elsewhere; requeued when the abort lands.
-    stealing: bool = False
-
-    def to_task(self) -> wire.pb.Task:
-        return wire.pb.Task(
-            task_id=self.key,
-            action=self.action,
-            encoding=self.encoding,
-            submitted=self.submitted,
-            direct_results=self.direct_results,
-        )
 
 
 def _load(engine: EngineRecord) -> tuple[int, int]:
@@ -152,23 +68,23 @@ class TaskRouter:
         self.blobs = blobs
         self.prefetch = prefetch
         self._unassigned: deque[TaskRecord] = deque()
-        self._result_blob_owner: dict[str, Session] = {}
+        self._result_blob_owner: dict[str, ClientSession] = {}
         self._steal_timer: asyncio.TimerHandle | None = None
 
     # --- submission -------------------------------------------------------------------------
 
-    def submit(self, session: Session, submit: wire.pb.SubmitTask) -> None:
+    def submit(self, session: ClientSession, submit: wire.pb.SubmitTask) -> None:
         """Route one task, or answer it at once with an error naming what is wrong with it."""
         self._route(session, submit)
         self.schedule()
 
-    def submit_batch(self, session: Session, submits: Iterable[wire.pb.SubmitTask]) -> None:
+    def submit_batch(self, session: ClientSession, submits: Iterable[wire.pb.SubmitTask]) -> None:
         """Route many tasks, then hand the load-balanced ones out in one pass."""
         for submit in submits:
             self._route(session, submit)
         self.schedule()
 
-    def _route(self, session: Session, submit: wire.pb.SubmitTask) -> None:
+    def _route(self, session: ClientSession, submit: wire.pb.SubmitTask) -> None:
         problem = self._check(session, submit)
         if problem is not None:
             ename, evalue = problem
@@ -195,7 +111,7 @@ class TaskRouter:
             assert engine is not None  # checked above
             self._assign(record, engine)
 
-    def _check(self, session: Session, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
+    def _check(self, session: ClientSession, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
         if not submit.task_id:
             return "InvalidArgument", "SubmitTask.task_id: required"
         if submit.task_id in session.tasks:
@@ -225,7 +141,6 @@ class TaskRouter:
         return None
 
     def _assign(self, record: TaskRecord, engine: EngineRecord) -> None:
-        record.engine = engine
         if not engine.inflight:
             engine.head_since = time.monotonic()
         engine.inflight[record.key] = record
@@ -320,7 +235,6 @@ class TaskRouter:
         if record.stealing and result.status == wire.TASK_ABORTED:
             engine.load_balanced_inflight -= 1
             record.stealing = False
-            record.engine = None
             self._unassigned.appendleft(record)
             return
         engine.completed += 1
@@ -367,7 +281,6 @@ class TaskRouter:
         for record in lost:
             if record.load_balanced and record.retries > 0:
                 record.retries -= 1
-                record.engine = None
                 retry.append(record)
                 continue
             self._release(record)
@@ -385,7 +298,7 @@ class TaskRouter:
         self._unassigned.extendleft(reversed(retry))  # first in line again, in their order
         self.schedule()
 
-    def abort(self, session: Session | None, task_ids: list[str], engine_ids: list[int]) -> list[str]:
+    def abort(self, session: ClientSession | None, task_ids: list[str], engine_ids: list[int]) -> list[str]:
         """Abort queued tasks by client task id (of `session`) or all tasks of some engines."""
         aborted: list[str] = []
         wanted = set(task_ids)
@@ -411,7 +324,7 @@ class TaskRouter:
                 aborted.extend(engine.inflight[k].task_id for k in keys)
         return aborted
 
-    def close_session(self, session: Session) -> None:
+    def close_session(self, session: ClientSession) -> None:
         """The client went away: drop what only it needed."""
         session.closed = True
         for blob_id in list(session.result_blobs):

@@ -10,13 +10,18 @@ import os
 import pathlib
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import psutil
+from google.protobuf.message import Message
 
-from pxgrpc.addresses import is_loopback, join_url
+from pxgrpc import wire
+from pxgrpc.addresses import is_loopback, join_url, normal_host
 from pxgrpc.controller import probes
-from pxgrpc.controller.service import ControllerState, generic_handlers, normal_host
+from pxgrpc.controller.controller_service import ControllerService
+from pxgrpc.controller.engine_service import EngineService
+from pxgrpc.controller.state import ControllerState
 from pxgrpc.security import certfiles, certs
 from pxgrpc.security.certs import CertKey
 from pxgrpc.security.connection_file import (
@@ -258,3 +263,40 @@ class Controller:
                 current = read_connection_file(path)
                 if current.controller_pid == os.getpid():
                     path.unlink()
+
+
+def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
+    """The two services as generic handlers (raw bytes in; protobuf or raw bytes out)."""
+    controller = ControllerService(state)
+    engine = EngineService(state)
+    ser = _serialize
+    c: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "ListEngines": grpc.unary_unary_rpc_method_handler(controller.ListEngines, response_serializer=ser),
+        "Session": grpc.stream_stream_rpc_method_handler(controller.Session, response_serializer=ser),
+        "Execute": grpc.unary_stream_rpc_method_handler(controller.Execute, response_serializer=ser),
+        "Apply": grpc.unary_stream_rpc_method_handler(controller.Apply, response_serializer=ser),
+        "Push": grpc.unary_stream_rpc_method_handler(controller.Push, response_serializer=ser),
+        "Pull": grpc.unary_stream_rpc_method_handler(controller.Pull, response_serializer=ser),
+        "Scatter": grpc.unary_stream_rpc_method_handler(controller.Scatter, response_serializer=ser),
+        "Gather": grpc.unary_unary_rpc_method_handler(controller.Gather, response_serializer=ser),
+        "Upload": grpc.stream_unary_rpc_method_handler(controller.Upload, response_serializer=ser),
+        "Download": grpc.unary_stream_rpc_method_handler(controller.Download),
+        "Abort": grpc.unary_unary_rpc_method_handler(controller.Abort, response_serializer=ser),
+        "Interrupt": grpc.unary_unary_rpc_method_handler(controller.Interrupt, response_serializer=ser),
+        "QueueStatus": grpc.unary_unary_rpc_method_handler(controller.QueueStatus, response_serializer=ser),
+        "Shutdown": grpc.unary_unary_rpc_method_handler(controller.Shutdown, response_serializer=ser),
+    }
+    e: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Register": grpc.unary_unary_rpc_method_handler(engine.Register, response_serializer=ser),
+        "Work": grpc.stream_stream_rpc_method_handler(engine.Work, response_serializer=ser),
+        "Upload": grpc.stream_unary_rpc_method_handler(engine.Upload, response_serializer=ser),
+        "Download": grpc.unary_stream_rpc_method_handler(engine.Download),
+    }
+    return [
+        grpc.method_handlers_generic_handler(wire.CONTROLLER_SERVICE, c),
+        grpc.method_handlers_generic_handler(wire.ENGINE_SERVICE, e),
+    ]
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()

@@ -65,7 +65,7 @@ def _service_name(method: str) -> str:
     return method.strip("/").split("/", 1)[0]
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (Any)
     """Checks ``authorization: bearer <token>`` on every RPC.
 
     ``rules`` maps a full service prefix such as ``"/pxgrpc.v1.Controller/"`` to the set of

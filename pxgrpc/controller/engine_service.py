@@ -1,0 +1,81 @@
+"""The Engine service (pxgrpc.v1.Engine): the calls engines make.
+
+An engine registers (and, on a TLS cluster, gets its data endpoint certificate: see
+`data_certs`), then holds one `Work` stream: tasks go down, events and results come up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from pxgrpc import wire
+from pxgrpc.controller.data_certs import data_certificate
+from pxgrpc.controller.registry import EngineRecord
+from pxgrpc.controller.requests import Context, parse
+from pxgrpc.controller.transfers import BlobTransfers, stream_blob
+
+
+class EngineService(BlobTransfers):
+    """Handlers of pxgrpc.v1.Engine."""
+
+    async def Register(self, raw: bytes, context: Context) -> wire.pb.RegisterReply:
+        request = await parse(wire.pb.RegisterRequest, raw, context)
+        data_cert = await data_certificate(self.state, request, context)
+        engine = self.state.registry.register(request)
+        digest = hashlib.sha256(self.state.client_token.encode()).digest() if data_cert else b""
+        return wire.pb.RegisterReply(
+            engine_id=engine.engine_id,
+            registration_token=engine.registration_token,
+            heartbeat_interval=self.state.heartbeat_interval,
+            data_cert_pem=data_cert,
+            client_token_sha256=digest,
+        )
+
+    async def Work(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[wire.pb.EngineCommand]:
+        it = aiter(requests)
+        try:
+            hello = await parse(wire.pb.EngineMessage, await anext(it), context)
+        except StopAsyncIteration:
+            return
+        engine = self.state.registry.get(hello.engine_id)
+        if engine is None or engine.connected or engine.registration_token != hello.registration_token:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"EngineMessage.registration_token: not the registration of engine {hello.engine_id}; "
+                "call Register first",
+            )
+            return
+        self.state.registry.connected(engine)
+        reader = asyncio.create_task(self._read_engine(engine, it))
+        try:
+            while (command := await engine.next_command()) is not None:
+                yield command
+        finally:
+            reader.cancel()
+            self.state.router.engine_lost(engine, "disconnected")
+
+    async def _read_engine(self, engine: EngineRecord, it: AsyncIterator[bytes]) -> None:
+        reason = "disconnected"
+        try:
+            async for raw in it:
+                engine.last_seen = time.monotonic()
+                message = wire.pb.EngineMessage.FromString(raw)
+                self.state.router.on_events(engine, message.events)
+        except (DecodeError, grpc.RpcError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            reason = f"disconnected ({exc.__class__.__name__})"
+        self.state.router.engine_lost(engine, f"died or {reason}")
+
+    async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
+        request = await parse(wire.pb.DownloadRequest, raw, context)
+        async for chunk in stream_blob(self.state.blobs, request.blob_id, context):
+            yield chunk

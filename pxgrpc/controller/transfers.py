@@ -1,0 +1,41 @@
+"""Blob transfers both services offer: Upload (task inputs from clients, results from engines)
+and the streaming of a stored blob to whoever downloads it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from pxgrpc import wire
+from pxgrpc.controller.blobs import BlobError, BlobStore
+from pxgrpc.controller.requests import Context
+from pxgrpc.controller.state import ControllerState
+
+
+class BlobTransfers:
+    """Upload, shared by both services: bytes for tasks (clients) or results (engines)."""
+
+    def __init__(self, state: ControllerState) -> None:
+        self.state = state
+
+    async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
+        try:
+            return await self.state.blobs.receive(requests)
+        except BlobError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+
+async def stream_blob(blobs: BlobStore, blob_id: str, context: Context) -> AsyncIterator[bytes]:
+    """Yield the chunks of a stored blob, or abort the call saying why it cannot be sent."""
+    try:
+        async for chunk in blobs.send(blob_id):
+            yield chunk
+    except BlobError as exc:
+        code = grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(code, str(exc))
+    except TimeoutError:
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"blob {blob_id}: upload did not start in time"
+        )
