@@ -1,4 +1,4 @@
-"""Tests for pxgrpc.certs: the small CA and the server and client certificates it signs."""
+"""Tests for pxgrpc.security.certs: the small CA and the server and client certificates it signs."""
 
 from __future__ import annotations
 

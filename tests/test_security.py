@@ -1,4 +1,4 @@
-"""Tests for pxgrpc.security (connection files, addresses, TLS material) and pxgrpc.auth (token checks)."""
+"""Tests for pxgrpc.security (connection files, tokens, credentials, token checks) and pxgrpc.addresses."""
 
 from __future__ import annotations
 
