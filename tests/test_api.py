@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import pxgrpc as ipp
+from pxgrpc.security.connection_file import ConnectionInfo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -270,9 +271,7 @@ def test_wrong_token_is_unauthenticated(cluster4) -> None:  # type: ignore[no-un
 
 
 def test_unreachable_controller_fails_fast_with_a_clear_error() -> None:
-    info = ipp.Client.__init__.__globals__["security"].ConnectionInfo(
-        url="127.0.0.1:1", token="t", engine_token="e"
-    )
+    info = ConnectionInfo(url="127.0.0.1:1", token="t", engine_token="e")
     t0 = time.monotonic()
     with pytest.raises(ipp.PxConnectionError, match=r"cannot reach the controller at 127\.0\.0\.1:1"):
         ipp.Client(connection_info=info, timeout=2)
