@@ -77,7 +77,7 @@ def test_scatter_and_gather_of_arrays_use_the_data_path(
 
 def test_unreachable_endpoint_falls_back_to_the_controller(make_cluster: Any) -> None:
     _, rc = make_cluster(n=1)
-    direct = rc._transport._direct
+    direct = rc._transport._datapath
     direct.set_urls({0: "127.0.0.1:9"})  # nothing listens there
     data = np.random.default_rng(2).random(2 * MB)
     rc[0].push({"a": data}, block=True)

@@ -282,7 +282,7 @@ CLIENT_SCRIPT = textwrap.dedent(
         "data_urls": [e["data_url"] for e in rc.engines],
         "large_back": large_back,
         "large_relayed": len(relayed),
-        "gave_up": sorted(rc._transport._direct._broken),
+        "gave_up": sorted(rc._transport._datapath._broken),
         "tls": bool(rc.connection_info.tls_ca),
         "url": rc.connection_info.url,
         "addresses": dv.pull("my_address"),

@@ -24,7 +24,7 @@ import grpc
 
 from pxgrpc import blobstream, wire
 from pxgrpc.client.actions import Action, encode_action
-from pxgrpc.client.direct import DirectData
+from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import PxConnectionError
 from pxgrpc.client.outcome import TaskListener
 
@@ -46,7 +46,7 @@ class Submitter:
     _wakeup: asyncio.Event
     _stubs: dict[str, Any]
     _metadata: tuple[tuple[str, str], ...]
-    _direct: DirectData
+    _datapath: DataPath
     _listeners: dict[str, TaskListener]
     _direct_results: dict[str, str]
     _background: Callable[[Coroutine[Any, Any, None]], asyncio.Future[None]]
@@ -86,7 +86,7 @@ class Submitter:
             submit.CopyFrom(template)
             submits.append(_address(submit, task_id, target))
         # One blob for every target: straight to each engine only if all of them can take it.
-        direct = blob is not None and all(self._direct.url_for(t) for t in targets)
+        direct = blob is not None and all(self._datapath.url_for(t) for t in targets)
         if blob is not None and not direct:
             # Before queueing: the loop thread may send the submits the moment they are queued.
             for submit in submits:
@@ -122,7 +122,7 @@ class Submitter:
             submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
             submits.append(submit)
-            if blob is not None and not self._direct.url_for(target):
+            if blob is not None and not self._datapath.url_for(target):
                 submit.blob_ids.append(blob.blob_id)
                 relayed.append(blob)
                 direct_blobs.append(None)
@@ -153,7 +153,7 @@ class Submitter:
         gates = []
         direct_results = []
         for submit, blob in zip(submits, direct_blobs, strict=True):
-            url = self._direct.url_for(submit.engine_id) if not submit.load_balanced else None
+            url = self._datapath.url_for(submit.engine_id) if not submit.load_balanced else None
             if url is None:
                 continue
             submit.direct_results = True
@@ -195,9 +195,9 @@ class Submitter:
     async def _send_direct(self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str) -> None:
         """Upload a task's blob to its engine; on failure send it through the controller."""
         try:
-            await self._direct.upload(url, blob)
+            await self._datapath.upload(url, blob)
         except grpc.RpcError as exc:
-            self._direct.give_up(url, f"{exc.code().name}: {exc.details()}")
+            self._datapath.give_up(url, f"{exc.code().name}: {exc.details()}")
             submit.direct_results = False
             submit.blob_ids.append(blob.blob_id)
             self._start_relay(blob)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from pxgrpc import blobstream, diagnose, security, wire
-from pxgrpc.client.direct import DirectData
+from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
 from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
 from pxgrpc.client.submit import Submitter
@@ -79,7 +79,7 @@ class Transport(Submitter):
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
-        self._direct = DirectData(self._metadata, info.channel_credentials())
+        self._datapath = DataPath(self._metadata, info.channel_credentials())
         # Tasks whose result blobs wait on the engine's data endpoint: task id -> its url.
         self._direct_results: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -137,7 +137,7 @@ class Transport(Submitter):
             self._session.cancel()
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-        await self._direct.close()
+        await self._datapath.close()
         await self.channel.close()
         # gRPC's own tasks for the closed calls end on the next turns of the loop: let them, so
         # that closing the loop does not destroy them pending (a warning at interpreter exit).
@@ -226,7 +226,7 @@ class Transport(Submitter):
     ) -> None:
         try:
             if url is not None:
-                blobs = {b: await self._direct.download(url, b) for b in result.blob_ids}
+                blobs = {b: await self._datapath.download(url, b) for b in result.blob_ids}
             else:
                 blobs = {b: await self._download(b) for b in result.blob_ids}
             outcome = decode_outcome(result, blobs, received)
@@ -261,7 +261,7 @@ class Transport(Submitter):
             if reply.generation >= self._engines_generation:
                 self._engines_generation = reply.generation
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
-                self._direct.set_urls({e.engine_id: e.data_url for e in reply.engines})
+                self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
 
     def engine_ids(self) -> list[int]:
         """The live engines as last heard (the controller tells every change on the session

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from pxgrpc import blobstream, certs, diagnose, security, wire
-from pxgrpc.engine.data import DataCertificate, DataEndpoint
+from pxgrpc.engine.datapath import DataCertificate, DataEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class EngineConnection:
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
         self._fetches: set[asyncio.Future[None]] = set()
-        #: The direct data endpoint, when this engine offers one (see `_offers_data`).
+        #: The data endpoint, when this engine offers one (see `_offers_data`).
         self.data: DataEndpoint | None = None
         #: The host (name or address) the data endpoint listens on and is advertised at; empty:
         #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
@@ -154,7 +154,7 @@ class EngineConnection:
         return grpc.aio.insecure_channel(self.info.url, options=options)
 
     def _offers_data(self) -> bool:
-        """Serve a direct data endpoint? Only where clients can use it safely: a controller
+        """Serve a data endpoint? Only where clients can use it safely: a controller
         with TLS and a CA in the connection file (the endpoint then speaks TLS too, with a
         certificate the controller signs; see `_use_data_certificate`), or, for engines started
         with the client token, a controller on loopback without TLS (plain TCP on 127.0.0.1).
@@ -202,14 +202,14 @@ class EngineConnection:
         if reply.data_cert_pem and (self.info.token or reply.client_token_sha256):
             self.data.accept_token_sha256(reply.client_token_sha256)
             self.data.tls.install(reply.data_cert_pem)
-            log.info("direct data endpoint at %s (TLS)", self.data.url)
+            log.info("data endpoint at %s (TLS)", self.data.url)
             return
         log.info("the controller signs no data endpoint certificate: bulk data goes through it")
         data, self.data = self.data, None
         await data.stop()
 
     def offer(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
-        """Keep a result blob for its client's direct download (when there is a data endpoint;
+        """Keep a result blob for its client's download from the data endpoint (when there is a data endpoint;
         else upload it to the controller). The future resolves when it is gone."""
         if self.data is None:
             return self.upload(blob)
@@ -221,7 +221,7 @@ class EngineConnection:
             try:
                 await self._start_data_endpoint()
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
-                log.warning("no direct data endpoint: %s", exc)
+                log.warning("no data endpoint: %s", exc)
                 self.data = None
         try:
             await self._converse()
@@ -296,7 +296,7 @@ class EngineConnection:
         ):
             # Without the client token the controller only signs for the address it sees us
             # call from (not, say, a name set with --data-host): go on without an endpoint.
-            log.warning("no direct data endpoint (%s): bulk data goes through the controller", details)
+            log.warning("no data endpoint (%s): bulk data goes through the controller", details)
             data, self.data = self.data, None
             await data.stop()
             return await self._register(channel)

@@ -1,4 +1,4 @@
-"""The engine's direct data endpoint (the `EngineData` service): bulk data between a client and
+"""The engine's data endpoint (the `EngineData` service): bulk data between a client and
 this engine in one hop, instead of through the controller.
 
 A client uploads the blobs of a task here before it submits the task, and downloads here the

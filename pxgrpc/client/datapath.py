@@ -1,7 +1,7 @@
-"""The client's side of the direct data path: blobs straight to and from engines.
+"""The client's side of the data path: blobs straight to and from engines.
 
 Engines may serve a data endpoint (`EngineData`, advertised as `EngineInfo.data_url`). A client
-that reaches it moves a direct task's large arguments and results in one hop instead of through
+that reaches it moves a task's large arguments and results in one hop instead of through
 the controller; one that cannot falls back to the controller for good. On a TLS cluster the
 channels speak TLS, trusting the cluster's CA and presenting the connection file's client
 certificate, as the channel to the controller does. Runs in the transport's event loop.
@@ -20,7 +20,7 @@ from pxgrpc import blobstream, security, wire
 log = logging.getLogger(__name__)
 
 
-class DirectData:
+class DataPath:
     """Channels to the engines' data endpoints, opened on first use."""
 
     def __init__(
@@ -47,7 +47,7 @@ class DirectData:
     def give_up(self, url: str, why: str) -> None:
         """The endpoint failed us: use the controller for this engine from now on."""
         if url not in self._broken:
-            log.warning("direct data endpoint %s unusable (%s): using the controller", url, why)
+            log.warning("data endpoint %s unusable (%s): using the controller", url, why)
             self._broken.add(url)
 
     def _stub(self, url: str, method: str, kind: str) -> Any:
