@@ -323,7 +323,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
         self, interval: float = 0.1, timeout: float = -1, widget: bool | None = None
     ) -> None:
         """Wait with a progress bar (tqdm; a notebook widget in Jupyter)."""
-        from pxgrpc.client.progress import progress_bar
+        from pxgrpc.client.frontend import progress_bar
 
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with progress_bar(total=len(self), desc=self._fname, widget=widget) as bar:
@@ -337,9 +337,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
     def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
         """Show what the engines printed (`[stdout:N]` blocks), displayed and returned (`Out[N:n]:`).
 
-        `groupby` is "type", "engine" or "order" (see `pxgrpc.client.display.display_outputs`).
+        `groupby` is "type", "engine" or "order" (see `pxgrpc.ipython.display.display_outputs`).
         """
-        from pxgrpc.client.display import display_outputs
+        from pxgrpc.client.frontend import display_outputs
 
         display_outputs(self, groupby, result_only)
 

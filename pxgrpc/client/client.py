@@ -8,13 +8,13 @@ import contextlib
 import os
 import pathlib
 import signal
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pxgrpc import security, tls
+from pxgrpc.client import frontend
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.errors import NoEnginesError, TimeoutError
 from pxgrpc.client.transport import Transport
@@ -66,7 +66,7 @@ class Client:
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
-        _register_magics(self)
+        frontend.client_created(self)
 
     # --- engines and views ----------------------------------------------------------------
 
@@ -268,14 +268,3 @@ def _results_of(jobs: Any) -> list[AsyncResult]:
     if isinstance(jobs, AsyncResult):
         return [jobs]
     return [j for j in jobs if isinstance(j, AsyncResult)]
-
-
-def _register_magics(client: Client) -> None:
-    """Inside IPython, make %px and friends available, as ipyparallel does."""
-    if "IPython" not in sys.modules:
-        return  # not inside IPython, and importing it would cost ~0.2 s
-    try:
-        from pxgrpc.magics import register_for_client
-    except ImportError:
-        return
-    register_for_client(client)

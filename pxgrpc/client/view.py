@@ -340,7 +340,7 @@ class DirectView(View):
 
     def activate(self, suffix: str = "") -> None:
         """Make %px / %%px (and %px{suffix}) run on this view."""
-        from pxgrpc.magics import activate
+        from pxgrpc.client.frontend import activate
 
         activate(self, suffix)
 
