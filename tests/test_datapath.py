@@ -23,7 +23,7 @@ def _forbid_relay(rc: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     async def no_relay(blob: Any) -> None:
         raise AssertionError(f"blob {blob.blob_id} went through the controller")
 
-    monkeypatch.setattr(rc._transport, "_upload", no_relay)
+    monkeypatch.setattr(rc._transport.submitter, "_upload", no_relay)
 
 
 def test_engines_on_loopback_offer_a_data_endpoint(make_cluster: Any) -> None:

@@ -244,13 +244,13 @@ def cluster(lan: Lan) -> LanCluster:
 #: Client-script lines that count the blobs a client uploads to the controller (relayed) in
 #: `relayed`, for scripts that check their large data went straight to the engines.
 COUNT_RELAYS = """relayed = []
-relay = rc._transport._upload
+relay = rc._transport.submitter._upload
 
 async def counted(blob):
     relayed.append(blob.blob_id)
     await relay(blob)
 
-rc._transport._upload = counted"""
+rc._transport.submitter._upload = counted"""
 
 
 CLIENT_SCRIPT = textwrap.dedent(

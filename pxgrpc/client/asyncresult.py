@@ -18,14 +18,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.errors import CompositeError, PxError, TimeoutError
-from pxgrpc.client.outcome import TaskOutcome
+from pxgrpc.client.tasks import Reducer, TaskOutcome
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
 
 log = logging.getLogger(__name__)
 
-Reducer = Callable[[list[Any]], Any]
 #: Seconds IPython's display of a pending AsyncResult waits for it to finish.
 DISPLAY_GRACE = 0.05
 OutputHook = Callable[[int, str, str], None]
@@ -287,7 +286,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
     def abort(self) -> list[str]:
         """Abort the tasks of this result that have not started yet."""
         pending = [self.msg_ids[i] for i, o in enumerate(self._outcomes) if o is None]
-        return self._client._transport.abort(pending) if pending else []
+        return self._client.abort(pending) if pending else []
 
     def interrupt(self, sig: int = signal.SIGINT) -> list[int]:
         """Abort this result's queued tasks and raise KeyboardInterrupt in those running.

@@ -25,6 +25,7 @@ import grpc
 
 from pxgrpc import blobstream, certs, diagnose, security, wire
 from pxgrpc.engine.datapath import DataCertificate, DataEndpoint
+from pxgrpc.loopthread import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class EngineConnection:
         #: Seconds to keep trying to reach the controller before giving up.
         self.connect_timeout = connect_timeout
         self.work = work
-        self.loop = asyncio.new_event_loop()
+        self.io = LoopThread("pxgrpc-engine-io")
         self.engine_id = -1
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
@@ -68,32 +69,28 @@ class EngineConnection:
         self._release: list[object] = []
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
-        self._fetches: set[asyncio.Future[None]] = set()
         #: The data endpoint, when this engine offers one (see `_offers_data`).
         self.data: DataEndpoint | None = None
         #: The host (name or address) the data endpoint listens on and is advertised at; empty:
         #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
         self.data_host = os.environ.get("PXGRPC_DATA_HOST", "")
         self._wakeup: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
         self._metadata = security.auth_metadata(info.engine_token)
         self._main_thread = threading.main_thread().ident
 
     # --- thread plumbing --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the I/O thread: register, then hold the work stream until the controller ends it."""
+        self.io.start(self._main(), on_exit=self._ended)
 
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which exits
-            self.failure = exc
-        finally:
-            self.registered.set()
-            self.work.put(SHUTDOWN)
-            self._stop_running_task()
+    def _ended(self, failure: BaseException | None) -> None:
+        """The I/O thread's last act: report its failure to the main thread, which exits."""
+        if failure is not None:
+            self.failure = failure
+        self.registered.set()
+        self.work.put(SHUTDOWN)
+        self._stop_running_task()
 
     def _stop_running_task(self) -> None:
         """Without a controller nobody can collect results: stop the user's code, then the process."""
@@ -119,10 +116,10 @@ class EngineConnection:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        if threading.get_ident() == self._thread.ident:
+        if self.io.in_loop():
             self._wake()
         else:
-            self.loop.call_soon_threadsafe(self._wake)
+            self.io.call_soon(self._wake)
 
     def _wake(self) -> None:
         with self._outgoing_lock:
@@ -138,11 +135,11 @@ class EngineConnection:
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
-        self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
+        self.io.call_later(delay, callback)
 
     def upload(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Start sending a result blob; the future resolves when the controller has it."""
-        return asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
+        return self.io.submit(self._upload(blob))
 
     # --- the conversation -------------------------------------------------------------------
 
@@ -268,10 +265,11 @@ class EngineConnection:
             if self.info.token:  # else the controller signs for the address we call from only
                 request.data_csr_mac = certs.csr_mac(self.data.tls.csr_pem, self.info.token)
         target = diagnose.ConnectTarget.of(self.info, role="engine")
-        deadline = self.loop.time() + self.connect_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
         delay = 0.05
         while True:
-            remaining = max(deadline - self.loop.time(), 0.5)
+            remaining = max(deadline - loop.time(), 0.5)
             try:
                 reply: wire.pb.RegisterReply = await register(
                     request, metadata=self._metadata, timeout=remaining
@@ -279,7 +277,7 @@ class EngineConnection:
                 return reply
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
-            retry = self.loop.time() + delay < deadline
+            retry = loop.time() + delay < deadline
             if not retry or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 break
             quick = diagnose.diagnose(code, details, target, probe=False)
@@ -323,9 +321,7 @@ class EngineConnection:
             refs = wire.blob_ids_of_action(task.action)
             if refs:
                 item.blobs = concurrent.futures.Future()
-                fetch = asyncio.ensure_future(self._fetch(refs, item.blobs))
-                self._fetches.add(fetch)
-                fetch.add_done_callback(self._fetches.discard)
+                self.io.background(self._fetch(refs, item.blobs))
             with self._queue_lock:
                 self._queued[task.task_id] = item
             self.work.put(item)
