@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pxgrpc import security, tls
-from pxgrpc.client import frontend
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
 from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.frontend import client_created
 from pxgrpc.client.tasks import Job
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
@@ -67,7 +67,7 @@ class Client:
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
-        frontend.client_created(self)
+        client_created(self)
 
     # --- engines and views ----------------------------------------------------------------
 

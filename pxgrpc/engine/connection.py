@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from pxgrpc import blobstream, certs, diagnose, security, wire
-from pxgrpc.engine.datapath import DataCertificate, DataEndpoint
+from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.loopthread import LoopThread
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class EngineConnection:
         self._release: list[object] = []
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
-        #: The data endpoint, when this engine offers one (see `_offers_data`).
+        #: The data endpoint, when this engine offers one (see `datapath.offers_data`).
         self.data: DataEndpoint | None = None
         #: The host (name or address) the data endpoint listens on and is advertised at; empty:
         #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
@@ -150,47 +150,6 @@ class EngineConnection:
             return grpc.aio.secure_channel(self.info.url, creds, options=options)
         return grpc.aio.insecure_channel(self.info.url, options=options)
 
-    def _offers_data(self) -> bool:
-        """Serve a data endpoint? Only where clients can use it safely: a controller
-        with TLS and a CA in the connection file (the endpoint then speaks TLS too, with a
-        certificate the controller signs; see `_use_data_certificate`), or, for engines started
-        with the client token, a controller on loopback without TLS (plain TCP on 127.0.0.1).
-        Engines with the engine token only (the engine-only file) check clients' tokens against
-        the SHA-256 the controller sends, and get a certificate only for the address they
-        register from, never the controller's: next to the controller they use its relay.
-        `PXGRPC_DATA_ENDPOINT=off` turns it off."""
-        if not blobstream.direct_data_enabled():
-            return False
-        try:
-            host, _ = security.split_url(self.info.url)
-        except ValueError:
-            return False
-        if self.info.uses_tls:
-            return bool(self.info.tls_ca)
-        return bool(self.info.token) and security.is_loopback(host)
-
-    async def _data_address(self) -> str:
-        """Where the data endpoint listens and is reached: `data_host` when set; next to a
-        loopback controller 127.0.0.1; else this host's address on the route to the controller
-        (the address the controller's network knows it by)."""
-        host, port = security.split_url(self.info.url)
-        if security.is_loopback(host):
-            return self.data_host if self.data_host and self.info.uses_tls else "127.0.0.1"
-        if self.data_host:
-            return self.data_host
-        return await asyncio.to_thread(local_address_towards, host, port)
-
-    async def _start_data_endpoint(self) -> None:
-        host = await self._data_address()
-        tls = None
-        if self.info.uses_tls:
-            assert self.info.tls_ca is not None  # (see _offers_data)
-            mutual = self.info.client_cert() is not None
-            tls = DataCertificate(host, self.info.tls_ca.encode() if mutual else None)
-        data = DataEndpoint(self.info.token)
-        await data.start(host, tls)
-        self.data = data
-
     async def _use_data_certificate(self, reply: wire.pb.RegisterReply) -> None:
         """Put the certificate the controller signed in place; without one a TLS endpoint is
         useless (clients could not trust it, and the controller does not publish it)."""
@@ -214,9 +173,9 @@ class EngineConnection:
 
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
-        if self._offers_data():
+        if offers_data(self.info):
             try:
-                await self._start_data_endpoint()
+                self.data = await start_data_endpoint(self.info, self.data_host)
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
                 log.warning("no data endpoint: %s", exc)
                 self.data = None
@@ -386,16 +345,6 @@ class EngineConnection:
             response_deserializer=wire.pb.UploadReply.FromString,
         )
         await upload(blob.raw_messages(), metadata=self._metadata)
-
-
-def local_address_towards(host: str, port: int) -> str:
-    """This host's IP address on the route to `host` (no packet is sent: a UDP socket is only
-    connected, which picks the source address)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.connect(address)
-        local: str = probe.getsockname()[0]
-    return local.split("%", 1)[0]
 
 
 def aborted_event(task_id: str, engine_id: int) -> wire.pb.TaskEvent:
