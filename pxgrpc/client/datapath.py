@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import grpc
 
@@ -50,7 +49,7 @@ class DataPath:
             log.warning("data endpoint %s unusable (%s): using the controller", url, why)
             self._broken.add(url)
 
-    def _stub(self, url: str, method: str, kind: str) -> Any:
+    def _channel(self, url: str) -> grpc.aio.Channel:
         channel = self._channels.get(url)
         if channel is None:
             # No TLS server name override: the engine's certificate names the host it is dialed at.
@@ -60,26 +59,25 @@ class DataPath:
             else:
                 channel = grpc.aio.secure_channel(url, self._credentials, options=options)
             self._channels[url] = channel
-        path = f"/{wire.ENGINE_DATA_SERVICE}/{method}"
-        if kind == "upload":
-            return channel.stream_unary(
-                path, request_serializer=None, response_deserializer=wire.pb.UploadReply.FromString
-            )
-        return channel.unary_stream(
-            path, request_serializer=wire.pb.DownloadRequest.SerializeToString, response_deserializer=None
-        )
+        return channel
 
     async def upload(self, url: str, blob: blobstream.OutgoingBlob, timeout: float | None = None) -> None:
         """Send a blob to an engine for a task about to be submitted (raises grpc.RpcError)."""
-        await self._stub(url, "Upload", "upload")(
-            blob.raw_messages(), metadata=self._metadata, timeout=timeout
+        upload = self._channel(url).stream_unary(
+            f"/{wire.ENGINE_DATA_SERVICE}/Upload",
+            request_serializer=None,
+            response_deserializer=wire.pb.UploadReply.FromString,
         )
+        await upload(blob.raw_messages(), metadata=self._metadata, timeout=timeout)
 
     async def download(self, url: str, blob_id: str) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine (raises grpc.RpcError or wire.DecodingError)."""
-        call = self._stub(url, "Download", "download")(
-            wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata
+        download = self._channel(url).unary_stream(
+            f"/{wire.ENGINE_DATA_SERVICE}/Download",
+            request_serializer=wire.pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
         )
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await blobstream.receive(call, blob_id)
 
     async def close(self) -> None:

@@ -71,15 +71,15 @@ class ControllerCalls:
         self.queue_status = Unary(channel, "QueueStatus", pb.QueueStatusRequest, pb.QueueStatusReply)
         self.shutdown = Unary(channel, "Shutdown", pb.ShutdownRequest, pb.ShutdownReply)
         svc = f"/{wire.CONTROLLER_SERVICE}/"
-        self._session = channel.stream_stream(
+        self._session_rpc = channel.stream_stream(
             svc + "Session",
             request_serializer=pb.SessionRequest.SerializeToString,
             response_deserializer=pb.SessionEvent.FromString,
         )
-        self._upload = channel.stream_unary(
+        self._upload_rpc = channel.stream_unary(
             svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
         )
-        self._download = channel.unary_stream(
+        self._download_rpc = channel.unary_stream(
             svc + "Download",
             request_serializer=pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
@@ -87,15 +87,15 @@ class ControllerCalls:
 
     def session(self, requests: AsyncIterator[wire.pb.SessionRequest]) -> grpc.aio.StreamStreamCall[Any, Any]:
         """Open the session stream: submits go up, engine lists and task events come down."""
-        return self._session(requests, metadata=self.metadata)
+        return self._session_rpc(requests, metadata=self.metadata)
 
     async def upload(self, blob: blobstream.OutgoingBlob) -> None:
         """Upload a blob to the controller, which relays it to the engines (raises grpc.RpcError)."""
-        await self._upload(blob.raw_messages(), metadata=self.metadata)
+        await self._upload_rpc(blob.raw_messages(), metadata=self.metadata)
 
     async def download(self, blob_id: str) -> blobstream.IncomingBlob:
         """Fetch a result blob the controller relays (raises grpc.RpcError or wire.DecodingError)."""
-        call = self._download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
+        call = self._download_rpc(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
         return await blobstream.receive(call, blob_id)
 
 
