@@ -4,6 +4,7 @@ loads the IPython front end, and the lazy `pxgrpc` namespace still offers the wh
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -73,3 +74,34 @@ def test_a_client_that_cannot_connect_leaves_no_pending_task_at_exit(listening: 
     assert "refused:" in proc.stdout
     assert "Task was destroyed but it is pending" not in proc.stderr
     assert "Exception ignored" not in proc.stderr
+
+
+PACKAGE = pathlib.Path(pxgrpc.__file__).parent
+
+
+def sources(*, excluding: tuple[str, ...]) -> dict[str, str]:
+    """The package's hand-written modules (relative path -> text), but `excluding`."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if not relative.startswith(("_proto/", *excluding)):
+            found[relative] = path.read_text(encoding="utf-8")
+    return found
+
+
+def test_only_the_client_holds_the_transport() -> None:
+    reaching = [
+        name for name, text in sources(excluding=("client/client.py",)).items() if "._transport" in text
+    ]
+    assert reaching == []
+
+
+def test_only_the_front_end_hook_imports_the_ipython_front_end() -> None:
+    hooks = ("ipython/", "client/frontend.py", "__init__.py")  # (__init__: `%load_ext pxgrpc`)
+    importing = {
+        name
+        for name, text in sources(excluding=hooks).items()
+        if "import pxgrpc.ipython" in text or "from pxgrpc.ipython" in text or "from IPython" in text
+    }
+    # (An engine runs its tasks in an IPython shell of its own: that is no front end.)
+    assert importing <= {"engine/ipython.py", "engine/kernel.py"}
