@@ -28,10 +28,10 @@ def client_created(client: Client) -> None:
     if "IPython" not in sys.modules:
         return  # not inside IPython, and importing it would cost ~0.2 s
     try:
-        front_end = _front_end()
-        front_end.register_for_client(client)
+        from pxgrpc.ipython.registration import register_for_client
     except ImportError:
-        return
+        return  # (an IPython too old or broken for the magics: the client works without them)
+    register_for_client(client)
 
 
 def activate(view: DirectView, suffix: str = "") -> None:
