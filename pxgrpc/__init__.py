@@ -9,27 +9,77 @@ gRPC with a typed, documented protocol (protos/pxgrpc/v1), TLS, and speed.
 [42, 42, 42, 42]
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from pxgrpc import _grpc_env  # noqa: F401  (must run before grpc loads)
-from pxgrpc.client import (
-    AsyncMapResult,
-    AsyncResult,
-    AuthenticationError,
-    Client,
-    CompositeError,
-    DirectView,
-    EngineError,
-    LoadBalancedView,
-    NoEnginesError,
-    PxConnectionError,
-    PxError,
-    RemoteError,
-    TaskAborted,
-    TimeoutError,
-    TLSError,
-    ViewExecutor,
-)
-from pxgrpc.cluster import Cluster
-from pxgrpc.wire import OpaqueObject
+
+if TYPE_CHECKING:
+    from pxgrpc.client import (
+        AsyncMapResult,
+        AsyncResult,
+        AuthenticationError,
+        Client,
+        CompositeError,
+        DirectView,
+        EngineError,
+        LoadBalancedView,
+        NoEnginesError,
+        PxConnectionError,
+        PxError,
+        RemoteError,
+        TaskAborted,
+        TimeoutError,
+        TLSError,
+        ViewExecutor,
+    )
+    from pxgrpc.cluster import Cluster
+    from pxgrpc.wire import OpaqueObject
+
+# The public names and the module each lives in, imported on first use (as CPython's
+# concurrent.futures does): an engine imports `pxgrpc.engine` without loading the client.
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "AsyncMapResult",
+            "AsyncResult",
+            "AuthenticationError",
+            "Client",
+            "CompositeError",
+            "DirectView",
+            "EngineError",
+            "LoadBalancedView",
+            "NoEnginesError",
+            "PxConnectionError",
+            "PxError",
+            "RemoteError",
+            "TLSError",
+            "TaskAborted",
+            "TimeoutError",
+            "ViewExecutor",
+        ],
+        "pxgrpc.client",
+    ),
+    "Cluster": "pxgrpc.cluster",
+    "OpaqueObject": "pxgrpc.wire",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pxgrpc' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -46,7 +96,7 @@ def interactive(f):  # type: ignore[no-untyped-def]
 
 def load_ipython_extension(ipython: object) -> None:
     """`%load_ext pxgrpc`: register %px, %%px, %autopx, %pxresult and %pxconfig."""
-    from pxgrpc.magics import load_ipython_extension as load
+    from pxgrpc.ipython import load_ipython_extension as load
 
     load(ipython)
 

@@ -24,7 +24,7 @@ def _forbid_relay(rc: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     async def no_relay(blob: Any) -> None:
         raise AssertionError(f"blob {blob.blob_id} went through the controller")
 
-    monkeypatch.setattr(rc._transport, "_upload", no_relay)
+    monkeypatch.setattr(rc._transport.submitter, "_upload", no_relay)
 
 
 def test_engines_on_loopback_offer_a_data_endpoint(make_cluster: Any) -> None:
@@ -78,7 +78,7 @@ def test_scatter_and_gather_of_arrays_use_the_data_path(
 
 def test_unreachable_endpoint_falls_back_to_the_controller(make_cluster: Any) -> None:
     _, rc = make_cluster(n=1)
-    direct = rc._transport._direct
+    direct = rc._transport._datapath
     direct.set_urls({0: "127.0.0.1:9"})  # nothing listens there
     data = np.random.default_rng(2).random(2 * MB)
     rc[0].push({"a": data}, block=True)

@@ -69,7 +69,7 @@ def test_tls_engines_offer_a_data_endpoint_and_large_data_goes_straight_there(
         assert np.array_equal(rc[0].pull("a", block=True), data)
         rc[:].push({"b": data[: 4 * MB // 8]}, block=True)
         assert all(np.array_equal(b, data[: 4 * MB // 8]) for b in rc[:].pull("b", block=True))
-        assert not rc._transport._direct._broken
+        assert not rc._transport._datapath._broken
 
 
 def test_the_data_certificate_is_signed_by_the_cluster_ca_for_the_engine_host_only(
@@ -127,7 +127,7 @@ def test_the_tls_data_endpoint_refuses_plaintext_missing_client_certs_and_wrong_
         assert allowed.code() == grpc.StatusCode.NOT_FOUND  # through to the service itself
         assert rc[0].apply_sync(lambda: 41 + 1) == 42
         rc[0].push({"a": np.arange(4 * MB)}, block=True)
-        assert not rc._transport._direct._broken
+        assert not rc._transport._datapath._broken
 
 
 # --------------------------------------------------------------------------- registration

@@ -23,7 +23,7 @@ from notebooks.seed import seed_notebook
 
 import pxgrpc
 from pxgrpc.cluster import Cluster
-from pxgrpc.magics import parse_interrupt_signal
+from pxgrpc.ipython.arguments import parse_interrupt_signal
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -245,13 +245,13 @@ def cluster(lan: Lan) -> LanCluster:
 #: Client-script lines that count the blobs a client uploads to the controller (relayed) in
 #: `relayed`, for scripts that check their large data went straight to the engines.
 COUNT_RELAYS = """relayed = []
-relay = rc._transport._upload
+relay = rc._transport.submitter._upload
 
 async def counted(blob):
     relayed.append(blob.blob_id)
     await relay(blob)
 
-rc._transport._upload = counted"""
+rc._transport.submitter._upload = counted"""
 
 
 CLIENT_SCRIPT = textwrap.dedent(
@@ -283,7 +283,7 @@ CLIENT_SCRIPT = textwrap.dedent(
         "data_urls": [e["data_url"] for e in rc.engines],
         "large_back": large_back,
         "large_relayed": len(relayed),
-        "gave_up": sorted(rc._transport._direct._broken),
+        "gave_up": sorted(rc._transport._datapath._broken),
         "tls": bool(rc.connection_info.tls_ca),
         "url": rc.connection_info.url,
         "addresses": dv.pull("my_address"),

@@ -18,14 +18,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.errors import CompositeError, PxError, TimeoutError
-from pxgrpc.client.outcome import TaskOutcome
+from pxgrpc.client.tasks import Reducer, TaskOutcome
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
 
 log = logging.getLogger(__name__)
 
-Reducer = Callable[[list[Any]], Any]
 #: Seconds IPython's display of a pending AsyncResult waits for it to finish.
 DISPLAY_GRACE = 0.05
 OutputHook = Callable[[int, str, str], None]
@@ -287,7 +286,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
     def abort(self) -> list[str]:
         """Abort the tasks of this result that have not started yet."""
         pending = [self.msg_ids[i] for i, o in enumerate(self._outcomes) if o is None]
-        return self._client._transport.abort(pending) if pending else []
+        return self._client.abort(pending) if pending else []
 
     def interrupt(self, sig: int = signal.SIGINT) -> list[int]:
         """Abort this result's queued tasks and raise KeyboardInterrupt in those running.
@@ -323,7 +322,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
         self, interval: float = 0.1, timeout: float = -1, widget: bool | None = None
     ) -> None:
         """Wait with a progress bar (tqdm; a notebook widget in Jupyter)."""
-        from pxgrpc.client.progress import progress_bar
+        from pxgrpc.client.frontend import progress_bar
 
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with progress_bar(total=len(self), desc=self._fname, widget=widget) as bar:
@@ -337,9 +336,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
     def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
         """Show what the engines printed (`[stdout:N]` blocks), displayed and returned (`Out[N:n]:`).
 
-        `groupby` is "type", "engine" or "order" (see `pxgrpc.client.display.display_outputs`).
+        `groupby` is "type", "engine" or "order" (see `pxgrpc.ipython.display.display_outputs`).
         """
-        from pxgrpc.client.display import display_outputs
+        from pxgrpc.client.frontend import display_outputs
 
         display_outputs(self, groupby, result_only)
 

@@ -8,14 +8,15 @@ import contextlib
 import os
 import pathlib
 import signal
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
 from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.frontend import client_created
+from pxgrpc.client.tasks import Job
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
 from pxgrpc.security import certfiles
@@ -63,7 +64,7 @@ class Client:
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
-        _register_magics(self)
+        client_created(self)
 
     # --- engines and views ----------------------------------------------------------------
 
@@ -87,7 +88,7 @@ class Client:
         """`rc[0]`: one engine; `rc[:]`, `rc[::2]`, `rc[[0, 2]]`: several."""
         if isinstance(key, str):
             raise TypeError("index the client with engine ids, e.g. rc[0] or rc[:]")
-        ids, _ = self._build_targets(key)
+        ids, _ = self.resolve_targets(key)
         return DirectView(self, key if isinstance(key, int) else ids)
 
     def _live(self, wanted: Sequence[int] = ()) -> list[int]:
@@ -98,7 +99,12 @@ class Client:
             live = self.ids
         return live
 
-    def _build_targets(self, targets: Targets) -> tuple[list[int], bool]:
+    def resolve_targets(self, targets: Targets) -> tuple[list[int], bool]:
+        """The engine ids `targets` names now, and whether it names one engine (`rc[0]`).
+
+        `None` and "all" are the live engines; an int, a slice or a list of ids pick among them
+        (NoEnginesError for an engine that is not there).
+        """
         if targets is None or targets == "all":
             return self._live(), False
         if isinstance(targets, int):
@@ -120,7 +126,7 @@ class Client:
     def direct_view(self, targets: Targets = "all") -> DirectView:
         """A DirectView; 'all' follows the engines registered at each call."""
         if targets != "all":
-            ids, single = self._build_targets(targets)
+            ids, single = self.resolve_targets(targets)
             return DirectView(self, ids[0] if single else ids)
         return DirectView(self, "all")
 
@@ -142,10 +148,28 @@ class Client:
                 raise TimeoutError(f"{len(self.ids)} engines of {n} registered after {timeout} s")
             time.sleep(0.02)
 
-    # --- outstanding work -----------------------------------------------------------------
+    # --- work ----------------------------------------------------------------------------
 
-    def _track(self, ar: AsyncResult) -> None:
+    def submit(self, job: Job) -> AsyncResult:
+        """Start `job` (what every view call comes down to) and return its AsyncResult.
+
+        The one way work goes from the API to the transport: fresh task ids, the AsyncResult
+        that listens to them (an AsyncMapResult when the job joins its parts), kept among this
+        client's outstanding results, then the tasks handed to the transport.
+
+        >>> from pxgrpc.client.tasks import Apply, Job
+        >>> rc.submit(Job("getpid", rc.ids, Apply(os.getpid))).get()
+        [4242, 4243]
+        """
+        ids = self._transport.new_task_ids(len(job.targets))
+        ar: AsyncResult
+        if job.join is not None:
+            ar = AsyncMapResult(self, ids, job.name, job.join, job.targets, ordered=job.ordered)
+        else:
+            ar = AsyncResult(self, ids, job.name, job.targets, single=job.single)
         self._results.add(ar)
+        self._transport.submit(ids, job, ar)
+        return ar
 
     @property
     def outstanding(self) -> set[str]:
@@ -165,17 +189,17 @@ class Client:
         _, not_done = concurrent.futures.wait(pending, wait_for)
         return not not_done
 
-    def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> None:
-        """Abort queued tasks: `jobs`, the queued tasks of `targets`, or all of this client's."""
+    def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> list[str]:
+        """Abort queued tasks: `jobs` (AsyncResults or task ids), the queued tasks of `targets`,
+        or all of this client's. Returns the ids of the tasks dropped (those not started yet)."""
         if jobs is not None:
             task_ids = (
                 [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
             )
-            self._transport.abort(task_ids)
-        elif targets is not None:
-            self._transport.abort([], self._build_targets(targets)[0])
-        else:
-            self._transport.abort(sorted(self.outstanding))
+            return self._transport.abort(task_ids) if task_ids else []
+        if targets is not None:
+            return self._transport.abort([], self.resolve_targets(targets)[0])
+        return self._transport.abort(sorted(self.outstanding))
 
     def interrupt(self, targets: Targets = "all", sig: int = signal.SIGINT) -> list[int]:
         """Interrupt the code running on the engines; returns the engines that were running some.
@@ -184,16 +208,16 @@ class Client:
         Another signal goes to the engine processes: `rc.interrupt(sig=signal.SIGTERM)` ends
         them, and their unfinished tasks fail with `EngineError`.
         """
-        return self._transport.interrupt(self._build_targets(targets)[0], sig)
+        return self._transport.interrupt(self.resolve_targets(targets)[0], sig)
 
     def queue_status(self, targets: Targets = "all", verbose: bool = False) -> dict[int | str, Any]:
         """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`."""
-        ids = self._build_targets(targets)[0] if not isinstance(targets, list) else targets
+        ids = self.resolve_targets(targets)[0] if not isinstance(targets, list) else targets
         return self._transport.queue_status(ids, verbose)
 
     def shutdown(self, targets: Targets = "all", hub: bool = False, block: bool | None = None) -> None:
         """Stop engines; with `hub=True` the controller too."""
-        ids = self._build_targets(targets)[0]
+        ids = self.resolve_targets(targets)[0]
         self._transport.shutdown(ids, controller=hub)
 
     # --- lifetime -------------------------------------------------------------------------
@@ -265,14 +289,3 @@ def _results_of(jobs: Any) -> list[AsyncResult]:
     if isinstance(jobs, AsyncResult):
         return [jobs]
     return [j for j in jobs if isinstance(j, AsyncResult)]
-
-
-def _register_magics(client: Client) -> None:
-    """Inside IPython, make %px and friends available, as ipyparallel does."""
-    if "IPython" not in sys.modules:
-        return  # not inside IPython, and importing it would cost ~0.2 s
-    try:
-        from pxgrpc.magics import register_for_client
-    except ImportError:
-        return
-    register_for_client(client)

@@ -1,10 +1,10 @@
-"""Submitting tasks: the half of the client's `Transport` that sends work to the controller.
+"""Submitting tasks: the part of the client's `Transport` that sends work to the controller.
 
 Submits are queued and leave in batches, everything queued since the last request in one
 `SessionRequest` on the session stream. A task's large arguments travel as a blob: straight to
-its engine when the engine's data endpoint is reachable, else uploaded to the controller (a
-relay). A submit whose blob goes straight to the engine is held back (and so are the ones after
-it, to keep the order) until its upload is done: the upload is the submit's *gate*.
+its engine when the engine's data endpoint is reachable (the data path), else uploaded to the
+controller (a relay). A submit whose blob goes to the engine is held back (and so are the ones
+after it, to keep the order) until its upload is done: the upload is the submit's *gate*.
 """
 
 from __future__ import annotations
@@ -17,43 +17,77 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
 from pxgrpc import blobstream, wire
-from pxgrpc.client.actions import Action, encode_action
-from pxgrpc.client.direct import DirectData
+from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import PxConnectionError
-from pxgrpc.client.outcome import TaskListener
+from pxgrpc.client.tasks import Action, Apply, Execute, Push, TaskListener
+from pxgrpc.loopthread import LoopThread
+
+if TYPE_CHECKING:
+    from pxgrpc.client.transport import ControllerCalls
 
 log = logging.getLogger(__name__)
 
 _task_counter = itertools.count()
 
 
-class Submitter:
-    """The submitting half of `Transport` (a mixin): the queue of submits for the session
-    stream, the gates that hold them back, and the uploads of their blobs."""
-
-    # Set up by Transport: its event loop and thread, its calls to the controller and the engines'
-    # data endpoints, and its record of the tasks in flight (guarded by _lock, as is the queue).
-    loop: asyncio.AbstractEventLoop
-    failure: PxConnectionError | None
-    _thread: threading.Thread
-    _lock: threading.Lock
-    _wakeup: asyncio.Event
-    _stubs: dict[str, Any]
-    _metadata: tuple[tuple[str, str], ...]
-    _direct: DirectData
-    _listeners: dict[str, TaskListener]
-    _direct_results: dict[str, str]
-    _background: Callable[[Coroutine[Any, Any, None]], asyncio.Future[None]]
+class InFlight:
+    """The tasks submitted and not finished: who listens to each, and, for tasks whose result
+    blobs wait on their engine's data endpoint, that endpoint. The submitter adds tasks; the
+    session stream's reader takes them off as their results come."""
 
     def __init__(self) -> None:
-        """An empty queue (Transport makes `_lock` first)."""
+        self._lock = threading.Lock()
+        self._listeners: dict[str, TaskListener] = {}
+        self._result_urls: dict[str, str] = {}
+        #: Why the connection failed, once it has: new submits raise it.
+        self.failure: PxConnectionError | None = None
+
+    def add(self, task_ids: Sequence[str], listener: TaskListener, result_urls: dict[str, str]) -> None:
+        """Tasks about to be submitted (raises the connection's failure, once there is one)."""
+        if self.failure is not None:
+            raise self.failure
+        with self._lock:
+            for task_id in task_ids:
+                self._listeners[task_id] = listener
+            self._result_urls.update(result_urls)
+
+    def listener(self, task_id: str) -> TaskListener | None:
+        """Who listens to a task still running."""
+        return self._listeners.get(task_id)
+
+    def finish(self, task_id: str) -> tuple[TaskListener | None, str | None]:
+        """A task's result came: its listener, and the data endpoint holding its blobs (or None)."""
+        with self._lock:
+            return self._listeners.pop(task_id, None), self._result_urls.pop(task_id, None)
+
+    def fail_all(self, error: PxConnectionError) -> dict[str, TaskListener]:
+        """The connection is gone: forget every task; returns them with their listeners."""
+        with self._lock:
+            self.failure = self.failure or error
+            listeners, self._listeners = self._listeners, {}
+            self._result_urls.clear()
+        return listeners
+
+
+class Submitter:
+    """The queue of submits for the session stream, the gates that hold them back, and the
+    uploads of their blobs (to the engines' data endpoints, or relayed by the controller)."""
+
+    def __init__(
+        self, io: LoopThread, calls: ControllerCalls, datapath: DataPath, in_flight: InFlight
+    ) -> None:
+        self._io = io
+        self._calls = calls
+        self._datapath = datapath
+        self._in_flight = in_flight
         self._prefix = f"{os.getpid():x}-{id(self):x}-"
+        self._lock = threading.Lock()
         self._outgoing: list[wire.pb.SubmitTask] = []
         # Submits that must wait (in order) until their blob is on the engine: (submit, upload).
         self._gates: collections.deque[tuple[wire.pb.SubmitTask, concurrent.futures.Future[None]]] = (
@@ -63,6 +97,7 @@ class Submitter:
         self._flush_scheduled = False
         # Notified (with _lock held) whenever the session takes submits from _outgoing.
         self._taken = threading.Condition(self._lock)
+        self._wakeup = asyncio.Event()
 
     def new_task_ids(self, n: int) -> list[str]:
         """Fresh task ids (listeners are built with them before the tasks are submitted)."""
@@ -86,13 +121,13 @@ class Submitter:
             submit.CopyFrom(template)
             submits.append(_address(submit, task_id, target))
         # One blob for every target: straight to each engine only if all of them can take it.
-        direct = blob is not None and all(self._direct.url_for(t) for t in targets)
-        if blob is not None and not direct:
+        to_engines = blob is not None and all(self._datapath.url_for(t) for t in targets)
+        if blob is not None and not to_engines:
             # Before queueing: the loop thread may send the submits the moment they are queued.
             for submit in submits:
                 submit.blob_ids.append(blob.blob_id)
-        self._enqueue(task_ids, submits, [blob if direct else None] * len(submits), listener)
-        if blob is not None and not direct:
+        self._enqueue(task_ids, submits, [blob if to_engines else None] * len(submits), listener)
+        if blob is not None and not to_engines:
             self._start_relay(blob)
 
     def submit_each(
@@ -109,12 +144,12 @@ class Submitter:
         is encoded, so that its upload (and its engine) starts while the next one is encoded.
         Encoding (pickling) holds the GIL, which the upload and the session also need now and
         then: so before encoding the next payload, this waits until the task is on its way (its
-        direct upload done, its submit taken by the session), for at most twice as long as
+        upload to its engine done, its submit taken by the session), for at most twice as long as
         encoding its payload took. The engine then starts on it while the next one is encoded.
         """
         cache: dict[int, wire.pb.Value] = {}
         submits: list[wire.pb.SubmitTask] = []
-        direct_blobs: list[blobstream.OutgoingBlob | None] = []
+        engine_blobs: list[blobstream.OutgoingBlob | None] = []
         relayed = []
         start = 0
         for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
@@ -122,19 +157,19 @@ class Submitter:
             submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
             submits.append(submit)
-            if blob is not None and not self._direct.url_for(target):
+            if blob is not None and not self._datapath.url_for(target):
                 submit.blob_ids.append(blob.blob_id)
                 relayed.append(blob)
-                direct_blobs.append(None)
+                engine_blobs.append(None)
             else:
-                direct_blobs.append(blob)
+                engine_blobs.append(blob)
             if blob is not None and i + 1 < len(task_ids):
-                gates = self._enqueue(task_ids[start : i + 1], submits, direct_blobs, listener)
+                gates = self._enqueue(task_ids[start : i + 1], submits, engine_blobs, listener)
                 for blob in relayed:
                     self._start_relay(blob)
                 self._wait_sent(gates, submits, time.perf_counter() + 2 * (time.perf_counter() - began))
-                start, submits, direct_blobs, relayed = i + 1, [], [], []
-        self._enqueue(task_ids[start:], submits, direct_blobs, listener)
+                start, submits, engine_blobs, relayed = i + 1, [], [], []
+        self._enqueue(task_ids[start:], submits, engine_blobs, listener)
         for blob in relayed:
             self._start_relay(blob)
 
@@ -142,36 +177,32 @@ class Submitter:
         self,
         ids: Sequence[str],
         submits: list[wire.pb.SubmitTask],
-        direct_blobs: list[blobstream.OutgoingBlob | None],
+        engine_blobs: list[blobstream.OutgoingBlob | None],
         listener: TaskListener,
     ) -> list[concurrent.futures.Future[None]]:
-        """Queue submits for the session stream. A submit with a direct blob waits (and so do
-        the ones after it) until the blob is on its engine; direct tasks fetch their result
-        blobs from the engine when it has a reachable data endpoint. Returns the uploads."""
-        if self.failure is not None:
-            raise self.failure
+        """Queue submits for the session stream. A submit with a blob for its engine waits (and
+        so do the ones after it) until the blob is there; tasks on an engine with a reachable
+        data endpoint fetch their result blobs from it. Returns the uploads to the engines."""
         gates = []
-        direct_results = []
-        for submit, blob in zip(submits, direct_blobs, strict=True):
-            url = self._direct.url_for(submit.engine_id) if not submit.load_balanced else None
+        result_urls = {}
+        for submit, blob in zip(submits, engine_blobs, strict=True):
+            url = self._datapath.url_for(submit.engine_id) if not submit.load_balanced else None
             if url is None:
                 continue
             submit.direct_results = True
-            direct_results.append((submit.task_id, url))
+            result_urls[submit.task_id] = url
             if blob is not None:
-                gate = asyncio.run_coroutine_threadsafe(self._send_direct(submit, blob, url), self.loop)
+                gate = self._io.submit(self._send_to_engine(submit, blob, url))
                 gate.add_done_callback(self._gate_opened)
                 gates.append((submit, gate))
+        self._in_flight.add(ids, listener, result_urls)
         with self._lock:
-            for task_id in ids:
-                self._listeners[task_id] = listener
-            self._direct_results.update(direct_results)
             self._outgoing.extend(submits)
             self._gates.extend(gates)
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
-            self.loop.call_soon_threadsafe(self._wakeup.set)
+            self._io.call_soon(self._wakeup.set)
         return [gate for _, gate in gates]
 
     def _wait_sent(
@@ -189,38 +220,40 @@ class Submitter:
             )
 
     def _gate_opened(self, gate: concurrent.futures.Future[None]) -> None:
-        """A direct upload is over: the submits held behind it may go."""
-        self.loop.call_soon_threadsafe(self._wakeup.set)
+        """An upload to an engine is over: the submits held behind it may go."""
+        self._io.call_soon(self._wakeup.set)
 
-    async def _send_direct(self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str) -> None:
+    async def _send_to_engine(
+        self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str
+    ) -> None:
         """Upload a task's blob to its engine; on failure send it through the controller."""
         try:
-            await self._direct.upload(url, blob)
+            await self._datapath.upload(url, blob)
         except grpc.RpcError as exc:
-            self._direct.give_up(url, f"{exc.code().name}: {exc.details()}")
+            self._datapath.give_up(url, f"{exc.code().name}: {exc.details()}")
             submit.direct_results = False
             submit.blob_ids.append(blob.blob_id)
             self._start_relay(blob)
 
     def _start_relay(self, blob: blobstream.OutgoingBlob) -> None:
         """Upload a blob to the controller (once), from any thread."""
-        if threading.get_ident() != self._thread.ident:
-            self.loop.call_soon_threadsafe(self._start_relay, blob)
+        if not self._io.in_loop():
+            self._io.call_soon(self._start_relay, blob)
             return
         if blob.blob_id not in self._relayed:
             self._relayed.add(blob.blob_id)
-            task = self._background(self._upload(blob))
+            task = self._io.background(self._upload(blob))
             task.add_done_callback(lambda _: self._relayed.discard(blob.blob_id))
 
     async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
         try:
-            await self._stubs["Upload"](blob.raw_messages(), metadata=self._metadata)
+            await self._calls.upload(blob)
         except grpc.RpcError as exc:
             log.error("upload of %d bytes failed: %s", blob.size, exc.details())
 
     # --- the session stream's side ----------------------------------------------------------
 
-    async def _requests(self) -> Any:
+    async def requests(self) -> AsyncIterator[wire.pb.SessionRequest]:
         """The session's requests: everything submitted since the last one, in one message."""
         while True:
             with self._lock:
@@ -248,6 +281,39 @@ class Submitter:
         if tasks:
             self._taken.notify_all()
         return tasks
+
+
+def encode_action(
+    action: Action, message: wire.pb.Action, function_cache: dict[int, wire.pb.Value] | None = None
+) -> blobstream.OutgoingBlob | None:
+    """Write an action into its protobuf message; return the blob its large values need.
+
+    `function_cache` (one per map or scatter call) encodes a function applied many times once.
+    """
+    encoder = wire.Encoder()
+    if isinstance(action, Execute):
+        message.execute.code = action.code
+        message.execute.silent = action.silent
+    elif isinstance(action, Apply):
+        apply = message.apply
+        cached = function_cache.get(id(action.function)) if function_cache is not None else None
+        if cached is None:
+            cached = encoder.encode(action.function)
+            if function_cache is not None and encoder.blob is None:
+                function_cache[id(action.function)] = cached
+        apply.function.CopyFrom(cached)
+        for arg in action.args:
+            encoder.encode_into(arg, apply.args.add())
+        for key, val in action.kwargs.items():
+            encoder.encode_into(val, apply.kwargs[key])
+    elif isinstance(action, Push):
+        ns = message.push.namespace
+        for key, val in action.namespace.items():
+            encoder.encode_into(val, ns[key])
+    else:
+        message.pull.names.extend(action.names)
+        message.pull.single = action.single
+    return encoder.blob
 
 
 def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wire.pb.SubmitTask:

@@ -1,12 +1,14 @@
-"""The client's connection to the controller, run by an asyncio loop in a background thread.
+"""The client's transport: a strict point of cut-off between the Python API and the network.
 
-Views hand it plain actions (`Execute`, `Apply`, `Push`, `Pull`) and a listener; it encodes them,
-batches them onto the session stream, streams large values as blobs, and calls the listener
-back (in its own thread) with output and with decoded `TaskOutcome`s. Nothing above this module
-sees a protobuf message.
+Above it, the `Client` (and through it the views and `AsyncResult`) hands down plain records
+(`pxgrpc.client.tasks`: a `Job` and its task ids, a listener) and gets back decoded
+`TaskOutcome`s and output, called in the transport's I/O thread. Below it: the channel to the
+controller, the session stream that carries submits and task events, the engines' data
+endpoints (`DataPath`), and gRPC errors, turned into pxgrpc errors in one table
+(`rpcerrors.STATUS_ERRORS`). Only the `Client` holds a `Transport`.
 
-The actions are in `actions.py`, the queue of submits and the uploads of their blobs in
-`submit.py` (`Submitter`, which `Transport` extends), and the decoding of results in `outcome.py`.
+What it owns: its I/O thread (`LoopThread`), the typed calls of the Controller service
+(`ControllerCalls`), the tasks in flight (`InFlight`) and the `Submitter` that queues submits.
 """
 
 from __future__ import annotations
@@ -16,16 +18,25 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
 
 from pxgrpc import blobstream, diagnose, wire
-from pxgrpc.client.direct import DirectData
-from pxgrpc.client.errors import AuthenticationError, PxConnectionError, TLSError
-from pxgrpc.client.outcome import TaskListener, TaskOutcome, decode_outcome
-from pxgrpc.client.submit import Submitter
+from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.errors import (
+    AuthenticationError,
+    EngineError,
+    PxConnectionError,
+    PxError,
+    RemoteError,
+    TaskAborted,
+)
+from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
+from pxgrpc.client.submit import InFlight, Submitter
+from pxgrpc.client.tasks import Job, TaskListener, TaskOutcome
+from pxgrpc.loopthread import LoopClosed, LoopThread
 from pxgrpc.memory import reuse_freed_memory
 from pxgrpc.security.connection_file import ConnectionInfo
 from pxgrpc.security.credentials import channel_options
@@ -33,36 +44,65 @@ from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
 
 
-def connection_error(exc: grpc.RpcError, url: str) -> PxConnectionError:
-    """A gRPC failure as an error that says what happened and what to do."""
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    name = code.name if code is not None else ""
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return AuthenticationError(
-            f"the controller at {url} refused our credentials: {details}. "
-            "Use the token from its connection file",
-            name,
+class Unary(Generic[Req, Rep]):
+    """One unary call of the Controller service, typed by its request and reply."""
+
+    def __init__(self, channel: grpc.aio.Channel, name: str, request: type[Req], reply: type[Rep]) -> None:
+        self._call = channel.unary_unary(
+            f"/{wire.CONTROLLER_SERVICE}/{name}",
+            request_serializer=request.SerializeToString,  # type: ignore[attr-defined]
+            response_deserializer=reply.FromString,  # type: ignore[attr-defined]
         )
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return PxConnectionError(
-            f"cannot reach the controller at {url}: {details}. Is it running? (`pxgrpc cluster status`)", name
+
+    def __call__(self, request: Req, metadata: tuple[tuple[str, str], ...], timeout: float) -> Awaitable[Rep]:
+        return self._call(request, metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
+
+
+class ControllerCalls:
+    """The calls of the Controller service this client makes (blobs travel as raw bytes)."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        pb = wire.pb
+        self.metadata = metadata
+        self.list_engines = Unary(channel, "ListEngines", pb.ListEnginesRequest, pb.ListEnginesReply)
+        self.abort = Unary(channel, "Abort", pb.AbortRequest, pb.AbortReply)
+        self.interrupt = Unary(channel, "Interrupt", pb.InterruptRequest, pb.InterruptReply)
+        self.queue_status = Unary(channel, "QueueStatus", pb.QueueStatusRequest, pb.QueueStatusReply)
+        self.shutdown = Unary(channel, "Shutdown", pb.ShutdownRequest, pb.ShutdownReply)
+        svc = f"/{wire.CONTROLLER_SERVICE}/"
+        self._session_rpc = channel.stream_stream(
+            svc + "Session",
+            request_serializer=pb.SessionRequest.SerializeToString,
+            response_deserializer=pb.SessionEvent.FromString,
         )
-    return PxConnectionError(f"controller at {url}: {name} {details}", name)
+        self._upload_rpc = channel.stream_unary(
+            svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
+        )
+        self._download_rpc = channel.unary_stream(
+            svc + "Download",
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
+        )
+
+    def session(self, requests: AsyncIterator[wire.pb.SessionRequest]) -> grpc.aio.StreamStreamCall[Any, Any]:
+        """Open the session stream: submits go up, engine lists and task events come down."""
+        return self._session_rpc(requests, metadata=self.metadata)
+
+    async def upload(self, blob: blobstream.OutgoingBlob) -> None:
+        """Upload a blob to the controller, which relays it to the engines (raises grpc.RpcError)."""
+        await self._upload_rpc(blob.raw_messages(), metadata=self.metadata)
+
+    async def download(self, blob_id: str) -> blobstream.IncomingBlob:
+        """Fetch a result blob the controller relays (raises grpc.RpcError or wire.DecodingError)."""
+        call = self._download_rpc(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
+        return await blobstream.receive(call, blob_id)
 
 
-def diagnosed_error(found: diagnose.Diagnosis, code: str) -> PxConnectionError:
-    """The client error for a diagnosed connection failure (credentials, TLS, or reachability)."""
-    if found.cause in diagnose.CREDENTIAL_CAUSES:
-        return AuthenticationError(found.message, code, str(found.cause))
-    if found.cause in diagnose.TLS_CAUSES:
-        return TLSError(found.message, code, str(found.cause))
-    return PxConnectionError(found.message, code, str(found.cause))
-
-
-class Transport(Submitter):
+class Transport:
     """One client's link to one controller."""
 
     def __init__(self, info: ConnectionInfo, timeout: float = 10.0) -> None:
@@ -76,195 +116,47 @@ class Transport(Submitter):
         self.url = info.url
         # Opt-in here: allocator settings would affect all of the user's own process.
         reuse_freed_memory(default="chunks")
-        self._metadata = auth_metadata(info.token)
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._listeners: dict[str, TaskListener] = {}
+        metadata = auth_metadata(info.token)
+        self._lock = threading.Lock()
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
-        self._direct = DirectData(self._metadata, info.channel_credentials())
-        # Tasks whose result blobs wait on the engine's data endpoint: task id -> its url.
-        self._direct_results: dict[str, str] = {}
-        self._lock = threading.Lock()
-        super().__init__()  # the queue of submits
-        self.failure: PxConnectionError | None = None
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="pxgrpc-client-io", daemon=True)
-        self._thread.start()
+        self._datapath = DataPath(metadata, info.channel_credentials())
+        self._in_flight = InFlight()
+        self._stream: grpc.aio.StreamStreamCall[Any, Any] | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self.io = LoopThread("pxgrpc-client-io")
+        self.io.start()
         try:
+            self.channel = self._run(self._open_channel(), timeout)
+            self.calls = ControllerCalls(self.channel, metadata)
+            self.submitter = Submitter(self.io, self.calls, self._datapath, self._in_flight)
             # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
             self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
         except BaseException:
             self.close()
             raise
 
-    # --- thread plumbing --------------------------------------------------------------------
+    # --- the cut-off: what the Client calls ------------------------------------------------
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self.loop.is_closed():
-            coro.close()
-            raise PxConnectionError("this client is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise PxConnectionError(
-                f"no answer from the controller at {self.url} within {timeout} s"
-            ) from None
+    def new_task_ids(self, n: int) -> list[str]:
+        """Fresh task ids (listeners are built with them before the tasks are submitted)."""
+        return self.submitter.new_task_ids(n)
 
-    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
-        """Run `coro` in the loop, holding a reference until it is done (asyncio keeps only weak ones)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def close(self) -> None:
-        """Close the connection; pending tasks fail with PxConnectionError."""
-        if self.loop.is_closed():
-            return
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(5)
-            except (concurrent.futures.TimeoutError, RuntimeError):
-                log.warning("closing the client's connection took too long")
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-        if not self.loop.is_running():
-            self.loop.close()
-
-    async def _close(self) -> None:
-        self._fail_all(PxConnectionError("the client was closed"))
-        if self._session is not None:
-            self._session.cancel()
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        await self._direct.close()
-        await self.channel.close()
-        # gRPC's own tasks for the closed calls end on the next turns of the loop: let them, so
-        # that closing the loop does not destroy them pending (a warning at interpreter exit).
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        if others:
-            await asyncio.wait(others, timeout=1.0)
-
-    # --- connecting -------------------------------------------------------------------------
-
-    async def _connect(self, timeout: float) -> None:
-        options = channel_options(self.info.tls_server_name)
-        self._session: grpc.aio.StreamStreamCall[Any, Any] | None = None
-        creds = self.info.channel_credentials()
-        if creds is not None:
-            self.channel = grpc.aio.secure_channel(self.url, creds, options=options)
+    def submit(self, task_ids: Sequence[str], job: Job, listener: TaskListener) -> None:
+        """Run `job` as the tasks `task_ids` (one per target); `listener` hears how they go."""
+        if job.each is not None:
+            items = zip(job.each, job.targets, strict=True)
+            self.submitter.submit_each(task_ids, items, listener, retries=job.retries)
+        elif job.action is not None:
+            self.submitter.submit(task_ids, job.action, job.targets, listener, retries=job.retries)
         else:
-            self.channel = grpc.aio.insecure_channel(self.url, options=options)
-        self._stubs = _methods(self.channel)
-        try:
-            request = wire.pb.ListEnginesRequest()
-            self._note_engines(
-                await self._stubs["ListEngines"](request, metadata=self._metadata, timeout=timeout)
-            )
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            target = diagnose.ConnectTarget.of(self.info, role="client")
-            found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
-            raise diagnosed_error(found, code.name) from None
-        self._wakeup = asyncio.Event()
-        self._session = self._stubs["Session"](self._requests(), metadata=self._metadata)
-        self._reader = asyncio.ensure_future(self._read_session(self._session))
+            raise ValueError(f"{job.name}: a job needs an action, or one action per target")
 
-    async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
-        try:
-            async for message in call:
-                if message.HasField("engines"):
-                    self._note_engines(message.engines)
-                for event in message.events:
-                    self._dispatch(event)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self._fail_all(connection_error(exc, self.url))
-                return
-        except Exception as exc:
-            log.exception("client session reader failed")
-            self._fail_all(PxConnectionError(f"client session failed: {exc!r}"))
-            return
-        self._fail_all(PxConnectionError(f"the controller at {self.url} closed the session"))
-
-    def _fail_all(self, error: PxConnectionError) -> None:
-        self.failure = self.failure or error
-        listeners, self._listeners = self._listeners, {}
-        self._direct_results.clear()
-        for task_id, listener in listeners.items():
-            listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
-
-    # --- results ----------------------------------------------------------------------------
-
-    def _dispatch(self, event: wire.pb.TaskEvent) -> None:
-        kind = event.WhichOneof("kind")
-        if kind == "output":
-            out = event.output
-            listener = self._listeners.get(out.task_id)
-            if listener is not None:
-                stream = "stderr" if out.stream == wire.STDERR else "stdout"
-                listener.on_output(out.task_id, out.engine_id, stream, out.text)
-        elif kind == "display":
-            disp = event.display
-            listener = self._listeners.get(disp.task_id)
-            if listener is not None:
-                listener.on_display(disp.task_id, disp.engine_id, dict(disp.data), disp.metadata_json)
-        elif kind == "result":
-            result = event.result
-            listener = self._listeners.pop(result.task_id, None)
-            url = self._direct_results.pop(result.task_id, None) if self._direct_results else None
-            if listener is None:
-                return
-            received = time.time()
-            if result.blob_ids:
-                self._background(self._deliver_with_blobs(result, listener, url, received))
-            else:
-                listener.on_result(decode_outcome(result, {}, received))
-
-    async def _deliver_with_blobs(
-        self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
-    ) -> None:
-        try:
-            if url is not None:
-                blobs = {b: await self._direct.download(url, b) for b in result.blob_ids}
-            else:
-                blobs = {b: await self._download(b) for b in result.blob_ids}
-            outcome = decode_outcome(result, blobs, received)
-        except (grpc.RpcError, wire.DecodingError) as exc:
-            err = (
-                connection_error(exc, self.url)
-                if isinstance(exc, grpc.RpcError)
-                else PxConnectionError(str(exc))
-            )
-            outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
-        listener.on_result(outcome)
-
-    async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
-        call = self._stubs["Download"](wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
-        return await blobstream.receive(call, blob_id)
-
-    # --- control calls ----------------------------------------------------------------------
-
-    def call(self, method: str, request: Any, timeout: float = 30.0) -> Any:
-        """A unary call on the Controller service, with errors made readable."""
-        return self._run(self._call(method, request, timeout), timeout + 5)
-
-    async def _call(self, method: str, request: Any, timeout: float) -> Any:
-        try:
-            return await self._stubs[method](request, metadata=self._metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise connection_error(exc, self.url) from None
-
-    def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
-        """Remember the live engines, unless we already know a newer list."""
-        with self._lock:
-            if reply.generation >= self._engines_generation:
-                self._engines_generation = reply.generation
-                self._engine_ids = tuple(e.engine_id for e in reply.engines)
-                self._direct.set_urls({e.engine_id: e.data_url for e in reply.engines})
+    @property
+    def failure(self) -> PxConnectionError | None:
+        """Why the connection failed, once it has."""
+        return self._in_flight.failure
 
     def engine_ids(self) -> list[int]:
         """The live engines as last heard (the controller tells every change on the session
@@ -272,7 +164,8 @@ class Transport(Submitter):
         return list(self._engine_ids)
 
     def list_engines(self) -> list[dict[str, Any]]:
-        reply = self.call("ListEngines", wire.pb.ListEnginesRequest())
+        """The engines with their host, pid, state and counts (asks the controller)."""
+        reply = self.call(self.calls.list_engines, wire.pb.ListEnginesRequest())
         self._note_engines(reply)
         states = {wire.ENGINE_IDLE: "idle", wire.ENGINE_BUSY: "busy", wire.ENGINE_DEAD: "dead"}
         return [
@@ -291,70 +184,207 @@ class Transport(Submitter):
         ]
 
     def abort(self, task_ids: Sequence[str], targets: Sequence[int] = ()) -> list[str]:
-        request = wire.pb.AbortRequest(
-            task_ids=list(task_ids), targets=wire.pb.Targets(engine_ids=list(targets))
-        )
-        return list(self.call("Abort", request).aborted)
+        """Drop these queued tasks (or those queued on `targets`); the ones dropped."""
+        request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=_targets(targets))
+        return list(self.call(self.calls.abort, request).aborted)
 
     def interrupt(self, targets: Sequence[int], signal_number: int = 0) -> list[int]:
         """Signal the engines of `targets` that run a task (0: SIGINT); the ones signalled."""
-        request = wire.pb.InterruptRequest(
-            targets=wire.pb.Targets(engine_ids=list(targets)), signal_number=signal_number
-        )
-        return list(self.call("Interrupt", request).engine_ids)
+        request = wire.pb.InterruptRequest(targets=_targets(targets), signal_number=signal_number)
+        return list(self.call(self.calls.interrupt, request).engine_ids)
 
     def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
-        request = wire.pb.QueueStatusRequest(
-            targets=wire.pb.Targets(engine_ids=list(targets)), verbose=verbose
-        )
-        reply = self.call("QueueStatus", request)
+        """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`."""
+        request = wire.pb.QueueStatusRequest(targets=_targets(targets), verbose=verbose)
+        reply = self.call(self.calls.queue_status, request)
         status: dict[int | str, Any] = {}
         for e in reply.engines:
-            if verbose:
-                status[e.engine_id] = {
-                    "queue": list(e.queued_task_ids),
-                    "completed": e.completed,
-                    "tasks": e.tasks,
-                }
-            else:
-                status[e.engine_id] = {"queue": e.queue, "completed": e.completed, "tasks": e.tasks}
+            queue = list(e.queued_task_ids) if verbose else e.queue
+            status[e.engine_id] = {"queue": queue, "completed": e.completed, "tasks": e.tasks}
         status["unassigned"] = reply.unassigned
         return status
 
     def shutdown(self, targets: Sequence[int], controller: bool) -> list[int]:
-        request = wire.pb.ShutdownRequest(
-            targets=wire.pb.Targets(engine_ids=list(targets)), controller=controller
-        )
-        return list(self.call("Shutdown", request).engine_ids)
+        """Stop the engines of `targets` (and the controller); the engines told to stop."""
+        request = wire.pb.ShutdownRequest(targets=_targets(targets), controller=controller)
+        return list(self.call(self.calls.shutdown, request).engine_ids)
+
+    def call(self, method: Unary[Req, Rep], request: Req, timeout: float = 30.0) -> Rep:
+        """A unary call on the Controller service, with errors made readable."""
+        return self._run(self._call(method, request, timeout), timeout + 5)
+
+    def close(self) -> None:
+        """Close the connection; pending tasks fail with PxConnectionError."""
+        self.io.stop(self._close())
+
+    # --- the I/O thread -------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        try:
+            return self.io.run(coro, timeout)
+        except LoopClosed:
+            raise PxConnectionError("this client is closed") from None
+        except concurrent.futures.TimeoutError:
+            raise PxConnectionError(
+                f"no answer from the controller at {self.url} within {timeout} s"
+            ) from None
+
+    async def _call(self, method: Unary[Req, Rep], request: Req, timeout: float) -> Rep:
+        with map_rpc_errors(self.url):
+            return await method(request, self.calls.metadata, timeout)
+
+    async def _open_channel(self) -> grpc.aio.Channel:
+        options = channel_options(self.info.tls_server_name)
+        creds = self.info.channel_credentials()
+        if creds is not None:
+            return grpc.aio.secure_channel(self.url, creds, options=options)
+        return grpc.aio.insecure_channel(self.url, options=options)
+
+    async def _connect(self, timeout: float) -> None:
+        try:
+            request = wire.pb.ListEnginesRequest()
+            self._note_engines(await self.calls.list_engines(request, self.calls.metadata, timeout))
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            target = diagnose.ConnectTarget.of(self.info, role="client")
+            found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
+            raise diagnosed_error(found, code.name) from None
+        self._stream = self.calls.session(self.submitter.requests())
+        self._reader = asyncio.ensure_future(self._read_stream(self._stream))
+
+    async def _close(self) -> None:
+        self._fail_all(PxConnectionError("the client was closed"))
+        if self._stream is not None and self._reader is not None:
+            self._stream.cancel()
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._datapath.close()
+        if hasattr(self, "channel"):
+            await self.channel.close()
+        # gRPC's own tasks for the closed calls end on the next turns of the loop: let them, so
+        # that closing the loop does not destroy them pending (a warning at interpreter exit).
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=1.0)
+
+    # --- what comes down the session stream -----------------------------------------------
+
+    async def _read_stream(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        try:
+            async for message in call:
+                if message.HasField("engines"):
+                    self._note_engines(message.engines)
+                for event in message.events:
+                    self._dispatch(event)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self._fail_all(rpc_error(exc, self.url))
+                return
+        except Exception as exc:
+            log.exception("the session stream's reader failed")
+            self._fail_all(PxConnectionError(f"the session stream failed: {exc!r}"))
+            return
+        self._fail_all(PxConnectionError(f"the controller at {self.url} closed the session"))
+
+    def _fail_all(self, error: PxConnectionError) -> None:
+        for task_id, listener in self._in_flight.fail_all(error).items():
+            listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
+
+    def _dispatch(self, event: wire.pb.TaskEvent) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "output":
+            out = event.output
+            listener = self._in_flight.listener(out.task_id)
+            if listener is not None:
+                stream = "stderr" if out.stream == wire.STDERR else "stdout"
+                listener.on_output(out.task_id, out.engine_id, stream, out.text)
+        elif kind == "display":
+            disp = event.display
+            listener = self._in_flight.listener(disp.task_id)
+            if listener is not None:
+                listener.on_display(disp.task_id, disp.engine_id, dict(disp.data), disp.metadata_json)
+        elif kind == "result":
+            result = event.result
+            listener, url = self._in_flight.finish(result.task_id)
+            if listener is None:
+                return
+            received = time.time()
+            if result.blob_ids:
+                self.io.background(self._deliver_with_blobs(result, listener, url, received))
+            else:
+                listener.on_result(decode_outcome(result, {}, received))
+
+    async def _deliver_with_blobs(
+        self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
+    ) -> None:
+        try:
+            with map_rpc_errors(self.url):
+                if url is not None:
+                    blobs = {b: await self._datapath.download(url, b) for b in result.blob_ids}
+                else:
+                    blobs = {b: await self.calls.download(b) for b in result.blob_ids}
+            outcome = decode_outcome(result, blobs, received)
+        except (PxConnectionError, wire.DecodingError) as exc:
+            err = exc if isinstance(exc, PxConnectionError) else PxConnectionError(str(exc))
+            outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
+        listener.on_result(outcome)
+
+    def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
+        """Remember the live engines, unless we already know a newer list."""
+        with self._lock:
+            if reply.generation >= self._engines_generation:
+                self._engines_generation = reply.generation
+                self._engine_ids = tuple(e.engine_id for e in reply.engines)
+                self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
 
 
-def _methods(channel: grpc.aio.Channel) -> dict[str, Any]:
-    """Callables for the Controller service; blobs travel as raw bytes."""
-    svc = f"/{wire.CONTROLLER_SERVICE}/"
-    pb = wire.pb
+def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
+    return wire.pb.Targets(engine_ids=list(engine_ids))
 
-    def unary(name: str, req: Any, rep: Any) -> Any:
-        return channel.unary_unary(
-            svc + name, request_serializer=req.SerializeToString, response_deserializer=rep.FromString
-        )
 
-    return {
-        "ListEngines": unary("ListEngines", pb.ListEnginesRequest, pb.ListEnginesReply),
-        "Abort": unary("Abort", pb.AbortRequest, pb.AbortReply),
-        "Interrupt": unary("Interrupt", pb.InterruptRequest, pb.InterruptReply),
-        "QueueStatus": unary("QueueStatus", pb.QueueStatusRequest, pb.QueueStatusReply),
-        "Shutdown": unary("Shutdown", pb.ShutdownRequest, pb.ShutdownReply),
-        "Session": channel.stream_stream(
-            svc + "Session",
-            request_serializer=pb.SessionRequest.SerializeToString,
-            response_deserializer=pb.SessionEvent.FromString,
-        ),
-        "Upload": channel.stream_unary(
-            svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
-        ),
-        "Download": channel.unary_stream(
-            svc + "Download",
-            request_serializer=pb.DownloadRequest.SerializeToString,
-            response_deserializer=None,
-        ),
-    }
+_STATUS = {
+    wire.TASK_OK: "ok",
+    wire.TASK_ERROR: "error",
+    wire.TASK_ABORTED: "aborted",
+    wire.TASK_ENGINE_DIED: "engine_died",
+}
+
+
+def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
+    """The exception a failed TaskResult stands for."""
+    status = result.status
+    if status == wire.TASK_OK:
+        return None
+    err = result.error
+    if status == wire.TASK_ENGINE_DIED:
+        return EngineError(err.evalue, result.engine_id)
+    if status == wire.TASK_ABORTED:
+        return TaskAborted(f"task {result.task_id} was aborted before it started")
+    engine_id = result.engine_id if result.engine_id >= 0 else None
+    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
+
+
+def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
+    """The outcome a TaskResult reports, its value decoded (with the blobs it references)."""
+    outcome = TaskOutcome(
+        task_id=result.task_id,
+        engine_id=result.engine_id,
+        status=_STATUS.get(result.status, "error"),
+        error=outcome_error(result),
+        execution_count=result.execution_count,
+        submitted=result.submitted,
+        started=result.started,
+        completed=result.completed,
+        received=received,
+    )
+    if result.HasField("execute_result"):
+        outcome.execute_result = dict(result.execute_result.data)
+    if outcome.error is None and result.HasField("value"):
+        try:
+            outcome.value = wire.decode(result.value, blobs)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
+            outcome.status = "error"
+            outcome.error = RemoteError(
+                type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
+            )
+    return outcome

@@ -12,44 +12,16 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pxgrpc.client.actions import Action, Apply, Execute, Pull, Push
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
 from pxgrpc.client.errors import NoEnginesError
-from pxgrpc.partition import partition, partition_bounds
+from pxgrpc.client.remote import ParallelFunction, RemoteFunction
+from pxgrpc.client.tasks import Action, Apply, Execute, Job, Pull, Push
+from pxgrpc.partition import chunk, join_parts, map_chunk, partition, partition_bounds
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
 
 Targets = int | Sequence[int] | slice | str | None
-
-
-def _map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
-    """What an engine runs for one chunk of a map."""
-    return list(map(f, *chunks))
-
-
-def _chunk(seq: Sequence[Any], start: int, stop: int) -> Any:
-    """`seq[start:stop]` for one task of a map; a short slice of a range becomes a list (the
-    mapped function sees the same items, and a list of a few ints pickles several times faster)."""
-    part = seq[start:stop]
-    return list(part) if type(part) is range and len(part) <= 64 else part
-
-
-def join_parts(parts: list[Any]) -> Any:
-    """Join gathered partitions: arrays with numpy, sequences into one list (ipyparallel's rule)."""
-    if not parts:
-        return []
-    first = parts[0]
-    if type(first).__module__ == "numpy" and type(first).__name__ == "ndarray":
-        import numpy as np
-
-        return np.concatenate(parts)
-    if isinstance(first, list | tuple):
-        joined: list[Any] = []
-        for part in parts:
-            joined.extend(part)  # (twice as fast as list(itertools.chain(...)) for long parts)
-        return joined
-    return parts
 
 
 class View:
@@ -77,7 +49,7 @@ class View:
 
     def _targets(self, targets: Targets = None) -> tuple[list[int], bool]:
         """(engine ids, whether the view is a single engine) for a call."""
-        return self.client._build_targets(self.targets if targets is None else targets)
+        return self.client.resolve_targets(self.targets if targets is None else targets)
 
     def _block(self, block: bool | None) -> bool:
         return self.block if block is None else block
@@ -98,21 +70,6 @@ class View:
             yield
         finally:
             self.set_flags(**saved)
-
-    def _start(
-        self,
-        fname: str,
-        action: Action,
-        targets: Sequence[int | None],
-        single: bool,
-        retries: int = 0,
-    ) -> AsyncResult:
-        transport = self.client._transport
-        ids = transport.new_task_ids(len(targets))
-        ar = AsyncResult(self.client, ids, fname, targets, single=single)
-        self.client._track(ar)
-        transport.submit(ids, action, targets, ar, retries=retries)
-        return ar
 
     def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
         return ar.get() if self._block(block) else ar
@@ -179,14 +136,14 @@ class DirectView(View):
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         ids, single = self._targets()
         name = getattr(f, "__name__", "apply")
-        return self._start(name, Apply(f, args, kwargs), ids, single)
+        return self.client.submit(Job(name, ids, Apply(f, args, kwargs), single=single))
 
     def execute(
         self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None
     ) -> AsyncResult:
         """Run `code` on the engines. Returns the AsyncResult (after waiting, if blocking)."""
         ids, single = self._targets(targets)
-        ar = self._start("execute", Execute(code, silent), ids, single)
+        ar = self.client.submit(Job("execute", ids, Execute(code, silent), single=single))
         if self._block(block):
             with contextlib.suppress(KeyboardInterrupt):
                 ar.get()
@@ -206,7 +163,7 @@ class DirectView(View):
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"push: {name!r} is not a valid variable name")
         ids, single = self._targets(targets)
-        return self._finish(self._start("push", Push(dict(ns)), ids, single), block)
+        return self._finish(self.client.submit(Job("push", ids, Push(dict(ns)), single=single)), block)
 
     def update(self, ns: dict[str, Any]) -> Any:
         """Push `ns` (dict-like interface)."""
@@ -217,7 +174,8 @@ class DirectView(View):
         single_name = isinstance(names, str)
         name_list = [names] if isinstance(names, str) else list(names)
         ids, single = self._targets(targets)
-        return self._finish(self._start("pull", Pull(name_list, single_name), ids, single), block)
+        pull = Pull(name_list, single_name)
+        return self._finish(self.client.submit(Job("pull", ids, pull, single=single)), block)
 
     def get(self, key: str) -> Any:
         return self.pull(key, block=True)
@@ -250,18 +208,13 @@ class DirectView(View):
             raise NoEnginesError("scatter: the view has no engines")
         bounds = partition_bounds(len(seq), len(ids))
 
-        def pushes() -> Iterator[tuple[Action, int | None]]:
+        def pushes() -> Iterator[Action]:
             # Each part is cut when its turn comes: the first engine starts on its part sooner.
-            for engine_id, (start, stop) in zip(ids, bounds, strict=True):
+            for start, stop in bounds:
                 part = seq[start:stop]
-                yield Push({key: part[0] if flatten and len(part) == 1 else part}), engine_id
+                yield Push({key: part[0] if flatten and len(part) == 1 else part})
 
-        items = pushes()
-        transport = self.client._transport
-        task_ids = transport.new_task_ids(len(ids))
-        ar = AsyncResult(self.client, task_ids, "scatter", ids, single=False)
-        self.client._track(ar)
-        transport.submit_each(task_ids, items, ar)
+        ar = self.client.submit(Job("scatter", ids, each=pushes()))
         if self._block(block):
             ar.wait()
             return None
@@ -272,11 +225,7 @@ class DirectView(View):
         if dist != "b":
             raise ValueError(f"gather: only dist='b' (contiguous blocks) is supported, not {dist!r}")
         ids, _ = self._targets(targets)
-        transport = self.client._transport
-        task_ids = transport.new_task_ids(len(ids))
-        ar = AsyncMapResult(self.client, task_ids, "gather", join_parts, ids)
-        self.client._track(ar)
-        transport.submit(task_ids, Pull([key], single=True), ids, ar)
+        ar = self.client.submit(Job("gather", ids, Pull([key], single=True), join=join_parts))
         return self._finish(ar, block)
 
     def map(
@@ -293,16 +242,10 @@ class DirectView(View):
             partition(list(s[:length]) if not hasattr(s, "shape") else s[:length], len(ids))
             for s in sequences
         ]
-        mapper = functools.partial(_map_chunk, f)
-        items: list[tuple[Action, int | None]] = [
-            (Apply(mapper, [p[i] for p in parts]), engine_id) for i, engine_id in enumerate(ids)
-        ]
-        transport = self.client._transport
-        task_ids = transport.new_task_ids(len(items))
-        ar = AsyncMapResult(self.client, task_ids, getattr(f, "__name__", "map"), join_parts, ids)
-        self.client._track(ar)
-        transport.submit_each(task_ids, items, ar)
-        return self._finish(ar, block)
+        mapper = functools.partial(map_chunk, f)
+        applies = [Apply(mapper, [p[i] for p in parts]) for i in range(len(ids))]
+        name = getattr(f, "__name__", "map")
+        return self._finish(self.client.submit(Job(name, ids, each=applies, join=join_parts)), block)
 
     @contextlib.contextmanager
     def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
@@ -340,7 +283,7 @@ class DirectView(View):
 
     def activate(self, suffix: str = "") -> None:
         """Make %px / %%px (and %px{suffix}) run on this view."""
-        from pxgrpc.magics import activate
+        from pxgrpc.client.frontend import activate
 
         activate(self, suffix)
 
@@ -365,7 +308,9 @@ class LoadBalancedView(View):
 
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         name = getattr(f, "__name__", "apply")
-        return self._start(name, Apply(f, args, kwargs), [None], single=True, retries=self.retries)
+        return self.client.submit(
+            Job(name, [None], Apply(f, args, kwargs), single=True, retries=self.retries)
+        )
 
     def map(
         self,
@@ -388,19 +333,20 @@ class LoadBalancedView(View):
             s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences
         ]
         length = min(len(s) for s in materialized)
-        mapper = functools.partial(_map_chunk, f)
-        items: list[tuple[Action, int | None]] = []
+        mapper = functools.partial(map_chunk, f)
+        applies: list[Action] = []
         for start in range(0, length, size):
             stop = min(start + size, length)
-            items.append((Apply(mapper, [_chunk(s, start, stop) for s in materialized]), None))
-        transport = self.client._transport
-        task_ids = transport.new_task_ids(len(items))
-        ar = AsyncMapResult(
-            self.client, task_ids, getattr(f, "__name__", "map"), join_parts, None, ordered=ordered
+            applies.append(Apply(mapper, [chunk(s, start, stop) for s in materialized]))
+        job = Job(
+            getattr(f, "__name__", "map"),
+            [None] * len(applies),
+            each=applies,
+            join=join_parts,
+            ordered=ordered,
+            retries=self.retries,
         )
-        self.client._track(ar)
-        transport.submit_each(task_ids, items, ar, retries=self.retries)
-        return self._finish(ar, block)
+        return self._finish(self.client.submit(job), block)
 
     def imap(
         self, f: Callable[..., Any], *sequences: Sequence[Any], ordered: bool = True, chunksize: int = 1
@@ -408,29 +354,3 @@ class LoadBalancedView(View):
         """Like map, but an iterator of results, each yielded as soon as it is available."""
         ar = self.map(f, *sequences, block=False, chunksize=chunksize, ordered=ordered)
         return iter(ar)
-
-
-class RemoteFunction:
-    """A function that runs on a view's engines when called (made by `view.remote()`)."""
-
-    def __init__(self, view: View, f: Callable[..., Any], block: bool | None = None) -> None:
-        self.view = view
-        self.func = f
-        self.block = block
-        functools.update_wrapper(self, f)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        ar = self.view.apply_async(self.func, *args, **kwargs)
-        block = self.view.block if self.block is None else self.block
-        return ar.get() if block else ar
-
-
-class ParallelFunction(RemoteFunction):
-    """A function mapped element-wise over its arguments across engines (made by `view.parallel()`)."""
-
-    def __call__(self, *sequences: Any, **kwargs: Any) -> Any:
-        block = self.view.block if self.block is None else self.block
-        return self.view.map(self.func, *sequences, block=block)
-
-    def map(self, *sequences: Any) -> Any:
-        return self(*sequences)

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-host",
         default=os.environ.get("PXGRPC_DATA_HOST", ""),
-        help="TLS clusters: the address (or name) this engine's direct data endpoint listens on and "
+        help="TLS clusters: the address (or name) this engine's data endpoint listens on and "
         "clients dial (default: $PXGRPC_DATA_HOST, else this host's address towards the controller)",
     )
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")

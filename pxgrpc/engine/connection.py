@@ -24,8 +24,8 @@ from typing import Any
 import grpc
 
 from pxgrpc import blobstream, diagnose, wire
-from pxgrpc.addresses import is_loopback, split_url
-from pxgrpc.engine.data import DataCertificate, DataEndpoint
+from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
+from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
 from pxgrpc.security.connection_file import ConnectionInfo
 from pxgrpc.security.credentials import channel_options
@@ -61,7 +61,7 @@ class EngineConnection:
         #: Seconds to keep trying to reach the controller before giving up.
         self.connect_timeout = connect_timeout
         self.work = work
-        self.loop = asyncio.new_event_loop()
+        self.io = LoopThread("pxgrpc-engine-io")
         self.engine_id = -1
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
@@ -73,32 +73,28 @@ class EngineConnection:
         self._release: list[object] = []
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
-        self._fetches: set[asyncio.Future[None]] = set()
-        #: The direct data endpoint, when this engine offers one (see `_offers_data`).
+        #: The data endpoint, when this engine offers one (see `datapath.offers_data`).
         self.data: DataEndpoint | None = None
         #: The host (name or address) the data endpoint listens on and is advertised at; empty:
         #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
         self.data_host = os.environ.get("PXGRPC_DATA_HOST", "")
         self._wakeup: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run_loop, name="pxgrpc-engine-io", daemon=True)
         self._metadata = auth_metadata(info.engine_token)
         self._main_thread = threading.main_thread().ident
 
     # --- thread plumbing --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the I/O thread: register, then hold the work stream until the controller ends it."""
+        self.io.start(self._main(), on_exit=self._ended)
 
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported to the main thread, which exits
-            self.failure = exc
-        finally:
-            self.registered.set()
-            self.work.put(SHUTDOWN)
-            self._stop_running_task()
+    def _ended(self, failure: BaseException | None) -> None:
+        """The I/O thread's last act: report its failure to the main thread, which exits."""
+        if failure is not None:
+            self.failure = failure
+        self.registered.set()
+        self.work.put(SHUTDOWN)
+        self._stop_running_task()
 
     def _stop_running_task(self) -> None:
         """Without a controller nobody can collect results: stop the user's code, then the process."""
@@ -124,10 +120,10 @@ class EngineConnection:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        if threading.get_ident() == self._thread.ident:
+        if self.io.in_loop():
             self._wake()
         else:
-            self.loop.call_soon_threadsafe(self._wake)
+            self.io.call_soon(self._wake)
 
     def _wake(self) -> None:
         with self._outgoing_lock:
@@ -143,11 +139,11 @@ class EngineConnection:
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
-        self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
+        self.io.call_later(delay, callback)
 
     def upload(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Start sending a result blob; the future resolves when the controller has it."""
-        return asyncio.run_coroutine_threadsafe(self._upload(blob), self.loop)
+        return self.io.submit(self._upload(blob))
 
     # --- the conversation -------------------------------------------------------------------
 
@@ -158,47 +154,6 @@ class EngineConnection:
             return grpc.aio.secure_channel(self.info.url, creds, options=options)
         return grpc.aio.insecure_channel(self.info.url, options=options)
 
-    def _offers_data(self) -> bool:
-        """Serve a direct data endpoint? Only where clients can use it safely: a controller
-        with TLS and a CA in the connection file (the endpoint then speaks TLS too, with a
-        certificate the controller signs; see `_use_data_certificate`), or, for engines started
-        with the client token, a controller on loopback without TLS (plain TCP on 127.0.0.1).
-        Engines with the engine token only (the engine-only file) check clients' tokens against
-        the SHA-256 the controller sends, and get a certificate only for the address they
-        register from, never the controller's: next to the controller they use its relay.
-        `PXGRPC_DATA_ENDPOINT=off` turns it off."""
-        if not blobstream.direct_data_enabled():
-            return False
-        try:
-            host, _ = split_url(self.info.url)
-        except ValueError:
-            return False
-        if self.info.uses_tls:
-            return bool(self.info.tls_ca)
-        return bool(self.info.token) and is_loopback(host)
-
-    async def _data_address(self) -> str:
-        """Where the data endpoint listens and is reached: `data_host` when set; next to a
-        loopback controller 127.0.0.1; else this host's address on the route to the controller
-        (the address the controller's network knows it by)."""
-        host, port = split_url(self.info.url)
-        if is_loopback(host):
-            return self.data_host if self.data_host and self.info.uses_tls else "127.0.0.1"
-        if self.data_host:
-            return self.data_host
-        return await asyncio.to_thread(local_address_towards, host, port)
-
-    async def _start_data_endpoint(self) -> None:
-        host = await self._data_address()
-        tls = None
-        if self.info.uses_tls:
-            assert self.info.tls_ca is not None  # (see _offers_data)
-            mutual = self.info.client_cert() is not None
-            tls = DataCertificate(host, self.info.tls_ca.encode() if mutual else None)
-        data = DataEndpoint(self.info.token)
-        await data.start(host, tls)
-        self.data = data
-
     async def _use_data_certificate(self, reply: wire.pb.RegisterReply) -> None:
         """Put the certificate the controller signed in place; without one a TLS endpoint is
         useless (clients could not trust it, and the controller does not publish it)."""
@@ -207,14 +162,14 @@ class EngineConnection:
         if reply.data_cert_pem and (self.info.token or reply.client_token_sha256):
             self.data.accept_token_sha256(reply.client_token_sha256)
             self.data.tls.install(reply.data_cert_pem)
-            log.info("direct data endpoint at %s (TLS)", self.data.url)
+            log.info("data endpoint at %s (TLS)", self.data.url)
             return
         log.info("the controller signs no data endpoint certificate: bulk data goes through it")
         data, self.data = self.data, None
         await data.stop()
 
     def offer(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
-        """Keep a result blob for its client's direct download (when there is a data endpoint;
+        """Keep a result blob for its client's download from the data endpoint (when there is a data endpoint;
         else upload it to the controller). The future resolves when it is gone."""
         if self.data is None:
             return self.upload(blob)
@@ -222,11 +177,11 @@ class EngineConnection:
 
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
-        if self._offers_data():
+        if offers_data(self.info):
             try:
-                await self._start_data_endpoint()
+                self.data = await start_data_endpoint(self.info, self.data_host)
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
-                log.warning("no direct data endpoint: %s", exc)
+                log.warning("no data endpoint: %s", exc)
                 self.data = None
         try:
             await self._converse()
@@ -273,10 +228,11 @@ class EngineConnection:
             if self.info.token:  # else the controller signs for the address we call from only
                 request.data_csr_mac = certs.csr_mac(self.data.tls.csr_pem, self.info.token)
         target = diagnose.ConnectTarget.of(self.info, role="engine")
-        deadline = self.loop.time() + self.connect_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
         delay = 0.05
         while True:
-            remaining = max(deadline - self.loop.time(), 0.5)
+            remaining = max(deadline - loop.time(), 0.5)
             try:
                 reply: wire.pb.RegisterReply = await register(
                     request, metadata=self._metadata, timeout=remaining
@@ -284,7 +240,7 @@ class EngineConnection:
                 return reply
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
-            retry = self.loop.time() + delay < deadline
+            retry = loop.time() + delay < deadline
             if not retry or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 break
             quick = diagnose.diagnose(code, details, target, probe=False)
@@ -301,7 +257,7 @@ class EngineConnection:
         ):
             # Without the client token the controller only signs for the address it sees us
             # call from (not, say, a name set with --data-host): go on without an endpoint.
-            log.warning("no direct data endpoint (%s): bulk data goes through the controller", details)
+            log.warning("no data endpoint (%s): bulk data goes through the controller", details)
             data, self.data = self.data, None
             await data.stop()
             return await self._register(channel)
@@ -328,9 +284,7 @@ class EngineConnection:
             refs = wire.blob_ids_of_action(task.action)
             if refs:
                 item.blobs = concurrent.futures.Future()
-                fetch = asyncio.ensure_future(self._fetch(refs, item.blobs))
-                self._fetches.add(fetch)
-                fetch.add_done_callback(self._fetches.discard)
+                self.io.background(self._fetch(refs, item.blobs))
             with self._queue_lock:
                 self._queued[task.task_id] = item
             self.work.put(item)
@@ -395,16 +349,6 @@ class EngineConnection:
             response_deserializer=wire.pb.UploadReply.FromString,
         )
         await upload(blob.raw_messages(), metadata=self._metadata)
-
-
-def local_address_towards(host: str, port: int) -> str:
-    """This host's IP address on the route to `host` (no packet is sent: a UDP socket is only
-    connected, which picks the source address)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.connect(address)
-        local: str = probe.getsockname()[0]
-    return local.split("%", 1)[0]
 
 
 def aborted_event(task_id: str, engine_id: int) -> wire.pb.TaskEvent:

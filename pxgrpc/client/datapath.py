@@ -1,7 +1,7 @@
-"""The client's side of the direct data path: blobs straight to and from engines.
+"""The client's side of the data path: blobs straight to and from engines.
 
 Engines may serve a data endpoint (`EngineData`, advertised as `EngineInfo.data_url`). A client
-that reaches it moves a direct task's large arguments and results in one hop instead of through
+that reaches it moves a task's large arguments and results in one hop instead of through
 the controller; one that cannot falls back to the controller for good. On a TLS cluster the
 channels speak TLS, trusting the cluster's CA and presenting the connection file's client
 certificate, as the channel to the controller does. Runs in the transport's event loop.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import grpc
 
@@ -21,7 +20,7 @@ from pxgrpc.security.credentials import channel_options
 log = logging.getLogger(__name__)
 
 
-class DirectData:
+class DataPath:
     """Channels to the engines' data endpoints, opened on first use."""
 
     def __init__(
@@ -48,10 +47,10 @@ class DirectData:
     def give_up(self, url: str, why: str) -> None:
         """The endpoint failed us: use the controller for this engine from now on."""
         if url not in self._broken:
-            log.warning("direct data endpoint %s unusable (%s): using the controller", url, why)
+            log.warning("data endpoint %s unusable (%s): using the controller", url, why)
             self._broken.add(url)
 
-    def _stub(self, url: str, method: str, kind: str) -> Any:
+    def _channel(self, url: str) -> grpc.aio.Channel:
         channel = self._channels.get(url)
         if channel is None:
             # No TLS server name override: the engine's certificate names the host it is dialed at.
@@ -61,26 +60,25 @@ class DirectData:
             else:
                 channel = grpc.aio.secure_channel(url, self._credentials, options=options)
             self._channels[url] = channel
-        path = f"/{wire.ENGINE_DATA_SERVICE}/{method}"
-        if kind == "upload":
-            return channel.stream_unary(
-                path, request_serializer=None, response_deserializer=wire.pb.UploadReply.FromString
-            )
-        return channel.unary_stream(
-            path, request_serializer=wire.pb.DownloadRequest.SerializeToString, response_deserializer=None
-        )
+        return channel
 
     async def upload(self, url: str, blob: blobstream.OutgoingBlob, timeout: float | None = None) -> None:
         """Send a blob to an engine for a task about to be submitted (raises grpc.RpcError)."""
-        await self._stub(url, "Upload", "upload")(
-            blob.raw_messages(), metadata=self._metadata, timeout=timeout
+        upload = self._channel(url).stream_unary(
+            f"/{wire.ENGINE_DATA_SERVICE}/Upload",
+            request_serializer=None,
+            response_deserializer=wire.pb.UploadReply.FromString,
         )
+        await upload(blob.raw_messages(), metadata=self._metadata, timeout=timeout)
 
     async def download(self, url: str, blob_id: str) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine (raises grpc.RpcError or wire.DecodingError)."""
-        call = self._stub(url, "Download", "download")(
-            wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata
+        download = self._channel(url).unary_stream(
+            f"/{wire.ENGINE_DATA_SERVICE}/Download",
+            request_serializer=wire.pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
         )
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await blobstream.receive(call, blob_id)
 
     async def close(self) -> None:

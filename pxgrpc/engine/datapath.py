@@ -1,4 +1,4 @@
-"""The engine's direct data endpoint (the `EngineData` service): bulk data between a client and
+"""The engine's data endpoint (the `EngineData` service): bulk data between a client and
 this engine in one hop, instead of through the controller.
 
 A client uploads the blobs of a task here before it submits the task, and downloads here the
@@ -7,7 +7,7 @@ serialized `BlobChunk`s, as on the controller. The endpoint runs in the engine's
 On a plaintext loopback cluster it is plain TCP on 127.0.0.1; on a TLS cluster it speaks TLS
 with a certificate the controller's CA signs at registration (`DataCertificate`), and asks for
 client certificates when the cluster does. Clients fall back to the controller when they cannot
-reach it (see `EngineConnection._offers_data` for when it is offered).
+reach it (see `offers_data` for when it is offered).
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from pxgrpc import blobstream, wire
-from pxgrpc.addresses import join_url
+from pxgrpc.addresses import is_loopback, join_url, split_url
 from pxgrpc.security import certs
+from pxgrpc.security.connection_file import ConnectionInfo
 from pxgrpc.security.credentials import server_options
 from pxgrpc.security.interceptor import TokenAuthInterceptor
 
@@ -40,7 +42,7 @@ RESULT_TTL = 60.0
 #: How often expired blobs are looked for.
 SWEEP_INTERVAL = 5.0
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 @dataclass
@@ -215,3 +217,58 @@ class DataEndpoint:
 def _settle(done: concurrent.futures.Future[None]) -> None:
     with contextlib.suppress(concurrent.futures.InvalidStateError):
         done.set_result(None)
+
+
+def offers_data(info: ConnectionInfo) -> bool:
+    """Serve a data endpoint? Only where clients can use it safely: a controller with TLS and a
+    CA in the connection file (the endpoint then speaks TLS too, with a certificate the
+    controller signs; see `EngineConnection._use_data_certificate`), or, for engines started
+    with the client token, a controller on loopback without TLS (plain TCP on 127.0.0.1).
+    Engines with the engine token only (the engine-only file) check clients' tokens against
+    the SHA-256 the controller sends, and get a certificate only for the address they
+    register from, never the controller's: next to the controller they use its relay.
+    `PXGRPC_DATA_ENDPOINT=off` turns it off."""
+    if not blobstream.direct_data_enabled():
+        return False
+    try:
+        host, _ = split_url(info.url)
+    except ValueError:
+        return False
+    if info.uses_tls:
+        return bool(info.tls_ca)
+    return bool(info.token) and is_loopback(host)
+
+
+async def data_address(info: ConnectionInfo, data_host: str) -> str:
+    """Where the data endpoint listens and is reached: `data_host` when set; next to a
+    loopback controller 127.0.0.1; else this host's address on the route to the controller
+    (the address the controller's network knows it by)."""
+    host, port = split_url(info.url)
+    if is_loopback(host):
+        return data_host if data_host and info.uses_tls else "127.0.0.1"
+    if data_host:
+        return data_host
+    return await asyncio.to_thread(local_address_towards, host, port)
+
+
+async def start_data_endpoint(info: ConnectionInfo, data_host: str) -> DataEndpoint:
+    """Start this engine's data endpoint where clients can reach it (TLS when the cluster has it)."""
+    host = await data_address(info, data_host)
+    tls = None
+    if info.uses_tls:
+        assert info.tls_ca is not None  # (see offers_data)
+        mutual = info.client_cert() is not None
+        tls = DataCertificate(host, info.tls_ca.encode() if mutual else None)
+    data = DataEndpoint(info.token)
+    await data.start(host, tls)
+    return data
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """This host's IP address on the route to `host` (no packet is sent: a UDP socket is only
+    connected, which picks the source address)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.connect(address)
+        local: str = probe.getsockname()[0]
+    return local.split("%", 1)[0]

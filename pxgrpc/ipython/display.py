@@ -54,7 +54,7 @@ def _shell() -> Any:
         return None
     from IPython.core.getipython import get_ipython
 
-    return get_ipython()  # type: ignore[no-untyped-call]
+    return get_ipython()
 
 
 def _decode(data: dict[str, str]) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class OutputPrinter:
 
         sys.stdout.flush()
         sys.stderr.flush()
-        publish_display_data(data, metadata)  # type: ignore[no-untyped-call]
+        publish_display_data(data, metadata)
 
     def _section(self, engine_id: int | None) -> None:
         """The `[output:N]` line that introduces an engine's display output."""

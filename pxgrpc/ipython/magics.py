@@ -21,25 +21,29 @@ number) sends the engines that signal instead, and `--signal-on-interrupt 0` non
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import re
 import signal
 import sys
 import time
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 
-from pxgrpc.client.display import LiveOutput, display_outputs, show_results
-from pxgrpc.client.progress import progress_bar
+from pxgrpc.ipython.arguments import (
+    describe_targets,
+    exec_args,
+    output_args,
+    parse_interrupt_signal,
+    parse_targets,
+    signal_name,
+)
+from pxgrpc.ipython.display import LiveOutput, display_outputs, show_results
+from pxgrpc.ipython.progress import progress_bar
 
 if TYPE_CHECKING:
     from pxgrpc.client.asyncresult import AsyncResult
-    from pxgrpc.client.client import Client
     from pxgrpc.client.view import DirectView, Targets
 
 #: How often a blocking %%px wakes up to update the progress bar.
@@ -47,142 +51,6 @@ POLL_SECONDS = 0.1
 #: After signalling the engines, how long to wait for their reports (KeyboardInterrupt, or
 #: EngineError when the signal ended them).
 INTERRUPT_GRACE_SECONDS = 2.0
-
-_SLICE = re.compile(r"\[?\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?\]?")
-_NO_SIGNAL = {"0", "none", "no", "off"}
-
-
-def parse_targets(text: str, client: Client) -> Targets:
-    """`--targets` text as view targets: `all`, `3`, `0,2`, `[0, 2]`, or a slice like `::2`, `1:`."""
-    text = text.strip()
-    if text == "all":
-        return "all"
-    match = _SLICE.fullmatch(text)
-    if match:
-        start, stop, step = (int(part) if part else None for part in match.groups())
-        return client.ids[slice(start, stop, step)]
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise UsageError(f"--targets {text!r}: give engine ids (3, or 0,2), a slice (::2) or all") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, list | tuple) and all(isinstance(v, int) for v in value):
-        return list(value)
-    raise UsageError(f"--targets {text!r}: give engine ids (3, or 0,2), a slice (::2) or all")
-
-
-def parse_interrupt_signal(text: str) -> int:
-    """`--signal-on-interrupt` as the signal Ctrl-C sends the engines, 0 for none.
-
-    Names in any case, with or without SIG (`SIGTERM`, `term`), or numbers (`15`);
-    `0`/`none` only stops waiting.
-    """
-    value = text.strip()
-    if value.lower() in _NO_SIGNAL:
-        return 0
-    name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
-    try:
-        return signal.Signals(int(value)) if value.isdigit() else signal.Signals[name]
-    except (KeyError, ValueError):
-        raise UsageError(
-            f"--signal-on-interrupt {text!r}: not a signal here; give a name (SIGINT, SIGTERM, TERM), "
-            "a number (15), or 0 to only stop waiting"
-        ) from None
-
-
-def _signal_name(signal_number: int) -> str:
-    return signal.Signals(signal_number).name if signal_number else "0"
-
-
-def _describe(targets: Any) -> str:
-    if isinstance(targets, list) and len(targets) > 10:
-        return f"{str(targets[:4])[:-1]}, ..., {str(targets[-4:])[1:]}"
-    return str(targets)
-
-
-def _exec_args(f: Any) -> Any:
-    """Flags that say where and how a %px cell runs (shared by %%px and %pxconfig)."""
-    arguments = [
-        magic_arguments.argument(
-            "-b",
-            "--block",
-            action="store_const",
-            const=True,
-            dest="block",
-            help="wait for the engines (default)",
-        ),
-        magic_arguments.argument(
-            "-a",
-            "--noblock",
-            action="store_const",
-            const=False,
-            dest="block",
-            help="return an AsyncResult at once",
-        ),
-        magic_arguments.argument(
-            "--stream",
-            action="store_const",
-            const=True,
-            dest="stream",
-            help="show output as it arrives (default)",
-        ),
-        magic_arguments.argument(
-            "--no-stream", action="store_const", const=False, dest="stream", help="show output at the end"
-        ),
-        magic_arguments.argument(
-            "-t", "--targets", type=str, help="engines to run on: 3, 0,2, a slice like ::2, or all"
-        ),
-        magic_arguments.argument(
-            "--verbose", action="store_const", const=True, dest="verbose", help="say where each cell runs"
-        ),
-        magic_arguments.argument("--no-verbose", action="store_const", const=False, dest="verbose"),
-        magic_arguments.argument(
-            "--progress-after",
-            dest="progress_after",
-            type=float,
-            default=None,
-            help="show a progress bar after this many seconds (0: at once, -1: never)",
-        ),
-        magic_arguments.argument(
-            "--signal-on-interrupt",
-            dest="signal_on_interrupt",
-            type=str,
-            default=None,
-            help="on Ctrl-C: the signal for the engines, a name or number (default SIGINT: "
-            "KeyboardInterrupt; SIGTERM ends them); 0 only stops waiting",
-        ),
-    ]
-    for argument in arguments:
-        f = argument(f)
-    return f
-
-
-def _output_args(f: Any) -> Any:
-    """Flags that say how results are shown (shared by %%px and %pxresult)."""
-    arguments = [
-        magic_arguments.argument(
-            "-r", action="store_const", dest="groupby", const="order", help="same as --group-outputs=order"
-        ),
-        magic_arguments.argument(
-            "-e", action="store_const", dest="groupby", const="engine", help="same as --group-outputs=engine"
-        ),
-        magic_arguments.argument(
-            "--group-outputs",
-            dest="groupby",
-            type=str,
-            choices=["engine", "order", "type"],
-            default="type",
-            help="type: all stdout, then all stderr, ...; engine: each engine's output together; "
-            "order: like type, with the i-th display() of every engine together",
-        ),
-        magic_arguments.argument(
-            "-o", "--out", dest="save_name", type=str, help="keep the AsyncResult in this variable"
-        ),
-    ]
-    for argument in arguments:
-        f = argument(f)
-    return f
 
 
 class _AutopxTransform:
@@ -290,8 +158,8 @@ class ParallelMagics(Magics):
         return self.parallel_execute(line)
 
     @magic_arguments.magic_arguments(name="px")  # type: ignore[untyped-decorator]
-    @_exec_args
-    @_output_args
+    @exec_args
+    @output_args
     @magic_arguments.argument(  # type: ignore[untyped-decorator]
         "--local", action="store_const", const=True, dest="local", help="run the cell here too"
     )
@@ -340,7 +208,7 @@ class ParallelMagics(Magics):
         view = self.view
         block = view.block if block is None else block
         if self.verbose:
-            where = _describe(view.targets if targets is None else targets)
+            where = describe_targets(view.targets if targets is None else targets)
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
         ar = view.execute(code, silent=False, targets=targets, block=False)
         self.last_result = ar
@@ -375,7 +243,7 @@ class ParallelMagics(Magics):
         except KeyboardInterrupt:
             if not signal_number:
                 raise
-            name = _signal_name(signal_number)
+            name = signal_name(signal_number)
             print(f"Received Keyboard Interrupt. Sending signal {name} to engines...", file=sys.stderr)
             ar.interrupt(signal_number)
             ar.wait(INTERRUPT_GRACE_SECONDS)
@@ -417,7 +285,7 @@ class ParallelMagics(Magics):
     # --- %pxresult, %pxconfig, %autopx ----------------------------------------------------
 
     @magic_arguments.magic_arguments(name="pxresult")  # type: ignore[untyped-decorator]
-    @_output_args
+    @output_args
     def pxresult(self, line: str = "") -> None:
         """Show the outputs and results of the last %px / %%px (e.g. after --noblock).
 
@@ -449,7 +317,7 @@ class ParallelMagics(Magics):
             raise error
 
     @magic_arguments.magic_arguments(name="pxconfig")  # type: ignore[untyped-decorator]
-    @_exec_args
+    @exec_args
     def pxconfig(self, line: str = "") -> None:
         """Set the defaults of the px magics: targets, blocking, streaming, verbosity, progress bar.
 
@@ -477,7 +345,7 @@ class ParallelMagics(Magics):
             print(
                 f"targets={self.view.targets!r} block={self.view.block} stream={self.stream_output} "
                 f"verbose={self.verbose} progress_after={self.progress_after} "
-                f"signal_on_interrupt={_signal_name(self.signal_on_interrupt)}"
+                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)}"
             )
 
     def autopx(self, line: str = "") -> None:
@@ -513,62 +381,3 @@ def _bar_hidden(bar: Any) -> contextlib.AbstractContextManager[Any]:
     if bar is None or not hasattr(bar, "external_write_mode"):
         return contextlib.nullcontext()
     return type(bar).external_write_mode(file=sys.stdout)  # type: ignore[no-any-return]
-
-
-# --- registration ----------------------------------------------------------------------------
-
-
-def _shell() -> Any:
-    if "IPython" not in sys.modules:
-        return None
-    from IPython.core.getipython import get_ipython
-
-    return get_ipython()
-
-
-def _registered(shell: Any, suffix: str) -> ParallelMagics | None:
-    """Our magics registered as %px{suffix}, if any."""
-    func = shell.magics_manager.magics["line"].get("px" + suffix)
-    owner = getattr(func, "__self__", None)
-    return owner if isinstance(owner, ParallelMagics) else None
-
-
-def _register(shell: Any, view: DirectView | None, suffix: str, automatic: bool) -> None:
-    existing = _registered(shell, suffix)
-    if existing is not None:
-        if view is not None:
-            existing.use_view(view, automatic)
-        return
-    shell.magics_manager.register(ParallelMagics(shell, view, suffix, automatic))
-
-
-def activate(view: DirectView, suffix: str = "") -> None:
-    """Make `%px{suffix}`, `%%px{suffix}`, `%autopx{suffix}`, ... run on `view`."""
-    shell = _shell()
-    if shell is None:
-        warnings.warn("the pxgrpc magics (%px, ...) only work inside IPython", stacklevel=3)
-        return
-    _register(shell, view, suffix, automatic=False)
-
-
-def register_for_client(client: Client) -> None:
-    """Inside IPython, let %px run on `client`'s engines (called by every new Client).
-
-    The newest client takes over the magics unless a view was chosen with `view.activate()`
-    (and its client is still open), or `%px` belongs to another package (e.g. ipyparallel).
-    """
-    shell = _shell()
-    if shell is None:
-        return
-    existing = _registered(shell, "")
-    if existing is None and "px" in shell.magics_manager.magics["line"]:
-        return
-    if existing is None or existing.automatic or existing.client_closed():
-        view = client.direct_view("all")
-        view.block = True
-        _register(shell, view, "", automatic=True)
-
-
-def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext pxgrpc`: the px magics, connected to the local cluster when first used."""
-    _register(ipython, None, "", automatic=True)
