@@ -29,6 +29,7 @@ from pxgrpc.client import (
     ViewExecutor,
 )
 from pxgrpc.cluster import Cluster
+from pxgrpc.engine.identity import engine_id
 from pxgrpc.wire import OpaqueObject
 
 __version__ = "0.1.0"
@@ -71,5 +72,6 @@ __all__ = [
     "TimeoutError",
     "ViewExecutor",
     "__version__",
+    "engine_id",
     "interactive",
 ]

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 
 from pxgrpc import certs, security, wire
 from pxgrpc.controller.blobs import BlobError, BlobStore
-from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.registry import EngineRecord, EngineRegistry, IdTaken
 from pxgrpc.controller.router import Session as ClientSession
 from pxgrpc.controller.router import TaskRouter
 from pxgrpc.controller.scatter import concatenate_values, scatter_values
@@ -341,7 +341,12 @@ class EngineService(BlobTransfers):
     async def Register(self, raw: bytes, context: Context) -> wire.pb.RegisterReply:
         request = await parse(wire.pb.RegisterRequest, raw, context)
         data_cert = await self._data_certificate(request, context)
-        engine = self.state.registry.register(request)
+        try:
+            engine = self.state.registry.register(request)
+        except IdTaken as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.invalid else grpc.StatusCode.ALREADY_EXISTS
+            await context.abort(code, str(exc))
+            raise  # unreachable: abort raises
         digest = hashlib.sha256(self.state.client_token.encode()).digest() if data_cert else b""
         return wire.pb.RegisterReply(
             engine_id=engine.engine_id,

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from pxgrpc import blobstream, certs, diagnose, security, wire
+from pxgrpc.engine import identity
 from pxgrpc.engine.data import DataCertificate, DataEndpoint
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class EngineConnection:
         self.work = work
         self.loop = asyncio.new_event_loop()
         self.engine_id = -1
+        #: The engine id to ask for (its MPI rank), or None for the next free one.
+        self.requested_id: int | None = None
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
         self._queue_lock = threading.Lock()
@@ -235,6 +238,7 @@ class EngineConnection:
             reply = await self._register(channel)
             await self._use_data_certificate(reply)
             self.engine_id = reply.engine_id
+            identity.set_engine_id(reply.engine_id)
             self.heartbeat = reply.heartbeat_interval or 1.0
             self.registered.set()
             log.info("registered as engine %d", self.engine_id)
@@ -263,6 +267,8 @@ class EngineConnection:
             python_version=wire.python_version(),
             data_url=self.data.url if self.data is not None else "",
         )
+        if self.requested_id is not None:
+            request.requested_id = self.requested_id
         if self.data is not None and self.data.tls is not None:
             request.data_csr_pem = self.data.tls.csr_pem
             if self.info.token:  # else the controller signs for the address we call from only

@@ -27,6 +27,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from pxgrpc.client.errors import PxError
+from pxgrpc.security import is_loopback
+
+__all__ = [
+    "LAUNCHERS",
+    "EngineSpec",
+    "LaunchError",
+    "Launcher",
+    "LauncherState",
+    "alive",
+    "is_loopback",
+    "kill_groups",
+    "launcher_for",
+    "python_path",
+    "reap",
+    "restore",
+    "run_tool",
+    "spawn",
+    "tail",
+]
 
 #: Launcher names and the class implementing each (imported only when used).
 LAUNCHERS = {
