@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,7 @@ class Cluster:
         env: dict[str, str] | None = None,
         shutdown_atexit: bool = True,
         engines: str = "local",
-        hosts: Any = None,
+        hosts: Mapping[str, int] | Sequence[str] | str | None = None,
         remote_python: str | None = None,
         controller_ip: str | None = None,
         mpi_args: list[str] | None = None,
@@ -112,6 +112,8 @@ class Cluster:
         }
         self._next_launcher: Launcher | None = launcher_for(engines, **self.launcher_options)
         counted = self._next_launcher.expected()
+        if counted and n is not None and n != counted:
+            raise PxError(f"n={n}, but hosts= names {counted} engines: give one or the other")
         self.n = n if n is not None else counted or (os.cpu_count() or 1)
         self.controller_ip = (
             controller_ip if controller_ip is not None else self._next_launcher.controller_ip()
@@ -270,12 +272,19 @@ class Cluster:
         return self._client
 
     def start_and_connect_sync(
-        self, n: int | None = None, activate: bool = False, timeout: float = 60.0
+        self, n: int | None = None, activate: bool = False, timeout: float | None = None
     ) -> Client:
-        """Start everything, connect, and wait until all engines have registered."""
-        self.start_cluster_sync(n)
-        client = self.connect_client_sync(timeout)
-        self.wait_for_engines(client, timeout)
+        """Start everything, connect, and wait until all engines have registered (at most
+        `timeout` seconds, default the cluster's). If that fails, everything started is
+        stopped again before the error is raised."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            self.start_cluster_sync(n)
+            client = self.connect_client_sync(timeout)
+            self.wait_for_engines(client, timeout)
+        except BaseException:
+            self.stop_cluster_sync()
+            raise
         if activate:
             client.activate()
         return client
@@ -306,7 +315,7 @@ class Cluster:
                 launcher = self.launchers[-1]
                 raise LaunchError(
                     launcher.name,
-                    launcher.state().describe(),
+                    launcher.state().where(),
                     f"only {len(client.ids)} of {expected} engines registered within {timeout:.0f} s "
                     f"(logs in {self.log_dir})",
                     launcher.last_stderr(),
@@ -379,11 +388,7 @@ class Cluster:
         await asyncio.to_thread(self.stop_cluster_sync)
 
     def __enter__(self) -> Client:
-        try:
-            return self.start_and_connect_sync()
-        except BaseException:
-            self.stop_cluster_sync()
-            raise
+        return self.start_and_connect_sync()  # (which stops everything again if it fails)
 
     def __exit__(self, *exc: Any) -> None:
         self.stop_cluster_sync()

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 import pxgrpc as ipp
-from pxgrpc.client.errors import PxError
 from pxgrpc.launchers import LaunchError
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,13 +48,6 @@ def test_a_missing_mpiexec_fails_the_start_naming_the_launcher() -> None:
     with pytest.raises(LaunchError, match=r"mpi launcher.*'mpiexec' is not on PATH"), cluster:
         pass
     assert cluster.controller is None
-
-
-def test_an_unknown_launcher_is_refused_by_name() -> None:
-    with pytest.raises(PxError, match="unknown launcher 'pbs'"):
-        ipp.Cluster(engines="pbs")
-    with pytest.raises(PxError, match="the mpi launcher takes no ssh_args"):
-        ipp.Cluster(engines="mpi", ssh_args=["-v"])
 
 
 def test_an_engine_asking_for_a_taken_id_is_refused_with_a_clear_error(make_cluster) -> None:  # type: ignore[no-untyped-def]

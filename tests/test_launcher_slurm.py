@@ -165,6 +165,16 @@ def test_a_job_sbatch_refuses_fails_the_start_with_its_reason(slurm: Path) -> No
     assert cluster.controller is None and _our_jobs() == []
 
 
+def test_a_job_that_does_not_start_in_time_fails_naming_it_and_is_cancelled(slurm: Path) -> None:
+    cluster = ipp.Cluster(n=2, engines="slurm", slurm_args=["--begin=now+1hour"], timeout=4)
+    with pytest.raises(LaunchError) as info, cluster:
+        pass
+    message = str(info.value)
+    assert message.startswith("slurm launcher, job ") and "PENDING (BeginTime)" in message
+    assert "only 0 of 2 engines registered within 4 s" in message
+    assert _our_jobs() == []
+
+
 def test_cli_status_shows_the_job_and_stop_cancels_it(slurm: Path, pxgrpc_home: str) -> None:
     common = ["--cluster-id", "slurm-cli"]
     try:

@@ -286,3 +286,17 @@ def test_cli_starts_reports_and_stops_ssh_engines(lan: SshLan, pxgrpc_home: str)
     assert "cluster stopped" in stopped.stdout
     for host in ("h1", "h2"):
         assert lan.pxgrpc_processes(host) == []
+
+
+def test_a_script_that_forgets_to_stop_leaves_no_engine_on_any_host(lan: SshLan, pxgrpc_home: str) -> None:
+    script = (
+        "import pxgrpc as ipp\n"
+        f"c = ipp.Cluster(engines='ssh', hosts={{'h1': 1, 'h2': 1}}, ssh_args=['-F', {str(lan.config)!r}],\n"
+        f"                remote_python={str(lan.python)!r}, timeout=30)\n"
+        "rc = c.start_and_connect_sync()\n"
+        "print(len(rc.ids))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert result.stdout.split() == ["2"], result.stderr
+    for host in ("h1", "h2"):
+        assert lan.pxgrpc_processes(host) == []

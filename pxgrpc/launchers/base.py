@@ -129,6 +129,12 @@ class LauncherState:
     #: More words: the job state, the hosts, ...
     detail: str = ""
 
+    def where(self) -> str:
+        """The job or the hosts, as error messages name them."""
+        if self.job_id:
+            return f"job {self.job_id} ({self.detail})" if self.detail else f"job {self.job_id}"
+        return self.detail
+
     def describe(self) -> str:
         words = [f"launcher {self.launcher}"]
         if self.job_id:
