@@ -73,15 +73,20 @@ def _our_jobs() -> list[str]:
     ).stdout.split()
 
 
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[Path]:
-    """A one-node Slurm (8 CPUs declared on this machine, so 4 engines fit); SLURM_CONF points
-    the slurm commands at it while the module runs."""
+def unavailable() -> str | None:
+    """Why this machine cannot run a test Slurm, or None."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"slurm test skipped: {', '.join(missing)} not installed (slurm-wlm, munge)")
+        return f"{', '.join(missing)} not installed (slurm-wlm, munge)"
     if os.geteuid() != 0:
-        pytest.skip("slurm test skipped: slurmd must run as root")
+        return "slurmd must run as root"
+    return None
+
+
+@contextlib.contextmanager
+def single_node_slurm() -> Iterator[Path]:
+    """A one-node Slurm (8 CPUs declared on this machine, so 4 engines fit), with SLURM_CONF
+    pointing the slurm commands at it until it is stopped; yields its directory."""
     root = Path(tempfile.mkdtemp(prefix="pxgrpc-slurm-"))
     os.chmod(root, 0o755)
     daemons: list[subprocess.Popen[bytes]] = []
@@ -133,6 +138,15 @@ def slurm() -> Iterator[Path]:
         else:
             os.environ["SLURM_CONF"] = saved
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[Path]:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"slurm test skipped: {reason}")
+    with single_node_slurm() as root:
+        yield root
 
 
 def test_slurm_engines_run_the_seed_workflow_and_stop_leaves_no_job(slurm: Path) -> None:
