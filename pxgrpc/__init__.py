@@ -29,7 +29,7 @@ from pxgrpc.client import (
     ViewExecutor,
 )
 from pxgrpc.cluster import Cluster
-from pxgrpc.engine.identity import engine_id
+from pxgrpc.identity import engine_id
 from pxgrpc.wire import OpaqueObject
 
 __version__ = "0.1.0"

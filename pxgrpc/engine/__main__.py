@@ -9,8 +9,7 @@ import pathlib
 import sys
 import time
 
-from pxgrpc import diagnose, security, tls
-from pxgrpc.engine import identity
+from pxgrpc import diagnose, identity, security, tls
 from pxgrpc.engine.engine import Engine
 
 log = logging.getLogger("pxgrpc.engine")

@@ -23,8 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, certs, diagnose, security, wire
-from pxgrpc.engine import identity
+from pxgrpc import blobstream, certs, diagnose, identity, security, wire
 from pxgrpc.engine.data import DataCertificate, DataEndpoint
 
 log = logging.getLogger(__name__)

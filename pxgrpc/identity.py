@@ -1,4 +1,4 @@
-"""Who this engine is: its engine id (for user code) and, under mpiexec, its MPI rank."""
+"""Who this process is, for code running on an engine: its engine id and, under mpiexec, its MPI rank."""
 
 from __future__ import annotations
 
