@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from test_launchers import engine_processes
 
 import pxgrpc as ipp
 from pxgrpc.launchers import LaunchError
@@ -30,13 +31,15 @@ def rank_and_sum() -> tuple[int, int | None, int]:
 
 
 def test_mpi_engines_have_their_rank_as_id_and_allreduce_across_engines() -> None:
-    with ipp.Cluster(n=4, engines="mpi", timeout=60) as rc:
+    cluster = ipp.Cluster(n=4, engines="mpi", timeout=60)
+    with cluster as rc:
         assert rc.ids == [0, 1, 2, 3]
         results = rc[:].apply_sync(ipp.interactive(rank_and_sum))
         assert results == [(rank, rank, 6) for rank in range(4)]
         # an execute cell, as `%%px` sends it
         rc[:].execute("from mpi4py import MPI\ntotal = MPI.COMM_WORLD.allreduce(1)", block=True)
         assert rc[:].pull("total", block=True) == [4, 4, 4, 4]
+    assert engine_processes(cluster.cluster_id) == []
 
 
 def test_engine_id_is_none_outside_an_engine() -> None:

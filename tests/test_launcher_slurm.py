@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_launchers import engine_processes
 
 import pxgrpc as ipp
 from pxgrpc.launchers import LaunchError
@@ -167,6 +168,7 @@ def test_slurm_engines_run_the_seed_workflow_and_stop_leaves_no_job(slurm: Path)
     finally:
         cluster.stop_cluster_sync()
     assert _our_jobs() == []
+    assert engine_processes(cluster.cluster_id) == []
 
 
 def test_a_job_sbatch_refuses_fails_the_start_with_its_reason(slurm: Path) -> None:

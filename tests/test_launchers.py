@@ -3,12 +3,24 @@ engines that know their id, and failures that say where they happened."""
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 import pxgrpc as ipp
 from pxgrpc.client.errors import PxError
 from pxgrpc.launchers import LAUNCHERS, Launcher, LaunchError, launcher_for
 from pxgrpc.launchers.ssh import parse_hosts
+
+
+def engine_processes(cluster_id: str) -> list[str]:
+    """Command lines of this machine's engine processes of a cluster (their --file names it)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if "pxgrpc.engine" in line and f"controller-{cluster_id}" in line:
+            found.append(line)
+    return found
+
 
 pytestmark = pytest.mark.timeout(90)
 
