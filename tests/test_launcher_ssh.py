@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -38,6 +39,9 @@ pytestmark = pytest.mark.timeout(150)
 SUBNET = "10.78.0"
 HOSTS = {"h1": 2, "h2": 3}
 SSHD = "/usr/sbin/sshd"
+#: Where the engines' shell on a host keeps the connection file: sshd gives root its home from
+#: the password database, and the hosts share this machine's filesystem.
+REMOTE_RUN = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pxgrpc" / "run"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -218,7 +222,7 @@ def test_ssh_engines_on_two_hosts_run_the_seed_workflow_over_tls(lan: SshLan) ->
         assert len(set(places)) == 2 and _netns() not in places
         # The engine-only connection file on each host: private, and without the client token.
         for host in ("h1", "h2"):
-            shipped = Path.home() / ".pxgrpc" / "run" / f"{tag}-{host}" / "engine.json"
+            shipped = REMOTE_RUN / f"{tag}-{host}" / "engine.json"
             assert shipped.stat().st_mode & 0o777 == 0o600
             assert '"token": ""' in shipped.read_text()
         dv = rc[:]
@@ -232,7 +236,7 @@ def test_ssh_engines_on_two_hosts_run_the_seed_workflow_over_tls(lan: SshLan) ->
         cluster.stop_cluster_sync()
     for host in ("h1", "h2"):
         assert lan.pxgrpc_processes(host) == []
-        assert not (Path.home() / ".pxgrpc" / "run" / f"{tag}-{host}").exists()
+        assert not (REMOTE_RUN / f"{tag}-{host}").exists()
 
 
 def test_an_unreachable_host_fails_the_start_naming_it_and_leaves_nothing(lan: SshLan) -> None:
