@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ViewExecutor,
     )
     from pxgrpc.cluster import Cluster
+    from pxgrpc.identity import engine_id
     from pxgrpc.wire import OpaqueObject
 
 # The public names and the module each lives in, imported on first use (as CPython's
@@ -62,6 +63,7 @@ _LAZY = {
         "pxgrpc.client",
     ),
     "Cluster": "pxgrpc.cluster",
+    "engine_id": "pxgrpc.identity",
     "OpaqueObject": "pxgrpc.wire",
 }
 
@@ -121,5 +123,6 @@ __all__ = [
     "TimeoutError",
     "ViewExecutor",
     "__version__",
+    "engine_id",
     "interactive",
 ]

@@ -1,15 +1,17 @@
-"""`pxgrpc`: manage local clusters (`pxgrpc cluster start -n 4`, `status`, `stop`)."""
+"""`pxgrpc`: manage clusters (`pxgrpc cluster start -n 4 [--engines ssh|mpi|slurm]`, `status`, `stop`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxError
-from pxgrpc.cluster import Cluster, stop_by_id
+from pxgrpc.cluster import Cluster, launcher_states, stop_by_id
+from pxgrpc.launchers import LAUNCHERS
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import default_connection_file
 from pxgrpc.security.errors import SecurityError
@@ -19,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pxgrpc", description="Interactive parallel Python over gRPC.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    cluster = sub.add_parser("cluster", help="start, stop or inspect a local cluster")
+    cluster = sub.add_parser("cluster", help="start, stop or inspect a cluster")
     actions = cluster.add_subparsers(dest="action", required=True)
 
     start = actions.add_parser("start", help="start a controller and engines in the background")
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for pxgrpc-controller (repeatable), e.g. --controller-arg=--tls=auto",
     )
+    _add_launcher_options(start)
 
     stop = actions.add_parser("stop", help="stop a cluster started with `pxgrpc cluster start`")
     stop.add_argument("--cluster-id", default="")
@@ -47,33 +50,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    cluster = Cluster(
-        n=args.n,
-        cluster_id=args.cluster_id,
-        controller_args=args.controller_arg,
-        log_level=args.log_level,
-        shutdown_atexit=False,  # the point of `cluster start` is a cluster that outlives it
+def _add_launcher_options(start: argparse.ArgumentParser) -> None:
+    start.add_argument(
+        "--engines",
+        default="local",
+        choices=sorted(LAUNCHERS),
+        help="how to start the engines: local processes (default), ssh to --hosts, mpiexec, or Slurm",
     )
-    t0 = time.monotonic()
-    print(f"starting a controller and {cluster.n} engines ...", flush=True)
+    start.add_argument(
+        "--hosts", default=None, help="ssh: hosts and engine counts, e.g. node1:4,node2:4 (mpi: --host)"
+    )
+    start.add_argument(
+        "--remote-python", default=None, help="ssh: the Python on the hosts (default: this one's path)"
+    )
+    start.add_argument(
+        "--controller-ip",
+        default=None,
+        help="address the controller listens on for remote engines, with TLS "
+        "(default: this host's address towards the first host)",
+    )
+    start.add_argument(
+        "--mpi-args", default=None, help='mpi: extra mpiexec arguments, one string (e.g. "--bind-to none")'
+    )
+    start.add_argument(
+        "--slurm-args", default=None, help='slurm: extra sbatch/srun arguments (e.g. "--partition=debug")'
+    )
+    start.add_argument("--ssh-args", default=None, help='ssh: extra ssh arguments (e.g. "-F my_config")')
+
+
+def _split(text: str | None) -> list[str] | None:
+    return shlex.split(text) if text is not None else None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
     try:
-        cluster.start_cluster_sync()
+        cluster = Cluster(
+            n=args.n,
+            cluster_id=args.cluster_id,
+            controller_args=args.controller_arg,
+            log_level=args.log_level,
+            shutdown_atexit=False,  # the point of `cluster start` is a cluster that outlives it
+            engines=args.engines,
+            hosts=args.hosts,
+            remote_python=args.remote_python,
+            controller_ip=args.controller_ip,
+            mpi_args=_split(args.mpi_args),
+            slurm_args=_split(args.slurm_args),
+            ssh_args=_split(args.ssh_args),
+            timeout=args.timeout,
+        )
+    except PxError as exc:
+        print(f"pxgrpc: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    where = "" if args.engines == "local" else f" ({args.engines})"
+    print(f"starting a controller and {cluster.n} engines{where} ...", flush=True)
+    try:
+        cluster.start_controller_sync()
+        cluster.start_engines_sync()
         cluster.wait_for_connection_file(args.timeout)
         with Client(cluster.connection_file) as rc:
-            seen = -1
-            while (count := len(rc.ids)) < cluster.n:
-                if count != seen:
-                    print(f"  {count}/{cluster.n} engines registered", flush=True)
-                    seen = count
-                if time.monotonic() - t0 > args.timeout:
-                    raise PxError(
-                        f"only {count} of {cluster.n} engines registered in {args.timeout:.0f} s "
-                        f"(logs: {cluster.log_dir})"
-                    )
-                if any(p.poll() is not None for p in cluster.engines):
-                    raise PxError(f"an engine exited during start-up (logs: {cluster.log_dir})")
-                time.sleep(0.02)
+            cluster.wait_for_engines(
+                rc,
+                max(0.0, args.timeout - (time.monotonic() - t0)),
+                lambda count, n: print(f"  {count}/{n} engines registered", flush=True),
+            )
     except (PxError, SecurityError) as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)
         cluster.stop_cluster_sync()
@@ -106,6 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"controller {rc.connection_info.url} (pid {rc.connection_info.controller_pid}), "
                 f"{len(engines)} engines"
             )
+            for launched in launcher_states(args.cluster_id):
+                print(f"engines started by {launched.describe()}")
             if engines:
                 print(f"{'id':>4}  {'host':<24} {'pid':>8}  {'state':<6} {'queue':>5} {'done':>6}")
             for e in engines:

@@ -1,4 +1,4 @@
-"""A local cluster: one controller and n engines as child processes of this machine.
+"""A cluster: one controller on this machine and engines started by a launcher.
 
 >>> import pxgrpc as ipp
 >>> with ipp.Cluster(n=4) as rc:            # start, connect, and stop at the end
@@ -6,6 +6,7 @@
 >>> cluster = ipp.Cluster(n=4)
 >>> rc = cluster.start_and_connect_sync()
 >>> cluster.stop_cluster_sync()
+>>> ipp.Cluster(engines="ssh", hosts={"node1": 4, "node2": 4})   # or "mpi", "slurm"
 """
 
 from __future__ import annotations
@@ -23,27 +24,25 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pxgrpc.addresses import is_loopback
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxConnectionError, PxError
-from pxgrpc.security.connection_file import default_connection_file, pxgrpc_dir, read_connection_file
+from pxgrpc.launchers import EngineSpec, Launcher, LaunchError, LauncherState, launcher_for, restore
+from pxgrpc.launchers.base import alive as _alive
+from pxgrpc.launchers.base import reap as _reap
+from pxgrpc.security.connection_file import (
+    default_connection_file,
+    engine_connection_file,
+    pxgrpc_dir,
+    read_connection_file,
+)
 from pxgrpc.security.errors import SecurityError
 
 log = logging.getLogger(__name__)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -55,6 +54,8 @@ class ClusterState:
     controller_pid: int = 0
     engine_pids: list[int] = field(default_factory=list)
     log_dir: str = ""
+    #: `Launcher.saved()` of each batch of engines, to report on and stop them later.
+    launchers: list[dict[str, Any]] = field(default_factory=list)
 
     @staticmethod
     def path(cluster_id: str) -> pathlib.Path:
@@ -75,11 +76,17 @@ class ClusterState:
 
 
 class Cluster:
-    """Start and stop a controller and `n` engines on this machine.
+    """Start and stop a controller on this machine and `n` engines started by a launcher.
 
     `cluster_id` names the cluster (its connection file is `~/.pxgrpc/controller-ID.json`); the
     default is a fresh id, so that several clusters can run side by side. `""` is the default
     cluster that `Client()` finds without arguments.
+
+    `engines` picks the launcher: "local" (child processes, the default), "ssh" (`hosts=`,
+    `remote_python=`, `ssh_args=`), "mpi" (`mpi_args=`, engine ids equal MPI ranks) or "slurm"
+    (`slurm_args=`). When engines run elsewhere the controller listens on `controller_ip`
+    (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
+    the wait for the engines to register.
     """
 
     def __init__(
@@ -93,8 +100,32 @@ class Cluster:
         log_level: str = "WARNING",
         env: dict[str, str] | None = None,
         shutdown_atexit: bool = True,
+        engines: str = "local",
+        hosts: Mapping[str, int] | Sequence[str] | str | None = None,
+        remote_python: str | None = None,
+        controller_ip: str | None = None,
+        mpi_args: list[str] | None = None,
+        slurm_args: list[str] | None = None,
+        ssh_args: list[str] | None = None,
+        timeout: float = 60.0,
     ) -> None:
-        self.n = n if n is not None else (os.cpu_count() or 1)
+        self.launcher_name = engines
+        self.launcher_options: dict[str, Any] = {
+            "hosts": hosts,
+            "remote_python": remote_python,
+            "mpi_args": mpi_args,
+            "slurm_args": slurm_args,
+            "ssh_args": ssh_args,
+        }
+        self._next_launcher: Launcher | None = launcher_for(engines, **self.launcher_options)
+        counted = self._next_launcher.expected()
+        if counted and n is not None and n != counted:
+            raise PxError(f"n={n}, but hosts= names {counted} engines: give one or the other")
+        self.n = n if n is not None else counted or (os.cpu_count() or 1)
+        self.controller_ip = (
+            controller_ip if controller_ip is not None else self._next_launcher.controller_ip()
+        )
+        self.timeout = timeout
         if shutdown_atexit:
             # As ipyparallel does: a script that forgets stop_cluster_sync() leaves no processes.
             atexit.register(_stop_at_exit, weakref.ref(self))
@@ -112,12 +143,20 @@ class Cluster:
         self.env = {**os.environ, **(env or {})}
         self.log_dir = pxgrpc_dir() / "logs"
         self.controller: subprocess.Popen[bytes] | None = None
-        self.engines: list[subprocess.Popen[bytes]] = []
+        #: One launcher per batch of engines started.
+        self.launchers: list[Launcher] = []
         self._client: Client | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.controller is not None and self.controller.poll() is None else "stopped"
-        return f"<Cluster(cluster_id={self.cluster_id!r}, n={self.n}, {state})>"
+        return (
+            f"<Cluster(cluster_id={self.cluster_id!r}, n={self.n}, engines={self.launcher_name!r}, {state})>"
+        )
+
+    @property
+    def engines(self) -> list[subprocess.Popen[bytes]]:
+        """The processes of this machine the launchers started (engines, or ssh/mpiexec/srun)."""
+        return [p for launcher in self.launchers for p in launcher.local_processes()]
 
     # --- starting -------------------------------------------------------------------------
 
@@ -149,6 +188,16 @@ class Cluster:
             )
         self.connection_file.unlink()
 
+    def _network_args(self) -> list[str]:
+        """Listen where remote engines can reach us, with TLS unless the user chose otherwise."""
+        if not self.controller_ip or is_loopback(self.controller_ip):
+            return []
+        args = [] if "--ip" in self.controller_args else ["--ip", self.controller_ip]
+        chosen = ("--tls", "--tls-cert", "--insecure")
+        if not any(a.split("=")[0] in chosen for a in self.controller_args):
+            args += ["--tls", "auto"]
+        return args
+
     def start_controller_sync(self) -> None:
         """Start the controller (returns once its process is launched)."""
         self._clear_stale_connection_file()
@@ -161,36 +210,45 @@ class Cluster:
             self.log_level,
             "--cluster-id",
             self.cluster_id,
+            *self._network_args(),
             *self.controller_args,
         ]
         self.controller = self._spawn(args, "controller")
 
     def start_engines_sync(self, n: int | None = None) -> None:
-        """Start `n` more engines; they wait for the controller's connection file."""
-        count = self.n if n is None else n
-        args = [
-            "-m",
-            "pxgrpc.engine",
-            "--file",
-            str(self.connection_file),
-            "--wait",
-            "60",
-            "--log-level",
-            self.log_level,
-            *self.engine_args,
-        ]
-        first = len(self.engines)
-        for i in range(count):
-            self.engines.append(self._spawn(args, f"engine-{first + i}"))
-        self._save_state()
+        """Start `n` more engines with this cluster's launcher (local ones wait for the
+        controller's connection file; other launchers carry its engine-only copy)."""
+        launcher = self._next_launcher or launcher_for(self.launcher_name, **self.launcher_options)
+        self._next_launcher = None
+        engine_file = engine_connection_file(self.connection_file)
+        spec = EngineSpec(
+            connection_file=self.connection_file,
+            engine_file=engine_file,
+            n=self.n if n is None else n,
+            cluster_id=self.cluster_id,
+            log_dir=self.log_dir,
+            log_level=self.log_level,
+            engine_args=self.engine_args,
+            env=self.env,
+            timeout=self.timeout,
+            index=len(self.engines),
+        )
+        if launcher.name != "local":
+            self._wait_for_file(engine_file, self.timeout)
+        self.launchers.append(launcher)
+        try:
+            launcher.start(spec)
+        finally:
+            self._save_state()
 
     def _save_state(self) -> None:
         ClusterState(
             cluster_id=self.cluster_id,
             connection_file=str(self.connection_file),
             controller_pid=self.controller.pid if self.controller else 0,
-            engine_pids=[p.pid for p in self.engines],
+            engine_pids=[p.pid for p in self.engines if self.launcher_name == "local"],
             log_dir=str(self.log_dir),
+            launchers=[launcher.saved() for launcher in self.launchers],
         ).save()
 
     def start_cluster_sync(self, n: int | None = None) -> None:
@@ -199,8 +257,12 @@ class Cluster:
         self.start_engines_sync(n)
 
     def wait_for_connection_file(self, timeout: float = 30.0) -> None:
+        """Wait until the controller has written its connection file."""
+        self._wait_for_file(self.connection_file, timeout)
+
+    def _wait_for_file(self, path: pathlib.Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self.connection_file.exists():
+        while not path.exists():
             if self.controller is not None and self.controller.poll() is not None:
                 raise PxError(
                     f"the controller exited with status {self.controller.returncode}; "
@@ -217,25 +279,55 @@ class Cluster:
         return self._client
 
     def start_and_connect_sync(
-        self, n: int | None = None, activate: bool = False, timeout: float = 60.0
+        self, n: int | None = None, activate: bool = False, timeout: float | None = None
     ) -> Client:
-        """Start everything, connect, and wait until all engines have registered."""
-        self.start_cluster_sync(n)
-        client = self.connect_client_sync(timeout)
-        expected = len(self.engines)
-        deadline = time.monotonic() + timeout
-        while len(client.ids) < expected:
-            dead = [p for p in self.engines if p.poll() is not None]
-            if dead:
-                raise PxError(f"{len(dead)} engine(s) exited during start-up; see the logs in {self.log_dir}")
-            if time.monotonic() > deadline:
-                raise PxError(
-                    f"only {len(client.ids)} of {expected} engines registered within {timeout:.0f} s"
-                )
-            time.sleep(0.01)
+        """Start everything, connect, and wait until all engines have registered (at most
+        `timeout` seconds, default the cluster's). If that fails, everything started is
+        stopped again before the error is raised."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            self.start_cluster_sync(n)
+            client = self.connect_client_sync(timeout)
+            self.wait_for_engines(client, timeout)
+        except BaseException:
+            self.stop_cluster_sync()
+            raise
         if activate:
             client.activate()
         return client
+
+    def wait_for_engines(
+        self,
+        client: Client,
+        timeout: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Wait until every engine the launchers started has registered; `progress(count,
+        expected)` is called whenever the count changes.
+
+        Raises LaunchError (a PxError) naming the launcher, the host or job, and the last
+        lines of stderr when a launch command fails or `timeout` passes first.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        expected = sum(launcher.expected() for launcher in self.launchers)
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while (count := len(client.ids)) < expected:
+            if progress is not None and count != seen:
+                progress(count, expected)
+                seen = count
+            for launcher in self.launchers:
+                launcher.check()
+            if time.monotonic() > deadline:
+                launcher = self.launchers[-1]
+                raise LaunchError(
+                    launcher.name,
+                    launcher.state().where(),
+                    f"only {len(client.ids)} of {expected} engines registered within {timeout:.0f} s "
+                    f"(logs in {self.log_dir})",
+                    launcher.last_stderr(),
+                )
+            time.sleep(0.01)
 
     # --- stopping -------------------------------------------------------------------------
 
@@ -244,8 +336,7 @@ class Cluster:
         if self._client is not None:
             with contextlib.suppress(PxError):
                 self._client.shutdown(hub=False)
-        _reap(self.engines, 3.0)
-        self.engines = []
+        self._stop_launchers(3.0)
 
     def stop_controller_sync(self) -> None:
         if self._client is not None:
@@ -271,13 +362,26 @@ class Cluster:
                 self._client = None
         finally:
             # Processes asked to stop get a few seconds; otherwise SIGTERM comes (almost) at once.
-            _reap([*self.engines, *([self.controller] if self.controller else [])], 5.0 if asked else 0.2)
-            self.engines = []
+            self._stop_launchers(5.0 if asked else 0.2)
+            _reap([self.controller] if self.controller else [], 3.0 if asked else 0.2)
             self.controller = None
             with contextlib.suppress(FileNotFoundError):
                 ClusterState.path(self.cluster_id).unlink()
             with contextlib.suppress(FileNotFoundError):
                 self.connection_file.unlink()
+
+    def _stop_launchers(self, grace: float) -> None:
+        """Stop every launcher's engines (each waits up to `grace` s for them to exit on their own)."""
+        launchers, self.launchers = self.launchers, []
+        errors: list[BaseException] = []
+        for launcher in launchers:
+            try:
+                launcher.stop(grace)
+            except Exception as exc:  # noqa: BLE001 - stop the others first, then report
+                log.error("stopping the %s launcher's engines failed: %s", launcher.name, exc)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     # --- async and context-manager forms --------------------------------------------------
 
@@ -291,11 +395,7 @@ class Cluster:
         await asyncio.to_thread(self.stop_cluster_sync)
 
     def __enter__(self) -> Client:
-        try:
-            return self.start_and_connect_sync()
-        except BaseException:
-            self.stop_cluster_sync()
-            raise
+        return self.start_and_connect_sync()  # (which stops everything again if it fails)
 
     def __exit__(self, *exc: Any) -> None:
         self.stop_cluster_sync()
@@ -303,35 +403,27 @@ class Cluster:
 
 def _stop_at_exit(ref: weakref.ReferenceType[Cluster]) -> None:
     cluster = ref()
-    if cluster is not None and (cluster.controller is not None or cluster.engines):
+    if cluster is not None and (cluster.controller is not None or cluster.launchers):
         cluster.stop_cluster_sync()
 
 
-def _reap(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
-    """Wait for processes to exit; SIGTERM then SIGKILL their process groups if they do not."""
-    deadline = time.monotonic() + grace
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        for p in processes:
-            if p.poll() is None and sig is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(p.pid, sig)
-        for p in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.0, deadline - time.monotonic()))
-        if all(p.poll() is not None for p in processes):
-            return
-        deadline = time.monotonic() + 2.0
-
-
 def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
-    """Stop a cluster started earlier (by `pxgrpc cluster start`); False if none was found."""
+    """Stop a cluster started earlier (by `pxgrpc cluster start`); False if none was found.
+
+    Asks the controller to shut everything down, then has each launcher make sure its engines
+    are gone (scancel, ssh kill, process groups), and kills the controller if it lingers.
+    """
     state = ClusterState.load(cluster_id)
     conn = pathlib.Path(state.connection_file) if state else default_connection_file(cluster_id)
     found = False
     with contextlib.suppress(PxError, SecurityError, OSError), Client(conn, timeout=3) as rc:
         rc.shutdown(hub=True)
         found = True
-    pids = [state.controller_pid, *state.engine_pids] if state else []
+    pids = [state.controller_pid] if state else []
+    if state is not None:
+        for saved in state.launchers or [{"name": "local", "pids": state.engine_pids}]:
+            with contextlib.suppress(PxError):
+                restore(saved).stop(timeout)
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -345,3 +437,11 @@ def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
     with contextlib.suppress(FileNotFoundError):
         conn.unlink()
     return found or bool(pids)
+
+
+def launcher_states(cluster_id: str) -> list[LauncherState]:
+    """How the launchers of a cluster started by `pxgrpc cluster start` are doing."""
+    state = ClusterState.load(cluster_id)
+    if state is None:
+        return []
+    return [restore(saved).state() for saved in state.launchers]

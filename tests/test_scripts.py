@@ -53,3 +53,9 @@ def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
         "client has every result (decoded, joined)",
     ):
         assert label in out, out
+
+
+def test_bench_launchers_prints_a_table_per_launcher() -> None:
+    out = run(str(SCRIPTS / "bench_launchers.py"), "-n", "2", "--repeat", "1", "--launchers", "local,ssh")
+    assert "median s" in out and "\nlocal " in out, out
+    assert "ssh" in out and "skipped: not available here" in out, out

@@ -38,6 +38,7 @@ class RegisterRequest(_message.Message):
     DATA_URL_FIELD_NUMBER: _builtins.int
     DATA_CSR_PEM_FIELD_NUMBER: _builtins.int
     DATA_CSR_MAC_FIELD_NUMBER: _builtins.int
+    REQUESTED_ID_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
     python_version: _builtins.str
@@ -61,6 +62,14 @@ class RegisterRequest(_message.Message):
     one of its own (loopback, bind address, certificate hosts, interfaces): an engine token
     never yields a certificate that could pass for the controller.
     """
+    requested_id: _builtins.int
+    """The engine id to register under, when the engine needs a particular one (engines started
+    by `mpiexec` ask for their MPI rank, so that engine ids equal `MPI.COMM_WORLD.rank`).
+    Unset: the controller hands out the next id it has never given. A negative id fails the call
+    with INVALID_ARGUMENT; an id a registered engine holds fails it with ALREADY_EXISTS (the
+    message names the id and that engine's host and pid). Ids handed out later skip every id
+    registered so far.
+    """
     def __init__(
         self,
         *,
@@ -70,12 +79,15 @@ class RegisterRequest(_message.Message):
         data_url: _builtins.str = ...,
         data_csr_pem: _builtins.bytes = ...,
         data_csr_mac: _builtins.bytes = ...,
+        requested_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "requested_id", b"requested_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version", "requested_id", b"requested_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__requested_id: _TypeAlias = _typing.Literal["requested_id"]  # noqa: Y015
+    _WhichOneofArgType__requested_id: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requested_id) -> _WhichOneofReturnType__requested_id | None: ...
 
 Global___RegisterRequest: _TypeAlias = RegisterRequest  # noqa: Y015
 

@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError
 
 from pxgrpc import wire
 from pxgrpc.controller.data_certs import data_certificate
-from pxgrpc.controller.registry import EngineRecord
+from pxgrpc.controller.registry import EngineRecord, IdTaken
 from pxgrpc.controller.requests import Context, parse
 from pxgrpc.controller.transfers import BlobTransfers, stream_blob
 
@@ -27,7 +27,12 @@ class EngineService(BlobTransfers):
     async def Register(self, raw: bytes, context: Context) -> wire.pb.RegisterReply:
         request = await parse(wire.pb.RegisterRequest, raw, context)
         data_cert = await data_certificate(self.state, request, context)
-        engine = self.state.registry.register(request)
+        try:
+            engine = self.state.registry.register(request)
+        except IdTaken as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT if exc.invalid else grpc.StatusCode.ALREADY_EXISTS
+            await context.abort(code, str(exc))
+            raise  # unreachable: abort raises
         digest = hashlib.sha256(self.state.client_token.encode()).digest() if data_cert else b""
         return wire.pb.RegisterReply(
             engine_id=engine.engine_id,

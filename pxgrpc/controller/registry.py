@@ -120,8 +120,18 @@ class EngineRecord:
         )
 
 
+class IdTaken(ValueError):
+    """A registration asked for an engine id it cannot have; the message says why."""
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        #: True for an id that is never valid (negative), False for one already held.
+        self.invalid = invalid
+
+
 class EngineRegistry:
-    """Engines by id. Ids are handed out 0, 1, 2 ... in registration order and never reused."""
+    """Engines by id. Ids are handed out 0, 1, 2 ... in registration order and never reused;
+    an engine may ask for a particular id instead (its MPI rank), which later ids skip."""
 
     def __init__(self) -> None:
         self._engines: dict[int, EngineRecord] = {}
@@ -133,18 +143,33 @@ class EngineRegistry:
         self.watchers: set[Callable[[], None]] = set()
 
     def register(self, request: wire.pb.RegisterRequest) -> EngineRecord:
+        """Record a new engine; IdTaken when its `requested_id` is negative or held."""
+        engine_id = self._next_id
+        if request.HasField("requested_id"):
+            engine_id = self._claim(request.requested_id)
         engine = EngineRecord(
-            engine_id=self._next_id,
+            engine_id=engine_id,
             hostname=request.hostname,
             pid=request.pid,
             python_version=request.python_version,
             data_url=request.data_url,
             registration_token=secrets.token_hex(16),
         )
-        self._next_id += 1
+        self._next_id = max(self._next_id, engine_id + 1)
         self._engines[engine.engine_id] = engine
         log.info("engine %d registered (pid %d on %s)", engine.engine_id, engine.pid, engine.hostname)
         return engine
+
+    def _claim(self, engine_id: int) -> int:
+        if engine_id < 0:
+            raise IdTaken(f"requested_id: engine ids are 0 or more, not {engine_id}", invalid=True)
+        holder = self._engines.get(engine_id)
+        if holder is not None and not holder.dead:
+            raise IdTaken(
+                f"requested_id: engine id {engine_id} is taken (by pid {holder.pid} on {holder.hostname}); "
+                "each engine of an MPI launch must have its own rank"
+            )
+        return engine_id
 
     def get(self, engine_id: int) -> EngineRecord | None:
         engine = self._engines.get(engine_id)
@@ -152,7 +177,8 @@ class EngineRegistry:
 
     def live(self) -> list[EngineRecord]:
         """Connected engines that are alive, in id order."""
-        return [e for e in self._engines.values() if e.connected and not e.dead]
+        live = [e for e in self._engines.values() if e.connected and not e.dead]
+        return sorted(live, key=lambda e: e.engine_id)  # requested ids (MPI ranks) come in any order
 
     def remove(self, engine: EngineRecord) -> bool:
         """Forget a dead or departing engine; False if it was already gone."""

@@ -9,7 +9,7 @@ import pathlib
 import sys
 import time
 
-from pxgrpc import diagnose
+from pxgrpc import diagnose, identity
 from pxgrpc.engine.engine import Engine
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import (
@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS clusters: the address (or name) this engine's data endpoint listens on and "
         "clients dial (default: $PXGRPC_DATA_HOST, else this host's address towards the controller)",
     )
+    parser.add_argument(
+        "--mpi",
+        action="store_true",
+        help="started by mpiexec: register with engine id = MPI rank (from mpi4py, else "
+        "$OMPI_COMM_WORLD_RANK, $PMIX_RANK or $PMI_RANK)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -114,6 +120,17 @@ def _connection_file(args: argparse.Namespace) -> pathlib.Path:
     return path
 
 
+def _mpi_rank() -> int:
+    rank = identity.mpi_rank()
+    if rank is None:
+        names = ", ".join(f"${name}" for name in identity.RANK_VARIABLES)
+        raise SecurityError(
+            f"--mpi: no MPI rank found (mpi4py is not installed and none of {names} is set); "
+            "start the engines with mpiexec, or drop --mpi"
+        )
+    return rank
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -124,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = connection_from_args(args)
         engine = Engine(info)
+        if args.mpi:
+            engine.conn.requested_id = _mpi_rank()
         engine.conn.connect_timeout = args.timeout
         engine.conn.data_host = args.data_host
         engine.serve(register_timeout=args.timeout + 15)

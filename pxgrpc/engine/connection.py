@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, wire
+from pxgrpc import blobstream, diagnose, identity, wire
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
@@ -63,6 +63,8 @@ class EngineConnection:
         self.work = work
         self.io = LoopThread("pxgrpc-engine-io")
         self.engine_id = -1
+        #: The engine id to ask for (its MPI rank), or None for the next free one.
+        self.requested_id: int | None = None
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
         self._queue_lock = threading.Lock()
@@ -195,6 +197,7 @@ class EngineConnection:
             reply = await self._register(channel)
             await self._use_data_certificate(reply)
             self.engine_id = reply.engine_id
+            identity.set_engine_id(reply.engine_id)
             self.heartbeat = reply.heartbeat_interval or 1.0
             self.registered.set()
             log.info("registered as engine %d", self.engine_id)
@@ -223,6 +226,8 @@ class EngineConnection:
             python_version=wire.python_version(),
             data_url=self.data.url if self.data is not None else "",
         )
+        if self.requested_id is not None:
+            request.requested_id = self.requested_id
         if self.data is not None and self.data.tls is not None:
             request.data_csr_pem = self.data.tls.csr_pem
             if self.info.token:  # else the controller signs for the address we call from only

@@ -1,0 +1,306 @@
+"""The ssh launcher, for real: engine hosts are network namespaces, each running its own sshd.
+
+    root namespace   10.78.0.1 on a bridge: the test, the Cluster and its controller
+    h1               10.78.0.2   sshd (host key and authorized key made by this test)
+    h2               10.78.0.3   sshd
+    ghost            10.78.0.99  nobody: an unreachable host
+    badkey           h1 again, with a key h1 does not accept
+
+Hosts are known by name through a test ssh config (`-F`, passed with `ssh_args=`). The
+engines reach the controller over TLS on 10.78.0.1, which the Cluster picks by itself. Every
+name is unique to the run; namespaces, sshd and the bridge are removed in `finally`. Needs
+root, iproute2 and openssh-server; skips, saying why, where they are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pxgrpc as ipp
+from pxgrpc.launchers import LaunchError
+
+pytestmark = pytest.mark.timeout(150)
+
+SUBNET = "10.78.0"
+HOSTS = {"h1": 2, "h2": 3}
+SSHD = "/usr/sbin/sshd"
+#: Where the engines' shell on a host keeps the connection file: sshd gives root its home from
+#: the password database, and the hosts share this machine's filesystem.
+REMOTE_RUN = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pxgrpc" / "run"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=True, capture_output=True, text=True, timeout=30)
+
+
+def unavailable() -> str | None:
+    """Why this machine cannot run the test, or None."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "needs root on Linux (network namespaces)"
+    for tool in ("ip", "ssh", "ssh-keygen", SSHD):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (openssh-server, openssh-client, iproute2)"
+    probe = f"pxprobe-{secrets.token_hex(3)}"
+    try:
+        _run("ip", "netns", "add", probe)
+    except subprocess.CalledProcessError as exc:
+        return f"`ip netns add` failed: {exc.stderr.strip()}"
+    _run("ip", "netns", "del", probe)
+    return None
+
+
+@dataclass
+class SshLan:
+    """Namespaces with sshd on a bridge in the root namespace."""
+
+    tag: str
+    root: Path
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def ns(self, host: str) -> str:
+        return f"px{self.tag}-{host}"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "ssh_config"
+
+    @property
+    def python(self) -> Path:
+        return self.root / "python"
+
+    def build(self) -> None:
+        bridge = f"pxb{self.tag}"
+        _run("ip", "link", "add", bridge, "type", "bridge")
+        self.links.append(bridge)
+        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", bridge)
+        _run("ip", "link", "set", bridge, "up")
+        keys = self.root / "keys"
+        keys.mkdir(mode=0o700)
+        for name in ("id", "other", "host"):
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name))
+        (keys / "authorized_keys").write_text((keys / "id.pub").read_text())
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        for host, number in HOSTS.items():
+            ns, port = self.ns(host), f"pxv{self.tag}{number}"
+            _run("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
+            _run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self.links.append(port)
+            _run("ip", "link", "set", port, "master", bridge, "up")
+            _run("ip", "-n", ns, "addr", "add", f"{SUBNET}.{number}/24", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            self._start_sshd(host, f"{SUBNET}.{number}", keys)
+        self._write_client_files(keys)
+
+    def _start_sshd(self, host: str, address: str, keys: Path) -> None:
+        config = self.root / f"sshd_{host}"
+        config.write_text(
+            f"ListenAddress {address}\nHostKey {keys / 'host'}\nPermitRootLogin prohibit-password\n"
+            f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
+        )
+        log = open(self.root / f"sshd_{host}.log", "ab")  # noqa: SIM115 - closed with the process
+        self.daemons.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", self.ns(host), SSHD, "-D", "-e", "-f", str(config)],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
+        deadline = time.monotonic() + 20
+        while True:  # wait until sshd accepts connections
+            probe = subprocess.run(
+                ["ip", "netns", "exec", self.ns(host), "bash", "-c", f"exec 3<>/dev/tcp/{address}/22"],
+                capture_output=True,
+                timeout=10,
+            )
+            if probe.returncode == 0:
+                return
+            assert time.monotonic() < deadline, f"sshd on {host} does not listen: see {log.name}"
+            time.sleep(0.1)
+
+    def _write_client_files(self, keys: Path) -> None:
+        entries = [(h, f"{SUBNET}.{n}", "id") for h, n in HOSTS.items()]
+        entries += [("ghost", f"{SUBNET}.99", "id"), ("badkey", f"{SUBNET}.2", "other")]
+        self.config.write_text(
+            "".join(f"Host {h}\n  HostName {a}\n  IdentityFile {keys / k}\n" for h, a, k in entries)
+            + "Host *\n  User root\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+            "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        )
+        # The engines' interpreter on the hosts: this one, seeing this checkout (like a venv).
+        path = os.environ.get("PYTHONPATH", "")
+        self.python.write_text(f'#!/bin/sh\nPYTHONPATH={path} exec {sys.executable} "$@"\n')
+        self.python.chmod(0o755)
+
+    def pxgrpc_processes(self, host: str) -> list[str]:
+        """Command lines of pxgrpc processes in `host`'s namespace."""
+        pids = subprocess.run(
+            ["ip", "netns", "pids", self.ns(host)], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        found = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "pxgrpc.engine" in cmd:
+                    found.append(cmd)
+        return found
+
+    def teardown(self) -> None:
+        for proc in self.daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for ns in self.namespaces:
+            for pid in subprocess.run(
+                ["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10
+            ).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run("ip", "netns", "del", ns)
+        for link in reversed(self.links):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run("ip", "link", "del", link)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lan() -> Iterator[SshLan]:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"ssh launcher test skipped: {reason}")
+    net = SshLan(tag=secrets.token_hex(2), root=Path(tempfile.mkdtemp(prefix="pxgrpc-ssh-")))
+    try:
+        net.build()
+        yield net
+    finally:
+        net.teardown()
+
+
+def ssh_cluster(lan: SshLan, hosts: dict[str, int], **kwargs: object) -> ipp.Cluster:
+    return ipp.Cluster(
+        engines="ssh",
+        hosts=hosts,
+        ssh_args=["-F", str(lan.config)],
+        remote_python=str(lan.python),
+        timeout=30,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _netns() -> str:
+    return os.readlink("/proc/self/ns/net")
+
+
+def test_ssh_engines_on_two_hosts_run_the_seed_workflow_over_tls(lan: SshLan) -> None:
+    cluster = ssh_cluster(lan, {"h1": 2, "h2": 2})
+    tag = cluster.cluster_id
+    try:
+        rc = cluster.start_and_connect_sync()
+        assert rc.connection_info.uses_tls and rc.connection_info.url.startswith(f"{SUBNET}.1:")
+        assert rc.ids == [0, 1, 2, 3]
+        places = rc[:].apply_sync(lambda: __import__("os").readlink("/proc/self/ns/net"))
+        assert len(set(places)) == 2 and _netns() not in places
+        # The engine-only connection file on each host: private, and without the client token.
+        for host in ("h1", "h2"):
+            shipped = REMOTE_RUN / f"{tag}-{host}" / "engine.json"
+            assert shipped.stat().st_mode & 0o777 == 0o600
+            assert '"token": ""' in shipped.read_text()
+        dv = rc[:]
+        dv.execute("import numpy as np\na = np.arange(4)", block=True)
+        dv.push({"b": 10}, block=True)
+        assert dv.apply_sync(ipp.interactive(lambda: int(a.sum()) + b)) == [16] * 4  # type: ignore[name-defined] # noqa: F821
+        dv.scatter("part", np.arange(16), block=True)
+        assert np.array_equal(dv.gather("part", block=True), np.arange(16))
+        assert dv.apply_sync(ipp.engine_id) == rc.ids
+    finally:
+        cluster.stop_cluster_sync()
+    for host in ("h1", "h2"):
+        assert lan.pxgrpc_processes(host) == []
+        assert not (REMOTE_RUN / f"{tag}-{host}").exists()
+
+
+def test_an_unreachable_host_fails_the_start_naming_it_and_leaves_nothing(lan: SshLan) -> None:
+    cluster = ssh_cluster(lan, {"h1": 1, "ghost": 1})
+    with pytest.raises(LaunchError) as info, cluster:
+        pass
+    message = str(info.value)
+    assert "ssh launcher, host ghost" in message and f"{SUBNET}.99" in message
+    assert lan.pxgrpc_processes("h1") == []
+    assert cluster.controller is None
+
+
+def test_a_refused_key_fails_the_start_with_ssh_s_message(lan: SshLan) -> None:
+    cluster = ssh_cluster(lan, {"badkey": 1})
+    with pytest.raises(LaunchError) as info, cluster:
+        pass
+    assert "ssh launcher, host badkey" in str(info.value) and "Permission denied" in str(info.value)
+    assert lan.pxgrpc_processes("h1") == []
+
+
+def test_cli_starts_reports_and_stops_ssh_engines(lan: SshLan, pxgrpc_home: str) -> None:
+    cluster_id = f"ssh-cli-{secrets.token_hex(2)}"
+    base = ["pxgrpc", "cluster"]
+    common = ["--cluster-id", cluster_id]
+    try:
+        started = subprocess.run(
+            [
+                *base,
+                "start",
+                *common,
+                "--engines",
+                "ssh",
+                "--hosts",
+                "h1:1,h2:1",
+                "--ssh-args",
+                f"-F {lan.config}",
+                "--remote-python",
+                str(lan.python),
+                "--timeout",
+                "40",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert started.returncode == 0, started.stderr
+        status = subprocess.run([*base, "status", *common], capture_output=True, text=True, timeout=30)
+        assert "2 engines" in status.stdout and "launcher ssh" in status.stdout
+    finally:
+        stopped = subprocess.run([*base, "stop", *common], capture_output=True, text=True, timeout=90)
+    assert "cluster stopped" in stopped.stdout
+    for host in ("h1", "h2"):
+        assert lan.pxgrpc_processes(host) == []
+
+
+def test_a_script_that_forgets_to_stop_leaves_no_engine_on_any_host(lan: SshLan, pxgrpc_home: str) -> None:
+    script = (
+        "import pxgrpc as ipp\n"
+        f"c = ipp.Cluster(engines='ssh', hosts={{'h1': 1, 'h2': 1}}, ssh_args=['-F', {str(lan.config)!r}],\n"
+        f"                remote_python={str(lan.python)!r}, timeout=30)\n"
+        "rc = c.start_and_connect_sync()\n"
+        "print(len(rc.ids))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert result.stdout.split() == ["2"], result.stderr
+    for host in ("h1", "h2"):
+        assert lan.pxgrpc_processes(host) == []
