@@ -120,7 +120,7 @@ class EngineError(RemoteError):
     """
 
     def __init__(self, message: str, engine_id: int | None = None) -> None:
-        super().__init__("EngineError", message, message, engine_id)
+        super().__init__("EngineError", message, f"EngineError: {message}", engine_id)
 
     def __str__(self) -> str:
         return self.evalue
