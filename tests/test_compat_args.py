@@ -52,6 +52,27 @@ def sleep_then_return(seconds: float, value: Any) -> Any:
     return value
 
 
+def wait_for_file(path: str, value: Any) -> Any:
+    """A task that runs until the test creates `path` (at most 30 s)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+@pytest.fixture
+def gate(tmp_path: Any) -> Iterator[str]:
+    """A path for `wait_for_file`; created after the test, so no engine is left waiting."""
+    path = str(tmp_path / "open")
+    try:
+        yield path
+    finally:
+        open(path, "w").close()
+
+
 def fail(message: str) -> None:
     raise ValueError(message)
 
@@ -104,6 +125,18 @@ def test_follow_runs_a_task_on_the_engine_where_its_dependency_ran(lview: ipp.Lo
         assert {f.engine_id for f in followers} == {placed.engine_id}
 
 
+def test_following_tasks_that_ran_on_different_engines_is_impossible(rc: ipp.Client) -> None:
+    on0, on1 = rc[0].apply_async(os.getpid), rc[1].apply_async(os.getpid)
+    lview = rc.load_balanced_view()
+    with (
+        lview.temp_flags(follow=[on0, on1]),
+        pytest.raises(ipp.ImpossibleDependency, match="different engines"),
+    ):
+        lview.apply_sync(os.getpid)
+    with lview.temp_flags(follow=ipp.Dependency([on0, on1], all=False)):
+        assert lview.apply_sync(os.getpid) in (on0.get(), on1.get())
+
+
 def test_a_failed_dependency_fails_the_task_at_once_with_impossible_dependency(
     lview: ipp.LoadBalancedView,
 ) -> None:
@@ -119,11 +152,11 @@ def test_a_failed_dependency_fails_the_task_at_once_with_impossible_dependency(
         assert lview.apply_sync(lambda: "ran") == "ran"
 
 
-def test_any_of_several_dependencies_is_enough_with_all_false(lview: ipp.LoadBalancedView) -> None:
+def test_any_of_several_dependencies_is_enough_with_all_false(lview: ipp.LoadBalancedView, gate: str) -> None:
     quick = lview.apply_async(sleep_then_return, 0.0, "quick")
-    slow = lview.apply_async(sleep_then_return, 5.0, "slow")
+    slow = lview.apply_async(wait_for_file, gate, "slow")
     with lview.temp_flags(after=ipp.Dependency([quick, slow], all=False)):
-        assert lview.apply_async(lambda: "ran").get(timeout=4) == "ran"
+        assert lview.apply_async(lambda: "ran").get(timeout=20) == "ran"
     assert not slow.ready()
 
 
@@ -143,9 +176,9 @@ def test_an_unknown_task_id_fails_at_once_with_invalid_dependency(lview: ipp.Loa
 
 
 def test_a_dependency_that_does_not_finish_in_time_raises_dependency_timeout(
-    lview: ipp.LoadBalancedView,
+    lview: ipp.LoadBalancedView, gate: str
 ) -> None:
-    slow = lview.apply_async(sleep_then_return, 3.0, "slow")
+    slow = lview.apply_async(wait_for_file, gate, "slow")
     with lview.temp_flags(after=slow, timeout=0.2):
         late = lview.apply_async(time.time)
     with pytest.raises(ipp.error.DependencyTimeout, match=r"0\.2 s"):
@@ -153,13 +186,14 @@ def test_a_dependency_that_does_not_finish_in_time_raises_dependency_timeout(
     assert not slow.ready()
 
 
-def test_a_task_held_for_its_dependencies_can_be_aborted(lview: ipp.LoadBalancedView) -> None:
-    slow = lview.apply_async(sleep_then_return, 2.0, "slow")
+def test_a_task_held_for_its_dependencies_can_be_aborted(lview: ipp.LoadBalancedView, gate: str) -> None:
+    slow = lview.apply_async(wait_for_file, gate, "slow")
     with lview.temp_flags(after=slow):
         held = lview.apply_async(time.time)
     assert held.msg_ids[0] in held.abort()
     with pytest.raises(ipp.TaskAborted):
         held.get(timeout=20)
+    assert not slow.ready()
 
 
 # --- dependencies checked on the engine ---------------------------------------------------------------
@@ -184,6 +218,22 @@ def test_require_imports_modules_for_the_task_and_sends_it_where_they_exist(rc: 
 
     pid2 = rc[2].apply_sync(os.getpid)
     assert {lview.apply_async(where).get(timeout=20) for _ in range(6)} == {pid2}
+
+    @ipp.require("only_on_two")
+    def pid_of(_: int) -> int:
+        return os.getpid()
+
+    assert set(lview.map_sync(pid_of, range(6))) == {pid2}
+
+    def helper() -> str:
+        return "helped"
+
+    @ipp.require(helper, answer=42)
+    @ipp.interactive
+    def uses_helper() -> tuple[str, int]:
+        return helper(), answer  # type: ignore[name-defined]  # noqa: F821 - bound by require
+
+    assert lview.apply_sync(uses_helper) == ("helped", 42)
 
     @ipp.require("no_such_module_anywhere")
     def never() -> int:
