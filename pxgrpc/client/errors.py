@@ -61,7 +61,8 @@ class RemoteError(PxError):
 class CompositeError(RemoteError):
     """Errors raised on several engines by one call; `elist` holds each engine's RemoteError.
 
-    Its message and rendered traceback show the first `tb_limit` errors (as ipyparallel's do);
+    `str()` shows the first `tb_limit` errors (as ipyparallel's does), its rendered traceback
+    their full tracebacks and one line for each other error (ipyparallel leaves those out);
     `render_traceback(excid)` and `raise_exception(excid)` reach any one of them.
     """
 
@@ -89,7 +90,8 @@ class CompositeError(RemoteError):
         return f"CompositeError({len(self.elist)})"
 
     def render_traceback(self, excid: int | None = None) -> list[str]:
-        """The first `tb_limit` engines' tracebacks, or only the `excid`-th one."""
+        """The full tracebacks of the first `tb_limit` engines' errors and one line for each of
+        the others; or only the `excid`-th error's traceback."""
         if excid is not None and not -len(self.elist) <= excid < len(self.elist):
             raise IndexError(f"an exception with index {excid} does not exist")
         chosen = self.elist[: self.tb_limit] if excid is None else [self.elist[excid]]
@@ -100,7 +102,9 @@ class CompositeError(RemoteError):
             else:
                 lines.append(f"{type(err).__name__}: {err}")
             lines.append("")
-        return lines + (self._more() if excid is None else [])
+        if excid is None:
+            lines.extend(str(err) for err in self.elist[self.tb_limit :])
+        return lines
 
     def print_traceback(self, excid: int | None = None) -> None:
         print("\n".join(self.render_traceback(excid)))
