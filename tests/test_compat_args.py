@@ -196,6 +196,19 @@ def test_a_task_held_for_its_dependencies_can_be_aborted(lview: ipp.LoadBalanced
     assert not slow.ready()
 
 
+def test_closing_the_client_fails_the_tasks_it_still_holds(rc: ipp.Client, gate: str) -> None:
+    other = ipp.Client(connection_info=rc.connection_info)
+    try:
+        lview = other.load_balanced_view()
+        slow = lview.apply_async(wait_for_file, gate, "slow")
+        with lview.temp_flags(after=slow):
+            held = lview.apply_async(time.time)
+    finally:
+        other.close()
+    with pytest.raises(ipp.PxConnectionError, match="closed"):
+        held.get(timeout=20)
+
+
 # --- dependencies checked on the engine ---------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
 from pxgrpc.client.dependencies import DependencyScheduler
-from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.errors import NoEnginesError, PxConnectionError, TimeoutError
 from pxgrpc.client.frontend import client_created
 from pxgrpc.client.tasks import Job, TaskOutcome
 from pxgrpc.client.transport import Transport
@@ -249,6 +249,7 @@ class Client:
         """Close the connection (engines and controller keep running)."""
         if not self._closed:
             self._closed = True
+            self._dependencies.close(PxConnectionError("the client was closed"))
             self._transport.close()
 
     def __enter__(self) -> Client:

@@ -67,6 +67,7 @@ class DependencyScheduler:
         self._waiting: dict[str, list[_Held]] = {}  # task id -> the jobs waiting for it
         self._held: dict[str, _Held] = {}  # task id -> its job, until it is sent or fails
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed: PxError | None = None
 
     # --- what the client calls ------------------------------------------------------------
 
@@ -122,6 +123,19 @@ class DependencyScheduler:
             self._fail(held, TaskAborted(f"{held.job.name}: aborted while waiting for its dependencies"))
             aborted.extend(held.ids)
         return aborted
+
+    def close(self, error: PxError) -> None:
+        """The client is closing: the jobs still held fail with `error`."""
+        with self._lock:
+            self._closed = error
+            jobs = {id(h): h for h in self._held.values() if not h.settled}
+            for held in jobs.values():
+                self._settle_locked(held)
+            self._waiting.clear()
+        for held in jobs.values():
+            self._fail(held, error)
+        if self._sender is not None:
+            self._sender.shutdown(wait=False)
 
     # --- deciding ---------------------------------------------------------------------------
 
@@ -214,8 +228,14 @@ class DependencyScheduler:
     def send(self, ids: Sequence[str], job: Job, listener: TaskListener, held: _Held) -> None:
         """Submit from a thread of our own: this may run in the transport's thread, which a
         submit of large payloads waits on."""
-        if self._sender is None:
-            self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pxgrpc-deps")
+        with self._lock:
+            closed = self._closed
+            if closed is None and self._sender is None:
+                self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pxgrpc-deps")
+        if closed is not None or self._sender is None:
+            for task_id in ids:
+                listener.on_result(TaskOutcome(task_id, -1, "error", error=closed))
+            return
 
         def submit() -> None:
             try:
