@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pxgrpc.client.errors import (
     DependencyTimeout,
@@ -26,10 +27,27 @@ from pxgrpc.client.errors import (
     TaskAborted,
 )
 from pxgrpc.client.tasks import Action, Constraints, Job, TaskListener, TaskOutcome
+from pxgrpc.dependency import Dependency
 
 log = logging.getLogger(__name__)
 
 SubmitFn = Callable[[Sequence[str], Job, TaskListener], None]
+
+
+def as_dependency(value: Any) -> Dependency:
+    """A Dependency from what `after=`/`follow=` accept: None, task ids, AsyncResults, a Dependency."""
+    if isinstance(value, Dependency):
+        return value
+    return Dependency(value)
+
+
+def dependency_timeout(value: Any) -> float | None:
+    """A view's `timeout` flag checked: seconds >= 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 (or None), not {value!r}")
+    return float(value)
 
 
 @dataclass(eq=False)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.dependencies import as_dependency, dependency_timeout
 from pxgrpc.client.errors import NoEnginesError
 from pxgrpc.client.lazymap import LazyMap
 from pxgrpc.client.remote import ParallelFunction, RemoteFunction
@@ -336,14 +337,14 @@ class LoadBalancedView(View):
         if "follow" in flags:
             flags["follow"] = as_dependency(flags["follow"])
         if "timeout" in flags:
-            flags["timeout"] = _timeout(flags["timeout"])
+            flags["timeout"] = dependency_timeout(flags["timeout"])
         super().set_flags(**flags)
 
     def _constraints(self, f: Any, after: Any, follow: Any, timeout: Any) -> Constraints:
         return Constraints(
             after=as_dependency(self.after if after is None else after),
             follow=as_dependency(self.follow if follow is None else follow),
-            timeout=_timeout(self.timeout if timeout is None else timeout),
+            timeout=dependency_timeout(self.timeout if timeout is None else timeout),
             recheck=isinstance(f, Dependent),
         )
 
@@ -440,18 +441,3 @@ class LoadBalancedView(View):
             )
             return iter(ar)
         return LazyMap(self, f, zip(*sequences, strict=False), max_outstanding, ordered, return_exceptions)
-
-
-def as_dependency(value: Any) -> Dependency:
-    """A Dependency from what `after=`/`follow=` accept: None, task ids, AsyncResults, a Dependency."""
-    if isinstance(value, Dependency):
-        return value
-    return Dependency(value)
-
-
-def _timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 (or None), not {value!r}")
-    return float(value)
