@@ -5,7 +5,10 @@ from pxgrpc.client.client import Client, ViewExecutor
 from pxgrpc.client.errors import (
     AuthenticationError,
     CompositeError,
+    DependencyTimeout,
     EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
     NoEnginesError,
     PxConnectionError,
     PxError,
@@ -13,6 +16,7 @@ from pxgrpc.client.errors import (
     TaskAborted,
     TimeoutError,
     TLSError,
+    UnmetDependency,
 )
 from pxgrpc.client.view import DirectView, LoadBalancedView
 
@@ -22,8 +26,11 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "CompositeError",
+    "DependencyTimeout",
     "DirectView",
     "EngineError",
+    "ImpossibleDependency",
+    "InvalidDependency",
     "LoadBalancedView",
     "NoEnginesError",
     "PxConnectionError",
@@ -32,5 +39,6 @@ __all__ = [
     "TLSError",
     "TaskAborted",
     "TimeoutError",
+    "UnmetDependency",
     "ViewExecutor",
 ]

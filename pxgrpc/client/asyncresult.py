@@ -46,6 +46,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
         targets: Sequence[int | None] | None = None,
         single: bool = False,
         reduce: Reducer | None = None,
+        return_exceptions: bool = False,
     ) -> None:
         super().__init__()
         self._client = client
@@ -66,6 +67,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
         self._submitted = time.time()
         self._completed_at: float | None = None
         self.output_hooks: list[OutputHook] = []
+        #: Failed tasks' exceptions in place of their values, instead of raising them.
+        self.return_exceptions = return_exceptions
         if n == 0:
             self._finish()
 
@@ -98,6 +101,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
             self._done += 1
             finished = self._done == len(self._outcomes)
             self._cond.notify_all()
+        self._client.task_finished(outcome)
         if finished:
             self._finish()
 
@@ -105,6 +109,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
         self._completed_at = time.time()
         errors: list[PxError] = [o.error for o in self._outcomes if o is not None and o.error is not None]
         try:
+            if errors and self.return_exceptions:
+                self.set_result(self._with_errors())
+                return
             if errors:
                 if self._single and len(errors) == 1:
                     self.set_exception(errors[0])
@@ -123,15 +130,36 @@ class AsyncResult(concurrent.futures.Future[Any]):
         except Exception as exc:  # noqa: BLE001 - a failing reduction must reach the waiter
             self.set_exception(exc)
 
+    def _with_errors(self) -> Any:
+        """The result with each failed task's exception in place of its value (of its chunk, in
+        a map: a joined map then has one exception where the chunk's items would be)."""
+        values = [o.error if o.error is not None else o.value for o in self._outcomes if o is not None]
+        if self._reduce is None:
+            return values[0] if self._single else values
+        if not any(isinstance(v, BaseException) for v in values):
+            return self._reduce(values)
+        flat: list[Any] = []
+        for value in values:
+            if isinstance(value, BaseException):
+                flat.append(value)
+            else:
+                flat.extend(value)
+        return flat
+
     # --- ipyparallel's interface ----------------------------------------------------------
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None, return_exceptions: bool | None = None) -> Any:
         """Wait for the result (at most `timeout` seconds) and return it, or raise its error.
 
-        Ctrl-C (or a Jupyter kernel interrupt) while waiting interrupts this result's tasks on
-        the engines (see `interrupt`) and stops waiting.
+        `return_exceptions=True`: failed tasks' exceptions come back in place of their values
+        instead of being raised. Ctrl-C (or a Jupyter kernel interrupt) while waiting interrupts
+        this result's tasks on the engines (see `interrupt`) and stops waiting.
         """
         try:
+            if return_exceptions and not self.return_exceptions:
+                self.exception(timeout if timeout is None or timeout >= 0 else None)
+                if not self.cancelled() and self._done == len(self._outcomes):
+                    return self._with_errors()
             return self.result(timeout if timeout is None or timeout >= 0 else None)
         except KeyboardInterrupt:
             self.interrupt()
@@ -257,6 +285,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
             outcome = self._outcomes[i]
         assert outcome is not None
         if outcome.error is not None:
+            if self.return_exceptions:
+                return outcome.error
             raise outcome.error
         return outcome.value
 
@@ -357,20 +387,25 @@ class AsyncMapResult(AsyncResult):
         join: Reducer,
         targets: Sequence[int | None] | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
     ) -> None:
         self._ordered = ordered
         self._arrival: list[int] = []
-        super().__init__(client, task_ids, fname, targets, single=False, reduce=join)
+        super().__init__(client, task_ids, fname, targets, False, join, return_exceptions)
 
     def on_result(self, outcome: TaskOutcome) -> None:
         with self._cond:
             self._arrival.append(self._index[outcome.task_id])
         super().on_result(outcome)
 
+    def _items_at(self, i: int) -> Any:
+        part = self._result_at(i)
+        return [part] if isinstance(part, BaseException) else part
+
     def __iter__(self) -> Iterator[Any]:
         if self._ordered:
             for i in range(len(self.msg_ids)):
-                yield from self._result_at(i)
+                yield from self._items_at(i)
             return
         seen = 0
         while seen < len(self.msg_ids):
@@ -379,4 +414,4 @@ class AsyncMapResult(AsyncResult):
                     self._cond.wait()
                 i = self._arrival[seen]
             seen += 1
-            yield from self._result_at(i)
+            yield from self._items_at(i)

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
-from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.dependencies import DependencyScheduler
+from pxgrpc.client.errors import NoEnginesError, PxConnectionError, TimeoutError
 from pxgrpc.client.frontend import client_created
-from pxgrpc.client.tasks import Job
+from pxgrpc.client.tasks import Job, TaskOutcome
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
 from pxgrpc.security import certfiles
@@ -63,6 +64,9 @@ class Client:
         self._transport = Transport(connection_info, timeout)
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._closed = False
+        self._dependencies = DependencyScheduler(
+            self._transport.submit, self._transport.new_task_ids, self._live, lambda: self.outstanding
+        )
         atexit.register(_close_at_exit, weakref.ref(self))
         client_created(self)
 
@@ -164,12 +168,24 @@ class Client:
         ids = self._transport.new_task_ids(len(job.targets))
         ar: AsyncResult
         if job.join is not None:
-            ar = AsyncMapResult(self, ids, job.name, job.join, job.targets, ordered=job.ordered)
+            ar = AsyncMapResult(
+                self, ids, job.name, job.join, job.targets, job.ordered, job.return_exceptions
+            )
         else:
-            ar = AsyncResult(self, ids, job.name, job.targets, single=job.single)
+            ar = AsyncResult(
+                self, ids, job.name, job.targets, job.single, return_exceptions=job.return_exceptions
+            )
         self._results.add(ar)
-        self._transport.submit(ids, job, ar)
+        if job.constraints is not None and job.constraints.any():
+            self._dependencies.hold(ids, job, ar)
+        else:
+            self._transport.submit(ids, job, ar)
         return ar
+
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        """(Called by AsyncResult for each task of this client.) Remember how it ended, for the
+        tasks that depend on it."""
+        self._dependencies.record(outcome.task_id, outcome.engine_id, outcome.error is None)
 
     @property
     def outstanding(self) -> set[str]:
@@ -196,10 +212,17 @@ class Client:
             task_ids = (
                 [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
             )
-            return self._transport.abort(task_ids) if task_ids else []
+            return self._abort(task_ids)
         if targets is not None:
             return self._transport.abort([], self.resolve_targets(targets)[0])
-        return self._transport.abort(sorted(self.outstanding))
+        return self._abort(sorted(self.outstanding))
+
+    def _abort(self, task_ids: Sequence[str]) -> list[str]:
+        """Abort tasks: those still held for their dependencies here, the others at the controller."""
+        held = self._dependencies.abort(task_ids)
+        dropped = set(held)
+        rest = [t for t in task_ids if t not in dropped]
+        return held + (self._transport.abort(rest) if rest else [])
 
     def interrupt(self, targets: Targets = "all", sig: int = signal.SIGINT) -> list[int]:
         """Interrupt the code running on the engines; returns the engines that were running some.
@@ -226,6 +249,7 @@ class Client:
         """Close the connection (engines and controller keep running)."""
         if not self._closed:
             self._closed = True
+            self._dependencies.close(PxConnectionError("the client was closed"))
             self._transport.close()
 
     def __enter__(self) -> Client:
@@ -267,7 +291,7 @@ class ViewExecutor(concurrent.futures.Executor):
     ) -> Iterator[Any]:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        return self.view.imap(fn, *iterables, chunksize=chunksize)
+        return self.view.imap(fn, *iterables, chunksize=chunksize, max_outstanding=0)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True

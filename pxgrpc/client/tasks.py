@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pxgrpc.client.errors import PxError
+from pxgrpc.dependency import Dependency
 
 
 @dataclass
@@ -48,6 +49,24 @@ class Pull:
 
 
 Action = Execute | Apply | Push | Pull
+
+
+@dataclass
+class Constraints:
+    """When and where a load-balanced job may run: after / on the engine of other tasks
+    (`pxgrpc.dependency.Dependency`), waiting at most `timeout` s for them, and whether an
+    engine may turn a task down (`@require`/`@depend`: `recheck`). See `client.dependencies`."""
+
+    after: Dependency = field(default_factory=Dependency)
+    follow: Dependency = field(default_factory=Dependency)
+    timeout: float | None = None
+    recheck: bool = False
+
+    def any(self) -> bool:
+        """Whether the job needs the dependency scheduler at all."""
+        return bool(self.after or self.follow or self.recheck)
+
+
 #: Joins the values of a job's tasks into its result (map, gather).
 Reducer = Callable[[list[Any]], Any]
 
@@ -72,6 +91,10 @@ class Job:
     join: Reducer | None = None
     ordered: bool = True
     retries: int = 0
+    #: The result holds failed tasks' exceptions in place of their values, instead of raising.
+    return_exceptions: bool = False
+    #: Dependencies (load-balanced jobs only): the client holds the job until they are met.
+    constraints: Constraints | None = None
 
 
 @dataclass

@@ -13,9 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.dependencies import as_dependency, dependency_timeout
 from pxgrpc.client.errors import NoEnginesError
+from pxgrpc.client.lazymap import LazyMap
 from pxgrpc.client.remote import ParallelFunction, RemoteFunction
-from pxgrpc.client.tasks import Action, Apply, Execute, Job, Pull, Push
+from pxgrpc.client.tasks import Action, Apply, Constraints, Execute, Job, Pull, Push
+from pxgrpc.dependency import Dependency, Dependent
 from pxgrpc.partition import chunk, join_parts, map_chunk, partition, partition_bounds
 
 if TYPE_CHECKING:
@@ -74,15 +77,15 @@ class View:
     def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
         return ar.get() if self._block(block) else ar
 
-    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `f(*args, **kwargs)` remotely; the result if `block`, else an AsyncResult."""
         return self._finish(self._apply(f, args, kwargs), None)
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Call `f(*args, **kwargs)` remotely and return an AsyncResult at once."""
         return self._apply(f, args, kwargs)
 
-    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `f(*args, **kwargs)` remotely and wait for the result."""
         return self._apply(f, args, kwargs).get()
 
@@ -229,13 +232,23 @@ class DirectView(View):
         return self._finish(ar, block)
 
     def map(
-        self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        block: bool | None = None,
+        return_exceptions: bool = False,
+        **kw: Any,
     ) -> Any:
-        """`map(f, *sequences)` with the sequences split in contiguous parts across the engines."""
+        """`map(f, *sequences)` with the sequences split in contiguous parts across the engines.
+
+        Sequences without `len()` (iterators, generators) are read into lists first.
+        `return_exceptions`: a failed part's exception in place of its items, instead of raising.
+        """
         if kw:
             raise TypeError(f"DirectView.map: unexpected arguments {sorted(kw)}")
         if not sequences:
             raise TypeError("map needs at least one sequence")
+        sequences = tuple(s if hasattr(s, "__len__") else list(s) for s in sequences)
         ids, _ = self._targets()
         length = min(len(s) for s in sequences)
         parts = [
@@ -245,7 +258,8 @@ class DirectView(View):
         mapper = functools.partial(map_chunk, f)
         applies = [Apply(mapper, [p[i] for p in parts]) for i in range(len(ids))]
         name = getattr(f, "__name__", "map")
-        return self._finish(self.client.submit(Job(name, ids, each=applies, join=join_parts)), block)
+        job = Job(name, ids, each=applies, join=join_parts, return_exceptions=return_exceptions)
+        return self._finish(self.client.submit(job), block)
 
     @contextlib.contextmanager
     def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
@@ -293,11 +307,21 @@ class LoadBalancedView(View):
 
     >>> lview = rc.load_balanced_view()
     >>> lview.map_sync(lambda x: x * x, range(100))
+
+    Dependencies between tasks (`pxgrpc.dependency`), as flags (`set_flags`, `temp_flags`) or
+    per `map` call: `after` (start once these tasks are done), `follow` (run where they ran),
+    `timeout` (seconds to wait for them, then `DependencyTimeout`; 0 or None: no limit).
+
+    >>> with lview.temp_flags(after=ar, follow=ar):
+    ...     lview.apply(use_what_ar_left_behind)
     """
 
     def __init__(self, client: Client, targets: Targets = None, block: bool | None = None) -> None:
         super().__init__(client, targets, block)
         self.retries = 0
+        self.after = Dependency()
+        self.follow = Dependency()
+        self.timeout: float | None = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -306,10 +330,36 @@ class LoadBalancedView(View):
             else f"<{type(self).__name__} None>"
         )
 
+    def set_flags(self, **flags: Any) -> None:
+        """Set view attributes: `block`, `retries`, `after`, `follow`, `timeout`."""
+        if "after" in flags:
+            flags["after"] = as_dependency(flags["after"])
+        if "follow" in flags:
+            flags["follow"] = as_dependency(flags["follow"])
+        if "timeout" in flags:
+            flags["timeout"] = dependency_timeout(flags["timeout"])
+        super().set_flags(**flags)
+
+    def _constraints(self, f: Any, after: Any, follow: Any, timeout: Any) -> Constraints:
+        return Constraints(
+            after=as_dependency(self.after if after is None else after),
+            follow=as_dependency(self.follow if follow is None else follow),
+            timeout=dependency_timeout(self.timeout if timeout is None else timeout),
+            recheck=isinstance(f, Dependent),
+        )
+
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         name = getattr(f, "__name__", "apply")
+        constraints = self._constraints(f, None, None, None)
         return self.client.submit(
-            Job(name, [None], Apply(f, args, kwargs), single=True, retries=self.retries)
+            Job(
+                name,
+                [None],
+                Apply(f, args, kwargs),
+                single=True,
+                retries=self.retries,
+                constraints=constraints,
+            )
         )
 
     def map(
@@ -319,9 +369,17 @@ class LoadBalancedView(View):
         block: bool | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
+        after: Any = None,
+        follow: Any = None,
+        timeout: float | None = None,
         **kw: Any,
     ) -> Any:
-        """`map(f, *sequences)` as load-balanced tasks of `chunksize` items each (default 1)."""
+        """`map(f, *sequences)` as load-balanced tasks of `chunksize` items each (default 1).
+
+        `return_exceptions`: a failed task's exception in place of its items, instead of raising.
+        `after`, `follow`, `timeout`: this call's dependencies (default: the view's flags).
+        """
         if kw:
             raise TypeError(f"LoadBalancedView.map: unexpected arguments {sorted(kw)}")
         if not sequences:
@@ -345,12 +403,41 @@ class LoadBalancedView(View):
             join=join_parts,
             ordered=ordered,
             retries=self.retries,
+            return_exceptions=return_exceptions,
+            constraints=self._constraints(f, after, follow, timeout),
         )
         return self._finish(self.client.submit(job), block)
 
     def imap(
-        self, f: Callable[..., Any], *sequences: Sequence[Any], ordered: bool = True, chunksize: int = 1
+        self,
+        f: Callable[..., Any],
+        *sequences: Any,
+        ordered: bool = True,
+        max_outstanding: int | str = "auto",
+        return_exceptions: bool = False,
+        chunksize: int = 1,
     ) -> Iterator[Any]:
-        """Like map, but an iterator of results, each yielded as soon as it is available."""
-        ar = self.map(f, *sequences, block=False, chunksize=chunksize, ordered=ordered)
-        return iter(ar)
+        """Like map, but lazy: an iterator of results, each yielded as soon as it is available.
+
+        The inputs are read as tasks are sent, at most `max_outstanding` tasks in flight
+        (default "auto": one per engine), so an endless generator works. `max_outstanding=0`
+        reads all inputs at once and sends them as one map (faster for finite inputs; then
+        `chunksize` items go in each task). `ordered=False` yields results as they come.
+        """
+        if not sequences:
+            raise TypeError("imap needs at least one sequence")
+        if max_outstanding == "auto":
+            max_outstanding = max(1, len(self))
+        if not isinstance(max_outstanding, int) or max_outstanding < 0:
+            raise ValueError(f"max_outstanding must be 'auto' or an int >= 0, not {max_outstanding!r}")
+        if max_outstanding == 0:
+            ar = self.map(
+                f,
+                *sequences,
+                block=False,
+                chunksize=chunksize,
+                ordered=ordered,
+                return_exceptions=return_exceptions,
+            )
+            return iter(ar)
+        return LazyMap(self, f, zip(*sequences, strict=False), max_outstanding, ordered, return_exceptions)
