@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pxgrpc import _grpc_env  # noqa: F401  (must run before grpc loads)
 
 if TYPE_CHECKING:
+    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+
     from pxgrpc.client import (
         AsyncMapResult,
         AsyncResult,
@@ -63,6 +65,8 @@ _LAZY = {
     ),
     "Cluster": "pxgrpc.cluster",
     "OpaqueObject": "pxgrpc.wire",
+    # For `ar.wait(return_when=...)`, as ipyparallel exports them.
+    **dict.fromkeys(["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"], "concurrent.futures"),
 }
 
 
@@ -102,6 +106,9 @@ def load_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "AsyncMapResult",
     "AsyncResult",
     "AuthenticationError",

@@ -1,8 +1,9 @@
 """The Python client: Client, views, AsyncResult and errors."""
 
-from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.client import Client, ViewExecutor
 from pxgrpc.client.errors import (
+    AlreadyDisplayedError,
     AuthenticationError,
     CompositeError,
     EngineError,
@@ -14,9 +15,11 @@ from pxgrpc.client.errors import (
     TimeoutError,
     TLSError,
 )
+from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.view import DirectView, LoadBalancedView
 
 __all__ = [
+    "AlreadyDisplayedError",
     "AsyncMapResult",
     "AsyncResult",
     "AuthenticationError",

@@ -44,6 +44,8 @@ def progress_bar(total: int, desc: str = "", widget: bool | None = None) -> Any:
     return _front_end().progress_bar(total, desc, widget)
 
 
-def display_outputs(ar: AsyncResult, groupby: str = "type", result_only: bool = False) -> None:
-    """Show `ar`'s output the way %%px does."""
-    _front_end().display_outputs(ar, groupby, result_only)
+def display_outputs(
+    ar: AsyncResult, groupby: str = "type", result_only: bool = False, headers: bool = True
+) -> None:
+    """Show `ar`'s output the way %%px does (without `[stdout:N]` headers if not `headers`)."""
+    _front_end().display_outputs(ar, groupby, result_only, headers)

@@ -72,6 +72,8 @@ class Job:
     join: Reducer | None = None
     ordered: bool = True
     retries: int = 0
+    #: Elements per task, for a map (its result's len() and progress count elements).
+    sizes: Sequence[int] | None = None
 
 
 @dataclass
@@ -97,5 +99,7 @@ class TaskListener(Protocol):
     def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
 
     def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
+
+    def on_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None: ...
 
     def on_result(self, outcome: TaskOutcome) -> None: ...
