@@ -14,13 +14,9 @@ def clear_namespace() -> None:
     Names IPython keeps for itself in the namespace (when the engine uses IPython) stay.
     """
     namespace = sys.modules["__main__"].__dict__
-    hidden: set[str] = set()
-    if "IPython" in sys.modules:
-        from IPython.core.getipython import get_ipython
-
-        shell = get_ipython()  # type: ignore[no-untyped-call]
-        if shell is not None:
-            hidden = set(shell.user_ns_hidden)
+    ipython = sys.modules.get("IPython")  # (only when the task's code already uses IPython)
+    shell = ipython.get_ipython() if ipython is not None else None
+    hidden = set(shell.user_ns_hidden) if shell is not None else set()
     for name in list(namespace):
         if not (name.startswith("__") and name.endswith("__")) and name not in hidden:
             del namespace[name]

@@ -55,9 +55,9 @@ class ExecuteReply:
 
     def display(self) -> None:
         """Publish the value's representations in IPython."""
-        from IPython.display import publish_display_data
+        from pxgrpc.client.frontend import publish_display_data
 
-        publish_display_data(self.data, {"engine": self.metadata.get("engine_id")})  # type: ignore[no-untyped-call]
+        publish_display_data(self.data, {"engine": self.metadata.get("engine_id")})
 
     def _repr_mimebundle_(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         data = self.data

@@ -45,6 +45,13 @@ def display_outputs(
     show(ar, groupby, result_only, headers)
 
 
+def publish_display_data(data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Show a display bundle in IPython (its text/plain printed elsewhere)."""
+    from pxgrpc.ipython.display import OutputPrinter
+
+    OutputPrinter().publish(data, metadata)
+
+
 def progress_bar(total: int, desc: str = "", widget: bool | None = None) -> Any:
     """A tqdm bar counting tasks (a widget in Jupyter); see `progress.progress_bar`."""
     from pxgrpc.ipython.progress import progress_bar as bar

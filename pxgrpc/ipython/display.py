@@ -94,7 +94,8 @@ class OutputPrinter:
         file.flush()
         self._at_line_start = text.endswith("\n")
 
-    def _publish(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def publish(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """One display bundle: rich inside IPython, its text/plain printed elsewhere."""
         shell = _shell()
         if shell is None:
             print(data.get("text/plain", ""))
@@ -109,7 +110,7 @@ class OutputPrinter:
         """The `[output:N]` line that introduces an engine's display output."""
         if not self._at_line_start:
             print()
-        self._publish({"text/plain": f"[output:{engine_id}]"}, {})
+        self.publish({"text/plain": f"[output:{engine_id}]"}, {})
         self._last_header = ""
         self._at_line_start = True
 
@@ -120,7 +121,7 @@ class OutputPrinter:
         metadata = output.get("metadata") or {}
         if isinstance(metadata, str):
             metadata = json.loads(metadata) if metadata else {}
-        self._publish(_decode(output.get("data", {})), {**metadata, "engine": engine_id})
+        self.publish(_decode(output.get("data", {})), {**metadata, "engine": engine_id})
 
     def result(self, engine_id: int | None, execute_result: dict[str, Any]) -> None:
         """Show an engine's Out[engine:count] value."""
@@ -134,7 +135,7 @@ class OutputPrinter:
         bundle = {**data, "text/plain": prompt + text}
         if "text/html" in data:
             bundle["text/html"] = f'<pre><span style="color:#d00">{prompt}</span></pre>{data["text/html"]}'
-        self._publish(bundle, {"engine": engine_id})
+        self.publish(bundle, {"engine": engine_id})
         self._last_header = ""
         self._at_line_start = True
 
