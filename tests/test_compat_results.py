@@ -128,7 +128,9 @@ def fail_on_one(x: int, gate: str) -> int:
     return x
 
 
-def test_wait_first_exception_returns_the_done_and_pending_tasks(rc: ipp.Client, tmp_path: pathlib.Path) -> None:
+def test_wait_first_exception_returns_the_done_and_pending_tasks(
+    rc: ipp.Client, tmp_path: pathlib.Path
+) -> None:
     gate = str(tmp_path / "go")
     ar = rc[:3].map_async(fail_on_one, [0, 1, 2], [gate] * 3)
     done, pending = ar.wait(timeout=30, return_when=ipp.FIRST_EXCEPTION)

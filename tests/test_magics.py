@@ -406,3 +406,70 @@ def test_activate_with_a_suffix_gives_a_second_set_of_magics(kernel: KernelSessi
     cell = kernel.run("%%px_even\nos.getpid()")
     assert sorted(out_values(cell.plain())) == [0, 2, 4, 6]
     assert sorted(out_values(kernel.run("%px os.getpid()").plain())) == ALL
+
+
+# --- ipyparallel's magics behaviour (issue 15) ------------------------------------------------
+
+
+def test_ctrl_c_with_signal_on_interrupt_0_only_stops_waiting(kernel, cluster7) -> None:  # type: ignore[no-untyped-def]
+    cell = kernel.submit(
+        "%%px --targets 0 --signal-on-interrupt 0\nimport time\nprint('sleeping')\ntime.sleep(2)\n'finished'"
+    )
+    kernel.read_until(cell, lambda c: "sleeping" in c.stream())
+    wait_until_busy(cluster7[1], [0])
+    kernel.interrupt()
+    kernel.finish(cell)
+    assert cell.status == "ok", cell.summary()
+    assert not cell.of_type("error")
+    assert "Received Keyboard Interrupt. Not signalling the engines" in cell.stream("stderr")
+    # The engine was not interrupted: its result comes in full.
+    assert out_values(kernel.run("%pxresult").plain()) == {0: "'finished'"}
+
+
+def test_activate_starts_from_the_default_magic_settings(kernel: KernelSession) -> None:
+    try:
+        assert kernel.run("%pxconfig --verbose --no-stream").status == "ok"
+        assert "Parallel execution on engine(s)" in kernel.run("%px 1").stream()
+        assert kernel.run("rc.activate()").status == "ok"
+        cell = kernel.run("%px print('quiet')")
+        assert "Parallel execution" not in cell.stream()
+        assert "verbose=False" in kernel.run("%pxconfig").stream()
+        assert "stream=True" in kernel.run("%pxconfig").stream()
+    finally:
+        kernel.run("%pxconfig --no-verbose --stream")
+
+
+@pytest.mark.parametrize("grouping", ["engine", "order", "type"])
+def test_no_stream_shows_each_stdout_block_before_its_output_blocks(
+    kernel: KernelSession, grouping: str
+) -> None:
+    cell = kernel.run(
+        f"%%px --targets 0,1 --no-stream --group-outputs={grouping}\n"
+        "from IPython.display import HTML, display\n"
+        "print('said')\n"
+        "display(HTML('<b>shown</b>'))\n"
+    )
+    assert cell.status == "ok", cell.summary()
+    shown = []
+    for m in cell.messages:
+        if m["msg_type"] == "stream":
+            shown.extend(
+                block.split(" ")[0] for block in m["content"]["text"].split("\n") if block.startswith("[")
+            )
+        elif m["msg_type"] == "display_data" and m["content"]["data"]["text/plain"].startswith("[output:"):
+            shown.append(m["content"]["data"]["text/plain"])
+    for e in (0, 1):
+        assert shown.index(f"[stdout:{e}]") < shown.index(f"[output:{e}]"), shown
+    if grouping == "engine":
+        assert shown == ["[stdout:0]", "[output:0]", "[stdout:1]", "[output:1]"]
+    else:
+        assert shown == ["[stdout:0]", "[stdout:1]", "[output:0]", "[output:1]"]
+
+
+def test_no_stream_writes_no_progress_bar(kernel: KernelSession) -> None:
+    cell = kernel.run("%%px --no-stream --progress-after 0\nimport time\ntime.sleep(0.3)\nprint('done')\n")
+    assert cell.status == "ok", cell.summary()
+    assert cell.stream("stderr") == ""
+    assert stdout_blocks(cell.stream()) == {e: "done\n" for e in ALL}
+    streamed = kernel.run("%%px --targets 0 --progress-after 0\nimport time\ntime.sleep(0.3)\n")
+    assert "%px" in streamed.stream("stderr")  # (streaming keeps its progress bar)
