@@ -72,7 +72,7 @@ def test_send_signal_sigint_interrupts_the_running_task(rc: ipp.Client, tmp_path
     assert info.value.ename == "KeyboardInterrupt"
     assert rc.send_signal("SIGINT", targets=2) == [2]  # an idle engine ignores it
     assert rc[2].apply_sync(abs, -2) == 2
-    with pytest.raises(ValueError, match="SIGBOGUS.* not a signal"):
+    with pytest.raises(ValueError, match=r"SIGBOGUS.* not a signal"):
         rc.send_signal("SIGBOGUS")
 
 
