@@ -233,6 +233,35 @@ def test_resubmit_runs_finished_tasks_again(rc: ipp.Client, tmp_path: pathlib.Pa
     assert rc.resubmit(running.msg_ids).get(timeout=30) == [gate]
 
 
+def test_the_history_keeps_no_large_data_alive(rc: ipp.Client) -> None:
+    import gc
+    import weakref
+
+    import numpy as np
+
+    big = np.ones(1_000_000)
+    alive = weakref.ref(big)
+    dv = rc[:2]
+    pushed = dv.push({"big": big}, block=True)
+    assert pushed == [None, None]
+    with pytest.raises(ValueError, match="too large to keep"):
+        rc.resubmit(-1)
+    dv.apply_sync(np.sum, big)
+    with pytest.raises(ValueError, match="too large to keep"):
+        rc.resubmit(-1)
+    del big
+    gc.collect()
+    assert alive() is None
+    # Results stay reachable for the latest calls, not for ever.
+    dv.pull("big", block=True)
+    oldest = rc.history[-1]
+    for _ in range(20):
+        rc[0].apply_sync(abs, -1)
+    gc.collect()
+    with pytest.raises(KeyError, match="no longer held"):
+        rc.get_result(oldest)
+
+
 def test_map_results_wait_together_with_plain_futures(rc: ipp.Client) -> None:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         plain = pool.submit(lambda: "plain")

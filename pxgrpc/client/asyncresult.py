@@ -127,6 +127,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
             self._done += 1
             finished = self._done == len(self._outcomes)
             followers = list(self._followers)
+            if finished:
+                self._followers.clear()  # (nothing more to tell them)
             self._cond.notify_all()
         for follower in followers:
             if outcome.task_id in follower._index:
@@ -138,7 +140,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
         """Hear the events of `source`'s tasks that are also ours, those past included (how
         split, join and `Client.get_result` build results from results)."""
         with source._cond:
-            source._followers.append(self)
+            if source._done < len(source._outcomes):
+                source._followers.append(self)
             past = []
             for task_id in self.msg_ids:
                 j = source._index.get(task_id)

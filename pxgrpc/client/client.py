@@ -234,14 +234,17 @@ class Client:
         >>> dv.apply_sync(os.getpid)
         >>> rc.get_result(-1).metadata["engine_id"]
 
-        KeyError for a task this client does not remember (another client's, or older than
-        `history_limit`): pxgrpc's controller keeps no task database.
+        KeyError for a task this client does not remember (another client's, older than
+        `history_limit`, or one whose result is no longer held: the results of the last 16 calls
+        are, and those the program holds): pxgrpc's controller keeps no task database.
         """
         ids, single = self._history.task_ids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
+        sources = [self._history.result(task_id) for task_id in ids]
         records = [self._history.record(task_id) for task_id in ids]
         name = records[0].name if records else "get_result"
-        ar = AsyncResult(self, ids, name, [r.target for r in records], single=single and len(ids) == 1)
-        for source in {id(r.result): r.result for r in records}.values():
+        targets = [r.target for r in records]
+        ar = AsyncResult(self, ids, name, targets, single=single and len(ids) == 1)
+        for source in {id(s): s for s in sources}.values():
             ar.follow(source)
         if block:
             ar.wait()
@@ -251,11 +254,21 @@ class Client:
         self, indices_or_msg_ids: Any = None, metadata: Any = None, block: bool | None = None
     ) -> AsyncResult:
         """Run finished tasks of this client again (same action, same engine, or load-balanced
-        again); returns the new tasks' AsyncResult. ValueError for tasks still in flight."""
+        again); returns the new tasks' AsyncResult.
+
+        ValueError for tasks still in flight, and for pushes, scatters and calls with large
+        arguments (the history does not keep large data alive to resubmit it).
+        """
         ids, single = self._history.task_ids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
         records = [self._history.record(task_id) for task_id in ids]
         for task_id, record in zip(ids, records, strict=True):
-            if not record.result.task_done(task_id) or record.action is None:
+            source = record.result()
+            if not record.kept:
+                raise ValueError(
+                    f"resubmit: task {task_id} ({record.name}) moved data too large to keep for "
+                    "resubmitting; run the call again instead"
+                )
+            if (source is not None and not source.task_done(task_id)) or record.action is None:
                 raise ValueError(
                     f"resubmit: task {task_id} is still in flight; only finished tasks can be resubmitted"
                 )

@@ -2,36 +2,48 @@
 
 ipyparallel's Hub keeps every task of every client in a database; pxgrpc's controller keeps no
 task after its result is delivered (see the README, "ipyparallel API coverage"). The history here
-is this client's own: the ids of the tasks it submitted, in order, and for the most recent ones
-(at most `limit` tasks) what is needed to show their results again and to resubmit them.
+is this client's own: the ids of the tasks it submitted, in order (the last `limit`), and for
+each what is needed to show its result again and to resubmit it, without pinning large data:
+
+- a result stays reachable while the program holds its AsyncResult, and for the last
+  `RECENT_RESULTS` calls even after (so `dv.apply_sync(f); rc.get_result(-1)` works);
+- an action is kept for resubmitting only when it is small (code, names, and functions called
+  with small arguments): a push or scatter of an array is not held alive by the history.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pxgrpc.client.tasks import Action, Job
+from pxgrpc.client.tasks import Action, Apply, Execute, Job, Pull
 
 if TYPE_CHECKING:
     from pxgrpc.client.asyncresult import AsyncResult
 
-#: How many tasks the history remembers (ids, actions and results) by default.
+#: How many tasks the history remembers by default.
 HISTORY_LIMIT = 10_000
+#: How many of the latest results the history holds after the program dropped them.
+RECENT_RESULTS = 16
+#: Arguments larger than this (bytes, arrays, strings, containers' lengths) are not kept.
+SMALL = 64 * 1024
 
 
 @dataclass
 class TaskRecord:
     """One task this client submitted: the result it belongs to, and how to run it again."""
 
-    result: AsyncResult
+    result: weakref.ReferenceType[AsyncResult]
     name: str
     target: int | None
     retries: int
-    action: Action | None  # (None until a generated action, e.g. a scatter part, is built)
+    #: None until a generated action (a scatter part) is built, or when it is too large to keep.
+    action: Action | None
+    kept: bool = True
 
 
 class TaskHistory:
@@ -42,18 +54,29 @@ class TaskHistory:
         self.limit = limit
         self.ids: list[str] = []
         self._records: collections.OrderedDict[str, TaskRecord] = collections.OrderedDict()
+        self._recent: collections.deque[AsyncResult] = collections.deque(maxlen=RECENT_RESULTS)
 
     def add(self, task_ids: list[str], job: Job, ar: AsyncResult) -> Job:
         """Remember `job`'s tasks; returns the job to submit (its generated actions recorded)."""
+        result = weakref.ref(ar)
+        self._recent.append(ar)
+        actions: list[Action | None] = (
+            [job.action] * len(task_ids)
+            if job.each is None
+            else list(job.each)
+            if isinstance(job.each, list)
+            else []
+        )
         records = []
-        for task_id, target in zip(task_ids, job.targets, strict=True):
-            action = job.action if job.each is None else None
-            record = TaskRecord(ar, job.name, target, job.retries, action)
+        for i, (task_id, target) in enumerate(zip(task_ids, job.targets, strict=True)):
+            action = actions[i] if i < len(actions) else None
+            record = TaskRecord(result, job.name, target, job.retries, None)
+            _keep(record, action)
             self._records[task_id] = record
             records.append(record)
         self.ids.extend(task_ids)
         self._trim()
-        if job.each is None:
+        if job.each is None or isinstance(job.each, list):
             return job
         return dataclasses.replace(job, each=_recording(job.each, records))
 
@@ -100,8 +123,46 @@ class TaskHistory:
                 f"the last {self.limit}, are kept: the controller keeps no task database)"
             ) from None
 
+    def result(self, task_id: str) -> AsyncResult:
+        """The AsyncResult a task belongs to (KeyError when it is no longer held)."""
+        ar = self.record(task_id).result()
+        if ar is None:
+            raise KeyError(
+                f"the result of task {task_id!r} is no longer held: the history keeps the results of "
+                f"the last {RECENT_RESULTS} calls, and those the program still holds"
+            )
+        return ar
+
+
+def _keep(record: TaskRecord, action: Action | None) -> None:
+    """Keep `action` in `record` for resubmitting, if it is small."""
+    record.action = action if action is not None and _small_action(action) else None
+    record.kept = action is None or record.action is not None
+
+
+def _small_action(action: Action) -> bool:
+    if isinstance(action, Execute | Pull):
+        return True
+    if isinstance(action, Apply):
+        return all(_small(v) for v in [*action.args, *action.kwargs.values()])
+    return False  # a push: the data is the point, and may be large
+
+
+def _small(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, bool | int | float | complex):
+        return True
+    if isinstance(value, str | bytes | bytearray):
+        return len(value) <= SMALL
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes <= SMALL
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        items = list(value.items()) if isinstance(value, dict) else list(value)
+        return depth < 3 and len(items) <= SMALL // 64 and all(_small(v, depth + 1) for v in items)
+    return callable(value)  # (functions are small; other objects may be anything)
+
 
 def _recording(actions: Iterable[Action], records: list[TaskRecord]) -> Iterator[Action]:
     for record, action in zip(records, actions, strict=False):
-        record.action = action
+        _keep(record, action)
         yield action
