@@ -301,7 +301,8 @@ class Client:
         if jobs is None:
             pending = [ar for ar in list(self._results) if not ar.done()]
         else:
-            items = jobs if isinstance(jobs, list | tuple | set) else [jobs]
+            single = isinstance(jobs, str | int | concurrent.futures.Future)
+            items = [jobs] if single else list(jobs)
             pending = [j for j in items if isinstance(j, concurrent.futures.Future)]
             ids = [j for j in items if not isinstance(j, concurrent.futures.Future)]
             if ids:
