@@ -1,7 +1,7 @@
 """The Python client: Client, views, AsyncResult and errors."""
 
 from pxgrpc.client.asyncresult import AsyncResult
-from pxgrpc.client.client import Client, ViewExecutor
+from pxgrpc.client.client import Client
 from pxgrpc.client.errors import (
     AlreadyDisplayedError,
     AuthenticationError,
@@ -15,6 +15,7 @@ from pxgrpc.client.errors import (
     TimeoutError,
     TLSError,
 )
+from pxgrpc.client.executor import ViewExecutor
 from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.view import DirectView, LoadBalancedView
 

@@ -11,11 +11,12 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.executor import ViewExecutor
 from pxgrpc.client.frontend import client_created
 from pxgrpc.client.history import TaskHistory
 from pxgrpc.client.mapresult import AsyncMapResult
@@ -403,31 +404,6 @@ class Client:
         view.block = True
         view.activate(suffix)
         return view
-
-
-class ViewExecutor(concurrent.futures.Executor):
-    """`concurrent.futures.Executor` on a LoadBalancedView; futures are AsyncResults."""
-
-    def __init__(self, view: LoadBalancedView) -> None:
-        self.view = view
-        self._shutdown = False
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        return self.view.apply_async(fn, *args, **kwargs)
-
-    def map(
-        self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int = 1
-    ) -> Iterator[Any]:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        return self.view.imap(fn, *iterables, chunksize=chunksize)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        if wait:
-            self.view.client.wait()
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Client]) -> None:

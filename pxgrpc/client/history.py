@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -55,11 +56,12 @@ class TaskHistory:
         self.ids: list[str] = []
         self._records: collections.OrderedDict[str, TaskRecord] = collections.OrderedDict()
         self._recent: collections.deque[AsyncResult] = collections.deque(maxlen=RECENT_RESULTS)
+        self._lock = threading.Lock()  # (views may submit from several threads)
 
     def add(self, task_ids: list[str], job: Job, ar: AsyncResult) -> Job:
         """Remember `job`'s tasks; returns the job to submit (its generated actions recorded)."""
         result = weakref.ref(ar)
-        self._recent.append(ar)
+        self._recent.append(ar)  # (deque.append is atomic)
         actions: list[Action | None] = (
             [job.action] * len(task_ids)
             if job.each is None
@@ -68,14 +70,14 @@ class TaskHistory:
             else []
         )
         records = []
-        for i, (task_id, target) in enumerate(zip(task_ids, job.targets, strict=True)):
-            action = actions[i] if i < len(actions) else None
+        for i, target in enumerate(job.targets):
             record = TaskRecord(result, job.name, target, job.retries, None)
-            _keep(record, action)
-            self._records[task_id] = record
+            _keep(record, actions[i] if i < len(actions) else None)
             records.append(record)
-        self.ids.extend(task_ids)
-        self._trim()
+        with self._lock:
+            self._records.update(zip(task_ids, records, strict=True))
+            self.ids.extend(task_ids)
+            self._trim()
         if job.each is None or isinstance(job.each, list):
             return job
         return dataclasses.replace(job, each=_recording(job.each, records))
