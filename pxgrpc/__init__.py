@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pxgrpc import _grpc_env  # noqa: F401  (must run before grpc loads)
 
 if TYPE_CHECKING:
+    from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+
     from pxgrpc.client import (
         AsyncMapResult,
         AsyncResult,
@@ -79,6 +81,8 @@ _LAZY = {
     "engine_id": "pxgrpc.identity",
     "OpaqueObject": "pxgrpc.wire",
     "Reference": "pxgrpc.reference",
+    # For `ar.wait(return_when=...)`, as ipyparallel exports them.
+    **dict.fromkeys(["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"], "concurrent.futures"),
 }
 #: Submodules ipyparallel code reaches as attributes (`ipp.error.RemoteError`).
 _SUBMODULES = {"error", "util"}
@@ -122,6 +126,9 @@ def load_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "AsyncMapResult",
     "AsyncResult",
     "AuthenticationError",

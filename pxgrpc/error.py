@@ -12,6 +12,7 @@ hierarchy). `KernelError`, `IPythonError` and `NoEnginesRegistered` are ipyparal
 """
 
 from pxgrpc.client.errors import (
+    AlreadyDisplayedError,
     AuthenticationError,
     CompositeError,
     DependencyTimeout,
@@ -33,6 +34,7 @@ KernelError = PxError
 NoEnginesRegistered = NoEnginesError
 
 __all__ = [
+    "AlreadyDisplayedError",
     "AuthenticationError",
     "CompositeError",
     "DependencyTimeout",

@@ -38,6 +38,7 @@ from pxgrpc._proto.engine_pb2 import (
 from pxgrpc._proto.task_pb2 import (
     Action,
     ApplyAction,
+    DataEvent,
     DisplayEvent,
     ExecuteAction,
     ExecuteResult,
@@ -79,6 +80,7 @@ __all__ = [
     "BlobHeader",
     "BlobSlice",
     "Buffer",
+    "DataEvent",
     "DisplayEvent",
     "DownloadRequest",
     "EngineCommand",

@@ -524,12 +524,17 @@ class InterruptRequest(_message.Message):
 
     TARGETS_FIELD_NUMBER: _builtins.int
     SIGNAL_NUMBER_FIELD_NUMBER: _builtins.int
+    INCLUDE_IDLE_FIELD_NUMBER: _builtins.int
     signal_number: _builtins.int
     """0 or unset means SIGINT (2): KeyboardInterrupt in the running task only; the engine stays
     up with its namespace. Otherwise a POSIX signal number (15 SIGTERM, 9 SIGKILL, ...) that
     each engine sends to its own process, with that signal's usual effect: SIGTERM or SIGKILL
     end the engine, and its unfinished tasks fail with TASK_STATUS_ENGINE_DIED. A number that
     is not a signal on the controller's platform is INVALID_ARGUMENT.
+    """
+    include_idle: _builtins.bool
+    """Also signal the engines of `targets` that run no task (ipyparallel's `send_signal`): an
+    idle engine ignores SIGINT, and other signals have their usual effect on it.
     """
     @_builtins.property
     def targets(self) -> Global___Targets: ...
@@ -538,10 +543,11 @@ class InterruptRequest(_message.Message):
         *,
         targets: Global___Targets | None = ...,
         signal_number: _builtins.int = ...,
+        include_idle: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signal_number", b"signal_number", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_idle", b"include_idle", "signal_number", b"signal_number", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -554,7 +560,7 @@ class InterruptReply(_message.Message):
     ENGINE_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def engine_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Engines that were running a task and were sent the signal."""
+        """Engines that were sent the signal (running a task, or any of `targets` with `include_idle`)."""
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """The Python client: Client, views, AsyncResult and errors."""
 
-from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
-from pxgrpc.client.client import Client, ViewExecutor
+from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.client import Client
 from pxgrpc.client.errors import (
+    AlreadyDisplayedError,
     AuthenticationError,
     CompositeError,
     DependencyTimeout,
@@ -18,9 +19,12 @@ from pxgrpc.client.errors import (
     TLSError,
     UnmetDependency,
 )
+from pxgrpc.client.executor import ViewExecutor
+from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.view import DirectView, LoadBalancedView
 
 __all__ = [
+    "AlreadyDisplayedError",
     "AsyncMapResult",
     "AsyncResult",
     "AuthenticationError",

@@ -292,6 +292,9 @@ class _Rechecking:
     def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None:
         self._held.listener.on_display(self._first[task_id], engine_id, data, metadata)
 
+    def on_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None:
+        self._held.listener.on_data(self._first[task_id], engine_id, data)
+
     def on_result(self, outcome: TaskOutcome) -> None:
         with self._lock:
             first = self._first.pop(outcome.task_id)

@@ -3,6 +3,7 @@
 PxError
 ├── RemoteError          an exception raised by user code on an engine
 │   ├── CompositeError   several engines raised
+│   ├── AlreadyDisplayedError  (%%px --stream) errors already shown, summed up in one line
 │   ├── EngineError      the engine died or left before finishing the task (ename "EngineError")
 │   └── UnmetDependency  a task's dependencies are not met (see pxgrpc.dependency)
 │       └── ImpossibleDependency  ... and never can be
@@ -166,6 +167,27 @@ class TaskAborted(PxError):
     """The task was aborted before it started."""
 
 
+class AlreadyDisplayedError(RemoteError):
+    """Errors already shown: `%%px --stream` printed each engine's traceback as it came, and
+    raises this (a one-line summary) instead of showing them again. `original_error` is the
+    CompositeError, `elist` its errors."""
+
+    def __init__(self, original_error: RemoteError) -> None:
+        self.original_error = original_error
+        self.elist = list(getattr(original_error, "elist", [original_error]))
+        self.n = len(self.elist)
+        super().__init__(original_error.ename, str(self), original_error.traceback, original_error.engine_id)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}({self.n} errors)>"
+
+    def __str__(self) -> str:
+        return f"{self.n} errors"
+
+    def render_traceback(self) -> list[str]:
+        return [str(self)]
+
+
 class TimeoutError(PxError, builtins.TimeoutError):
     """A wait (get, wait_for_engines, ...) ran out of time; the work itself goes on."""
 
@@ -190,5 +212,6 @@ class TLSError(PxConnectionError):
     or for another name, or only one side speaks TLS. The message says which, and the fix."""
 
 
-class NoEnginesError(PxError, ValueError):
-    """A view was asked to run on engines that do not exist."""
+class NoEnginesError(PxError, ValueError, IndexError):
+    """A view was asked to run on engines that do not exist (`rc[99]`: also an IndexError, as
+    in ipyparallel)."""

@@ -95,6 +95,8 @@ class Job:
     return_exceptions: bool = False
     #: Dependencies (load-balanced jobs only): the client holds the job until they are met.
     constraints: Constraints | None = None
+    #: Elements per task, for a map (its result's len() and progress count elements).
+    sizes: Sequence[int] | None = None
 
 
 @dataclass
@@ -120,5 +122,7 @@ class TaskListener(Protocol):
     def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
 
     def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
+
+    def on_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None: ...
 
     def on_result(self, outcome: TaskOutcome) -> None: ...

@@ -188,9 +188,14 @@ class Transport:
         request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=_targets(targets))
         return list(self.call(self.calls.abort, request).aborted)
 
-    def interrupt(self, targets: Sequence[int], signal_number: int = 0) -> list[int]:
-        """Signal the engines of `targets` that run a task (0: SIGINT); the ones signalled."""
-        request = wire.pb.InterruptRequest(targets=_targets(targets), signal_number=signal_number)
+    def interrupt(
+        self, targets: Sequence[int], signal_number: int = 0, include_idle: bool = False
+    ) -> list[int]:
+        """Signal the engines of `targets` that run a task (0: SIGINT), or all of them with
+        `include_idle`; the ones signalled."""
+        request = wire.pb.InterruptRequest(
+            targets=_targets(targets), signal_number=signal_number, include_idle=include_idle
+        )
         return list(self.call(self.calls.interrupt, request).engine_ids)
 
     def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
@@ -303,6 +308,16 @@ class Transport:
             listener = self._in_flight.listener(disp.task_id)
             if listener is not None:
                 listener.on_display(disp.task_id, disp.engine_id, dict(disp.data), disp.metadata_json)
+        elif kind == "data":
+            published = event.data
+            listener = self._in_flight.listener(published.task_id)
+            if listener is not None:
+                try:
+                    values = {name: wire.decode(v) for name, v in published.data.items()}
+                except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
+                    log.warning("task %s published data this client cannot load: %s", published.task_id, exc)
+                    return
+                listener.on_data(published.task_id, published.engine_id, values)
         elif kind == "result":
             result = event.result
             listener, url = self._in_flight.finish(result.task_id)

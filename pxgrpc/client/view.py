@@ -12,10 +12,11 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.dependencies import as_dependency, dependency_timeout
 from pxgrpc.client.errors import NoEnginesError
 from pxgrpc.client.lazymap import LazyMap
+from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.remote import ParallelFunction, RemoteFunction
 from pxgrpc.client.tasks import Action, Apply, Constraints, Execute, Job, Pull, Push
 from pxgrpc.dependency import Dependency, Dependent
@@ -36,6 +37,30 @@ class View:
         self.client = client
         self.targets = targets
         self.block = self._default_block if block is None else block
+        #: Ids of the tasks submitted through this view, oldest first (see `get_result`).
+        self.history: list[str] = []
+
+    def _submit(self, job: Job) -> AsyncResult:
+        """Submit through the client, and note the tasks in this view's history."""
+        ar = self.client.submit(job)
+        self.history.extend(ar.msg_ids)
+        if len(self.history) > 2 * self.client.history_limit:
+            del self.history[: len(self.history) - self.client.history_limit]
+        return ar
+
+    def get_result(
+        self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = False
+    ) -> AsyncResult:
+        """An AsyncResult for tasks of this view: indices into `history` (`-1`, the default, is
+        its last task), task ids, AsyncResults, or a list of them (see `Client.get_result`)."""
+        jobs = -1 if indices_or_msg_ids is None else indices_or_msg_ids
+
+        def task_id(job: Any) -> Any:
+            return self.history[job] if isinstance(job, int) and not isinstance(job, bool) else job
+
+        if isinstance(jobs, list | tuple | set):
+            return self.client.get_result([task_id(j) for j in jobs], block)
+        return self.client.get_result(task_id(jobs), block)
 
     def __repr__(self) -> str:
         text = str(self.targets)
@@ -116,8 +141,20 @@ class View:
         else:
             self.client.abort(jobs)
 
-    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[int | str, Any]:
+    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[Any, Any]:
+        """The queues of this view's engines (see `Client.queue_status`)."""
+        if isinstance(targets, int):
+            return self.client.queue_status(targets, verbose)
         return self.client.queue_status(self._targets(targets)[0], verbose)
+
+    def use_cloudpickle(self) -> None:
+        """Accepted for ipyparallel code; does nothing. pxgrpc always sends what has no typed
+        form (functions, lambdas, closures, class instances) with cloudpickle, here and on the
+        engines, so there is nothing to switch on."""
+
+    def use_pickle(self) -> None:
+        """Accepted for ipyparallel code; does nothing (see `use_cloudpickle`): pxgrpc keeps
+        cloudpickle, which reads and writes everything plain pickle does."""
 
     def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], RemoteFunction]:
         """Decorator: calling the function runs it on this view's engines."""
@@ -139,14 +176,14 @@ class DirectView(View):
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         ids, single = self._targets()
         name = getattr(f, "__name__", "apply")
-        return self.client.submit(Job(name, ids, Apply(f, args, kwargs), single=single))
+        return self._submit(Job(name, ids, Apply(f, args, kwargs), single=single))
 
     def execute(
         self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None
     ) -> AsyncResult:
         """Run `code` on the engines. Returns the AsyncResult (after waiting, if blocking)."""
         ids, single = self._targets(targets)
-        ar = self.client.submit(Job("execute", ids, Execute(code, silent), single=single))
+        ar = self._submit(Job("execute", ids, Execute(code, silent), single=single))
         if self._block(block):
             with contextlib.suppress(KeyboardInterrupt):
                 ar.get()
@@ -166,7 +203,7 @@ class DirectView(View):
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"push: {name!r} is not a valid variable name")
         ids, single = self._targets(targets)
-        return self._finish(self.client.submit(Job("push", ids, Push(dict(ns)), single=single)), block)
+        return self._finish(self._submit(Job("push", ids, Push(dict(ns)), single=single)), block)
 
     def update(self, ns: dict[str, Any]) -> Any:
         """Push `ns` (dict-like interface)."""
@@ -178,7 +215,7 @@ class DirectView(View):
         name_list = [names] if isinstance(names, str) else list(names)
         ids, single = self._targets(targets)
         pull = Pull(name_list, single_name)
-        return self._finish(self.client.submit(Job("pull", ids, pull, single=single)), block)
+        return self._finish(self._submit(Job("pull", ids, pull, single=single)), block)
 
     def get(self, key: str) -> Any:
         return self.pull(key, block=True)
@@ -217,7 +254,7 @@ class DirectView(View):
                 part = seq[start:stop]
                 yield Push({key: part[0] if flatten and len(part) == 1 else part})
 
-        ar = self.client.submit(Job("scatter", ids, each=pushes()))
+        ar = self._submit(Job("scatter", ids, each=pushes()))
         if self._block(block):
             ar.wait()
             return None
@@ -228,7 +265,7 @@ class DirectView(View):
         if dist != "b":
             raise ValueError(f"gather: only dist='b' (contiguous blocks) is supported, not {dist!r}")
         ids, _ = self._targets(targets)
-        ar = self.client.submit(Job("gather", ids, Pull([key], single=True), join=join_parts))
+        ar = self._submit(Job("gather", ids, Pull([key], single=True), join=join_parts))
         return self._finish(ar, block)
 
     def map(
@@ -258,8 +295,18 @@ class DirectView(View):
         mapper = functools.partial(map_chunk, f)
         applies = [Apply(mapper, [p[i] for p in parts]) for i in range(len(ids))]
         name = getattr(f, "__name__", "map")
-        job = Job(name, ids, each=applies, join=join_parts, return_exceptions=return_exceptions)
-        return self._finish(self.client.submit(job), block)
+        sizes = [len(part) for part in parts[0]]
+        job = Job(name, ids, each=applies, join=join_parts, sizes=sizes, return_exceptions=return_exceptions)
+        return self._finish(self._submit(job), block)
+
+    def clear(self, targets: Targets = None, block: bool | None = None) -> AsyncResult | None:
+        """Delete the user's variables on this view's engines (see `Client.clear`)."""
+        return self.client.clear(self._targets(targets)[0], self._block(block))
+
+    @property
+    def importer(self) -> contextlib.AbstractContextManager[None]:
+        """`with dv.importer: import numpy` imports here and on the engines (`sync_imports()`)."""
+        return self.sync_imports(True)
 
     @contextlib.contextmanager
     def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
@@ -348,13 +395,20 @@ class LoadBalancedView(View):
             recheck=isinstance(f, Dependent),
         )
 
+    def _placement(self) -> int | None:
+        """Where tasks go: None (the controller balances them), or the engine of a view on one
+        engine (`rc.load_balanced_view(-1)`). A view on several engines balances over all."""
+        if isinstance(self.targets, list) and len(self.targets) == 1:
+            return int(self.targets[0])
+        return None
+
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         name = getattr(f, "__name__", "apply")
         constraints = self._constraints(f, None, None, None)
-        return self.client.submit(
+        return self._submit(
             Job(
                 name,
-                [None],
+                [self._placement()],
                 Apply(f, args, kwargs),
                 single=True,
                 retries=self.retries,
@@ -393,20 +447,23 @@ class LoadBalancedView(View):
         length = min(len(s) for s in materialized)
         mapper = functools.partial(map_chunk, f)
         applies: list[Action] = []
+        sizes = []
         for start in range(0, length, size):
             stop = min(start + size, length)
             applies.append(Apply(mapper, [chunk(s, start, stop) for s in materialized]))
+            sizes.append(stop - start)
         job = Job(
             getattr(f, "__name__", "map"),
-            [None] * len(applies),
+            [self._placement()] * len(applies),
             each=applies,
             join=join_parts,
             ordered=ordered,
             retries=self.retries,
             return_exceptions=return_exceptions,
             constraints=self._constraints(f, after, follow, timeout),
+            sizes=sizes,
         )
-        return self._finish(self.client.submit(job), block)
+        return self._finish(self._submit(job), block)
 
     def imap(
         self,

@@ -218,7 +218,7 @@ class TaskRouter:
         if kind == "result":
             self._on_result(engine, event)
             return
-        inner = event.output if kind == "output" else event.display
+        inner = event.output if kind == "output" else event.data if kind == "data" else event.display
         record = engine.inflight.get(inner.task_id)
         if record is not None:
             inner.task_id = record.task_id

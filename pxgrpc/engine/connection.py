@@ -295,8 +295,11 @@ class EngineConnection:
             self.work.put(item)
         for task_id in command.abort_task_ids:
             self._abort_queued(task_id)
-        if command.interrupt and self.running_task is not None and self._main_thread is not None:
-            self._interrupt_running_task(command.interrupt_signal or signal.SIGINT)
+        signal_number = command.interrupt_signal or signal.SIGINT
+        # (An idle engine has nothing to interrupt; other signals go to it all the same.)
+        idle_sigint = self.running_task is None and signal_number == signal.SIGINT
+        if command.interrupt and not idle_sigint and self._main_thread is not None:
+            self._interrupt_running_task(signal_number)
         return command.shutdown
 
     def _interrupt_running_task(self, signal_number: int) -> None:

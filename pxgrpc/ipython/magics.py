@@ -15,8 +15,13 @@ views at once by `view.activate(suffix)` (`rc[::2].activate("_even")` gives `%px
 
 While a blocking `%%px` cell runs, the engines' output is shown as it arrives; interrupting the
 kernel (Ctrl-C, Jupyter's stop button) interrupts the engines' code, which raises
-KeyboardInterrupt there, and stops waiting. `--signal-on-interrupt SIGTERM` (any signal name or
-number) sends the engines that signal instead, and `--signal-on-interrupt 0` none.
+KeyboardInterrupt there, and stops waiting (printing `Received Keyboard Interrupt. Sending signal
+SIGINT to engines...` and what the engines answered, without a local traceback).
+`--signal-on-interrupt SIGTERM` (any signal name or number) sends the engines that signal
+instead, and `--signal-on-interrupt 0` none (the cell only stops waiting).
+
+With streaming (the default), errors on several engines are printed as they are shown, and the
+cell ends with `AlreadyDisplayedError` ("7 errors") rather than showing them twice.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 
+from pxgrpc.client.errors import AlreadyDisplayedError, CompositeError, RemoteError
 from pxgrpc.ipython.arguments import (
     describe_targets,
     exec_args,
@@ -82,11 +88,7 @@ class ParallelMagics(Magics):
         self.suffix = suffix
         #: Made for the newest Client (or %load_ext) rather than by view.activate().
         self.automatic = automatic
-        self.verbose = False
-        self.stream_output = True
-        self.progress_after = 2.0
-        #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
-        self.signal_on_interrupt: int = signal.SIGINT
+        self.reset_settings()
         self.last_result: AsyncResult | None = None
         self.running_locally = False
         self._autopx: _AutopxTransform | None = None
@@ -101,6 +103,14 @@ class ParallelMagics(Magics):
             "cell": {px: self.cell_px},
         }
         super().__init__(shell=shell)
+
+    def reset_settings(self) -> None:
+        """The default settings of the magics (what `%pxconfig` changes)."""
+        self.verbose = False
+        self.stream_output = True
+        self.progress_after = 2.0
+        #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
+        self.signal_on_interrupt: int = signal.SIGINT
 
     # --- the view -------------------------------------------------------------------------
 
@@ -238,15 +248,13 @@ class ParallelMagics(Magics):
         self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, signal_number: int
     ) -> None:
         live = LiveOutput(ar) if stream else None
+        interrupted = False
         try:
-            self._wait(ar, live, progress_after)
+            # Without streaming, nothing but the outputs at the end: no progress bar either.
+            self._wait(ar, live, progress_after if stream else -1)
         except KeyboardInterrupt:
-            if not signal_number:
-                raise
-            name = signal_name(signal_number)
-            print(f"Received Keyboard Interrupt. Sending signal {name} to engines...", file=sys.stderr)
-            ar.interrupt(signal_number)
-            ar.wait(INTERRUPT_GRACE_SECONDS)
+            interrupted = True
+            _stop_on_interrupt(ar, signal_number)
         finally:
             if live is not None:
                 live.close()
@@ -254,13 +262,16 @@ class ParallelMagics(Magics):
             show_results(ar, live.printer)
         else:
             display_outputs(ar, groupby)
-        if not ar.done():
-            raise KeyboardInterrupt(
-                "the engines did not answer the interrupt yet; %pxresult shows their results"
-            )
-        error = ar.exception()
-        if error is not None:
-            raise error
+        error = ar.exception() if ar.done() and not ar.cancelled() else None
+        if error is None:
+            return
+        if interrupted:
+            _print_errors(error)  # what the engines said to the signal; no traceback here
+            return
+        if live is not None and isinstance(error, CompositeError):
+            _print_errors(error)
+            raise AlreadyDisplayedError(error)
+        raise error
 
     def _wait(self, ar: AsyncResult, live: LiveOutput | None, progress_after: float) -> None:
         started = time.monotonic()
@@ -374,6 +385,33 @@ class ParallelMagics(Magics):
                 transforms.remove(self._autopx)
             self._autopx = None
             print("%autopx disabled")
+
+
+def _stop_on_interrupt(ar: AsyncResult, signal_number: int) -> None:
+    """Ctrl-C while a blocking %%px waits: signal the cell's engines (unless 0) and stop waiting."""
+    if not signal_number:
+        print(
+            "Received Keyboard Interrupt. Not signalling the engines (--signal-on-interrupt 0): "
+            "they go on, and %pxresult shows their results.",
+            file=sys.stderr,
+        )
+        return
+    name = signal_name(signal_number)
+    print(f"Received Keyboard Interrupt. Sending signal {name} to engines...", file=sys.stderr)
+    ar.interrupt(signal_number)
+    ar.wait(INTERRUPT_GRACE_SECONDS)
+
+
+def _print_errors(error: BaseException) -> None:
+    """Each engine's error on stderr: the first `CompositeError.tb_limit` with their remote
+    tracebacks, the others in one line each."""
+    errors = list(getattr(error, "elist", [error]))
+    limit = getattr(CompositeError, "tb_limit", 4)
+    for i, err in enumerate(errors):
+        if i < limit and isinstance(err, RemoteError):
+            print("\n".join(err.render_traceback()), file=sys.stderr)
+        else:
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _bar_hidden(bar: Any) -> contextlib.AbstractContextManager[Any]:
