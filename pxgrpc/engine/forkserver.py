@@ -8,9 +8,9 @@ parent's imported modules copy-on-write, so each engine's unique memory is small
 
 gRPC's rule for fork: no channel or server (and so none of gRPC's threads) may exist in the
 parent when it forks. The forkserver creates none; before forking it checks that neither
-gRPC's threads nor other Python threads run, and refuses otherwise. The parent then stays, reaps its children and exits with
-the first non-zero status among them (0 when all exited cleanly). The children stay in its
-process group, so stopping the group stops them all.
+gRPC's threads nor other Python threads run, and refuses otherwise. The parent then stays,
+reaps its children and exits with the first non-zero status among them (0 when all exited
+cleanly). The children stay in its process group, so stopping the group stops them all.
 
     python -m pxgrpc.engine.forkserver --count 64 --log /tmp/engine-{}.log -- --file controller.json
 """
@@ -30,11 +30,10 @@ log = logging.getLogger("pxgrpc.engine.forkserver")
 
 def warm_up() -> None:
     """Import what every engine imports, creating no gRPC channel, server or thread."""
-    import numpy  # noqa: F401 - (wire's array encoding: one copy for all children)
+    import importlib
 
-    import pxgrpc.engine.__main__  # noqa: F401
-    import pxgrpc.engine.datapath  # noqa: F401
-    import pxgrpc.engine.engine  # noqa: F401
+    for name in ("numpy", "pxgrpc.engine.__main__", "pxgrpc.engine.datapath", "pxgrpc.engine.ipython"):
+        importlib.import_module(name)
 
 
 def foreign_threads() -> list[str]:
@@ -57,7 +56,8 @@ def foreign_threads() -> list[str]:
 
 
 def fork_engines(count: int, log_template: str, engine_argv: Sequence[str], first: int = 0) -> list[int]:
-    """Fork `count` engines, numbered from `first` in their log names; return their pids. Refuses if this process runs other threads."""
+    """Fork `count` engines, numbered from `first` in their log names; return their pids.
+    Refuses if gRPC's threads (or other Python threads) run in this process."""
     threads = foreign_threads()
     if threads:
         raise RuntimeError(
