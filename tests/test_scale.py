@@ -38,8 +38,9 @@ def test_32_forked_engines_answer_an_apply_to_all_and_stop_without_leftovers(mak
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
 
 
-def test_engines_can_be_started_as_fresh_interpreters_instead(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster, rc = make_cluster(n=2, fork_engines=False)
+@pytest.mark.parametrize("opt_out", [{"fork_engines": False}, {"env": {"PXGRPC_FORK_ENGINES": "0"}}])
+def test_engines_can_be_started_as_fresh_interpreters_instead(make_cluster, opt_out) -> None:  # type: ignore[no-untyped-def]
+    cluster, rc = make_cluster(n=2, **opt_out)
     assert len(cluster.engines) == 2
     assert sorted(rc[:].apply_sync(os.getpid)) == sorted(p.pid for p in cluster.engines)
 
