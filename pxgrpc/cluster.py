@@ -86,7 +86,9 @@ class Cluster:
     `remote_python=`, `ssh_args=`), "mpi" (`mpi_args=`, engine ids equal MPI ranks) or "slurm"
     (`slurm_args=`). When engines run elsewhere the controller listens on `controller_ip`
     (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
-    the wait for the engines to register.
+    the wait for the engines to register. Local engines are forked from one process that
+    imported what they use (fast to start, sharing memory); `fork_engines=False` starts each
+    as a fresh interpreter.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class Cluster:
         slurm_args: list[str] | None = None,
         ssh_args: list[str] | None = None,
         timeout: float = 60.0,
+        fork_engines: bool | None = None,
     ) -> None:
         self.launcher_name = engines
         self.launcher_options: dict[str, Any] = {
@@ -116,6 +119,7 @@ class Cluster:
             "mpi_args": mpi_args,
             "slurm_args": slurm_args,
             "ssh_args": ssh_args,
+            "fork": fork_engines,
         }
         self._next_launcher: Launcher | None = launcher_for(engines, **self.launcher_options)
         counted = self._next_launcher.expected()
@@ -231,7 +235,7 @@ class Cluster:
             engine_args=self.engine_args,
             env=self.env,
             timeout=self.timeout,
-            index=len(self.engines),
+            index=sum(launcher.expected() for launcher in self.launchers),
         )
         if launcher.name != "local":
             self._wait_for_file(engine_file, self.timeout)

@@ -82,5 +82,5 @@ class EngineService(BlobTransfers):
 
     async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
         request = await parse(wire.pb.DownloadRequest, raw, context)
-        async for chunk in stream_blob(self.state.blobs, request.blob_id, context):
+        async for chunk in stream_blob(self.state.blobs, request.blob_id, context, request.host_key):
             yield chunk

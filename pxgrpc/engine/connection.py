@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, identity, wire
+from pxgrpc import blobstream, diagnose, identity, sharedmem, wire
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
@@ -347,6 +347,14 @@ class EngineConnection:
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
+        # On the controller's host the blob may come as shared memory to map (one copy for all
+        # engines there); if it cannot be mapped here after all, the bytes are asked for.
+        host_key = sharedmem.host_key()
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id, host_key=host_key), metadata=self._metadata)
+        try:
+            return await blobstream.receive(call, blob_id, sharedmem.map_blob if host_key else None)
+        except sharedmem.SharedBlobUnusable as exc:
+            log.info("%s: downloading the bytes instead", exc)
         call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await blobstream.receive(call, blob_id)
 
