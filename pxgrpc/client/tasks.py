@@ -97,6 +97,8 @@ class Job:
     constraints: Constraints | None = None
     #: Elements per task, for a map (its result's len() and progress count elements).
     sizes: Sequence[int] | None = None
+    #: Array results are downloaded into one array, built once (gather: `client.assemble`).
+    assemble: bool = False
 
 
 @dataclass
