@@ -86,7 +86,9 @@ class Cluster:
     `remote_python=`, `ssh_args=`), "mpi" (`mpi_args=`, engine ids equal MPI ranks) or "slurm"
     (`slurm_args=`). When engines run elsewhere the controller listens on `controller_ip`
     (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
-    the wait for the engines to register.
+    the wait for the engines to register. With `restart_engines=True` an engine that dies is
+    replaced under its id (with a fresh namespace), and the task it ran fails with an
+    EngineError saying how it died (exit status or signal, its last stderr lines).
     """
 
     def __init__(
@@ -108,8 +110,10 @@ class Cluster:
         slurm_args: list[str] | None = None,
         ssh_args: list[str] | None = None,
         timeout: float = 60.0,
+        restart_engines: bool = False,
     ) -> None:
         self.launcher_name = engines
+        self.restart_engines = restart_engines
         self.launcher_options: dict[str, Any] = {
             "hosts": hosts,
             "remote_python": remote_python,
@@ -232,6 +236,7 @@ class Cluster:
             env=self.env,
             timeout=self.timeout,
             index=len(self.engines),
+            restart=self.restart_engines,
         )
         if launcher.name != "local":
             self._wait_for_file(engine_file, self.timeout)

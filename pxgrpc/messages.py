@@ -31,6 +31,8 @@ from pxgrpc._proto.controller_pb2 import (
 )
 from pxgrpc._proto.engine_pb2 import (
     EngineCommand,
+    EngineExit,
+    EngineExitReply,
     EngineMessage,
     RegisterReply,
     RegisterRequest,
@@ -82,6 +84,8 @@ __all__ = [
     "DisplayEvent",
     "DownloadRequest",
     "EngineCommand",
+    "EngineExit",
+    "EngineExitReply",
     "EngineInfo",
     "EngineMessage",
     "EngineQueue",

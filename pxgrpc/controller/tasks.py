@@ -87,6 +87,9 @@ class TaskRecord:
     submitted: float = field(default_factory=time.time)
     #: Asked back from its engine (an abort) to run elsewhere; requeued when the abort lands.
     stealing: bool = False
+    #: The engines that died while running it, and how (a task that kills every engine it
+    #: runs on fails naming them all once its retries are spent).
+    deaths: list[str] = field(default_factory=list)
 
     def to_task(self) -> wire.pb.Task:
         return wire.pb.Task(

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, identity, wire
+from pxgrpc import blobstream, diagnose, identity, versions, wire
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
@@ -65,6 +65,8 @@ class EngineConnection:
         self.engine_id = -1
         #: The engine id to ask for (its MPI rank), or None for the next free one.
         self.requested_id: int | None = None
+        #: A supervisor reports how this process ends (`pxgrpc-engine --restart`).
+        self.supervised = False
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
         self._queue_lock = threading.Lock()
@@ -220,11 +222,15 @@ class EngineConnection:
             request_serializer=wire.pb.RegisterRequest.SerializeToString,
             response_deserializer=wire.pb.RegisterReply.FromString,
         )
+        mine = versions.engine_versions()
         request = wire.pb.RegisterRequest(
             hostname=socket.gethostname(),
             pid=os.getpid(),
-            python_version=wire.python_version(),
+            python_version=mine.python,
+            protocol_version=mine.protocol,
+            cloudpickle_version=mine.cloudpickle,
             data_url=self.data.url if self.data is not None else "",
+            supervised=self.supervised,
         )
         if self.requested_id is not None:
             request.requested_id = self.requested_id
