@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.conn.requested_id = args.engine_id
         engine.conn.supervised = args.supervised
         if args.supervised:  # the crashing thread's stack, short enough for the exit report
-            faulthandler.enable(file=sys.__stderr__, all_threads=False)
+            faulthandler.enable(file=2, all_threads=False)
         engine.conn.connect_timeout = args.timeout
         engine.conn.data_host = args.data_host
         engine.serve(register_timeout=args.timeout + 15)
