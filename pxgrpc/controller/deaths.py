@@ -21,7 +21,7 @@ from pxgrpc.controller.registry import EngineRecord
 REPORT_WAIT = 5.0
 
 #: What a signal usually means, for the error message.
-_SIGNAL_HINTS = {
+_SIGNAL_HINTS: dict[int, str] = {
     signal.SIGKILL: "as the kernel's OOM killer sends when memory runs out",
     signal.SIGSEGV: "a segmentation fault, in compiled code or the interpreter",
     signal.SIGABRT: "an abort, often a failed assertion in compiled code",
@@ -36,7 +36,7 @@ def describe_exit(report: wire.pb.EngineExit) -> str:
             name = signal.Signals(report.signal).name
         except ValueError:
             name = f"signal {report.signal}"
-        hint = _SIGNAL_HINTS.get(signal.Signals(report.signal)) if report.signal in _SIGNAL_HINTS else None
+        hint = _SIGNAL_HINTS.get(report.signal)
         text = f"was killed by {name}" + (f" ({hint})" if hint else "")
     else:
         text = f"exited with status {report.exit_code}"

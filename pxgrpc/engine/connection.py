@@ -48,6 +48,11 @@ SHUTDOWN = None
 EXIT_GRACE = 3.0
 
 
+#: The most bytes of events one message up the work stream carries (gRPC refuses messages over
+#: 64 MB; a task that prints without pause must not end its engine).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
 class EngineConnection:
     """Everything the engine says to and hears from the controller."""
 
@@ -136,9 +141,19 @@ class EngineConnection:
             self._wakeup.set()
 
     def _take_outgoing(self) -> tuple[list[wire.pb.TaskEvent], list[object]]:
+        """The next message's events: the oldest ones, up to MAX_BATCH_BYTES (at least one), so
+        that a burst of output never makes a message over gRPC's size limit."""
         with self._outgoing_lock:
-            events, self._outgoing = self._outgoing, []
-            release, self._release = self._release, []
+            size, count = 0, 0
+            for event in self._outgoing:
+                size += event.ByteSize()
+                if count and size > MAX_BATCH_BYTES:
+                    break
+                count += 1
+            events, self._outgoing = self._outgoing[:count], self._outgoing[count:]
+            release: list[object] = []
+            if not self._outgoing:
+                release, self._release = self._release, []
         return events, release
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
