@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     )
     from pxgrpc.cluster import Cluster
     from pxgrpc.identity import engine_id
+    from pxgrpc.versions import VersionMismatchWarning
     from pxgrpc.wire import OpaqueObject
 
 # The public names and the module each lives in, imported on first use (as CPython's
@@ -65,6 +66,7 @@ _LAZY = {
     "Cluster": "pxgrpc.cluster",
     "engine_id": "pxgrpc.identity",
     "OpaqueObject": "pxgrpc.wire",
+    "VersionMismatchWarning": "pxgrpc.versions",
 }
 
 
@@ -121,6 +123,7 @@ __all__ = [
     "TLSError",
     "TaskAborted",
     "TimeoutError",
+    "VersionMismatchWarning",
     "ViewExecutor",
     "__version__",
     "engine_id",
