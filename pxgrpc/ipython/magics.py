@@ -31,6 +31,7 @@ from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 
+from pxgrpc.client.errors import TimeoutError as PxTimeoutError
 from pxgrpc.ipython.arguments import (
     describe_targets,
     exec_args,
@@ -51,6 +52,19 @@ POLL_SECONDS = 0.1
 #: After signalling the engines, how long to wait for their reports (KeyboardInterrupt, or
 #: EngineError when the signal ended them).
 INTERRUPT_GRACE_SECONDS = 2.0
+
+
+class _CellTimedOut(Exception):
+    """A blocking %%px cell ran past its --timeout."""
+
+
+def _timeout_error(engines: list[int], timeout: float, signal_number: int) -> PxTimeoutError:
+    how = "interrupted" if signal_number == signal.SIGINT else f"sent {signal_name(signal_number)}"
+    which = f"engine(s) {engines}" if engines else "the engines (not started yet)"
+    return PxTimeoutError(
+        f"%px: {which} did not finish within --timeout {timeout:g} s; their work was {how} and "
+        "the engines stay usable (%pxresult shows what they returned)"
+    )
 
 
 class _AutopxTransform:
@@ -87,6 +101,8 @@ class ParallelMagics(Magics):
         self.progress_after = 2.0
         #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
         self.signal_on_interrupt: int = signal.SIGINT
+        #: Seconds a blocking %%px waits before it interrupts the engines (0: no limit).
+        self.timeout = 0.0
         self.last_result: AsyncResult | None = None
         self.running_locally = False
         self._autopx: _AutopxTransform | None = None
@@ -189,6 +205,7 @@ class ParallelMagics(Magics):
                 parse_interrupt_signal(args.signal_on_interrupt) if args.signal_on_interrupt else None
             ),
             local=bool(args.local),
+            timeout=args.timeout,
         )
 
     def parallel_execute(
@@ -203,6 +220,7 @@ class ParallelMagics(Magics):
         progress_after: float | None = None,
         signal_on_interrupt: int | None = None,
         local: bool = False,
+        timeout: float | None = None,
     ) -> AsyncResult | None:
         """What %px and %%px do: submit `code`, optionally run it here too, then wait and show."""
         view = self.view
@@ -224,6 +242,7 @@ class ParallelMagics(Magics):
             self.stream_output if stream is None else stream,
             self.progress_after if progress_after is None else progress_after,
             self.signal_on_interrupt if signal_on_interrupt is None else signal_on_interrupt,
+            self.timeout if timeout is None else timeout,
         )
         return None
 
@@ -235,11 +254,21 @@ class ParallelMagics(Magics):
             self.running_locally = False
 
     def _wait_and_show(
-        self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, signal_number: int
+        self,
+        ar: AsyncResult,
+        groupby: str,
+        stream: bool,
+        progress_after: float,
+        signal_number: int,
+        timeout: float = 0.0,
     ) -> None:
         live = LiveOutput(ar) if stream else None
+        timed_out: list[int] | None = None
         try:
-            self._wait(ar, live, progress_after)
+            self._wait(ar, live, progress_after, timeout)
+        except _CellTimedOut:
+            timed_out = ar.interrupt(signal_number or signal.SIGINT)
+            ar.wait(INTERRUPT_GRACE_SECONDS)
         except KeyboardInterrupt:
             if not signal_number:
                 raise
@@ -254,6 +283,8 @@ class ParallelMagics(Magics):
             show_results(ar, live.printer)
         else:
             display_outputs(ar, groupby)
+        if timed_out is not None:
+            raise _timeout_error(timed_out, timeout, signal_number or signal.SIGINT)
         if not ar.done():
             raise KeyboardInterrupt(
                 "the engines did not answer the interrupt yet; %pxresult shows their results"
@@ -262,11 +293,15 @@ class ParallelMagics(Magics):
         if error is not None:
             raise error
 
-    def _wait(self, ar: AsyncResult, live: LiveOutput | None, progress_after: float) -> None:
+    def _wait(
+        self, ar: AsyncResult, live: LiveOutput | None, progress_after: float, timeout: float = 0.0
+    ) -> None:
         started = time.monotonic()
         bar = None
         try:
             while not ar.done():
+                if timeout > 0 and time.monotonic() - started >= timeout:
+                    raise _CellTimedOut
                 if live is None:
                     ar.wait(POLL_SECONDS)
                 elif live.wait(POLL_SECONDS):
@@ -341,11 +376,14 @@ class ParallelMagics(Magics):
         if args.signal_on_interrupt is not None:
             self.signal_on_interrupt = parse_interrupt_signal(args.signal_on_interrupt)
             changed = True
+        if args.timeout is not None:
+            self.timeout = max(0.0, args.timeout)
+            changed = True
         if not changed:
             print(
                 f"targets={self.view.targets!r} block={self.view.block} stream={self.stream_output} "
                 f"verbose={self.verbose} progress_after={self.progress_after} "
-                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)}"
+                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)} timeout={self.timeout:g}"
             )
 
     def autopx(self, line: str = "") -> None:
