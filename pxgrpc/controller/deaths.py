@@ -9,6 +9,7 @@ usually notices the broken `Work` stream first; it then holds the engine's tasks
 from __future__ import annotations
 
 import asyncio
+import collections
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from pxgrpc.controller.registry import EngineRecord
 #: Seconds the controller waits for a supervised engine's exit report before failing its tasks
 #: with what it knows (the stream broke).
 REPORT_WAIT = 5.0
+
+#: How many lost supervised engines are remembered for reports that come late.
+REMEMBERED_LOST = 1000
 
 #: What a signal usually means, for the error message.
 _SIGNAL_HINTS: dict[int, str] = {
@@ -60,6 +64,19 @@ class ExitReports:
         #: Fails or re-queues a lost engine's tasks, given why it was lost.
         self._settle = settle
         self._pending: dict[tuple[str, int], _Pending] = {}
+        #: Supervised engines lost lately, (host, pid) -> engine id: a report that comes after
+        #: their tasks were settled (or when they had none) still names the id to reuse.
+        self._lost: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
+
+    def lost(self, engine: EngineRecord) -> None:
+        """A supervised engine is gone: remember its id for its supervisor's report."""
+        self._lost[(engine.hostname, engine.pid)] = engine.engine_id
+        while len(self._lost) > REMEMBERED_LOST:
+            self._lost.popitem(last=False)
+
+    def lost_id(self, hostname: str, pid: int) -> int | None:
+        """The id of the lost engine that was process `pid` on `hostname` (forgotten after)."""
+        return self._lost.pop((hostname, pid), None)
 
     def await_report(self, engine: EngineRecord, reason: str) -> None:
         """Settle `engine` when its report comes, or with `reason` after REPORT_WAIT seconds."""

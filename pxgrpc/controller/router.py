@@ -280,6 +280,8 @@ class TaskRouter:
             return
         if engine.signalled:
             reason = f"{reason} after an Interrupt sent it {engine.signalled}"
+        if engine.supervised:
+            self.exit_reports.lost(engine)
         if engine.supervised and not engine.exit_report and engine.inflight:
             self.exit_reports.await_report(engine, reason)
             return
@@ -291,13 +293,15 @@ class TaskRouter:
         why = deaths.describe_exit(report)
         engine = self.exit_reports.take(report.hostname, report.pid)
         if engine is not None:
+            self.exit_reports.lost_id(report.hostname, report.pid)
             self._settle_lost(engine, why)
             return engine.engine_id
         engine = self.registry.by_process(report.hostname, report.pid)
         if engine is None:
-            return None
+            return self.exit_reports.lost_id(report.hostname, report.pid)
         engine.exit_report = why
         self.engine_lost(engine, why)
+        self.exit_reports.lost_id(report.hostname, report.pid)  # (reported: nothing to remember)
         return engine.engine_id
 
     def _settle_lost(self, engine: EngineRecord, reason: str) -> None:
