@@ -86,9 +86,8 @@ class Cluster:
     `remote_python=`, `ssh_args=`), "mpi" (`mpi_args=`, engine ids equal MPI ranks) or "slurm"
     (`slurm_args=`). When engines run elsewhere the controller listens on `controller_ip`
     (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
-    the wait for the engines to register. With `restart_engines=True` an engine that dies is
-    replaced under its id (with a fresh namespace), and the task it ran fails with an
-    EngineError saying how it died (exit status or signal, its last stderr lines).
+    the wait for the engines to register. `restart_engines=True` replaces a dead engine under its
+    id (fresh namespace); its task fails with an EngineError saying how it died.
     """
 
     def __init__(

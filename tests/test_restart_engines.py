@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import time
 
 import pytest
 
 import pxgrpc as ipp
+from pxgrpc.launchers import EngineSpec, launcher_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -97,3 +99,16 @@ def test_without_restart_engines_a_poison_task_stops_after_its_retries(make_clus
         time.sleep(0.05)
     assert len(rc.ids) == 1
     assert lview.apply_sync(lambda: "the last engine serves") == "the last engine serves"
+
+
+def test_restart_engines_is_refused_for_mpi_ranks_with_a_reason(tmp_path: pathlib.Path) -> None:
+    spec = EngineSpec(
+        connection_file=tmp_path / "c.json",
+        engine_file=tmp_path / "e.json",
+        n=2,
+        cluster_id="mpi-restart",
+        log_dir=tmp_path,
+        restart=True,
+    )
+    with pytest.raises(ipp.PxError, match="a dead MPI rank cannot be replaced"):
+        launcher_for("mpi").start(spec)
