@@ -54,7 +54,7 @@ class ClientSession:
         self._pending_output = 0
         self._unread_bytes = 0
         self._last_read = time.monotonic()
-        #: Output events dropped because the client did not read them (see MAX_PENDING_OUTPUT).
+        #: Output events dropped because the client stopped reading (see MAX_UNREAD_BYTES).
         self.dropped_output = 0
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -127,7 +127,7 @@ class ClientSession:
         return taken
 
     async def next_events(self) -> list[wire.pb.TaskEvent]:
-        """Every event since the last call (waits for at least one)."""
+        """The events since the last call, up to about 1 MB (waits for at least one)."""
         while True:
             message = await self.next_message()
             if message is None:
@@ -136,9 +136,9 @@ class ClientSession:
                 return message[0]
 
     async def next_message(self) -> tuple[list[wire.pb.TaskEvent], bool] | None:
-        """What the session's next message carries: every event since the last call and whether
-        the engines changed. Waits for either; None once the input is finished and no task of
-        the session is left."""
+        """What the session's next message carries: the events since the last call (up to about
+        1 MB: see `_take_events`) and whether the engines changed. Waits for either; None once
+        the input is finished and no task of the session is left."""
         while not (self._events or self.engines_changed):
             if self.input_done and not self.tasks:
                 return None
