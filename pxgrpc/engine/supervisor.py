@@ -65,8 +65,8 @@ class EngineSupervisor:
             started = time.monotonic()
             status = self._run_once(engine_id)
             if self.stopping or status in FINAL_STATUSES:
-                return status if status >= 0 else 128 - status
-            engine_id = self._report(status) if self.child is not None else None
+                return _shell_status(status)
+            engine_id = self._report(status)
             backoff = (
                 min(max(0.5, 2 * backoff), MAX_BACKOFF) if time.monotonic() - started < QUICK_DEATH else 0
             )
@@ -77,7 +77,7 @@ class EngineSupervisor:
             while not self.stopping and time.monotonic() < deadline:
                 time.sleep(0.05)
             if self.stopping:
-                return status if status >= 0 else 128 - status
+                return _shell_status(status)
 
     def _run_once(self, engine_id: int | None) -> int:
         """Run one engine to its end, echoing and remembering its output; its returncode."""
@@ -140,6 +140,11 @@ class EngineSupervisor:
                 log.warning("could not report the engine's exit to the controller: %s", exc)
                 return None
         return int(reply.engine_id)
+
+
+def _shell_status(returncode: int) -> int:
+    """A Popen returncode as a shell reports it (128 + the signal for a killed process)."""
+    return returncode if returncode >= 0 else 128 - returncode
 
 
 def engine_command(argv: list[str]) -> list[str]:
