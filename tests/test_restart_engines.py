@@ -73,6 +73,15 @@ def test_an_engine_that_segfaults_is_replaced_and_its_task_names_sigsegv(make_cl
     assert rc[0].apply_sync(lambda: 1 + 1) == 2
 
 
+def test_an_engine_that_exits_names_its_exit_status_and_is_replaced(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    _, rc = make_cluster(n=1, restart_engines=True)
+    before = wait_for_ids(rc, [0])
+    with pytest.raises(ipp.EngineError, match=r"engine 0 \(pid \d+ on .*\) exited with status 3"):
+        rc[0].apply_sync(os._exit, 3)
+    wait_for_ids(rc, [0], before)
+    assert rc[0].apply_sync(lambda: "back") == "back"
+
+
 def test_a_poison_task_fails_after_its_retries_and_the_cluster_stays_whole(make_cluster) -> None:  # type: ignore[no-untyped-def]
     _, rc = make_cluster(n=2, restart_engines=True)
     wait_for_ids(rc, [0, 1])
