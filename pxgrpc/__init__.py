@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from pxgrpc.dependency import Dependency, depend, require
     from pxgrpc.identity import engine_id
     from pxgrpc.reference import Reference
+    from pxgrpc.versions import VersionMismatchWarning
     from pxgrpc.wire import OpaqueObject
 
 # The public names and the module each lives in, imported on first use (as CPython's
@@ -83,6 +84,7 @@ _LAZY = {
     "Reference": "pxgrpc.reference",
     # For `ar.wait(return_when=...)`, as ipyparallel exports them.
     **dict.fromkeys(["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION"], "concurrent.futures"),
+    "VersionMismatchWarning": "pxgrpc.versions",
 }
 #: Submodules ipyparallel code reaches as attributes (`ipp.error.RemoteError`).
 _SUBMODULES = {"error", "util"}
@@ -152,6 +154,7 @@ __all__ = [
     "TaskAborted",
     "TimeoutError",
     "UnmetDependency",
+    "VersionMismatchWarning",
     "ViewExecutor",
     "__version__",
     "depend",

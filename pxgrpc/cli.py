@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for pxgrpc-controller (repeatable), e.g. --controller-arg=--tls=auto",
     )
+    start.add_argument(
+        "--restart-engines",
+        action="store_true",
+        help="replace an engine that dies (same id, fresh namespace); its task fails saying how it died",
+    )
     _add_launcher_options(start)
 
     stop = actions.add_parser("stop", help="stop a cluster started with `pxgrpc cluster start`")
@@ -98,6 +103,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             slurm_args=_split(args.slurm_args),
             ssh_args=_split(args.ssh_args),
             timeout=args.timeout,
+            restart_engines=args.restart_engines,
         )
     except PxError as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)

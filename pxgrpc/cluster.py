@@ -88,7 +88,9 @@ class Cluster:
     (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
     the wait for the engines to register. Local engines are forked from one process that
     imported what they use (fast to start, sharing memory); `fork_engines=False` starts each
-    as a fresh interpreter.
+    as a fresh interpreter. `restart_engines=True` replaces
+    a dead engine under its id (fresh namespace); its task fails with an EngineError saying how it
+    died.
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class Cluster:
         ssh_args: list[str] | None = None,
         timeout: float = 60.0,
         fork_engines: bool | None = None,
+        restart_engines: bool = False,
     ) -> None:
         self.launcher_name = engines
+        self.restart_engines = restart_engines
         self.launcher_options: dict[str, Any] = {
             "hosts": hosts,
             "remote_python": remote_python,
@@ -236,6 +240,7 @@ class Cluster:
             env=self.env,
             timeout=self.timeout,
             index=sum(launcher.expected() for launcher in self.launchers),
+            restart=self.restart_engines,
         )
         if launcher.name != "local":
             self._wait_for_file(engine_file, self.timeout)

@@ -31,6 +31,8 @@ from pxgrpc._proto.controller_pb2 import (
 )
 from pxgrpc._proto.engine_pb2 import (
     EngineCommand,
+    EngineExit,
+    EngineExitReply,
     EngineMessage,
     RegisterReply,
     RegisterRequest,
@@ -85,6 +87,8 @@ __all__ = [
     "DisplayEvent",
     "DownloadRequest",
     "EngineCommand",
+    "EngineExit",
+    "EngineExitReply",
     "EngineInfo",
     "EngineMessage",
     "EngineQueue",

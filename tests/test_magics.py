@@ -231,6 +231,38 @@ def test_signal_on_interrupt_sigterm_ends_the_engines_of_a_px_cell(make_cluster)
         session.close()
 
 
+def test_px_timeout_interrupts_the_slow_engines_names_them_and_leaves_them_usable(kernel) -> None:  # type: ignore[no-untyped-def]
+    assert kernel.run("%px marker = 'kept'\n").status == "ok"
+    cell = kernel.run(
+        "%%px --timeout 3\nimport time, pxgrpc\nprint('started')\n"
+        "time.sleep(60 if pxgrpc.engine_id() in (2, 5) else 0)\nprint('finished')\n"
+    )
+    assert cell.status == "error", cell.summary()
+    error = cell.error()
+    assert error["ename"] == "TimeoutError", error
+    assert "engine(s) [2, 5] did not finish within --timeout 3 s" in error["evalue"], error
+    assert "stay usable" in error["evalue"]
+    blocks = stdout_blocks(cell.stream())
+    assert all(blocks[e] == "started\nfinished\n" for e in ALL if e not in (2, 5)), blocks
+    after = kernel.run("%%px\nprint(marker)\n")
+    assert after.status == "ok", after.summary()
+    assert stdout_blocks(after.stream()) == {e: "kept\n" for e in ALL}
+
+
+def test_pxconfig_timeout_applies_to_every_px_cell(kernel) -> None:  # type: ignore[no-untyped-def]
+    try:
+        assert kernel.run("%pxconfig --timeout 2").status == "ok"
+        assert "timeout=2" in kernel.run("%pxconfig").stream()
+        cell = kernel.run("%px import time; time.sleep(60)")
+        assert cell.status == "error" and cell.error()["ename"] == "TimeoutError", cell.summary()
+        assert f"engine(s) {ALL} did not finish within --timeout 2 s" in cell.error()["evalue"]
+        assert kernel.run("%px x = 1 + 1").status == "ok"
+    finally:
+        kernel.run("%pxconfig --timeout 0")
+    assert "timeout=0" in kernel.run("%pxconfig").stream()
+    assert kernel.run("%%px\nprint(x)\n").status == "ok"
+
+
 # --- the magics -----------------------------------------------------------------------------
 
 

@@ -97,6 +97,8 @@ class EngineInfo(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     DATA_URL_FIELD_NUMBER: _builtins.int
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.int
     """Engine ids are 0, 1, 2 ... in registration order and never reused."""
     hostname: _builtins.str
@@ -110,6 +112,12 @@ class EngineInfo(_message.Message):
     data_url: _builtins.str
     """"host:port" of a direct data endpoint, empty if the engine offers none."""
     python_version: _builtins.str
+    protocol_version: _builtins.str
+    """As the engine registered them (`RegisterRequest.protocol_version`, `.cloudpickle_version`):
+    an engine whose protocol, Python minor version or cloudpickle differs from a client's may
+    not load what that client pickles; the Python client warns at connect time.
+    """
+    cloudpickle_version: _builtins.str
     def __init__(
         self,
         *,
@@ -122,10 +130,12 @@ class EngineInfo(_message.Message):
         registered: _builtins.float = ...,
         data_url: _builtins.str = ...,
         python_version: _builtins.str = ...,
+        protocol_version: _builtins.str = ...,
+        cloudpickle_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "data_url", b"data_url", "engine_id", b"engine_id", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version", "queue", b"queue", "registered", b"registered", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloudpickle_version", b"cloudpickle_version", "completed", b"completed", "data_url", b"data_url", "engine_id", b"engine_id", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "queue", b"queue", "registered", b"registered", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,12 +18,13 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, wire
+from pxgrpc import blobstream, diagnose, versions, wire
 from pxgrpc.client.assemble import Assembly, Held
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import (
@@ -123,6 +124,8 @@ class Transport:
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
+        self._versions = versions.local()
+        self._versions_checked: set[tuple[int, int]] = set()
         self._datapath = DataPath(metadata, info.channel_credentials())
         self._in_flight = InFlight()
         #: The gathers whose parts are held until all are in (task id -> its assembly).
@@ -190,6 +193,8 @@ class Transport:
                 "completed": e.completed,
                 "registered": e.registered,
                 "python": e.python_version,
+                "protocol": e.protocol_version,
+                "cloudpickle": e.cloudpickle_version,
                 "data_url": e.data_url,
             }
             for e in reply.engines
@@ -377,6 +382,23 @@ class Transport:
                 self._engines_generation = reply.generation
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
+                self._check_versions(reply.engines)
+
+    def _check_versions(self, engines: Iterable[wire.pb.EngineInfo]) -> None:
+        """Warn, once per engine process, about one whose versions differ from ours."""
+        for e in engines:
+            if (e.engine_id, e.pid) in self._versions_checked:
+                continue
+            self._versions_checked.add((e.engine_id, e.pid))
+            theirs = versions.Versions(e.protocol_version, e.python_version, e.cloudpickle_version)
+            differences = versions.mismatch(theirs, self._versions)
+            if differences:
+                message = (
+                    f"engine {e.engine_id} (pid {e.pid} on {e.hostname}) runs {differences}: "
+                    "what one side pickles may fail to load on the other"
+                )
+                log.warning("%s", message)
+                warnings.warn(message, versions.VersionMismatchWarning, stacklevel=2)
 
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:

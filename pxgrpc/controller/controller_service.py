@@ -67,6 +67,7 @@ class ControllerService(BlobTransfers):
     async def _read_session(self, session: ClientSession, requests: AsyncIterator[bytes]) -> None:
         try:
             async for raw in requests:
+                await session.wait_for_room()  # (backpressure: see tasks.MAX_SESSION_BACKLOG)
                 try:
                     request = wire.pb.SessionRequest.FromString(raw)
                 except DecodeError as exc:

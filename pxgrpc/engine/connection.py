@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, identity, sharedmem, wire
+from pxgrpc import blobstream, diagnose, identity, sharedmem, versions, wire
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
@@ -48,6 +48,11 @@ SHUTDOWN = None
 EXIT_GRACE = 3.0
 
 
+#: The most bytes of events one message up the work stream carries (gRPC refuses messages over
+#: 64 MB; a task that prints without pause must not end its engine).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
 class EngineConnection:
     """Everything the engine says to and hears from the controller."""
 
@@ -65,6 +70,8 @@ class EngineConnection:
         self.engine_id = -1
         #: The engine id to ask for (its MPI rank), or None for the next free one.
         self.requested_id: int | None = None
+        #: A supervisor reports how this process ends (`pxgrpc-engine --restart`).
+        self.supervised = False
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
         self._queue_lock = threading.Lock()
@@ -134,9 +141,19 @@ class EngineConnection:
             self._wakeup.set()
 
     def _take_outgoing(self) -> tuple[list[wire.pb.TaskEvent], list[object]]:
+        """The next message's events: the oldest ones, up to MAX_BATCH_BYTES (at least one), so
+        that a burst of output never makes a message over gRPC's size limit."""
         with self._outgoing_lock:
-            events, self._outgoing = self._outgoing, []
-            release, self._release = self._release, []
+            size, count = 0, 0
+            for event in self._outgoing:
+                size += event.ByteSize()
+                if count and size > MAX_BATCH_BYTES:
+                    break
+                count += 1
+            events, self._outgoing = self._outgoing[:count], self._outgoing[count:]
+            release: list[object] = []
+            if not self._outgoing:
+                release, self._release = self._release, []
         return events, release
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
@@ -220,11 +237,15 @@ class EngineConnection:
             request_serializer=wire.pb.RegisterRequest.SerializeToString,
             response_deserializer=wire.pb.RegisterReply.FromString,
         )
+        mine = versions.engine_versions()
         request = wire.pb.RegisterRequest(
             hostname=socket.gethostname(),
             pid=os.getpid(),
-            python_version=wire.python_version(),
+            python_version=mine.python,
+            protocol_version=mine.protocol,
+            cloudpickle_version=mine.cloudpickle,
             data_url=self.data.url if self.data is not None else "",
+            supervised=self.supervised,
         )
         if self.requested_id is not None:
             request.requested_id = self.requested_id

@@ -37,6 +37,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 
 from pxgrpc.client.errors import AlreadyDisplayedError, CompositeError, RemoteError
+from pxgrpc.client.errors import TimeoutError as PxTimeoutError
 from pxgrpc.ipython.arguments import (
     describe_targets,
     exec_args,
@@ -57,6 +58,19 @@ POLL_SECONDS = 0.1
 #: After signalling the engines, how long to wait for their reports (KeyboardInterrupt, or
 #: EngineError when the signal ended them).
 INTERRUPT_GRACE_SECONDS = 2.0
+
+
+class _CellTimedOut(Exception):
+    """A blocking %%px cell ran past its --timeout."""
+
+
+def _timeout_error(engines: list[int], timeout: float, signal_number: int) -> PxTimeoutError:
+    how = "interrupted" if signal_number == signal.SIGINT else f"sent {signal_name(signal_number)}"
+    which = f"engine(s) {engines}" if engines else "the engines (not started yet)"
+    return PxTimeoutError(
+        f"%px: {which} did not finish within --timeout {timeout:g} s; their work was {how} and "
+        "the engines stay usable (%pxresult shows what they returned)"
+    )
 
 
 class _AutopxTransform:
@@ -111,6 +125,8 @@ class ParallelMagics(Magics):
         self.progress_after = 2.0
         #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
         self.signal_on_interrupt: int = signal.SIGINT
+        #: Seconds a blocking %%px waits before it interrupts the engines (0: no limit).
+        self.timeout = 0.0
 
     # --- the view -------------------------------------------------------------------------
 
@@ -199,6 +215,7 @@ class ParallelMagics(Magics):
                 parse_interrupt_signal(args.signal_on_interrupt) if args.signal_on_interrupt else None
             ),
             local=bool(args.local),
+            timeout=args.timeout,
         )
 
     def parallel_execute(
@@ -213,6 +230,7 @@ class ParallelMagics(Magics):
         progress_after: float | None = None,
         signal_on_interrupt: int | None = None,
         local: bool = False,
+        timeout: float | None = None,
     ) -> AsyncResult | None:
         """What %px and %%px do: submit `code`, optionally run it here too, then wait and show."""
         view = self.view
@@ -234,6 +252,7 @@ class ParallelMagics(Magics):
             self.stream_output if stream is None else stream,
             self.progress_after if progress_after is None else progress_after,
             self.signal_on_interrupt if signal_on_interrupt is None else signal_on_interrupt,
+            self.timeout if timeout is None else timeout,
         )
         return None
 
@@ -245,13 +264,23 @@ class ParallelMagics(Magics):
             self.running_locally = False
 
     def _wait_and_show(
-        self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, signal_number: int
+        self,
+        ar: AsyncResult,
+        groupby: str,
+        stream: bool,
+        progress_after: float,
+        signal_number: int,
+        timeout: float = 0.0,
     ) -> None:
         live = LiveOutput(ar) if stream else None
         interrupted = False
+        timed_out: list[int] | None = None
         try:
             # Without streaming, nothing but the outputs at the end: no progress bar either.
-            self._wait(ar, live, progress_after if stream else -1)
+            self._wait(ar, live, progress_after if stream else -1, timeout)
+        except _CellTimedOut:
+            timed_out = ar.interrupt(signal_number or signal.SIGINT)
+            ar.wait(INTERRUPT_GRACE_SECONDS)
         except KeyboardInterrupt:
             interrupted = True
             _stop_on_interrupt(ar, signal_number)
@@ -262,6 +291,8 @@ class ParallelMagics(Magics):
             show_results(ar, live.printer)
         else:
             display_outputs(ar, groupby)
+        if timed_out is not None:
+            raise _timeout_error(timed_out, timeout, signal_number or signal.SIGINT)
         error = ar.exception() if ar.done() and not ar.cancelled() else None
         if error is None:
             return
@@ -273,11 +304,15 @@ class ParallelMagics(Magics):
             raise AlreadyDisplayedError(error)
         raise error
 
-    def _wait(self, ar: AsyncResult, live: LiveOutput | None, progress_after: float) -> None:
+    def _wait(
+        self, ar: AsyncResult, live: LiveOutput | None, progress_after: float, timeout: float = 0.0
+    ) -> None:
         started = time.monotonic()
         bar = None
         try:
             while not ar.done():
+                if timeout > 0 and time.monotonic() - started >= timeout:
+                    raise _CellTimedOut
                 if live is None:
                     ar.wait(POLL_SECONDS)
                 elif live.wait(POLL_SECONDS):
@@ -352,11 +387,14 @@ class ParallelMagics(Magics):
         if args.signal_on_interrupt is not None:
             self.signal_on_interrupt = parse_interrupt_signal(args.signal_on_interrupt)
             changed = True
+        if args.timeout is not None:
+            self.timeout = max(0.0, args.timeout)
+            changed = True
         if not changed:
             print(
                 f"targets={self.view.targets!r} block={self.view.block} stream={self.stream_output} "
                 f"verbose={self.verbose} progress_after={self.progress_after} "
-                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)}"
+                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)} timeout={self.timeout:g}"
             )
 
     def autopx(self, line: str = "") -> None:

@@ -29,7 +29,8 @@ class LocalLauncher:
     forks the `n` engines, which then share those pages: a cluster of many engines starts in a
     fraction of the time and memory. The engines share the forkserver's process group; it exits
     once they all have. `fork=False` (or `$PXGRPC_FORK_ENGINES=0`) starts each engine as a
-    fresh interpreter in its own process group instead.
+    fresh interpreter in its own process group instead, as does `restart_engines` (each
+    engine then runs under its own supervisor).
     """
 
     name = "local"
@@ -48,6 +49,9 @@ class LocalLauncher:
         python = self.python or spec.env.get("PXGRPC_PYTHON") or python_path()
         command = spec.engine_command(python, str(spec.connection_file), "--wait", "60")
         fork = self.fork and spec.env.get("PXGRPC_FORK_ENGINES", "1") not in ("0", "false", "no")
+        # A supervised engine (restart_engines) is started afresh by its supervisor each time:
+        # there is no warmed process to fork it from, so each gets its own interpreter.
+        fork = fork and not spec.restart
         names = [str(spec.log_path(f"engine-{spec.index + i}")) for i in range(spec.n)]
         self._count += spec.n
         if fork and spec.n > 1:
