@@ -116,6 +116,8 @@ class TaskOutcome:
     started: float = 0.0
     completed: float = 0.0
     received: float = 0.0  # (this client's clock, when the result event arrived)
+    #: Bytes of the blobs the value came in (large values: the history does not pin them).
+    blob_bytes: int = 0
 
 
 class TaskListener(Protocol):

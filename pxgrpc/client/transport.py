@@ -439,6 +439,7 @@ def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: fl
         started=result.started,
         completed=result.completed,
         received=received,
+        blob_bytes=sum(blob.size for blob in blobs.values()),
     )
     if result.HasField("execute_result"):
         outcome.execute_result = dict(result.execute_result.data)
