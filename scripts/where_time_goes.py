@@ -39,10 +39,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import relay_floor  # (the sibling script)
-
 import cloudpickle
 import numpy as np
+import relay_floor  # (the sibling script)
 
 import pxgrpc
 from pxgrpc import wire
