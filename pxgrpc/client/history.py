@@ -88,7 +88,12 @@ class TaskHistory:
 
     def _forget_large(self) -> None:
         """Stop holding the recent results whose values are large (the program may still)."""
-        large = [ar for ar in list(self._recent) if any(o and o.blob_bytes > SMALL for o in ar._outcomes)]
+        large = []
+        for ar in list(self._recent):  # (plain loops: this runs on every call)
+            for outcome in ar._outcomes:
+                if outcome is not None and outcome.blob_bytes > SMALL:
+                    large.append(ar)
+                    break
         for ar in large:
             with contextlib.suppress(ValueError):
                 self._recent.remove(ar)
