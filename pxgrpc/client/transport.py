@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import pathlib
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
@@ -105,7 +107,13 @@ class ControllerCalls:
 class Transport:
     """One client's link to one controller."""
 
-    def __init__(self, info: ConnectionInfo, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        timeout: float = 10.0,
+        reconnect_timeout: float = 120.0,
+        connection_file: pathlib.Path | None = None,
+    ) -> None:
         if not info.token:
             raise AuthenticationError(
                 "this connection file holds no client token (it is the engine-only copy, "
@@ -114,6 +122,14 @@ class Transport:
             )
         self.info = info
         self.url = info.url
+        #: Seconds to keep trying to reach a lost controller (pending tasks wait meanwhile).
+        self.reconnect_timeout = reconnect_timeout
+        # Gone (a clean stop of the controller): no use waiting for it to come back.
+        self._connection_file = connection_file
+        # Names the session to the controller, so that it survives a broken stream.
+        self._session_id = secrets.token_hex(12)
+        self._closing = False
+        self._controller_stopped = False
         # Opt-in here: allocator settings would affect all of the user's own process.
         reuse_freed_memory(default="chunks")
         metadata = auth_metadata(info.token)
@@ -207,6 +223,7 @@ class Transport:
     def shutdown(self, targets: Sequence[int], controller: bool) -> list[int]:
         """Stop the engines of `targets` (and the controller); the engines told to stop."""
         request = wire.pb.ShutdownRequest(targets=_targets(targets), controller=controller)
+        self._controller_stopped = self._controller_stopped or controller
         return list(self.call(self.calls.shutdown, request).engine_ids)
 
     def call(self, method: Unary[Req, Rep], request: Req, timeout: float = 30.0) -> Rep:
@@ -249,12 +266,20 @@ class Transport:
             target = diagnose.ConnectTarget.of(self.info, role="client")
             found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
             raise diagnosed_error(found, code.name) from None
-        self._stream = self.calls.session(self.submitter.requests())
+        self._stream = self._open_session([])
         self._reader = asyncio.ensure_future(self._read_stream(self._stream))
 
+    def _open_session(self, resume: list[str]) -> grpc.aio.StreamStreamCall[Any, Any]:
+        first = wire.pb.SessionRequest(session_id=self._session_id, resume_task_ids=resume)
+        return self.calls.session(self.submitter.requests(first))
+
     async def _close(self) -> None:
+        self._closing = True
         self._fail_all(PxConnectionError("the client was closed"))
         if self._stream is not None and self._reader is not None:
+            # Half-close first: the controller then ends the session instead of keeping it for us.
+            self.submitter.finish()
+            await asyncio.wait([self._reader], timeout=0.2)
             self._stream.cancel()
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -270,6 +295,19 @@ class Transport:
     # --- what comes down the session stream -----------------------------------------------
 
     async def _read_stream(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        """Read session streams until the client closes: a stream lost with the controller (or
+        the network) is replaced by a new one that resumes the session."""
+        while True:
+            error = await self._read_session(call)
+            if self._closing:
+                return
+            reconnected = await self._reconnect(error) if error.reconnect else None
+            if reconnected is None:
+                self._fail_all(error.error)
+                return
+            call = reconnected
+
+    async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> _StreamEnd:
         try:
             async for message in call:
                 if message.HasField("engines"):
@@ -277,14 +315,53 @@ class Transport:
                 for event in message.events:
                     self._dispatch(event)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self._fail_all(rpc_error(exc, self.url))
-                return
+            lost = exc.code() in _LOST and not self._controller_stopped
+            return _StreamEnd(rpc_error(exc, self.url), lost)
         except Exception as exc:
             log.exception("the session stream's reader failed")
-            self._fail_all(PxConnectionError(f"the session stream failed: {exc!r}"))
-            return
-        self._fail_all(PxConnectionError(f"the controller at {self.url} closed the session"))
+            return _StreamEnd(PxConnectionError(f"the session stream failed: {exc!r}"), False)
+        closed = PxConnectionError(f"the controller at {self.url} closed the session")
+        return _StreamEnd(closed, not self._controller_stopped)
+
+    async def _reconnect(self, lost: _StreamEnd) -> grpc.aio.StreamStreamCall[Any, Any] | None:
+        """Dial the lost controller again (backoff capped at 2 s) until `reconnect_timeout`, then
+        open a session stream that resumes ours; None (and `lost.error` says why) when in vain."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        log.warning(
+            "lost the controller at %s (%s): reconnecting for up to %.0f s",
+            self.url,
+            lost.error,
+            self.reconnect_timeout,
+        )
+        delay = 0.1
+        while not self._closing:
+            if self._connection_file is not None and not self._connection_file.exists():
+                gone = f"its connection file {self._connection_file} is gone"
+                lost.error = PxConnectionError(f"the controller at {self.url} stopped ({gone})")
+                return None
+            try:
+                reply = await self.calls.list_engines(wire.pb.ListEnginesRequest(), self.calls.metadata, 2.0)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    lost.error = rpc_error(exc, self.url)
+                    return None
+                if loop.time() + delay > deadline:
+                    lost.error = PxConnectionError(
+                        f"lost the controller at {self.url} and could not reconnect within "
+                        f"{self.reconnect_timeout:.0f} s ({lost.error})"
+                    )
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+                continue
+            with self._lock:
+                self._engines_generation = -1  # a restarted controller counts from 0 again
+            self._note_engines(reply)
+            self._stream = self._open_session(self._in_flight.pending())
+            log.warning("reconnected to the controller at %s", self.url)
+            return self._stream
+        return None
 
     def _fail_all(self, error: PxConnectionError) -> None:
         for task_id, listener in self._in_flight.fail_all(error).items():
@@ -336,6 +413,24 @@ class Transport:
                 self._engines_generation = reply.generation
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
+
+
+#: Stream errors that mean the controller (or the way to it) went away: worth reconnecting.
+_LOST = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
+
+
+class _StreamEnd:
+    """How a session stream ended: the error pending tasks get, and whether to reconnect."""
+
+    def __init__(self, error: PxConnectionError, reconnect: bool) -> None:
+        self.error = error
+        self.reconnect = reconnect
 
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
