@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for pxgrpc-controller (repeatable), e.g. --controller-arg=--tls=auto",
     )
+    start.add_argument(
+        "--no-restart-controller",
+        action="store_true",
+        help="do not restart the controller when it dies (by default a supervisor brings it back "
+        "with --restore: same port, tokens and engines)",
+    )
     _add_launcher_options(start)
 
     stop = actions.add_parser("stop", help="stop a cluster started with `pxgrpc cluster start`")
@@ -98,6 +104,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             slurm_args=_split(args.slurm_args),
             ssh_args=_split(args.ssh_args),
             timeout=args.timeout,
+            restart_controller=not args.no_restart_controller,
         )
     except PxError as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)

@@ -87,6 +87,9 @@ class Cluster:
     (`slurm_args=`). When engines run elsewhere the controller listens on `controller_ip`
     (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
     the wait for the engines to register.
+
+    The controller runs under a small supervisor that restarts it with `--restore` when it dies
+    (engines and clients reconnect and go on); `restart_controller=False` runs it bare.
     """
 
     def __init__(
@@ -108,8 +111,10 @@ class Cluster:
         slurm_args: list[str] | None = None,
         ssh_args: list[str] | None = None,
         timeout: float = 60.0,
+        restart_controller: bool = True,
     ) -> None:
         self.launcher_name = engines
+        self.restart_controller = restart_controller
         self.launcher_options: dict[str, Any] = {
             "hosts": hosts,
             "remote_python": remote_python,
@@ -199,11 +204,12 @@ class Cluster:
         return args
 
     def start_controller_sync(self) -> None:
-        """Start the controller (returns once its process is launched)."""
+        """Start the controller (returns once its process is launched). `self.controller` is
+        its process, or its supervisor's (see `restart_controller`)."""
         self._clear_stale_connection_file()
         args = [
             "-m",
-            "pxgrpc.controller",
+            "pxgrpc.controller.supervisor" if self.restart_controller else "pxgrpc.controller",
             "--file",
             str(self.connection_file),
             "--log-level",

@@ -319,7 +319,7 @@ class EngineConnection:
             retry = loop.time() + delay < deadline
             if not retry or code not in retry_codes:
                 break
-            if code != grpc.StatusCode.ALREADY_EXISTS:
+            if not rejoin:  # (a controller we had goes on being worth waiting for)
                 quick = diagnose.diagnose(code, details, target, probe=False)
                 if not quick.retryable:
                     break
