@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=6.0,
+        default=10.0,
         help="declare an engine dead after this many silent seconds",
     )
     parser.add_argument(

@@ -74,7 +74,7 @@ class ControllerConfig:
     insecure: bool = False
     heartbeat_interval: float = 1.0
     #: Engines silent for this many seconds are declared dead.
-    heartbeat_timeout: float = 6.0
+    heartbeat_timeout: float = 10.0
     prefetch: int = 4
     extra_hosts: list[str] = field(default_factory=list)
     #: Come back as the controller of `connection_file` that died: same port, tokens, certificates

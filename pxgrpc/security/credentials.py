@@ -17,7 +17,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: unanswered for 10 s more is dropped. A link down for a few seconds is ridden out (TCP
 #: retransmits); one that stays down is noticed within about 20 s on an idle connection, and
 #: sooner on a busy one (engines send a heartbeat every second; the controller declares an
-#: engine dead after `--heartbeat-timeout`, 6 s by default).
+#: engine dead after `--heartbeat-timeout`, 10 s by default).
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 
