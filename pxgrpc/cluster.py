@@ -39,6 +39,7 @@ from pxgrpc.security.connection_file import (
     engine_connection_file,
     pxgrpc_dir,
     read_connection_file,
+    write_private_file,
 )
 from pxgrpc.security.errors import SecurityError
 
@@ -63,9 +64,7 @@ class ClusterState:
         return pxgrpc_dir() / name
 
     def save(self) -> None:
-        path = self.path(self.cluster_id)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2))
+        write_private_file(self.path(self.cluster_id), json.dumps(self.__dict__, indent=2))
 
     @classmethod
     def load(cls, cluster_id: str) -> ClusterState | None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import pxgrpc as ipp
+from pxgrpc.controller.restore import tls_file
 from pxgrpc.security.connection_file import read_connection_file
 from pxgrpc.security.errors import SecurityError
 from tests.conftest import ClusterFactory
@@ -128,6 +129,32 @@ def test_sigkilled_controller_restored_keeps_engines_namespaces_and_the_client(
     assert delivered.count(finishing.msg_ids[0]) == 1
     time.sleep(1.0)  # any repeat of a result would come now
     assert delivered.count(finishing.msg_ids[0]) == 1 and len(delivered) == len(set(delivered))
+
+
+def test_tls_auto_controller_restored_with_the_same_ca_and_keys(
+    make_cluster: ClusterFactory, restored: list[subprocess.Popen[bytes]]
+) -> None:
+    cluster, rc = make_cluster(n=1, restart_controller=False, controller_args=["--tls", "auto"])
+    rc[:]["z"] = "tls"
+    old = read_connection_file(cluster.connection_file)
+    kept = tls_file(cluster.connection_file)
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert cluster.controller is not None
+    cluster.controller.send_signal(signal.SIGKILL)
+    cluster.controller.wait(10)
+    restored.append(_restore(cluster.connection_file, cluster.cluster_id, "--tls", "auto"))
+    assert _wait_for(lambda: _new_pid(cluster.connection_file, old.controller_pid))
+    new = read_connection_file(cluster.connection_file)
+    assert (new.url, new.tls_ca, new.token) == (old.url, old.tls_ca, old.token)
+    assert _wait_for(lambda: rc.ids == [0])
+    assert rc[0]["z"] == "tls"
+
+
+def test_restore_refuses_while_the_controller_runs(make_cluster: ClusterFactory) -> None:
+    cluster, _ = make_cluster(n=1, restart_controller=False)
+    command = [sys.executable, "-m", "pxgrpc.controller", "--file", str(cluster.connection_file), "--restore"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is still running" in result.stderr, result.stderr
 
 
 def test_engines_give_up_after_their_reconnect_timeout(make_cluster: ClusterFactory) -> None:

@@ -299,6 +299,7 @@ class Transport:
         the network) is replaced by a new one that resumes the session."""
         while True:
             error = await self._read_session(call)
+            self.submitter.finish()  # submits wait for the next stream, not the dead one
             if self._closing:
                 return
             reconnected = await self._reconnect(error) if error.reconnect else None
