@@ -158,7 +158,7 @@ def test_restore_refuses_while_the_controller_runs(make_cluster: ClusterFactory)
 
 
 def test_engines_give_up_after_their_reconnect_timeout(make_cluster: ClusterFactory) -> None:
-    cluster, rc = make_cluster(n=1, restart_controller=False, engine_args=["--reconnect-timeout", "2"])
+    cluster, _ = make_cluster(n=1, restart_controller=False, engine_args=["--reconnect-timeout", "2"])
     assert cluster.controller is not None
     cluster.controller.send_signal(signal.SIGKILL)
     engine = cluster.engines[0]

@@ -6,8 +6,9 @@ The system's `ssh` is used as is: the user's keys, agent and `~/.ssh/config` (ho
 jump hosts, ports) all apply; `ssh_args=` adds options (`-F config`, `-i key`). The engine-only
 connection file travels over that connection, on stdin, into `~/.pxgrpc/run/CLUSTER-HOST/` on
 the host (created under `umask 077`, so mode 0600 in a 0700 directory; written under a temporary
-name and renamed, so no engine reads half of it) and is removed when the engines stop. The remote shell records its engines' pids there, so `stop` can end them with a
-second ssh even if the first one has died.
+name and renamed, so no engine reads half of it) and is removed when the engines stop. The
+remote shell records its engines' pids there, so `stop` can end them with a second ssh even if
+the first one has died.
 """
 
 from __future__ import annotations
