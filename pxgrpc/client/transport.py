@@ -35,6 +35,7 @@ from pxgrpc.client.errors import (
     RemoteError,
     TaskAborted,
 )
+from pxgrpc.client.reconnect import LOST, StreamEnd, redial
 from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
 from pxgrpc.client.submit import InFlight, Submitter
 from pxgrpc.client.tasks import Job, TaskListener, TaskOutcome
@@ -308,7 +309,7 @@ class Transport:
                 return
             call = reconnected
 
-    async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> _StreamEnd:
+    async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> StreamEnd:
         try:
             async for message in call:
                 if message.HasField("engines"):
@@ -316,53 +317,27 @@ class Transport:
                 for event in message.events:
                     self._dispatch(event)
         except grpc.RpcError as exc:
-            lost = exc.code() in _LOST and not self._controller_stopped
-            return _StreamEnd(rpc_error(exc, self.url), lost)
+            lost = exc.code() in LOST and not self._controller_stopped
+            return StreamEnd(rpc_error(exc, self.url), lost)
         except Exception as exc:
             log.exception("the session stream's reader failed")
-            return _StreamEnd(PxConnectionError(f"the session stream failed: {exc!r}"), False)
+            return StreamEnd(PxConnectionError(f"the session stream failed: {exc!r}"), False)
         closed = PxConnectionError(f"the controller at {self.url} closed the session")
-        return _StreamEnd(closed, not self._controller_stopped)
+        return StreamEnd(closed, not self._controller_stopped)
 
-    async def _reconnect(self, lost: _StreamEnd) -> grpc.aio.StreamStreamCall[Any, Any] | None:
-        """Dial the lost controller again (backoff capped at 2 s) until `reconnect_timeout`, then
-        open a session stream that resumes ours; None (and `lost.error` says why) when in vain."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect_timeout
-        log.warning(
-            "lost the controller at %s (%s): reconnecting for up to %.0f s",
-            self.url,
-            lost.error,
-            self.reconnect_timeout,
-        )
-        delay = 0.1
-        while not self._closing:
-            if self._connection_file is not None and not self._connection_file.exists():
-                gone = f"its connection file {self._connection_file} is gone"
-                lost.error = PxConnectionError(f"the controller at {self.url} stopped ({gone})")
-                return None
-            try:
-                reply = await self.calls.list_engines(wire.pb.ListEnginesRequest(), self.calls.metadata, 2.0)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    lost.error = rpc_error(exc, self.url)
-                    return None
-                if loop.time() + delay > deadline:
-                    lost.error = PxConnectionError(
-                        f"lost the controller at {self.url} and could not reconnect within "
-                        f"{self.reconnect_timeout:.0f} s ({lost.error})"
-                    )
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 2.0)
-                continue
-            with self._lock:
-                self._engines_generation = -1  # a restarted controller counts from 0 again
-            self._note_engines(reply)
-            self._stream = self._open_session(self._in_flight.pending())
-            log.warning("reconnected to the controller at %s", self.url)
-            return self._stream
-        return None
+    async def _reconnect(self, lost: StreamEnd) -> grpc.aio.StreamStreamCall[Any, Any] | None:
+        """Dial the lost controller again until `reconnect_timeout`, then open a session stream
+        that resumes ours; None (and `lost.error` says why) when in vain."""
+        args = (self.calls, self.url, self.reconnect_timeout, self._connection_file, lost.error)
+        reply = await redial(*args, lambda: self._closing)
+        if not isinstance(reply, wire.pb.ListEnginesReply):
+            lost.error = reply or lost.error
+            return None
+        with self._lock:
+            self._engines_generation = -1  # a restarted controller counts from 0 again
+        self._note_engines(reply)
+        self._stream = self._open_session(self._in_flight.pending())
+        return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
         for task_id, listener in self._in_flight.fail_all(error).items():
@@ -414,24 +389,6 @@ class Transport:
                 self._engines_generation = reply.generation
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
-
-
-#: Stream errors that mean the controller (or the way to it) went away: worth reconnecting.
-_LOST = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-)
-
-
-class _StreamEnd:
-    """How a session stream ended: the error pending tasks get, and whether to reconnect."""
-
-    def __init__(self, error: PxConnectionError, reconnect: bool) -> None:
-        self.error = error
-        self.reconnect = reconnect
 
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:

@@ -76,6 +76,8 @@ class EngineConnection:
         self.reconnect_timeout = reconnect_timeout
         # Results recently written to the work stream: (when, event), resent after a reconnect.
         self._sent_results: deque[tuple[float, wire.pb.TaskEvent]] = deque(maxlen=1024)
+        # Grows with every work stream: the messages of a lost one stop taking events.
+        self._stream_number = 0
         self.work = work
         self.io = LoopThread("pxgrpc-engine-io")
         self.engine_id = -1
@@ -227,7 +229,8 @@ class EngineConnection:
             request_serializer=wire.pb.EngineMessage.SerializeToString,
             response_deserializer=wire.pb.EngineCommand.FromString,
         )
-        call = work(self._messages(reply), metadata=self._metadata)
+        self._stream_number += 1
+        call = work(self._messages(reply, self._stream_number), metadata=self._metadata)
         try:
             async for command in call:
                 if self._handle(command):
@@ -238,6 +241,9 @@ class EngineConnection:
         else:
             why = "it ended the work stream"
         call.cancel()
+        self._stream_number += 1  # (events wait for the next stream)
+        if self._wakeup is not None:
+            self._wakeup.set()
         log.warning(
             "engine %d lost the controller at %s (%s): reconnecting for up to %.0f s, namespace kept",
             self.engine_id,
@@ -341,15 +347,20 @@ class EngineConnection:
         found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
         raise diagnose.ConnectFailure(found)
 
-    async def _messages(self, reply: wire.pb.RegisterReply) -> AsyncIterator[wire.pb.EngineMessage]:
-        """The engine's side of the work stream: hello, then batched events and heartbeats."""
+    async def _messages(
+        self, reply: wire.pb.RegisterReply, number: int
+    ) -> AsyncIterator[wire.pb.EngineMessage]:
+        """The engine's side of work stream `number`: hello, then batched events and heartbeats
+        (until a newer stream replaces it)."""
         assert self._wakeup is not None
         yield wire.pb.EngineMessage(engine_id=reply.engine_id, registration_token=reply.registration_token)
-        while True:
+        while number == self._stream_number:
             if not self._outgoing:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
+                if number != self._stream_number:
+                    return
             events, release = self._take_outgoing()
             now = time.monotonic()
             self._sent_results.extend((now, e) for e in events if e.WhichOneof("kind") == "result")
