@@ -57,9 +57,9 @@ def channel_options(info_server_name: str | None) -> list[tuple[str, object]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         # A lost controller is redialed within a couple of seconds of coming back (gRPC's own
-        # default backoff grows to two minutes).
+        # default backoff grows to two minutes). Not `min_reconnect_backoff_ms`: gRPC takes it
+        # as the time one connection attempt may take (20 s by default).
         ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     if info_server_name:
