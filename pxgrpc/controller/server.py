@@ -104,7 +104,8 @@ class Controller:
         self._bind_port = config.port
         if config.restore:
             self._restore()
-        self.state.registry.watchers.add(self._save_engine_ids)
+        self._save_pending = False
+        self.state.registry.watchers.add(self._save_engine_ids_soon)
         self._client_certs: dict[str, CertKey] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -124,7 +125,16 @@ class Controller:
         self.state.router.sessions.expect(ids.live, self.config.restore_grace)
         log.info("restoring the controller of %s (engines %s expected back)", self.connection_file, ids.live)
 
+    def _save_engine_ids_soon(self) -> None:
+        """Engines came or went: save their ids shortly (once for a burst of registrations)."""
+        if not self._save_pending:
+            self._save_pending = True
+            asyncio.get_running_loop().call_later(0.05, self._save_engine_ids)
+
     def _save_engine_ids(self) -> None:
+        self._save_pending = False
+        if self.server is None and self.info is not None:
+            return  # stopped: a clean stop leaves nothing to restore
         registry = self.state.registry
         # (while engines of a restore are still expected, they count: this controller may die too)
         live = sorted({e.engine_id for e in registry.live()} | self.state.router.sessions.expected_engines)
@@ -300,7 +310,7 @@ class Controller:
             await asyncio.sleep(0.05)  # let the shutdown commands go out
             await self.server.stop(grace)
             self.server = None
-        self.state.registry.watchers.discard(self._save_engine_ids)
+        self.state.registry.watchers.discard(self._save_engine_ids_soon)
         mine = False
         for path in (self.connection_file, self.engine_connection_file):
             with contextlib.suppress(OSError, SecurityError):
