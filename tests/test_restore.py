@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 import pxgrpc as ipp
 from pxgrpc.controller.restore import tls_file
-from pxgrpc.security.connection_file import read_connection_file
+from pxgrpc.security.connection_file import ConnectionInfo, read_connection_file, write_connection_file
 from pxgrpc.security.errors import SecurityError
 from tests.conftest import ClusterFactory
 
@@ -203,3 +204,27 @@ def test_cluster_start_restarts_its_controller_when_it_dies(pxgrpc_home: str) ->
         stopped = subprocess.run([*run, "stop", "--cluster-id", cluster_id], capture_output=True, text=True)
     assert "cluster stopped" in stopped.stdout
     _wait_dead(second)
+
+
+def test_connection_file_is_replaced_atomically_and_private(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "controller.json"
+    infos = [ConnectionInfo(url=f"127.0.0.1:{port}", token="t" * 4000, engine_token="e") for port in (1, 2)]
+    write_connection_file(path, infos[0])
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        i = 0
+        while not stop.is_set():
+            write_connection_file(path, infos[i % 2])
+            i += 1
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(300):  # a reader never sees half a file, nor a wider mode
+            assert read_connection_file(path).url in ("127.0.0.1:1", "127.0.0.1:2")
+    finally:
+        stop.set()
+        writer.join(10)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["controller.json"]  # no temporary file left
