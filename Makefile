@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install protos test lint demo bench clean
+.PHONY: install protos test lint demo bench bench-scale clean
 
 install:  ## install pxgrpc and the development tools (editable)
 	$(PIP) install -q -e '.[dev]'
@@ -23,6 +23,10 @@ demo: install  ## a local cluster running the seed notebook's workflow
 bench:  ## pxgrpc vs ipyparallel, same machine, same run
 	$(PIP) install -q -e '.[dev,bench]'
 	$(PYTHON) scripts/bench.py
+
+bench-scale:  ## issue 12's table with 64 engines per system (several minutes)
+	$(PIP) install -q -e '.[dev,bench]'
+	$(PYTHON) scripts/bench.py --scale 64
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

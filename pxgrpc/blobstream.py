@@ -19,7 +19,7 @@ import re
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,8 +153,15 @@ async def read_header(messages: AsyncIterator[bytes], blob_id: str | None = None
     return header
 
 
-async def receive(messages: AsyncIterable[bytes], blob_id: str | None = None) -> IncomingBlob:
+async def receive(
+    messages: AsyncIterable[bytes],
+    blob_id: str | None = None,
+    on_shared: Callable[[str, pb.BlobHeader], IncomingBlob] | None = None,
+) -> IncomingBlob:
     """Assemble a blob from a stream of raw `BlobChunk`s (header first) into one buffer.
+
+    A download that offered to map shared memory passes `on_shared`: it makes the blob when
+    the header says where the bytes are instead of sending them (`pxgrpc.sharedmem`).
 
     `blob_id` is as for `read_header`: the blob asked for in a download (it names the result,
     whatever the header says), or None for an upload (the header names the blob). Raises
@@ -166,6 +173,10 @@ async def receive(messages: AsyncIterable[bytes], blob_id: str | None = None) ->
     header = await read_header(it, blob_id)
     if blob_id is not None and header.blob_id != blob_id:
         raise DecodingError(f"BlobHeader.blob_id: {header.blob_id!r}, but blob {blob_id} was asked for")
+    if header.HasField("shared"):
+        if on_shared is None or blob_id is None:
+            raise DecodingError("BlobHeader.shared: only a download that offered shared memory may get it")
+        return on_shared(blob_id, header)
     try:
         blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size)
     except MemoryError:

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra argument for pxgrpc-controller (repeatable), e.g. --controller-arg=--tls=auto",
     )
     start.add_argument(
+        "--restart-engines",
+        action="store_true",
+        help="replace an engine that dies (same id, fresh namespace); its task fails saying how it died",
+    )
+    start.add_argument(
         "--no-restart-controller",
         action="store_true",
         help="do not restart the controller when it dies (by default a supervisor brings it back "
@@ -104,6 +109,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             slurm_args=_split(args.slurm_args),
             ssh_args=_split(args.ssh_args),
             timeout=args.timeout,
+            restart_engines=args.restart_engines,
             restart_controller=not args.no_restart_controller,
         )
     except PxError as exc:

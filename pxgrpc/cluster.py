@@ -85,7 +85,11 @@ class Cluster:
     `remote_python=`, `ssh_args=`), "mpi" (`mpi_args=`, engine ids equal MPI ranks) or "slurm"
     (`slurm_args=`). When engines run elsewhere the controller listens on `controller_ip`
     (default: this host's address towards the first host) with `--tls auto`. `timeout` bounds
-    the wait for the engines to register.
+    the wait for the engines to register. Local engines are forked from one process that
+    imported what they use (fast to start, sharing memory); `fork_engines=False` starts each
+    as a fresh interpreter. `restart_engines=True` replaces
+    a dead engine under its id (fresh namespace); its task fails with an EngineError saying how it
+    died.
 
     The controller runs under a small supervisor that restarts it with `--restore` when it dies
     (engines and clients reconnect and go on); `restart_controller=False` runs it bare.
@@ -110,9 +114,12 @@ class Cluster:
         slurm_args: list[str] | None = None,
         ssh_args: list[str] | None = None,
         timeout: float = 60.0,
+        fork_engines: bool | None = None,
+        restart_engines: bool = False,
         restart_controller: bool = True,
     ) -> None:
         self.launcher_name = engines
+        self.restart_engines = restart_engines
         self.restart_controller = restart_controller
         self.launcher_options: dict[str, Any] = {
             "hosts": hosts,
@@ -120,6 +127,7 @@ class Cluster:
             "mpi_args": mpi_args,
             "slurm_args": slurm_args,
             "ssh_args": ssh_args,
+            "fork": fork_engines,
         }
         self._next_launcher: Launcher | None = launcher_for(engines, **self.launcher_options)
         counted = self._next_launcher.expected()
@@ -236,7 +244,8 @@ class Cluster:
             engine_args=self.engine_args,
             env=self.env,
             timeout=self.timeout,
-            index=len(self.engines),
+            index=sum(launcher.expected() for launcher in self.launchers),
+            restart=self.restart_engines,
         )
         if launcher.name != "local":
             self._wait_for_file(engine_file, self.timeout)

@@ -3,6 +3,7 @@
     python scripts/bench.py            # the full run (a few minutes)
     python scripts/bench.py --quick    # a short run: fewer repetitions, smaller workloads
     python scripts/bench.py --no-ipp   # pxgrpc only (compared with the issue's reference figures)
+    python scripts/bench.py --scale 64 # many engines: issue 12's table (scripts/bench_scale.py)
 
 Every figure of the speed table is measured on both systems, alternating between them repetition
 by repetition (after unmeasured warm-up runs), and printed as the median of the repetitions with
@@ -584,7 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated figures to measure (e.g. push,pull); skips memory and scaling",
     )
+    parser.add_argument(
+        "--scale", type=int, default=0, metavar="N", help="the many-engine table with N engines instead"
+    )
     args = parser.parse_args(argv)
+    if args.scale:
+        import bench_scale
+
+        return bench_scale.main(args.scale, have_ipyparallel() and not args.no_ipp, args.quick, noop)
     cfg = QUICK if args.quick else FULL
     have_ipp = have_ipyparallel() and not args.no_ipp
     sides: list[Side] = [PxSide(), *([IppSide()] if have_ipp else [])]

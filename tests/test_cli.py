@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +57,39 @@ def test_cluster_start_status_stop(pxgrpc_home: str) -> None:
     assert not any(_alive(p) for p in pids)
     missing = run("pxgrpc", "cluster", "status", "--cluster-id", cluster_id, check=False)
     assert missing.returncode == 1 and "no controller found" in missing.stderr
+
+
+def test_cluster_start_restart_engines_replaces_a_killed_engine_and_stop_leaves_nothing(
+    pxgrpc_home: str,
+) -> None:
+    cluster_id = "cli-restart"
+    replaced: set[int] = set()
+    try:
+        run("pxgrpc", "cluster", "start", "-n", "2", "--cluster-id", cluster_id, "--restart-engines")
+        with ipp.Client(cluster_id=cluster_id) as rc:
+            first = {e["id"]: e["pid"] for e in rc.engines}
+            assert sorted(first) == [0, 1]
+            os.kill(first[0], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while True:
+                now = {e["id"]: e["pid"] for e in rc.engines}
+                if sorted(now) == [0, 1] and now[0] != first[0]:
+                    break
+                assert time.monotonic() < deadline, now
+                time.sleep(0.05)
+            assert now[1] == first[1]
+            replaced = {now[0], now[1]}
+            assert rc[:].apply_sync(lambda: "serving") == ["serving", "serving"]
+        state = json.loads((pathlib.Path(pxgrpc_home) / f"cluster-{cluster_id}.json").read_text())
+        supervisors = [*state["engine_pids"]]
+    finally:
+        stopped = run("pxgrpc", "cluster", "stop", "--cluster-id", cluster_id, check=False)
+    assert "cluster stopped" in stopped.stdout
+    pids = [*replaced, *supervisors]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
 
 
 def test_engine_without_a_controller_says_so(pxgrpc_home: str) -> None:

@@ -41,9 +41,29 @@ def test_large_push_and_pull_go_straight_to_the_engine(
     data = np.random.default_rng(1).random(20 * MB // 8)
     rc[0].push({"a": data}, block=True)
     assert np.array_equal(rc[0].pull("a", block=True), data)
-    rc[:].push({"b": data[::2].copy(), "c": b"x" * (3 * MB)}, block=True)
+    rc[1].push({"b": data[::2].copy(), "c": b"x" * (3 * MB)}, block=True)
+    rc[1].execute("r = (float(b.sum()), len(c))", block=True)
+    assert rc[1].pull("r", block=True) == (float(data[::2].sum()), 3 * MB)
+
+
+def test_a_broadcast_goes_up_once_through_the_controller(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, rc = make_cluster(n=3)
+    submitter = rc._transport.submitter
+    uploads = []
+    original = submitter._upload
+
+    async def counted(blob: Any) -> None:
+        uploads.append(blob.blob_id)
+        await original(blob)
+
+    monkeypatch.setattr(submitter, "_upload", counted)
+    data = np.random.default_rng(1).random(4 * MB // 8)
+    rc[:].push({"b": data, "c": b"x" * (3 * MB)}, block=True)
     rc[:].execute("r = (float(b.sum()), len(c))", block=True)
-    assert rc[:].pull("r", block=True) == [(float(data[::2].sum()), 3 * MB)] * 2
+    assert rc[:].pull("r", block=True) == [(float(data.sum()), 3 * MB)] * 3
+    assert len(uploads) == 1
 
 
 def test_pulled_arrays_are_writable_and_independent_of_the_engine(make_cluster: Any) -> None:

@@ -67,9 +67,14 @@ def test_tls_engines_offer_a_data_endpoint_and_large_data_goes_straight_there(
         data = np.random.default_rng(4).random(32 * MB // 8)
         rc[0].push({"a": data}, block=True)
         assert np.array_equal(rc[0].pull("a", block=True), data)
-        rc[:].push({"b": data[: 4 * MB // 8]}, block=True)
+        for engine_id in rc.ids:
+            rc[engine_id].push({"b": data[: 4 * MB // 8]}, block=True)
         assert all(np.array_equal(b, data[: 4 * MB // 8]) for b in rc[:].pull("b", block=True))
         assert not rc._transport._datapath._broken
+        # A broadcast goes up once, through the controller, on a TLS cluster too.
+        monkeypatch.undo()
+        rc[:].push({"c": data[: 2 * MB // 8]}, block=True)
+        assert all(np.array_equal(c, data[: 2 * MB // 8]) for c in rc[:].pull("c", block=True))
 
 
 def test_the_data_certificate_is_signed_by_the_cluster_ca_for_the_engine_host_only(

@@ -277,7 +277,8 @@ CLIENT_SCRIPT = textwrap.dedent(
     {count_relays}
     direct = [e["id"] for e in rc.engines if e["data_url"]]
     large = np.random.default_rng(7).random(4_000_000)  # 32 MB
-    rc[direct].push({"large": large}, block=True)
+    for engine_id in direct:  # (one engine at a time: a broadcast would go through the controller)
+        rc[engine_id].push({"large": large}, block=True)
     large_back = [bool(np.array_equal(a, large)) for a in rc[direct].pull("large", block=True)]
     print(json.dumps({
         "data_urls": [e["data_url"] for e in rc.engines],

@@ -43,6 +43,17 @@ def test_bench_runs_a_short_pxgrpc_only_table() -> None:
     assert "all goals met:" in out
 
 
+def test_bench_scale_runs_the_many_engine_table() -> None:
+    out = run(str(SCRIPTS / "bench.py"), "--scale", "4", "--quick", "--no-ipp")
+    for label in (
+        "cluster ready",
+        "push to all over push to one",
+        "idle engine unique memory",
+        "cluster stop",
+    ):
+        assert label in out, out
+
+
 def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
     out = run(str(SCRIPTS / "where_time_goes.py"), "--quick")
     for label in (

@@ -97,6 +97,8 @@ class EngineInfo(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     DATA_URL_FIELD_NUMBER: _builtins.int
     PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.int
     """Engine ids are 0, 1, 2 ... in registration order and never reused."""
     hostname: _builtins.str
@@ -110,6 +112,12 @@ class EngineInfo(_message.Message):
     data_url: _builtins.str
     """"host:port" of a direct data endpoint, empty if the engine offers none."""
     python_version: _builtins.str
+    protocol_version: _builtins.str
+    """As the engine registered them (`RegisterRequest.protocol_version`, `.cloudpickle_version`):
+    an engine whose protocol, Python minor version or cloudpickle differs from a client's may
+    not load what that client pickles; the Python client warns at connect time.
+    """
+    cloudpickle_version: _builtins.str
     def __init__(
         self,
         *,
@@ -122,10 +130,12 @@ class EngineInfo(_message.Message):
         registered: _builtins.float = ...,
         data_url: _builtins.str = ...,
         python_version: _builtins.str = ...,
+        protocol_version: _builtins.str = ...,
+        cloudpickle_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "data_url", b"data_url", "engine_id", b"engine_id", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version", "queue", b"queue", "registered", b"registered", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloudpickle_version", b"cloudpickle_version", "completed", b"completed", "data_url", b"data_url", "engine_id", b"engine_id", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "queue", b"queue", "registered", b"registered", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,12 +561,17 @@ class InterruptRequest(_message.Message):
 
     TARGETS_FIELD_NUMBER: _builtins.int
     SIGNAL_NUMBER_FIELD_NUMBER: _builtins.int
+    INCLUDE_IDLE_FIELD_NUMBER: _builtins.int
     signal_number: _builtins.int
     """0 or unset means SIGINT (2): KeyboardInterrupt in the running task only; the engine stays
     up with its namespace. Otherwise a POSIX signal number (15 SIGTERM, 9 SIGKILL, ...) that
     each engine sends to its own process, with that signal's usual effect: SIGTERM or SIGKILL
     end the engine, and its unfinished tasks fail with TASK_STATUS_ENGINE_DIED. A number that
     is not a signal on the controller's platform is INVALID_ARGUMENT.
+    """
+    include_idle: _builtins.bool
+    """Also signal the engines of `targets` that run no task (ipyparallel's `send_signal`): an
+    idle engine ignores SIGINT, and other signals have their usual effect on it.
     """
     @_builtins.property
     def targets(self) -> Global___Targets: ...
@@ -565,10 +580,11 @@ class InterruptRequest(_message.Message):
         *,
         targets: Global___Targets | None = ...,
         signal_number: _builtins.int = ...,
+        include_idle: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signal_number", b"signal_number", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_idle", b"include_idle", "signal_number", b"signal_number", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -581,7 +597,7 @@ class InterruptReply(_message.Message):
     ENGINE_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def engine_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Engines that were running a task and were sent the signal."""
+        """Engines that were sent the signal (running a task, or any of `targets` with `include_idle`)."""
 
     def __init__(
         self,

@@ -29,6 +29,64 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class EngineExit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    STDERR_TAIL_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    """The dead engine process, as it registered (`RegisterRequest.hostname`, `.pid`)."""
+    pid: _builtins.int
+    exit_code: _builtins.int
+    """Its exit status when it exited, else 0."""
+    signal: _builtins.int
+    """The signal that ended it (9 for SIGKILL, as the kernel's OOM killer sends; 11 for SIGSEGV),
+    else 0.
+    """
+    @_builtins.property
+    def stderr_tail(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The last lines it wrote to stderr (at most about 20), oldest first."""
+
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        exit_code: _builtins.int = ...,
+        signal: _builtins.int = ...,
+        stderr_tail: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "hostname", b"hostname", "pid", b"pid", "signal", b"signal", "stderr_tail", b"stderr_tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineExit: _TypeAlias = EngineExit  # noqa: Y015
+
+@_typing.final
+class EngineExitReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINE_ID_FIELD_NUMBER: _builtins.int
+    engine_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        engine_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_id", b"engine_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineExitReply: _TypeAlias = EngineExitReply  # noqa: Y015
+
+@_typing.final
 class RegisterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -39,6 +97,9 @@ class RegisterRequest(_message.Message):
     DATA_CSR_PEM_FIELD_NUMBER: _builtins.int
     DATA_CSR_MAC_FIELD_NUMBER: _builtins.int
     REQUESTED_ID_FIELD_NUMBER: _builtins.int
+    SUPERVISED_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
     HELD_TASK_IDS_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
@@ -66,6 +127,9 @@ class RegisterRequest(_message.Message):
     requested_id: _builtins.int
     """The engine id to register under, when the engine needs a particular one (engines started
     by `mpiexec` ask for their MPI rank, so that engine ids equal `MPI.COMM_WORLD.rank`).
+    A supervisor (`pxgrpc-engine --restart`) that replaces a dead engine asks for the dead
+    engine's id (from `EngineExitReply.engine_id`): the replacement gets it, with a fresh
+    namespace, once the controller has ended the dead engine's registration.
     Unset: the controller hands out the next id it has never given. A negative id fails the call
     with INVALID_ARGUMENT; an id a registered engine holds fails it with ALREADY_EXISTS (the
     message names the id and that engine's host and pid). Ids handed out later skip every id
@@ -78,6 +142,17 @@ class RegisterRequest(_message.Message):
     ALREADY_EXISTS: retry with backoff. A controller started with `--restore` keeps the ids of
     the engines it knew free for them: new engines get other ids.
     """
+    supervised: _builtins.bool
+    """The engine runs under a supervisor that reports how it ends (`ReportExit`): when its `Work`
+    stream breaks, the controller waits a few seconds for that report before failing the
+    engine's tasks, so that their EngineError can say why the engine died.
+    """
+    protocol_version: _builtins.str
+    """The version of the pxgrpc protocol the engine speaks (`PROTOCOL_VERSION` of pxgrpc.wire),
+    and of the cloudpickle it pickles with ("" when not installed). Clients compare them, and
+    `python_version`, with their own when they connect (see `EngineInfo`).
+    """
+    cloudpickle_version: _builtins.str
     @_builtins.property
     def held_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Re-registration only: the tasks (Task.task_id) this engine holds from its earlier
@@ -97,11 +172,14 @@ class RegisterRequest(_message.Message):
         data_csr_pem: _builtins.bytes = ...,
         data_csr_mac: _builtins.bytes = ...,
         requested_id: _builtins.int | None = ...,
+        supervised: _builtins.bool = ...,
+        protocol_version: _builtins.str = ...,
+        cloudpickle_version: _builtins.str = ...,
         held_task_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "requested_id", b"requested_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "hostname", b"hostname", "pid", b"pid", "python_version", b"python_version", "requested_id", b"requested_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__requested_id: _TypeAlias = _typing.Literal["requested_id"]  # noqa: Y015
     _WhichOneofArgType__requested_id: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id"]  # noqa: Y015

@@ -55,6 +55,11 @@ class EngineStub:
                 request_serializer=pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ReportExit = channel.unary_unary(
+                '/pxgrpc.v1.Engine/ReportExit',
+                request_serializer=pxgrpc_dot_v1_dot_engine__pb2.EngineExit.SerializeToString,
+                response_deserializer=pxgrpc_dot_v1_dot_engine__pb2.EngineExitReply.FromString,
+                _registered_method=True)
 
 
 class EngineServicer:
@@ -84,6 +89,17 @@ class EngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportExit(self, request, context):
+        """How an engine process ended, from the supervisor that ran it (`pxgrpc-engine --restart`, used
+        by `Cluster(restart_engines=True)`): the controller ends that engine's registration (if it
+        has not noticed yet), fails its tasks with an EngineError quoting the report, and answers
+        with the engine's id, under which the supervisor registers the replacement
+        (`RegisterRequest.requested_id`). An unknown host/pid fails the call with NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +122,11 @@ def add_EngineServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.FromString,
                     response_serializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.SerializeToString,
+            ),
+            'ReportExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportExit,
+                    request_deserializer=pxgrpc_dot_v1_dot_engine__pb2.EngineExit.FromString,
+                    response_serializer=pxgrpc_dot_v1_dot_engine__pb2.EngineExitReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +237,33 @@ class Engine:
             '/pxgrpc.v1.Engine/Download',
             pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.SerializeToString,
             pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxgrpc.v1.Engine/ReportExit',
+            pxgrpc_dot_v1_dot_engine__pb2.EngineExit.SerializeToString,
+            pxgrpc_dot_v1_dot_engine__pb2.EngineExitReply.FromString,
             options,
             channel_credentials,
             insecure,

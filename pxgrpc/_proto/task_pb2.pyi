@@ -614,6 +614,62 @@ class DisplayEvent(_message.Message):
 Global___DisplayEvent: _TypeAlias = DisplayEvent  # noqa: Y015
 
 @_typing.final
+class DataEvent(_message.Message):
+    """Values a running task published (in Python: `pxgrpc.datapub.publish_data({"step": 3})`,
+    ipyparallel's `datapub.publish_data`), sent while it runs. The client merges each event's
+    `data` into the task's published dict (a later value for a name replaces the earlier one);
+    Python clients show it as `AsyncResult.data`. Values are inline only (no blobs): an engine
+    refuses to publish more than `MAX_INLINE` bytes in one event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ENGINE_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    engine_id: _builtins.int
+    @_builtins.property
+    def data(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Value]:
+        """Name -> value."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        engine_id: _builtins.int = ...,
+        data: _abc.Mapping[_builtins.str, _value_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "engine_id", b"engine_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataEvent: _TypeAlias = DataEvent  # noqa: Y015
+
+@_typing.final
 class TaskEvent(_message.Message):
     """One thing that happened to a task."""
 
@@ -622,24 +678,28 @@ class TaskEvent(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     DISPLAY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def result(self) -> Global___TaskResult: ...
     @_builtins.property
     def output(self) -> Global___OutputEvent: ...
     @_builtins.property
     def display(self) -> Global___DisplayEvent: ...
+    @_builtins.property
+    def data(self) -> Global___DataEvent: ...
     def __init__(
         self,
         *,
         result: Global___TaskResult | None = ...,
         output: Global___OutputEvent | None = ...,
         display: Global___DisplayEvent | None = ...,
+        data: Global___DataEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["display", b"display", "kind", b"kind", "output", b"output", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "display", b"display", "kind", b"kind", "output", b"output", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display", b"display", "kind", b"kind", "output", b"output", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "display", b"display", "kind", b"kind", "output", b"output", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["result", "output", "display"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["result", "output", "display", "data"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

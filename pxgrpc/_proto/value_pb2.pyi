@@ -388,23 +388,65 @@ class BlobHeader(_message.Message):
 
     BLOB_ID_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     blob_id: _builtins.str
     """Chosen by the uploader: 1-64 characters of [A-Za-z0-9_-]; a UUID4 hex string is usual."""
     size: _builtins.int
     """Total number of bytes that the data chunks that follow will carry."""
+    @_builtins.property
+    def shared(self) -> Global___SharedBlob:
+        """Only in a download that asked for it (`DownloadRequest.host_key` equal to the sender's):
+        no data chunks follow; the blob's bytes are in a shared-memory file on this host.
+        """
+
     def __init__(
         self,
         *,
         blob_id: _builtins.str = ...,
         size: _builtins.int = ...,
+        shared: Global___SharedBlob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shared", b"shared"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "shared", b"shared", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BlobHeader: _TypeAlias = BlobHeader  # noqa: Y015
+
+@_typing.final
+class SharedBlob(_message.Message):
+    """A blob in shared memory, for the readers on its host to map privately (copy-on-write): one
+    copy of a broadcast serves every engine of the host, and each engine's value is its own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """A file this host's readers can open (e.g. /proc/PID/fd/N of the sender's memfd)."""
+    nonce: _builtins.bytes
+    """The file's first bytes: a reader checks them before trusting the file (the path of another
+    host or PID namespace would name a different file).
+    """
+    offset: _builtins.int
+    """Where the blob's bytes start in the file (page-aligned)."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce", "offset", b"offset", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedBlob: _TypeAlias = SharedBlob  # noqa: Y015
 
 @_typing.final
 class BlobChunk(_message.Message):
@@ -465,15 +507,21 @@ class DownloadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BLOB_ID_FIELD_NUMBER: _builtins.int
+    HOST_KEY_FIELD_NUMBER: _builtins.int
     blob_id: _builtins.str
+    host_key: _builtins.str
+    """The reader's host (its boot id): when it is the sender's, the sender may answer with a
+    `SharedBlob` instead of the bytes. Empty: send the bytes.
+    """
     def __init__(
         self,
         *,
         blob_id: _builtins.str = ...,
+        host_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "host_key", b"host_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,11 +1,15 @@
 """The Python client: Client, views, AsyncResult and errors."""
 
-from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
-from pxgrpc.client.client import Client, ViewExecutor
+from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.client import Client
 from pxgrpc.client.errors import (
+    AlreadyDisplayedError,
     AuthenticationError,
     CompositeError,
+    DependencyTimeout,
     EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
     NoEnginesError,
     PxConnectionError,
     PxError,
@@ -13,17 +17,24 @@ from pxgrpc.client.errors import (
     TaskAborted,
     TimeoutError,
     TLSError,
+    UnmetDependency,
 )
+from pxgrpc.client.executor import ViewExecutor
+from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.view import DirectView, LoadBalancedView
 
 __all__ = [
+    "AlreadyDisplayedError",
     "AsyncMapResult",
     "AsyncResult",
     "AuthenticationError",
     "Client",
     "CompositeError",
+    "DependencyTimeout",
     "DirectView",
     "EngineError",
+    "ImpossibleDependency",
+    "InvalidDependency",
     "LoadBalancedView",
     "NoEnginesError",
     "PxConnectionError",
@@ -32,5 +43,6 @@ __all__ = [
     "TLSError",
     "TaskAborted",
     "TimeoutError",
+    "UnmetDependency",
     "ViewExecutor",
 ]

@@ -14,10 +14,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.errors import CompositeError, PxError, TimeoutError
+from pxgrpc.client.executereply import ExecuteReply
+from pxgrpc.client.resultmeta import METADATA_KEYS, task_metadata
 from pxgrpc.client.tasks import Reducer, TaskOutcome
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
         targets: Sequence[int | None] | None = None,
         single: bool = False,
         reduce: Reducer | None = None,
+        return_exceptions: bool = False,
+        execute: bool = False,
+        sizes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self._client = client
@@ -55,17 +59,27 @@ class AsyncResult(concurrent.futures.Future[Any]):
         self._targets = list(targets) if targets is not None else [None] * len(self.msg_ids)
         self._single = single
         self._reduce = reduce
+        #: An execute: each task's value is its ExecuteReply.
+        self._execute = execute
+        #: Elements per task (map): len() and progress count elements, not tasks.
+        self._sizes = list(sizes) if sizes is not None else None
         n = len(self.msg_ids)
         self._outcomes: list[TaskOutcome | None] = [None] * n
         self._stdout = [""] * n
         self._stderr = [""] * n
         self._outputs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        self._data: list[dict[str, Any]] = [{} for _ in range(n)]
+        #: Results made of some of these tasks (split, join, get_result) that hear their events.
+        self._followers: list[AsyncResult] = []
+        self._split: tuple[AsyncResult, ...] | None = None
         self._engine_ids: list[int | None] = list(self._targets)
         self._done = 0
         self._cond = threading.Condition()
         self._submitted = time.time()
         self._completed_at: float | None = None
         self.output_hooks: list[OutputHook] = []
+        #: Failed tasks' exceptions in place of their values, instead of raising them.
+        self.return_exceptions = return_exceptions
         if n == 0:
             self._finish()
 
@@ -73,19 +87,35 @@ class AsyncResult(concurrent.futures.Future[Any]):
 
     def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None:
         i = self._index[task_id]
-        self._engine_ids[i] = engine_id
-        if stream == "stderr":
-            self._stderr[i] += text
-        else:
-            self._stdout[i] += text
+        with self._cond:
+            self._engine_ids[i] = engine_id
+            if stream == "stderr":
+                self._stderr[i] += text
+            else:
+                self._stdout[i] += text
+            for follower in self._followers:
+                if task_id in follower._index:
+                    follower.on_output(task_id, engine_id, stream, text)
         for hook in self.output_hooks:
             hook(engine_id, stream, text)
 
     def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None:
         i = self._index[task_id]
-        self._outputs[i].append({"data": data, "metadata": metadata})
+        with self._cond:
+            self._outputs[i].append({"data": data, "metadata": metadata})
+            for follower in self._followers:
+                if task_id in follower._index:
+                    follower.on_display(task_id, engine_id, data, metadata)
         for hook in self.output_hooks:
             hook(engine_id, "display", data.get("text/plain", ""))
+
+    def on_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None:
+        i = self._index[task_id]
+        with self._cond:
+            self._data[i].update(data)
+            for follower in self._followers:
+                if task_id in follower._index:
+                    follower.on_data(task_id, engine_id, data)
 
     def on_result(self, outcome: TaskOutcome) -> None:
         i = self._index[outcome.task_id]
@@ -95,16 +125,49 @@ class AsyncResult(concurrent.futures.Future[Any]):
             self._outcomes[i] = outcome
             if outcome.engine_id >= 0:
                 self._engine_ids[i] = outcome.engine_id
+            if self._execute and outcome.error is None and not isinstance(outcome.value, ExecuteReply):
+                outcome.value = ExecuteReply(outcome.task_id, outcome.execution_count, self._entry(i))
             self._done += 1
             finished = self._done == len(self._outcomes)
+            followers = list(self._followers)
+            if finished:
+                self._followers.clear()  # (nothing more to tell them)
             self._cond.notify_all()
+        self._client.task_finished(outcome)
+        for follower in followers:
+            if outcome.task_id in follower._index:
+                follower.on_result(outcome)
         if finished:
             self._finish()
+
+    def follow(self, source: AsyncResult) -> None:
+        """Hear the events of `source`'s tasks that are also ours, those past included (how
+        split, join and `Client.get_result` build results from results)."""
+        with source._cond:
+            if source._done < len(source._outcomes):
+                source._followers.append(self)
+            past = []
+            for task_id in self.msg_ids:
+                j = source._index.get(task_id)
+                if j is None:
+                    continue
+                i = self._index[task_id]
+                self._engine_ids[i] = source._engine_ids[j]
+                self._stdout[i], self._stderr[i] = source._stdout[j], source._stderr[j]
+                self._outputs[i] = list(source._outputs[j])
+                self._data[i] = dict(source._data[j])
+                if (outcome := source._outcomes[j]) is not None:
+                    past.append(outcome)
+        for outcome in past:
+            self.on_result(outcome)
 
     def _finish(self) -> None:
         self._completed_at = time.time()
         errors: list[PxError] = [o.error for o in self._outcomes if o is not None and o.error is not None]
         try:
+            if errors and self.return_exceptions:
+                self.set_result(self._with_errors())
+                return
             if errors:
                 if self._single and len(errors) == 1:
                     self.set_exception(errors[0])
@@ -123,15 +186,40 @@ class AsyncResult(concurrent.futures.Future[Any]):
         except Exception as exc:  # noqa: BLE001 - a failing reduction must reach the waiter
             self.set_exception(exc)
 
+    def _with_errors(self) -> Any:
+        """The result with each failed task's exception in place of its value (of its chunk, in
+        a map: a joined map then has one exception where the chunk's items would be)."""
+        values = [o.error if o.error is not None else o.value for o in self._outcomes if o is not None]
+        if self._reduce is None:
+            return values[0] if self._single else values
+        if not any(isinstance(v, BaseException) for v in values):
+            return self._reduce(values)
+        flat: list[Any] = []
+        for value in values:
+            if isinstance(value, BaseException):
+                flat.append(value)
+            else:
+                flat.extend(value)
+        return flat
+
+    def task_done(self, task_id: str) -> bool:
+        """Whether the task `task_id` (one of `msg_ids`) has finished."""
+        return self._outcomes[self._index[task_id]] is not None
+
     # --- ipyparallel's interface ----------------------------------------------------------
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None, return_exceptions: bool | None = None) -> Any:
         """Wait for the result (at most `timeout` seconds) and return it, or raise its error.
 
-        Ctrl-C (or a Jupyter kernel interrupt) while waiting interrupts this result's tasks on
-        the engines (see `interrupt`) and stops waiting.
+        `return_exceptions=True`: failed tasks' exceptions come back in place of their values
+        instead of being raised. Ctrl-C (or a Jupyter kernel interrupt) while waiting interrupts
+        this result's tasks on the engines (see `interrupt`) and stops waiting.
         """
         try:
+            if return_exceptions and not self.return_exceptions:
+                self.exception(timeout if timeout is None or timeout >= 0 else None)
+                if not self.cancelled() and self._done == len(self._outcomes):
+                    return self._with_errors()
             return self.result(timeout if timeout is None or timeout >= 0 else None)
         except KeyboardInterrupt:
             self.interrupt()
@@ -142,10 +230,77 @@ class AsyncResult(concurrent.futures.Future[Any]):
                 "(call .get() again to keep waiting, or .abort())"
             ) from None
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until done (or `timeout` seconds); return whether it is done."""
-        concurrent.futures.wait([self], timeout if timeout is None or timeout >= 0 else None)
-        return self.done()
+    def wait(self, timeout: float | None = None, return_when: str | None = None) -> Any:
+        """Wait until done (or `timeout` seconds); return whether it is done.
+
+        With `return_when` (`pxgrpc.FIRST_COMPLETED`, `FIRST_EXCEPTION` or `ALL_COMPLETED`) it
+        waits as `concurrent.futures.wait` does on the tasks one by one (see `split`) and returns
+        their `(done, pending)` sets.
+        """
+        wait_for = timeout if timeout is None or timeout >= 0 else None
+        if return_when is None:
+            concurrent.futures.wait([self], wait_for)
+            return self.done()
+        done, pending = concurrent.futures.wait(self.split(), wait_for, return_when=return_when)
+        return done, pending
+
+    def wait_for_output(self, timeout: float = -1) -> bool:
+        """Wait until all output of the tasks is in; return whether it is.
+
+        Output travels ahead of each task's result on the same stream, so it is complete as soon
+        as the result is: this is `wait` (kept for ipyparallel code).
+        """
+        return bool(self.wait(timeout))
+
+    def get_dict(self, timeout: float = -1) -> dict[int, Any]:
+        """The results keyed by engine id (ValueError if one engine ran several of the tasks)."""
+        results = self.get(timeout)
+        values = [results] if self._single else list(results)
+        engine_ids = [self._engine_ids[i] for i in range(len(self.msg_ids))]
+        if self._sizes is not None or len(values) != len(engine_ids):
+            raise ValueError(f"{self._fname}: a map result has no value per engine; use get()")
+        by_engine: dict[int, Any] = {}
+        for engine_id, value in zip(engine_ids, values, strict=True):
+            if engine_id in by_engine or engine_id is None:
+                raise ValueError(
+                    f"cannot build a dict: {engine_ids.count(engine_id)} tasks ran on engine {engine_id}"
+                )
+            by_engine[engine_id] = value
+        return by_engine
+
+    @property
+    def r(self) -> Any:
+        """The result (waits): `get()` as a property."""
+        return self.get()
+
+    def split(self) -> tuple[AsyncResult, ...]:
+        """One AsyncResult per task (for `concurrent.futures.wait` and friends); `join` undoes it."""
+        if len(self.msg_ids) == 1:
+            return (self,)
+        if self._split is None:
+            flatten = self._reduce is None
+            parts = []
+            for task_id, target in zip(self.msg_ids, self._targets, strict=True):
+                part = AsyncResult(self._client, [task_id], self._fname, [target], single=flatten)
+                part.follow(self)
+                parts.append(part)
+            self._split = tuple(parts)
+        return self._split
+
+    @classmethod
+    def join(cls, *results: AsyncResult) -> AsyncResult:
+        """One AsyncResult for the tasks of several (the inverse of `split`)."""
+        if not results:
+            raise ValueError("join needs at least one AsyncResult")
+        if len(results) == 1:
+            return results[0]
+        first = results[0]
+        ids = [task_id for ar in results for task_id in ar.msg_ids]
+        targets = [t for ar in results for t in ar._targets]
+        joined = AsyncResult(first._client, ids, first._fname, targets)
+        for ar in results:
+            joined.follow(ar)
+        return joined
 
     def ready(self) -> bool:
         """Whether every task has finished."""
@@ -159,8 +314,10 @@ class AsyncResult(concurrent.futures.Future[Any]):
 
     @property
     def progress(self) -> int:
-        """How many tasks have finished."""
-        return self._done
+        """How many tasks have finished (for a map: how many elements)."""
+        if self._sizes is None:
+            return self._done
+        return sum(n for n, o in zip(self._sizes, self._outcomes, strict=True) if o is not None)
 
     @property
     def elapsed(self) -> float:
@@ -201,46 +358,59 @@ class AsyncResult(concurrent.futures.Future[Any]):
         return self._per_task(results)
 
     @property
+    def data(self) -> Any:
+        """What the tasks published while running (`pxgrpc.datapub.publish_data`): a dict per task."""
+        return self._per_task([dict(d) for d in self._data])
+
+    def _entry(self, i: int) -> dict[str, Any]:
+        """The metadata of task `i` (with `_cond` held or after it is done)."""
+        return task_metadata(
+            self.msg_ids[i],
+            self._outcomes[i],
+            self._submitted,
+            engine_id=self._engine_ids[i],
+            stdout=self._stdout[i],
+            stderr=self._stderr[i],
+            outputs=self._outputs[i],
+            data=self._data[i],
+        )
+
+    @property
     def metadata(self) -> Any:
-        """Per-task metadata: engine_id, submitted/started/completed/received datetimes, stdout, status ..."""
-        entries = []
-        for i, o in enumerate(self._outcomes):
-            entries.append(
-                {
-                    "msg_id": self.msg_ids[i],
-                    "engine_id": self._engine_ids[i],
-                    "submitted": datetime.fromtimestamp(
-                        o.submitted if o and o.submitted else self._submitted
-                    ),
-                    "started": datetime.fromtimestamp(o.started) if o and o.started else None,
-                    "completed": datetime.fromtimestamp(o.completed) if o and o.completed else None,
-                    "received": datetime.fromtimestamp(o.received) if o and o.received else None,
-                    "status": o.status if o else "pending",
-                    "stdout": self._stdout[i],
-                    "stderr": self._stderr[i],
-                    "outputs": self._outputs[i],
-                    "execute_result": o.execute_result if o else None,
-                    "execution_count": o.execution_count if o else 0,
-                    "error": o.error if o else None,
-                }
-            )
-        return self._per_task(entries)
+        """Per-task metadata: engine_id, submitted/started/completed/received datetimes, stdout,
+        status, data ... (each key is also an attribute: `ar.engine_id`, `ar.completed`)."""
+        with self._cond:
+            return self._per_task([self._entry(i) for i in range(len(self.msg_ids))])
+
+    def __getattr__(self, key: str) -> Any:
+        # Only reached for names that are not attributes: metadata keys, as in ipyparallel.
+        if key.startswith("_") or key not in METADATA_KEYS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        return self[key]
+
+    def _check_ready(self) -> None:
+        if not self.done():
+            raise TimeoutError(f"{self._fname}: not ready yet ({self.progress} of {len(self)} done)")
 
     @property
     def serial_time(self) -> float:
-        """Seconds the engines spent computing, summed."""
+        """Seconds the engines spent computing, summed (TimeoutError until done)."""
+        self._check_ready()
         return sum(o.completed - o.started for o in self._outcomes if o is not None and o.started)
 
     @property
     def wall_time(self) -> float:
-        """Seconds from the first start to the last completion on the engines."""
-        done = [o for o in self._outcomes if o is not None and o.started]
+        """Seconds from the first submission to the last result received (TimeoutError until done)."""
+        self._check_ready()
+        done = [o for o in self._outcomes if o is not None and o.received]
         if not done:
             return 0.0
-        return max(o.completed for o in done) - min(o.started for o in done)
+        start = min((o.submitted or self._submitted) for o in done)
+        return max(o.received for o in done) - start
 
     def __len__(self) -> int:
-        return len(self.msg_ids)
+        """How many tasks (for a map: how many elements)."""
+        return len(self.msg_ids) if self._sizes is None else sum(self._sizes)
 
     def __iter__(self) -> Iterator[Any]:
         """The results one by one, in order, each as soon as it is in."""
@@ -257,6 +427,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
             outcome = self._outcomes[i]
         assert outcome is not None
         if outcome.error is not None:
+            if self.return_exceptions:
+                return outcome.error
             raise outcome.error
         return outcome.value
 
@@ -337,46 +509,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
         """Show what the engines printed (`[stdout:N]` blocks), displayed and returned (`Out[N:n]:`).
 
         `groupby` is "type", "engine" or "order" (see `pxgrpc.ipython.display.display_outputs`).
+        A single-engine result (`rc[0]`) prints its output without `[stdout:N]` headers.
         """
         from pxgrpc.client.frontend import display_outputs
 
-        display_outputs(self, groupby, result_only)
-
-
-class AsyncMapResult(AsyncResult):
-    """The result of map or gather: the parts are joined into one sequence.
-
-    Iterating yields single elements, in order (or as they complete, for unordered maps).
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        task_ids: Sequence[str],
-        fname: str,
-        join: Reducer,
-        targets: Sequence[int | None] | None = None,
-        ordered: bool = True,
-    ) -> None:
-        self._ordered = ordered
-        self._arrival: list[int] = []
-        super().__init__(client, task_ids, fname, targets, single=False, reduce=join)
-
-    def on_result(self, outcome: TaskOutcome) -> None:
-        with self._cond:
-            self._arrival.append(self._index[outcome.task_id])
-        super().on_result(outcome)
-
-    def __iter__(self) -> Iterator[Any]:
-        if self._ordered:
-            for i in range(len(self.msg_ids)):
-                yield from self._result_at(i)
-            return
-        seen = 0
-        while seen < len(self.msg_ids):
-            with self._cond:
-                while len(self._arrival) <= seen:
-                    self._cond.wait()
-                i = self._arrival[seen]
-            seen += 1
-            yield from self._result_at(i)
+        display_outputs(self, groupby, result_only, headers=not self._single)

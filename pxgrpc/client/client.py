@@ -8,17 +8,23 @@ import contextlib
 import os
 import pathlib
 import signal
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
-from pxgrpc.client.errors import NoEnginesError, TimeoutError
+from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.dependencies import DependencyScheduler
+from pxgrpc.client.errors import NoEnginesError, PxConnectionError, TimeoutError
+from pxgrpc.client.executor import ViewExecutor
 from pxgrpc.client.frontend import client_created
-from pxgrpc.client.tasks import Job
+from pxgrpc.client.history import TaskHistory
+from pxgrpc.client.mapresult import AsyncMapResult
+from pxgrpc.client.tasks import Apply, Execute, Job, TaskOutcome
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
+from pxgrpc.remote_calls import clear_namespace
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import ConnectionInfo, default_connection_file, read_connection_file
 
@@ -45,6 +51,9 @@ class Client:
     and arrive after, each once.
     """
 
+    #: Whether `clear` and `send_signal` wait by default (as ipyparallel's `Client.block`).
+    block = False
+
     def __init__(
         self,
         url_file: str | os.PathLike[str] | None = None,
@@ -68,7 +77,11 @@ class Client:
         self.connection_info = connection_info
         self._transport = Transport(connection_info, timeout, reconnect_timeout, path)
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        self._history = TaskHistory()
         self._closed = False
+        self._dependencies = DependencyScheduler(
+            self._transport.submit, self._transport.new_task_ids, self._live, lambda: self.outstanding
+        )
         atexit.register(_close_at_exit, weakref.ref(self))
         client_created(self)
 
@@ -91,7 +104,10 @@ class Client:
         return (self[i] for i in self.ids)
 
     def __getitem__(self, key: int | slice | Sequence[int]) -> DirectView:
-        """`rc[0]`: one engine; `rc[:]`, `rc[::2]`, `rc[[0, 2]]`: several."""
+        """`rc[0]`: one engine; `rc[:]`, `rc[::2]`, `rc[[0, 2]]`: several.
+
+        An engine id that is not registered raises IndexError (a `NoEnginesError`).
+        """
         if isinstance(key, str):
             raise TypeError("index the client with engine ids, e.g. rc[0] or rc[:]")
         ids, _ = self.resolve_targets(key)
@@ -137,22 +153,45 @@ class Client:
         return DirectView(self, "all")
 
     def load_balanced_view(self, targets: Targets = None) -> LoadBalancedView:
-        """A LoadBalancedView over all engines."""
-        return LoadBalancedView(self, targets)
+        """A LoadBalancedView over all engines, or over `targets` (engine ids, a slice, or one
+        id: `-1` is the last engine), resolved now as ipyparallel does."""
+        if targets is None or targets == "all":
+            return LoadBalancedView(self, None)
+        return LoadBalancedView(self, self.resolve_targets(targets)[0])
 
     def executor(self, targets: Targets = None) -> ViewExecutor:
         """A `concurrent.futures.Executor` that runs submitted calls load-balanced."""
         return ViewExecutor(self.load_balanced_view(targets))
 
-    def wait_for_engines(self, n: int | None = None, timeout: float = -1, block: bool = True) -> None:
-        """Wait until at least `n` engines are registered (raise TimeoutError after `timeout` s)."""
+    def wait_for_engines(
+        self, n: int | None = None, timeout: float = -1, block: bool = True
+    ) -> concurrent.futures.Future[None] | None:
+        """Wait until at least `n` engines are registered (raise TimeoutError after `timeout` s).
+
+        With `block=False`, return at once a `concurrent.futures.Future` that is done when they
+        are (or fails with TimeoutError).
+        """
+        if not block:
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def wait() -> None:
+                try:
+                    self.wait_for_engines(n, timeout)
+                except BaseException as exc:  # noqa: BLE001 - the waiter gets whatever failed
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
+
+            threading.Thread(target=wait, name="pxgrpc-wait-for-engines", daemon=True).start()
+            return future
         if n is None:
-            return
+            return None
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         while len(self._transport.list_engines()) < n:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(self.ids)} engines of {n} registered after {timeout} s")
             time.sleep(0.02)
+        return None
 
     # --- work ----------------------------------------------------------------------------
 
@@ -170,12 +209,115 @@ class Client:
         ids = self._transport.new_task_ids(len(job.targets))
         ar: AsyncResult
         if job.join is not None:
-            ar = AsyncMapResult(self, ids, job.name, job.join, job.targets, ordered=job.ordered)
+            ar = AsyncMapResult(
+                self,
+                ids,
+                job.name,
+                job.join,
+                job.targets,
+                ordered=job.ordered,
+                sizes=job.sizes,
+                return_exceptions=job.return_exceptions,
+            )
         else:
-            ar = AsyncResult(self, ids, job.name, job.targets, single=job.single)
+            actions = [job.action] if job.action is not None else job.each
+            execute = isinstance(actions, list) and all(isinstance(a, Execute) for a in actions)
+            ar = AsyncResult(
+                self,
+                ids,
+                job.name,
+                job.targets,
+                single=job.single,
+                execute=execute,
+                return_exceptions=job.return_exceptions,
+            )
         self._results.add(ar)
-        self._transport.submit(ids, job, ar)
+        job = self._history.add(ids, job, ar)
+        if job.constraints is not None and job.constraints.any():
+            self._dependencies.hold(ids, job, ar)
+        else:
+            self._transport.submit(ids, job, ar)
         return ar
+
+    # --- this client's history ------------------------------------------------------------
+
+    @property
+    def history(self) -> list[str]:
+        """Ids of the tasks this client submitted, oldest first (the last `history_limit`)."""
+        return self._history.ids
+
+    @property
+    def history_limit(self) -> int:
+        """How many tasks the history remembers (ids, results, what resubmit needs)."""
+        return self._history.limit
+
+    @history_limit.setter
+    def history_limit(self, limit: int) -> None:
+        self._history.limit = limit
+
+    def get_result(
+        self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = True
+    ) -> AsyncResult:
+        """An AsyncResult for tasks this client submitted: history indices (`-1`, the default,
+        is the last task), task ids, AsyncResults, or a list of them.
+
+        >>> dv.apply_sync(os.getpid)
+        >>> rc.get_result(-1).metadata["engine_id"]
+
+        KeyError for a task this client does not remember (another client's, older than
+        `history_limit`, or one whose result is no longer held: the results of the last 16 calls
+        are, and those the program holds): pxgrpc's controller keeps no task database.
+        """
+        ids, single = self._history.task_ids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
+        sources = [self._history.result(task_id) for task_id in ids]
+        records = [self._history.record(task_id) for task_id in ids]
+        name = records[0].name if records else "get_result"
+        targets = [r.target for r in records]
+        ar = AsyncResult(self, ids, name, targets, single=single and len(ids) == 1)
+        for source in {id(s): s for s in sources}.values():
+            ar.follow(source)
+        if block:
+            ar.wait()
+        return ar
+
+    def resubmit(
+        self, indices_or_msg_ids: Any = None, metadata: Any = None, block: bool | None = None
+    ) -> AsyncResult:
+        """Run finished tasks of this client again (same action, same engine, or load-balanced
+        again); returns the new tasks' AsyncResult.
+
+        ValueError for tasks still in flight, and for pushes, scatters and calls with large
+        arguments (the history does not keep large data alive to resubmit it).
+        """
+        ids, single = self._history.task_ids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
+        records = [self._history.record(task_id) for task_id in ids]
+        for task_id, record in zip(ids, records, strict=True):
+            source = record.result()
+            if not record.kept:
+                raise ValueError(
+                    f"resubmit: task {task_id} ({record.name}) moved data too large to keep for "
+                    "resubmitting; run the call again instead"
+                )
+            if (source is not None and not source.task_done(task_id)) or record.action is None:
+                raise ValueError(
+                    f"resubmit: task {task_id} is still in flight; only finished tasks can be resubmitted"
+                )
+        job = Job(
+            records[0].name if records else "resubmit",
+            [r.target for r in records],
+            each=[r.action for r in records if r.action is not None],
+            single=single and len(ids) == 1,
+            retries=max((r.retries for r in records), default=0),
+        )
+        ar = self.submit(job)
+        if block:
+            ar.wait()
+        return ar
+
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        """(Called by AsyncResult for each task of this client.) Remember how it ended, for the
+        tasks that depend on it."""
+        self._dependencies.record(outcome.task_id, outcome.engine_id, outcome.error is None)
 
     @property
     def outstanding(self) -> set[str]:
@@ -187,13 +329,33 @@ class Client:
         return ids
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
-        """Wait for `jobs` (AsyncResults), or for everything this client submitted."""
-        pending = (
-            _results_of(jobs) if jobs is not None else [ar for ar in list(self._results) if not ar.done()]
-        )
+        """Wait for `jobs` (AsyncResults, `concurrent.futures` futures, task ids or history
+        indices, or a list of them), or for everything this client submitted; return whether
+        all of it is done."""
+        pending: list[concurrent.futures.Future[Any]]
+        if jobs is None:
+            pending = [ar for ar in list(self._results) if not ar.done()]
+        else:
+            single = isinstance(jobs, str | int | concurrent.futures.Future)
+            items = [jobs] if single else list(jobs)
+            pending = [j for j in items if isinstance(j, concurrent.futures.Future)]
+            ids = [j for j in items if not isinstance(j, concurrent.futures.Future)]
+            if ids:
+                pending.append(self.get_result(ids))
         wait_for = None if timeout is None or timeout < 0 else timeout
         _, not_done = concurrent.futures.wait(pending, wait_for)
         return not not_done
+
+    def wait_interactive(self, jobs: Any = None, interval: float = 1.0, timeout: float = -1) -> None:
+        """Wait with a progress bar for `jobs` (as in `wait`), or for everything outstanding."""
+        if jobs is None:
+            results = [ar for ar in list(self._results) if not ar.done()]
+            if not results:
+                return
+            ar = AsyncResult.join(*results)
+        else:
+            ar = self.get_result(jobs if isinstance(jobs, list) else [jobs])
+        ar.wait_interactive(interval=interval, timeout=timeout)
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> list[str]:
         """Abort queued tasks: `jobs` (AsyncResults or task ids), the queued tasks of `targets`,
@@ -202,10 +364,17 @@ class Client:
             task_ids = (
                 [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
             )
-            return self._transport.abort(task_ids) if task_ids else []
+            return self._abort(task_ids)
         if targets is not None:
             return self._transport.abort([], self.resolve_targets(targets)[0])
-        return self._transport.abort(sorted(self.outstanding))
+        return self._abort(sorted(self.outstanding))
+
+    def _abort(self, task_ids: Sequence[str]) -> list[str]:
+        """Abort tasks: those still held for their dependencies here, the others at the controller."""
+        held = self._dependencies.abort(task_ids)
+        dropped = set(held)
+        rest = [t for t in task_ids if t not in dropped]
+        return held + (self._transport.abort(rest) if rest else [])
 
     def interrupt(self, targets: Targets = "all", sig: int = signal.SIGINT) -> list[int]:
         """Interrupt the code running on the engines; returns the engines that were running some.
@@ -216,10 +385,32 @@ class Client:
         """
         return self._transport.interrupt(self.resolve_targets(targets)[0], sig)
 
-    def queue_status(self, targets: Targets = "all", verbose: bool = False) -> dict[int | str, Any]:
-        """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`."""
+    def queue_status(self, targets: Targets = "all", verbose: bool = False) -> dict[Any, Any]:
+        """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`; for one
+        engine id (`targets=0`) that engine's `{'queue': n, 'completed': n, 'tasks': n}`."""
         ids = self.resolve_targets(targets)[0] if not isinstance(targets, list) else targets
-        return self._transport.queue_status(ids, verbose)
+        status = self._transport.queue_status(ids, verbose)
+        if isinstance(targets, int):
+            return status[ids[0]]  # type: ignore[no-any-return]
+        return status
+
+    def clear(self, targets: Targets = None, block: bool | None = None) -> AsyncResult | None:
+        """Delete the user's variables on the engines of `targets` (all by default); returns
+        the AsyncResult, or None after waiting if `block` (default `self.block`)."""
+        ids = self.resolve_targets(targets)[0]
+        ar = self.submit(Job("clear", ids, Apply(clear_namespace)))
+        if self.block if block is None else block:
+            ar.get()
+            return None
+        return ar
+
+    def send_signal(self, sig: int | str, targets: Targets = None, block: bool | None = None) -> list[int]:
+        """Send the engine processes of `targets` (all by default) a signal, a number or a name
+        (`"SIGINT"`, `"SIGTERM"`), whether they run a task or not. SIGINT interrupts the running
+        task (KeyboardInterrupt) and leaves the engine up; SIGTERM ends it. Returns the engines
+        signalled (the signal is sent before this returns: `block` is accepted for ipyparallel)."""
+        number = _signal_number(sig)
+        return self._transport.interrupt(self.resolve_targets(targets)[0], number, include_idle=True)
 
     def shutdown(self, targets: Targets = "all", hub: bool = False, block: bool | None = None) -> None:
         """Stop engines; with `hub=True` the controller too."""
@@ -232,6 +423,7 @@ class Client:
         """Close the connection (engines and controller keep running)."""
         if not self._closed:
             self._closed = True
+            self._dependencies.close(PxConnectionError("the client was closed"))
             self._transport.close()
 
     def __enter__(self) -> Client:
@@ -256,35 +448,20 @@ class Client:
         return view
 
 
-class ViewExecutor(concurrent.futures.Executor):
-    """`concurrent.futures.Executor` on a LoadBalancedView; futures are AsyncResults."""
-
-    def __init__(self, view: LoadBalancedView) -> None:
-        self.view = view
-        self._shutdown = False
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        return self.view.apply_async(fn, *args, **kwargs)
-
-    def map(
-        self, fn: Callable[..., Any], *iterables: Any, timeout: float | None = None, chunksize: int = 1
-    ) -> Iterator[Any]:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        return self.view.imap(fn, *iterables, chunksize=chunksize)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        if wait:
-            self.view.client.wait()
-
-
 def _close_at_exit(ref: weakref.ReferenceType[Client]) -> None:
     client = ref()
     if client is not None:
         client.close()
+
+
+def _signal_number(sig: int | str) -> int:
+    try:
+        if isinstance(sig, str):
+            name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
+            return int(signal.Signals[name])
+        return int(signal.Signals(sig))
+    except (KeyError, ValueError):
+        raise ValueError(f"send_signal: {sig!r} is not a signal on this platform") from None
 
 
 def _are_ids(jobs: Any) -> bool:

@@ -39,11 +39,18 @@ def activate(view: DirectView, suffix: str = "") -> None:
     _front_end().activate(view, suffix)
 
 
+def publish_display_data(data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Show a display bundle in IPython (its text/plain printed elsewhere)."""
+    _front_end().publish_display_data(data, metadata)
+
+
 def progress_bar(total: int, desc: str = "", widget: bool | None = None) -> Any:
     """A progress bar counting tasks (tqdm; a widget in Jupyter)."""
     return _front_end().progress_bar(total, desc, widget)
 
 
-def display_outputs(ar: AsyncResult, groupby: str = "type", result_only: bool = False) -> None:
-    """Show `ar`'s output the way %%px does."""
-    _front_end().display_outputs(ar, groupby, result_only)
+def display_outputs(
+    ar: AsyncResult, groupby: str = "type", result_only: bool = False, headers: bool = True
+) -> None:
+    """Show `ar`'s output the way %%px does (without `[stdout:N]` headers if not `headers`)."""
+    _front_end().display_outputs(ar, groupby, result_only, headers)

@@ -3,7 +3,8 @@
 Submits are queued and leave in batches, everything queued since the last request in one
 `SessionRequest` on the session stream. A task's large arguments travel as a blob: straight to
 its engine when the engine's data endpoint is reachable (the data path), else uploaded to the
-controller (a relay). A submit whose blob goes to the engine is held back (and so are the ones
+controller (a relay). A blob for several engines (a broadcast) is always relayed: uploaded
+once, whatever the number of engines. A submit whose blob goes to the engine is held back (and so are the ones
 after it, to keep the order) until its upload is done: the upload is the submit's *gate*.
 """
 
@@ -127,8 +128,11 @@ class Submitter:
             submit = wire.pb.SubmitTask()
             submit.CopyFrom(template)
             submits.append(_address(submit, task_id, target))
-        # One blob for every target: straight to each engine only if all of them can take it.
-        to_engines = blob is not None and all(self._datapath.url_for(t) for t in targets)
+        # One blob for every target. For one engine it goes straight there when the engine can
+        # take it; for several it goes up once, to the controller, which passes it on (and
+        # shares one copy among the engines on its host): the client's cost does not grow with
+        # the number of engines.
+        to_engines = blob is not None and len(set(targets)) == 1 and bool(self._datapath.url_for(targets[0]))
         if blob is not None and not to_engines:
             # Before queueing: the loop thread may send the submits the moment they are queued.
             for submit in submits:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pxgrpc.client.errors import PxError
+from pxgrpc.dependency import Dependency
 
 
 @dataclass
@@ -48,6 +49,24 @@ class Pull:
 
 
 Action = Execute | Apply | Push | Pull
+
+
+@dataclass
+class Constraints:
+    """When and where a load-balanced job may run: after / on the engine of other tasks
+    (`pxgrpc.dependency.Dependency`), waiting at most `timeout` s for them, and whether an
+    engine may turn a task down (`@require`/`@depend`: `recheck`). See `client.dependencies`."""
+
+    after: Dependency = field(default_factory=Dependency)
+    follow: Dependency = field(default_factory=Dependency)
+    timeout: float | None = None
+    recheck: bool = False
+
+    def any(self) -> bool:
+        """Whether the job needs the dependency scheduler at all."""
+        return bool(self.after or self.follow or self.recheck)
+
+
 #: Joins the values of a job's tasks into its result (map, gather).
 Reducer = Callable[[list[Any]], Any]
 
@@ -72,6 +91,12 @@ class Job:
     join: Reducer | None = None
     ordered: bool = True
     retries: int = 0
+    #: The result holds failed tasks' exceptions in place of their values, instead of raising.
+    return_exceptions: bool = False
+    #: Dependencies (load-balanced jobs only): the client holds the job until they are met.
+    constraints: Constraints | None = None
+    #: Elements per task, for a map (its result's len() and progress count elements).
+    sizes: Sequence[int] | None = None
 
 
 @dataclass
@@ -97,5 +122,7 @@ class TaskListener(Protocol):
     def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None: ...
 
     def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None: ...
+
+    def on_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None: ...
 
     def on_result(self, outcome: TaskOutcome) -> None: ...

@@ -20,12 +20,13 @@ import pathlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, wire
+from pxgrpc import blobstream, diagnose, versions, wire
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import (
     AuthenticationError,
@@ -138,6 +139,8 @@ class Transport:
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
+        self._versions = versions.local()
+        self._versions_checked: set[tuple[int, int]] = set()
         self._datapath = DataPath(metadata, info.channel_credentials())
         self._in_flight = InFlight()
         self._stream: grpc.aio.StreamStreamCall[Any, Any] | None = None
@@ -195,6 +198,8 @@ class Transport:
                 "completed": e.completed,
                 "registered": e.registered,
                 "python": e.python_version,
+                "protocol": e.protocol_version,
+                "cloudpickle": e.cloudpickle_version,
                 "data_url": e.data_url,
             }
             for e in reply.engines
@@ -205,9 +210,14 @@ class Transport:
         request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=_targets(targets))
         return list(self.call(self.calls.abort, request).aborted)
 
-    def interrupt(self, targets: Sequence[int], signal_number: int = 0) -> list[int]:
-        """Signal the engines of `targets` that run a task (0: SIGINT); the ones signalled."""
-        request = wire.pb.InterruptRequest(targets=_targets(targets), signal_number=signal_number)
+    def interrupt(
+        self, targets: Sequence[int], signal_number: int = 0, include_idle: bool = False
+    ) -> list[int]:
+        """Signal the engines of `targets` that run a task (0: SIGINT), or all of them with
+        `include_idle`; the ones signalled."""
+        request = wire.pb.InterruptRequest(
+            targets=_targets(targets), signal_number=signal_number, include_idle=include_idle
+        )
         return list(self.call(self.calls.interrupt, request).engine_ids)
 
     def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
@@ -356,6 +366,16 @@ class Transport:
             listener = self._in_flight.listener(disp.task_id)
             if listener is not None:
                 listener.on_display(disp.task_id, disp.engine_id, dict(disp.data), disp.metadata_json)
+        elif kind == "data":
+            published = event.data
+            listener = self._in_flight.listener(published.task_id)
+            if listener is not None:
+                try:
+                    values = {name: wire.decode(v) for name, v in published.data.items()}
+                except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
+                    log.warning("task %s published data this client cannot load: %s", published.task_id, exc)
+                    return
+                listener.on_data(published.task_id, published.engine_id, values)
         elif kind == "result":
             result = event.result
             listener, url = self._in_flight.finish(result.task_id)
@@ -389,6 +409,23 @@ class Transport:
                 self._engines_generation = reply.generation
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
+                self._check_versions(reply.engines)
+
+    def _check_versions(self, engines: Iterable[wire.pb.EngineInfo]) -> None:
+        """Warn, once per engine process, about one whose versions differ from ours."""
+        for e in engines:
+            if (e.engine_id, e.pid) in self._versions_checked:
+                continue
+            self._versions_checked.add((e.engine_id, e.pid))
+            theirs = versions.Versions(e.protocol_version, e.python_version, e.cloudpickle_version)
+            differences = versions.mismatch(theirs, self._versions)
+            if differences:
+                message = (
+                    f"engine {e.engine_id} (pid {e.pid} on {e.hostname}) runs {differences}: "
+                    "what one side pickles may fail to load on the other"
+                )
+                log.warning("%s", message)
+                warnings.warn(message, versions.VersionMismatchWarning, stacklevel=2)
 
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:

@@ -12,10 +12,14 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pxgrpc.client.asyncresult import AsyncMapResult, AsyncResult
+from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.dependencies import as_dependency, dependency_timeout
 from pxgrpc.client.errors import NoEnginesError
+from pxgrpc.client.lazymap import LazyMap
+from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.remote import ParallelFunction, RemoteFunction
-from pxgrpc.client.tasks import Action, Apply, Execute, Job, Pull, Push
+from pxgrpc.client.tasks import Action, Apply, Constraints, Execute, Job, Pull, Push
+from pxgrpc.dependency import Dependency, Dependent
 from pxgrpc.partition import chunk, join_parts, map_chunk, partition, partition_bounds
 
 if TYPE_CHECKING:
@@ -33,6 +37,30 @@ class View:
         self.client = client
         self.targets = targets
         self.block = self._default_block if block is None else block
+        #: Ids of the tasks submitted through this view, oldest first (see `get_result`).
+        self.history: list[str] = []
+
+    def _submit(self, job: Job) -> AsyncResult:
+        """Submit through the client, and note the tasks in this view's history."""
+        ar = self.client.submit(job)
+        self.history.extend(ar.msg_ids)
+        if len(self.history) > 2 * self.client.history_limit:
+            del self.history[: len(self.history) - self.client.history_limit]
+        return ar
+
+    def get_result(
+        self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = False
+    ) -> AsyncResult:
+        """An AsyncResult for tasks of this view: indices into `history` (`-1`, the default, is
+        its last task), task ids, AsyncResults, or a list of them (see `Client.get_result`)."""
+        jobs = -1 if indices_or_msg_ids is None else indices_or_msg_ids
+
+        def task_id(job: Any) -> Any:
+            return self.history[job] if isinstance(job, int) and not isinstance(job, bool) else job
+
+        if isinstance(jobs, list | tuple | set):
+            return self.client.get_result([task_id(j) for j in jobs], block)
+        return self.client.get_result(task_id(jobs), block)
 
     def __repr__(self) -> str:
         text = str(self.targets)
@@ -74,15 +102,15 @@ class View:
     def _finish(self, ar: AsyncResult, block: bool | None) -> Any:
         return ar.get() if self._block(block) else ar
 
-    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `f(*args, **kwargs)` remotely; the result if `block`, else an AsyncResult."""
         return self._finish(self._apply(f, args, kwargs), None)
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Call `f(*args, **kwargs)` remotely and return an AsyncResult at once."""
         return self._apply(f, args, kwargs)
 
-    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call `f(*args, **kwargs)` remotely and wait for the result."""
         return self._apply(f, args, kwargs).get()
 
@@ -113,8 +141,20 @@ class View:
         else:
             self.client.abort(jobs)
 
-    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[int | str, Any]:
+    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[Any, Any]:
+        """The queues of this view's engines (see `Client.queue_status`)."""
+        if isinstance(targets, int):
+            return self.client.queue_status(targets, verbose)
         return self.client.queue_status(self._targets(targets)[0], verbose)
+
+    def use_cloudpickle(self) -> None:
+        """Accepted for ipyparallel code; does nothing. pxgrpc always sends what has no typed
+        form (functions, lambdas, closures, class instances) with cloudpickle, here and on the
+        engines, so there is nothing to switch on."""
+
+    def use_pickle(self) -> None:
+        """Accepted for ipyparallel code; does nothing (see `use_cloudpickle`): pxgrpc keeps
+        cloudpickle, which reads and writes everything plain pickle does."""
 
     def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], RemoteFunction]:
         """Decorator: calling the function runs it on this view's engines."""
@@ -136,14 +176,14 @@ class DirectView(View):
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         ids, single = self._targets()
         name = getattr(f, "__name__", "apply")
-        return self.client.submit(Job(name, ids, Apply(f, args, kwargs), single=single))
+        return self._submit(Job(name, ids, Apply(f, args, kwargs), single=single))
 
     def execute(
         self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None
     ) -> AsyncResult:
         """Run `code` on the engines. Returns the AsyncResult (after waiting, if blocking)."""
         ids, single = self._targets(targets)
-        ar = self.client.submit(Job("execute", ids, Execute(code, silent), single=single))
+        ar = self._submit(Job("execute", ids, Execute(code, silent), single=single))
         if self._block(block):
             with contextlib.suppress(KeyboardInterrupt):
                 ar.get()
@@ -163,7 +203,7 @@ class DirectView(View):
             if not isinstance(name, str) or not name.isidentifier():
                 raise ValueError(f"push: {name!r} is not a valid variable name")
         ids, single = self._targets(targets)
-        return self._finish(self.client.submit(Job("push", ids, Push(dict(ns)), single=single)), block)
+        return self._finish(self._submit(Job("push", ids, Push(dict(ns)), single=single)), block)
 
     def update(self, ns: dict[str, Any]) -> Any:
         """Push `ns` (dict-like interface)."""
@@ -175,7 +215,7 @@ class DirectView(View):
         name_list = [names] if isinstance(names, str) else list(names)
         ids, single = self._targets(targets)
         pull = Pull(name_list, single_name)
-        return self._finish(self.client.submit(Job("pull", ids, pull, single=single)), block)
+        return self._finish(self._submit(Job("pull", ids, pull, single=single)), block)
 
     def get(self, key: str) -> Any:
         return self.pull(key, block=True)
@@ -214,7 +254,7 @@ class DirectView(View):
                 part = seq[start:stop]
                 yield Push({key: part[0] if flatten and len(part) == 1 else part})
 
-        ar = self.client.submit(Job("scatter", ids, each=pushes()))
+        ar = self._submit(Job("scatter", ids, each=pushes()))
         if self._block(block):
             ar.wait()
             return None
@@ -225,17 +265,27 @@ class DirectView(View):
         if dist != "b":
             raise ValueError(f"gather: only dist='b' (contiguous blocks) is supported, not {dist!r}")
         ids, _ = self._targets(targets)
-        ar = self.client.submit(Job("gather", ids, Pull([key], single=True), join=join_parts))
+        ar = self._submit(Job("gather", ids, Pull([key], single=True), join=join_parts))
         return self._finish(ar, block)
 
     def map(
-        self, f: Callable[..., Any], *sequences: Sequence[Any], block: bool | None = None, **kw: Any
+        self,
+        f: Callable[..., Any],
+        *sequences: Sequence[Any],
+        block: bool | None = None,
+        return_exceptions: bool = False,
+        **kw: Any,
     ) -> Any:
-        """`map(f, *sequences)` with the sequences split in contiguous parts across the engines."""
+        """`map(f, *sequences)` with the sequences split in contiguous parts across the engines.
+
+        Sequences without `len()` (iterators, generators) are read into lists first.
+        `return_exceptions`: a failed part's exception in place of its items, instead of raising.
+        """
         if kw:
             raise TypeError(f"DirectView.map: unexpected arguments {sorted(kw)}")
         if not sequences:
             raise TypeError("map needs at least one sequence")
+        sequences = tuple(s if hasattr(s, "__len__") else list(s) for s in sequences)
         ids, _ = self._targets()
         length = min(len(s) for s in sequences)
         parts = [
@@ -245,7 +295,18 @@ class DirectView(View):
         mapper = functools.partial(map_chunk, f)
         applies = [Apply(mapper, [p[i] for p in parts]) for i in range(len(ids))]
         name = getattr(f, "__name__", "map")
-        return self._finish(self.client.submit(Job(name, ids, each=applies, join=join_parts)), block)
+        sizes = [len(part) for part in parts[0]]
+        job = Job(name, ids, each=applies, join=join_parts, sizes=sizes, return_exceptions=return_exceptions)
+        return self._finish(self._submit(job), block)
+
+    def clear(self, targets: Targets = None, block: bool | None = None) -> AsyncResult | None:
+        """Delete the user's variables on this view's engines (see `Client.clear`)."""
+        return self.client.clear(self._targets(targets)[0], self._block(block))
+
+    @property
+    def importer(self) -> contextlib.AbstractContextManager[None]:
+        """`with dv.importer: import numpy` imports here and on the engines (`sync_imports()`)."""
+        return self.sync_imports(True)
 
     @contextlib.contextmanager
     def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
@@ -293,11 +354,21 @@ class LoadBalancedView(View):
 
     >>> lview = rc.load_balanced_view()
     >>> lview.map_sync(lambda x: x * x, range(100))
+
+    Dependencies between tasks (`pxgrpc.dependency`), as flags (`set_flags`, `temp_flags`) or
+    per `map` call: `after` (start once these tasks are done), `follow` (run where they ran),
+    `timeout` (seconds to wait for them, then `DependencyTimeout`; 0 or None: no limit).
+
+    >>> with lview.temp_flags(after=ar, follow=ar):
+    ...     lview.apply(use_what_ar_left_behind)
     """
 
     def __init__(self, client: Client, targets: Targets = None, block: bool | None = None) -> None:
         super().__init__(client, targets, block)
         self.retries = 0
+        self.after = Dependency()
+        self.follow = Dependency()
+        self.timeout: float | None = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -306,10 +377,43 @@ class LoadBalancedView(View):
             else f"<{type(self).__name__} None>"
         )
 
+    def set_flags(self, **flags: Any) -> None:
+        """Set view attributes: `block`, `retries`, `after`, `follow`, `timeout`."""
+        if "after" in flags:
+            flags["after"] = as_dependency(flags["after"])
+        if "follow" in flags:
+            flags["follow"] = as_dependency(flags["follow"])
+        if "timeout" in flags:
+            flags["timeout"] = dependency_timeout(flags["timeout"])
+        super().set_flags(**flags)
+
+    def _constraints(self, f: Any, after: Any, follow: Any, timeout: Any) -> Constraints:
+        return Constraints(
+            after=as_dependency(self.after if after is None else after),
+            follow=as_dependency(self.follow if follow is None else follow),
+            timeout=dependency_timeout(self.timeout if timeout is None else timeout),
+            recheck=isinstance(f, Dependent),
+        )
+
+    def _placement(self) -> int | None:
+        """Where tasks go: None (the controller balances them), or the engine of a view on one
+        engine (`rc.load_balanced_view(-1)`). A view on several engines balances over all."""
+        if isinstance(self.targets, list) and len(self.targets) == 1:
+            return int(self.targets[0])
+        return None
+
     def _apply(self, f: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> AsyncResult:
         name = getattr(f, "__name__", "apply")
-        return self.client.submit(
-            Job(name, [None], Apply(f, args, kwargs), single=True, retries=self.retries)
+        constraints = self._constraints(f, None, None, None)
+        return self._submit(
+            Job(
+                name,
+                [self._placement()],
+                Apply(f, args, kwargs),
+                single=True,
+                retries=self.retries,
+                constraints=constraints,
+            )
         )
 
     def map(
@@ -319,9 +423,17 @@ class LoadBalancedView(View):
         block: bool | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
+        after: Any = None,
+        follow: Any = None,
+        timeout: float | None = None,
         **kw: Any,
     ) -> Any:
-        """`map(f, *sequences)` as load-balanced tasks of `chunksize` items each (default 1)."""
+        """`map(f, *sequences)` as load-balanced tasks of `chunksize` items each (default 1).
+
+        `return_exceptions`: a failed task's exception in place of its items, instead of raising.
+        `after`, `follow`, `timeout`: this call's dependencies (default: the view's flags).
+        """
         if kw:
             raise TypeError(f"LoadBalancedView.map: unexpected arguments {sorted(kw)}")
         if not sequences:
@@ -335,22 +447,54 @@ class LoadBalancedView(View):
         length = min(len(s) for s in materialized)
         mapper = functools.partial(map_chunk, f)
         applies: list[Action] = []
+        sizes = []
         for start in range(0, length, size):
             stop = min(start + size, length)
             applies.append(Apply(mapper, [chunk(s, start, stop) for s in materialized]))
+            sizes.append(stop - start)
         job = Job(
             getattr(f, "__name__", "map"),
-            [None] * len(applies),
+            [self._placement()] * len(applies),
             each=applies,
             join=join_parts,
             ordered=ordered,
             retries=self.retries,
+            return_exceptions=return_exceptions,
+            constraints=self._constraints(f, after, follow, timeout),
+            sizes=sizes,
         )
-        return self._finish(self.client.submit(job), block)
+        return self._finish(self._submit(job), block)
 
     def imap(
-        self, f: Callable[..., Any], *sequences: Sequence[Any], ordered: bool = True, chunksize: int = 1
+        self,
+        f: Callable[..., Any],
+        *sequences: Any,
+        ordered: bool = True,
+        max_outstanding: int | str = "auto",
+        return_exceptions: bool = False,
+        chunksize: int = 1,
     ) -> Iterator[Any]:
-        """Like map, but an iterator of results, each yielded as soon as it is available."""
-        ar = self.map(f, *sequences, block=False, chunksize=chunksize, ordered=ordered)
-        return iter(ar)
+        """Like map, but lazy: an iterator of results, each yielded as soon as it is available.
+
+        The inputs are read as tasks are sent, at most `max_outstanding` tasks in flight
+        (default "auto": one per engine), so an endless generator works. `max_outstanding=0`
+        reads all inputs at once and sends them as one map (faster for finite inputs; then
+        `chunksize` items go in each task). `ordered=False` yields results as they come.
+        """
+        if not sequences:
+            raise TypeError("imap needs at least one sequence")
+        if max_outstanding == "auto":
+            max_outstanding = max(1, len(self))
+        if not isinstance(max_outstanding, int) or max_outstanding < 0:
+            raise ValueError(f"max_outstanding must be 'auto' or an int >= 0, not {max_outstanding!r}")
+        if max_outstanding == 0:
+            ar = self.map(
+                f,
+                *sequences,
+                block=False,
+                chunksize=chunksize,
+                ordered=ordered,
+                return_exceptions=return_exceptions,
+            )
+            return iter(ar)
+        return LazyMap(self, f, zip(*sequences, strict=False), max_outstanding, ordered, return_exceptions)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from pxgrpc import blobstream, wire
+from pxgrpc import blobstream, sharedmem, wire
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class Blob:
         self.created = time.monotonic()
         #: When set (time.monotonic()), the blob is dropped after this time even if referenced.
         self.expires: float | None = None
+        #: Its copy in shared memory, made for the first reader on this host that asks.
+        self.shared: sharedmem.SharedFile | None = None
+        self._sharing: asyncio.Future[sharedmem.SharedFile] | None = None
+        self.released = False
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def _notify(self) -> None:
@@ -55,6 +59,31 @@ class Blob:
         if not self.complete and self.failed is None:
             self.failed = reason
             self._notify()
+
+    def release(self, reason: str) -> None:
+        """The store forgets this blob: readers still waiting fail, the shared copy goes."""
+        self.fail(reason)
+        self.released = True
+        if self.shared is not None:
+            self.shared.close()
+
+    async def share(self) -> wire.pb.SharedBlob:
+        """Where this host's readers find the (complete) blob in shared memory (written once,
+        in a worker thread: a large blob takes a while to copy)."""
+        if self._sharing is None:
+            self._sharing = asyncio.ensure_future(asyncio.to_thread(self._write_shared))
+        shared = await asyncio.shield(self._sharing)
+        if self.released:
+            raise BlobError(f"blob {self.blob_id}: {self.failed or 'released'}")
+        return shared.describe()
+
+    def _write_shared(self) -> sharedmem.SharedFile:
+        shared = sharedmem.SharedFile(self.size)
+        shared.write_chunks(blobstream.parse_data_chunk(raw) for raw in self.chunks)
+        self.shared = shared
+        if self.released:  # (released while this was writing)
+            shared.close()
+        return shared
 
     async def wait_change(self) -> None:
         await asyncio.shield(self._changed)
@@ -93,7 +122,7 @@ class BlobStore:
             return
         blob.refs -= 1
         if blob.refs <= 0:
-            blob.fail("the blob was released before it was complete")
+            blob.release("the blob was released before it was complete")
             del self._blobs[blob_id]
 
     def size(self, blob_id: str) -> int | None:
@@ -120,11 +149,11 @@ class BlobStore:
         for blob_id, blob in list(self._blobs.items()):
             if not blob.referenced and now - blob.created > ORPHAN_TTL:
                 log.info("dropping unreferenced blob %s (%d bytes)", blob_id, blob.received)
-                blob.fail("never referenced")
+                blob.release("never referenced")
                 del self._blobs[blob_id]
             elif blob.expires is not None and now > blob.expires:
                 log.info("dropping result blob %s (%d bytes): nobody downloaded it", blob_id, blob.received)
-                blob.fail("expired before it was downloaded")
+                blob.release("expired before it was downloaded")
                 del self._blobs[blob_id]
 
     async def receive(self, messages: AsyncIterator[bytes]) -> wire.pb.UploadReply:
@@ -165,8 +194,14 @@ class BlobStore:
         blob.complete = True
         blob._notify()
 
-    async def send(self, blob_id: str, wait_for_upload: float = 60.0) -> AsyncIterator[bytes]:
-        """Stream a blob (raw serialized BlobChunks), following an upload still in progress."""
+    async def send(
+        self, blob_id: str, wait_for_upload: float = 60.0, host_key: str = ""
+    ) -> AsyncIterator[bytes]:
+        """Stream a blob (raw serialized BlobChunks), following an upload still in progress.
+
+        A reader on this host (`host_key` is this host's) gets a large blob as shared memory to
+        map instead, once the upload is complete: one copy serves all of this host's engines.
+        """
         blob = self._blobs.get(blob_id)
         if blob is None:
             raise BlobError(f"blob {blob_id!r} not found (never uploaded, or already released)", True)
@@ -178,6 +213,18 @@ class BlobStore:
         if blob.failed is not None:
             raise BlobError(f"blob {blob_id}: {blob.failed}")
         header = wire.pb.BlobChunk(header=wire.pb.BlobHeader(blob_id=blob_id, size=blob.size))
+        if host_key and host_key == sharedmem.host_key() and blob.size >= sharedmem.MIN_SHARED:
+            while not blob.complete and blob.failed is None:
+                await blob.wait_change()
+            if blob.failed is not None:
+                raise BlobError(f"blob {blob_id}: {blob.failed}")
+            try:
+                header.header.shared.CopyFrom(await blob.share())
+            except OSError as exc:  # (e.g. no memory for the file): the bytes, then
+                log.warning("blob %s: no shared copy (%s); streaming it", blob_id, exc)
+            else:
+                yield header.SerializeToString()
+                return
         yield header.SerializeToString()
         index = 0
         while True:

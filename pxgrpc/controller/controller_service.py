@@ -67,6 +67,7 @@ class ControllerService(BlobTransfers):
     async def _read_session(self, session: ClientSession, requests: AsyncIterator[bytes]) -> None:
         try:
             async for raw in requests:
+                await session.wait_for_room()  # (backpressure: see tasks.MAX_SESSION_BACKLOG)
                 try:
                     request = wire.pb.SessionRequest.FromString(raw)
                 except DecodeError as exc:
@@ -223,7 +224,7 @@ class ControllerService(BlobTransfers):
         interrupted = []
         for engine_id in await self.state.resolve_targets(request.targets, context):
             engine = self.state.registry.get(engine_id)
-            if engine is not None and engine.inflight:
+            if engine is not None and (engine.inflight or request.include_idle):
                 engine.send_interrupt(signal_number)
                 interrupted.append(engine_id)
         return wire.pb.InterruptReply(engine_ids=interrupted)

@@ -82,7 +82,18 @@ class EngineService(BlobTransfers):
             reason = f"disconnected ({exc.__class__.__name__})"
         self.state.router.engine_lost(engine, f"died or {reason}")
 
+    async def ReportExit(self, raw: bytes, context: Context) -> wire.pb.EngineExitReply:
+        report = await parse(wire.pb.EngineExit, raw, context)
+        engine_id = self.state.router.engine_exited(report)
+        if engine_id is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"EngineExit: no engine was pid {report.pid} on {report.hostname!r}",
+            )
+            raise AssertionError("unreachable: abort raises")
+        return wire.pb.EngineExitReply(engine_id=engine_id)
+
     async def Download(self, raw: bytes, context: Context) -> AsyncIterator[bytes]:
         request = await parse(wire.pb.DownloadRequest, raw, context)
-        async for chunk in stream_blob(self.state.blobs, request.blob_id, context):
+        async for chunk in stream_blob(self.state.blobs, request.blob_id, context, request.host_key):
             yield chunk

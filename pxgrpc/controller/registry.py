@@ -26,6 +26,12 @@ class EngineRecord:
     python_version: str
     data_url: str
     registration_token: str
+    protocol_version: str = ""
+    cloudpickle_version: str = ""
+    #: A supervisor reports how the engine process ends (`Engine.ReportExit`).
+    supervised: bool = False
+    #: How the engine process ended, from its supervisor's report ("" until reported).
+    exit_report: str = ""
     registered: float = field(default_factory=time.time)
     connected: bool = False
     dead: bool = False
@@ -117,6 +123,8 @@ class EngineRecord:
             registered=self.registered,
             data_url=self.data_url,
             python_version=self.python_version,
+            protocol_version=self.protocol_version,
+            cloudpickle_version=self.cloudpickle_version,
         )
 
 
@@ -164,6 +172,9 @@ class EngineRegistry:
             python_version=request.python_version,
             data_url=request.data_url,
             registration_token=secrets.token_hex(16),
+            protocol_version=request.protocol_version,
+            cloudpickle_version=request.cloudpickle_version,
+            supervised=request.supervised,
         )
         self._next_id = max(self._next_id, engine_id + 1)
         self._engines[engine.engine_id] = engine
@@ -184,6 +195,13 @@ class EngineRegistry:
     def get(self, engine_id: int) -> EngineRecord | None:
         engine = self._engines.get(engine_id)
         return engine if engine is not None and not engine.dead else None
+
+    def by_process(self, hostname: str, pid: int) -> EngineRecord | None:
+        """The registered engine that is process `pid` on `hostname`, if any."""
+        for engine in self._engines.values():
+            if engine.pid == pid and engine.hostname == hostname and not engine.dead:
+                return engine
+        return None
 
     def live(self) -> list[EngineRecord]:
         """Connected engines that are alive, in id order."""

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from pxgrpc import wire
+from pxgrpc.controller import deaths
 from pxgrpc.controller.blobs import BlobStore
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.sessions import SessionBook, split_key
@@ -71,6 +72,7 @@ class TaskRouter:
         self._unassigned: deque[TaskRecord] = deque()
         self._result_blob_owner: dict[str, ClientSession] = {}
         self._steal_timer: asyncio.TimerHandle | None = None
+        self.exit_reports = deaths.ExitReports(self._settle_lost)
         #: Sessions the client named: they outlive their streams (and a controller restart).
         self.sessions = SessionBook()
         registry.watchers.add(self.settle)
@@ -222,7 +224,7 @@ class TaskRouter:
         if kind == "result":
             self._on_result(engine, event)
             return
-        inner = event.output if kind == "output" else event.display
+        inner = event.output if kind == "output" else event.data if kind == "data" else event.display
         record = engine.inflight.get(inner.task_id)
         session = record.session if record is not None else None
         if record is None:  # a task from before a restart: its session may be back already
@@ -329,21 +331,57 @@ class TaskRouter:
     # --- failures and control ---------------------------------------------------------------
 
     def engine_lost(self, engine: EngineRecord, reason: str) -> None:
-        """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks."""
+        """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks.
+
+        A supervised engine's tasks wait a few seconds for its supervisor's exit report (see
+        `deaths`), so that their error says how the engine died."""
         if not self.registry.remove(engine):
             return
         if engine.signalled:
             reason = f"{reason} after an Interrupt sent it {engine.signalled}"
+        if engine.supervised:
+            self.exit_reports.lost(engine)
+        if engine.supervised and not engine.exit_report and engine.inflight:
+            self.exit_reports.await_report(engine, reason)
+            return
+        self._settle_lost(engine, engine.exit_report or reason)
+
+    def engine_exited(self, report: wire.pb.EngineExit) -> int | None:
+        """A supervisor's report of how an engine process ended: settle that engine's tasks
+        with it; the engine's id, or None when no engine was that process."""
+        why = deaths.describe_exit(report)
+        engine = self.exit_reports.take(report.hostname, report.pid)
+        if engine is not None:
+            self.exit_reports.lost_id(report.hostname, report.pid)
+            self._settle_lost(engine, why)
+            return engine.engine_id
+        engine = self.registry.by_process(report.hostname, report.pid)
+        if engine is None:
+            return self.exit_reports.lost_id(report.hostname, report.pid)
+        engine.exit_report = why
+        self.engine_lost(engine, why)
+        self.exit_reports.lost_id(report.hostname, report.pid)  # (reported: nothing to remember)
+        return engine.engine_id
+
+    def _settle_lost(self, engine: EngineRecord, reason: str) -> None:
         lost = list(engine.inflight.values())
         engine.inflight.clear()
         retry: list[TaskRecord] = []
+        who = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname})"
         for record in lost:
+            record.deaths.append(f"{who} {reason}")
             if record.load_balanced and record.retries > 0:
                 record.retries -= 1
                 retry.append(record)
                 continue
             self._release(record)
-            evalue = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname}) {reason}"
+            evalue = record.deaths[0]
+            if len(record.deaths) > 1:
+                evalue = (
+                    f"task {record.task_id!r} was tried on {len(record.deaths)} engines and each one "
+                    f"died while running it; its retries are spent, so it is not tried again:\n"
+                    + "\n".join(f"  {i}. {death}" for i, death in enumerate(record.deaths, 1))
+                )
             record.session.emit(
                 failure(
                     record.task_id,

@@ -350,6 +350,7 @@ def generic_handlers(state: ControllerState) -> list[grpc.GenericRpcHandler]:
         "Work": grpc.stream_stream_rpc_method_handler(engine.Work, response_serializer=ser),
         "Upload": grpc.stream_unary_rpc_method_handler(engine.Upload, response_serializer=ser),
         "Download": grpc.unary_stream_rpc_method_handler(engine.Download),
+        "ReportExit": grpc.unary_unary_rpc_method_handler(engine.ReportExit, response_serializer=ser),
     }
     return [
         grpc.method_handlers_generic_handler(wire.CONTROLLER_SERVICE, c),

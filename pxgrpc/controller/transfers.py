@@ -27,10 +27,13 @@ class BlobTransfers:
             raise
 
 
-async def stream_blob(blobs: BlobStore, blob_id: str, context: Context) -> AsyncIterator[bytes]:
-    """Yield the chunks of a stored blob, or abort the call saying why it cannot be sent."""
+async def stream_blob(
+    blobs: BlobStore, blob_id: str, context: Context, host_key: str = ""
+) -> AsyncIterator[bytes]:
+    """Yield the chunks of a stored blob (or where to map it, for a reader on this host:
+    `host_key`), or abort the call saying why it cannot be sent."""
     try:
-        async for chunk in blobs.send(blob_id):
+        async for chunk in blobs.send(blob_id, host_key=host_key):
             yield chunk
     except BlobError as exc:
         code = grpc.StatusCode.NOT_FOUND if exc.not_found else grpc.StatusCode.FAILED_PRECONDITION

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import pathlib
@@ -10,6 +11,7 @@ import sys
 import time
 
 from pxgrpc import diagnose, identity
+from pxgrpc.engine import supervisor
 from pxgrpc.engine.engine import Engine
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import (
@@ -89,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="started by mpiexec: register with engine id = MPI rank (from mpi4py, else "
         "$OMPI_COMM_WORLD_RANK, $PMIX_RANK or $PMI_RANK)",
     )
+    parser.add_argument(
+        "--engine-id",
+        type=int,
+        default=None,
+        help="register under this engine id (it must be free); default: the next free one",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="run the engine under a supervisor that replaces it, under the same id and with a "
+        "fresh namespace, when it dies (and tells the controller how it died)",
+    )
+    parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
@@ -147,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         info = connection_from_args(args)
+        if args.restart:
+            return supervisor.supervise(sys.argv[1:] if argv is None else argv, info)
         engine = Engine(info)
         if args.mpi:
             engine.conn.requested_id = _mpi_rank()
+        if args.engine_id is not None:
+            engine.conn.requested_id = args.engine_id
+        engine.conn.supervised = args.supervised
+        if args.supervised:  # the crashing thread's stack, short enough for the exit report
+            faulthandler.enable(file=2, all_threads=False)
         engine.conn.connect_timeout = args.timeout
         engine.conn.reconnect_timeout = args.reconnect_timeout
         engine.conn.data_host = args.data_host

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, identity, wire
+from pxgrpc import blobstream, diagnose, identity, sharedmem, versions, wire
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
@@ -58,6 +58,11 @@ class ReconnectFailed(Exception):
     """The controller stayed away longer than the engine's reconnect timeout."""
 
 
+#: The most bytes of events one message up the work stream carries (gRPC refuses messages over
+#: 64 MB; a task that prints without pause must not end its engine).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
 class EngineConnection:
     """Everything the engine says to and hears from the controller."""
 
@@ -83,6 +88,8 @@ class EngineConnection:
         self.engine_id = -1
         #: The engine id to ask for (its MPI rank), or None for the next free one.
         self.requested_id: int | None = None
+        #: A supervisor reports how this process ends (`pxgrpc-engine --restart`).
+        self.supervised = False
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
         self._queue_lock = threading.Lock()
@@ -152,9 +159,19 @@ class EngineConnection:
             self._wakeup.set()
 
     def _take_outgoing(self) -> tuple[list[wire.pb.TaskEvent], list[object]]:
+        """The next message's events: the oldest ones, up to MAX_BATCH_BYTES (at least one), so
+        that a burst of output never makes a message over gRPC's size limit."""
         with self._outgoing_lock:
-            events, self._outgoing = self._outgoing, []
-            release, self._release = self._release, []
+            size, count = 0, 0
+            for event in self._outgoing:
+                size += event.ByteSize()
+                if count and size > MAX_BATCH_BYTES:
+                    break
+                count += 1
+            events, self._outgoing = self._outgoing[:count], self._outgoing[count:]
+            release: list[object] = []
+            if not self._outgoing:
+                release, self._release = self._release, []
         return events, release
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
@@ -292,11 +309,15 @@ class EngineConnection:
             request_serializer=wire.pb.RegisterRequest.SerializeToString,
             response_deserializer=wire.pb.RegisterReply.FromString,
         )
+        mine = versions.engine_versions()
         request = wire.pb.RegisterRequest(
             hostname=socket.gethostname(),
             pid=os.getpid(),
-            python_version=wire.python_version(),
+            python_version=mine.python,
+            protocol_version=mine.protocol,
+            cloudpickle_version=mine.cloudpickle,
             data_url=self.data.url if self.data is not None else "",
+            supervised=self.supervised,
         )
         if self.requested_id is not None:
             request.requested_id = self.requested_id
@@ -380,8 +401,11 @@ class EngineConnection:
             self.work.put(item)
         for task_id in command.abort_task_ids:
             self._abort_queued(task_id)
-        if command.interrupt and self.running_task is not None and self._main_thread is not None:
-            self._interrupt_running_task(command.interrupt_signal or signal.SIGINT)
+        signal_number = command.interrupt_signal or signal.SIGINT
+        # (An idle engine has nothing to interrupt; other signals go to it all the same.)
+        idle_sigint = self.running_task is None and signal_number == signal.SIGINT
+        if command.interrupt and not idle_sigint and self._main_thread is not None:
+            self._interrupt_running_task(signal_number)
         return command.shutdown
 
     def _interrupt_running_task(self, signal_number: int) -> None:
@@ -429,6 +453,14 @@ class EngineConnection:
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
+        # On the controller's host the blob may come as shared memory to map (one copy for all
+        # engines there); if it cannot be mapped here after all, the bytes are asked for.
+        host_key = sharedmem.host_key()
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id, host_key=host_key), metadata=self._metadata)
+        try:
+            return await blobstream.receive(call, blob_id, sharedmem.map_blob if host_key else None)
+        except sharedmem.SharedBlobUnusable as exc:
+            log.info("%s: downloading the bytes instead", exc)
         call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
         return await blobstream.receive(call, blob_id)
 

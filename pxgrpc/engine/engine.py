@@ -7,8 +7,9 @@ import queue
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
-from pxgrpc import wire
+from pxgrpc import datapub, wire
 from pxgrpc.engine.connection import EngineConnection, WorkItem, wait_registered
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
@@ -29,6 +30,23 @@ class Engine:
         self.stdout = OutputStream(wire.STDOUT, "<stdout>", self.conn.emit, self.conn.schedule)
         self.stderr = OutputStream(wire.STDERR, "<stderr>", self.conn.emit, self.conn.schedule)
         self._in_user_code = False
+        datapub.set_publisher(self._publish_data)
+
+    def _publish_data(self, data: dict[str, Any]) -> None:
+        """`pxgrpc.datapub.publish_data` in user code: one DataEvent for the running task, after
+        the text printed before it."""
+        event = wire.pb.DataEvent(task_id=self.stdout.task_id, engine_id=self.conn.engine_id)
+        encoder = wire.Encoder()
+        for name, value in data.items():
+            encoder.encode_into(value, event.data[name])
+        if encoder.blob is not None or event.ByteSize() > wire.MAX_INLINE:
+            raise ValueError(
+                f"publish_data: {sorted(data)} is too large to publish (more than {wire.MAX_INLINE} "
+                "bytes); publish small values (progress, a few numbers) and return or push the rest"
+            )
+        self.stdout.send()
+        self.stderr.send()
+        self.conn.emit(wire.pb.TaskEvent(data=event))
 
     def _publish_display(self, data: dict[str, str], metadata_json: str) -> None:
         """display() in user code: text printed before it goes first, then the DisplayEvent."""

@@ -17,7 +17,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from pxgrpc import wire
+from pxgrpc import reference, wire
+from pxgrpc.dependency import Dependent
 from pxgrpc.engine.ipython import DisplaySink, EngineShell, mentions_ipython
 
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -84,7 +85,7 @@ class Kernel:
                 outcome.value = self._apply(action.apply, blobs)
             elif kind == "push":
                 for name, value in action.push.namespace.items():
-                    decoded = wire.decode(value, blobs, f"push.namespace[{name!r}]")
+                    decoded = self._bind(wire.decode(value, blobs, f"push.namespace[{name!r}]"))
                     if name in self.namespace:
                         outcome.replaced.append(self.namespace[name])
                     self.namespace[name] = decoded
@@ -146,18 +147,31 @@ class Kernel:
         return format_result(value)
 
     def _apply(self, action: wire.pb.ApplyAction, blobs: wire.BlobMap) -> Any:
+        references = reference.loaded()
         func = wire.decode(action.function, blobs, "apply.function")
         if self._shell is None and "IPython" in sys.modules:
             self.ipython()  # so that display() in the function reaches the client
-        if isinstance(func, str):
-            func = self._lookup(func)
-        elif isinstance(func, types.FunctionType) and func.__module__ == "__main__":
-            func = self._interactive(func)
+        if isinstance(func, str | reference.Reference):
+            func = self._lookup(func if isinstance(func, str) else func.name)
+        if isinstance(func, Dependent):
+            func.check(self.namespace, self._bind)  # @require / @depend: may raise UnmetDependency
+            func = func.f
+        func = self._bind(func)
         if not callable(func):
             raise TypeError(f"apply.function: {type(func).__name__} object is not callable")
         args = [wire.decode(v, blobs, f"apply.args[{i}]") for i, v in enumerate(action.args)]
         kwargs = {k: wire.decode(v, blobs, f"apply.kwargs[{k!r}]") for k, v in action.kwargs.items()}
+        if reference.loaded() != references:
+            args = reference.resolve(args, self._lookup)
+            kwargs = reference.resolve(kwargs, self._lookup)
         return func(*args, **kwargs)
+
+    def _bind(self, value: Any) -> Any:
+        """A function defined in the client's __main__ (or `@interactive`), rebound to the
+        engine's namespace; anything else as it is."""
+        if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
+            return self._interactive(value)
+        return value
 
     def _interactive(self, func: types.FunctionType) -> types.FunctionType:
         """Rebind a function defined in the client's __main__ to the engine's namespace.

@@ -10,6 +10,9 @@ from pxgrpc import wire
 
 #: How long written text may wait before it is sent (coalesces bursts of small writes).
 FLUSH_DELAY = 0.02
+#: Text waiting beyond this many characters is sent at once: each OutputEvent stays well under
+#: gRPC's message size limit however fast a task prints.
+MAX_PENDING_CHARS = 1 << 20
 
 Emit = Callable[[wire.pb.TaskEvent], None]
 Schedule = Callable[[float, Callable[[], None]], None]
@@ -32,6 +35,7 @@ class OutputStream(io.TextIOBase):
         self._schedule = schedule
         self._lock = threading.Lock()
         self._parts: list[str] = []
+        self._pending = 0
         self._scheduled = False
         self.task_id = ""
 
@@ -56,9 +60,13 @@ class OutputStream(io.TextIOBase):
             return 0
         with self._lock:
             self._parts.append(text)
+            self._pending += len(text)
+            full = self._pending >= MAX_PENDING_CHARS
             schedule = not self._scheduled
             self._scheduled = True
-        if schedule:
+        if full:
+            self.send()
+        elif schedule:
             self._schedule(FLUSH_DELAY, self.send)
         return len(text)
 
@@ -66,6 +74,7 @@ class OutputStream(io.TextIOBase):
         """Send what was written so far as one OutputEvent."""
         with self._lock:
             parts, self._parts = self._parts, []
+            self._pending = 0
             self._scheduled = False
             task_id = self.task_id
         if parts:

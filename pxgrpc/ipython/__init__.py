@@ -36,11 +36,20 @@ def load_ipython_extension(ipython: Any) -> None:
     load(ipython)
 
 
-def display_outputs(ar: AsyncResult, groupby: str = "type", result_only: bool = False) -> None:
+def display_outputs(
+    ar: AsyncResult, groupby: str = "type", result_only: bool = False, headers: bool = True
+) -> None:
     """Show what `ar`'s tasks printed, displayed and returned (see `display.display_outputs`)."""
     from pxgrpc.ipython.display import display_outputs as show
 
-    show(ar, groupby, result_only)
+    show(ar, groupby, result_only, headers)
+
+
+def publish_display_data(data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Show a display bundle in IPython (its text/plain printed elsewhere)."""
+    from pxgrpc.ipython.display import OutputPrinter
+
+    OutputPrinter().publish(data, metadata)
 
 
 def progress_bar(total: int, desc: str = "", widget: bool | None = None) -> Any:

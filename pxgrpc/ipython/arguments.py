@@ -112,6 +112,15 @@ def exec_args(f: Any) -> Any:
             help="show a progress bar after this many seconds (0: at once, -1: never)",
         ),
         magic_arguments.argument(
+            "--timeout",
+            dest="timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="stop waiting after this many seconds, interrupt the engines still running (as "
+            "Ctrl-C does) and name them; they stay usable (0: no limit, the default)",
+        ),
+        magic_arguments.argument(
             "--signal-on-interrupt",
             dest="signal_on_interrupt",
             type=str,

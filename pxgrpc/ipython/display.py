@@ -74,9 +74,11 @@ def _decode(data: dict[str, str]) -> dict[str, Any]:
 class OutputPrinter:
     """Prints engine output with `[stdout:N]` headers; a header is repeated only when it changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: bool = True) -> None:
         self._last_header = ""
         self._at_line_start = True
+        #: False for a single engine's output: the text alone, as ipyparallel shows it.
+        self.headers = headers
 
     def stream(self, engine_id: int | None, name: str, text: str) -> None:
         """Print stdout/stderr text of one engine under its `[name:engine]` header."""
@@ -84,7 +86,7 @@ class OutputPrinter:
             return
         file: TextIO = sys.stderr if name == "stderr" else sys.stdout
         header = f"[{name}:{engine_id}] "
-        if header != self._last_header:
+        if self.headers and header != self._last_header:
             lead = "" if self._at_line_start else "\n"
             text = f"{lead}{header}\n{text}"
             self._last_header = header
@@ -92,7 +94,8 @@ class OutputPrinter:
         file.flush()
         self._at_line_start = text.endswith("\n")
 
-    def _publish(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def publish(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """One display bundle: rich inside IPython, its text/plain printed elsewhere."""
         shell = _shell()
         if shell is None:
             print(data.get("text/plain", ""))
@@ -107,18 +110,18 @@ class OutputPrinter:
         """The `[output:N]` line that introduces an engine's display output."""
         if not self._at_line_start:
             print()
-        self._publish({"text/plain": f"[output:{engine_id}]"}, {})
+        self.publish({"text/plain": f"[output:{engine_id}]"}, {})
         self._last_header = ""
         self._at_line_start = True
 
     def display(self, engine_id: int | None, output: dict[str, Any], header: bool = True) -> None:
         """Show one display() bundle of an engine (rich inside IPython)."""
-        if header:
+        if header and self.headers:
             self._section(engine_id)
         metadata = output.get("metadata") or {}
         if isinstance(metadata, str):
             metadata = json.loads(metadata) if metadata else {}
-        self._publish(_decode(output.get("data", {})), {**metadata, "engine": engine_id})
+        self.publish(_decode(output.get("data", {})), {**metadata, "engine": engine_id})
 
     def result(self, engine_id: int | None, execute_result: dict[str, Any]) -> None:
         """Show an engine's Out[engine:count] value."""
@@ -132,21 +135,24 @@ class OutputPrinter:
         bundle = {**data, "text/plain": prompt + text}
         if "text/html" in data:
             bundle["text/html"] = f'<pre><span style="color:#d00">{prompt}</span></pre>{data["text/html"]}'
-        self._publish(bundle, {"engine": engine_id})
+        self.publish(bundle, {"engine": engine_id})
         self._last_header = ""
         self._at_line_start = True
 
 
-def display_outputs(ar: AsyncResult, groupby: str = "type", result_only: bool = False) -> None:
+def display_outputs(
+    ar: AsyncResult, groupby: str = "type", result_only: bool = False, headers: bool = True
+) -> None:
     """Show everything `ar`'s tasks produced: stdout, stderr, display data, then Out[] values.
 
     `groupby`: "type" (all stdout, then all stderr, ...), "engine" (everything of engine 0,
     then of engine 1, ...) or "order" (like type, but the i-th display of every engine together).
-    With `result_only`, only the Out[] values (for output already streamed live).
+    With `result_only`, only the Out[] values (for output already streamed live). Without
+    `headers` (one engine's result), the text comes without `[stdout:N]`/`[output:N]` lines.
     """
     if groupby not in GROUPINGS:
         raise ValueError(f"groupby must be one of {', '.join(GROUPINGS)}, not {groupby!r}")
-    printer = OutputPrinter()
+    printer = OutputPrinter(headers)
     tasks = engine_outputs(ar)
     if groupby == "engine":
         for task in tasks:

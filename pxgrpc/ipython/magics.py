@@ -15,8 +15,13 @@ views at once by `view.activate(suffix)` (`rc[::2].activate("_even")` gives `%px
 
 While a blocking `%%px` cell runs, the engines' output is shown as it arrives; interrupting the
 kernel (Ctrl-C, Jupyter's stop button) interrupts the engines' code, which raises
-KeyboardInterrupt there, and stops waiting. `--signal-on-interrupt SIGTERM` (any signal name or
-number) sends the engines that signal instead, and `--signal-on-interrupt 0` none.
+KeyboardInterrupt there, and stops waiting (printing `Received Keyboard Interrupt. Sending signal
+SIGINT to engines...` and what the engines answered, without a local traceback).
+`--signal-on-interrupt SIGTERM` (any signal name or number) sends the engines that signal
+instead, and `--signal-on-interrupt 0` none (the cell only stops waiting).
+
+With streaming (the default), errors on several engines are printed as they are shown, and the
+cell ends with `AlreadyDisplayedError` ("7 errors") rather than showing them twice.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class, no_var_expand
 
+from pxgrpc.client.errors import AlreadyDisplayedError, CompositeError, RemoteError
+from pxgrpc.client.errors import TimeoutError as PxTimeoutError
 from pxgrpc.ipython.arguments import (
     describe_targets,
     exec_args,
@@ -51,6 +58,19 @@ POLL_SECONDS = 0.1
 #: After signalling the engines, how long to wait for their reports (KeyboardInterrupt, or
 #: EngineError when the signal ended them).
 INTERRUPT_GRACE_SECONDS = 2.0
+
+
+class _CellTimedOut(Exception):
+    """A blocking %%px cell ran past its --timeout."""
+
+
+def _timeout_error(engines: list[int], timeout: float, signal_number: int) -> PxTimeoutError:
+    how = "interrupted" if signal_number == signal.SIGINT else f"sent {signal_name(signal_number)}"
+    which = f"engine(s) {engines}" if engines else "the engines (not started yet)"
+    return PxTimeoutError(
+        f"%px: {which} did not finish within --timeout {timeout:g} s; their work was {how} and "
+        "the engines stay usable (%pxresult shows what they returned)"
+    )
 
 
 class _AutopxTransform:
@@ -82,11 +102,7 @@ class ParallelMagics(Magics):
         self.suffix = suffix
         #: Made for the newest Client (or %load_ext) rather than by view.activate().
         self.automatic = automatic
-        self.verbose = False
-        self.stream_output = True
-        self.progress_after = 2.0
-        #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
-        self.signal_on_interrupt: int = signal.SIGINT
+        self.reset_settings()
         self.last_result: AsyncResult | None = None
         self.running_locally = False
         self._autopx: _AutopxTransform | None = None
@@ -101,6 +117,16 @@ class ParallelMagics(Magics):
             "cell": {px: self.cell_px},
         }
         super().__init__(shell=shell)
+
+    def reset_settings(self) -> None:
+        """The default settings of the magics (what `%pxconfig` changes)."""
+        self.verbose = False
+        self.stream_output = True
+        self.progress_after = 2.0
+        #: The signal Ctrl-C sends the engines of a blocking %%px (0: none).
+        self.signal_on_interrupt: int = signal.SIGINT
+        #: Seconds a blocking %%px waits before it interrupts the engines (0: no limit).
+        self.timeout = 0.0
 
     # --- the view -------------------------------------------------------------------------
 
@@ -189,6 +215,7 @@ class ParallelMagics(Magics):
                 parse_interrupt_signal(args.signal_on_interrupt) if args.signal_on_interrupt else None
             ),
             local=bool(args.local),
+            timeout=args.timeout,
         )
 
     def parallel_execute(
@@ -203,6 +230,7 @@ class ParallelMagics(Magics):
         progress_after: float | None = None,
         signal_on_interrupt: int | None = None,
         local: bool = False,
+        timeout: float | None = None,
     ) -> AsyncResult | None:
         """What %px and %%px do: submit `code`, optionally run it here too, then wait and show."""
         view = self.view
@@ -224,6 +252,7 @@ class ParallelMagics(Magics):
             self.stream_output if stream is None else stream,
             self.progress_after if progress_after is None else progress_after,
             self.signal_on_interrupt if signal_on_interrupt is None else signal_on_interrupt,
+            self.timeout if timeout is None else timeout,
         )
         return None
 
@@ -235,18 +264,26 @@ class ParallelMagics(Magics):
             self.running_locally = False
 
     def _wait_and_show(
-        self, ar: AsyncResult, groupby: str, stream: bool, progress_after: float, signal_number: int
+        self,
+        ar: AsyncResult,
+        groupby: str,
+        stream: bool,
+        progress_after: float,
+        signal_number: int,
+        timeout: float = 0.0,
     ) -> None:
         live = LiveOutput(ar) if stream else None
+        interrupted = False
+        timed_out: list[int] | None = None
         try:
-            self._wait(ar, live, progress_after)
-        except KeyboardInterrupt:
-            if not signal_number:
-                raise
-            name = signal_name(signal_number)
-            print(f"Received Keyboard Interrupt. Sending signal {name} to engines...", file=sys.stderr)
-            ar.interrupt(signal_number)
+            # Without streaming, nothing but the outputs at the end: no progress bar either.
+            self._wait(ar, live, progress_after if stream else -1, timeout)
+        except _CellTimedOut:
+            timed_out = ar.interrupt(signal_number or signal.SIGINT)
             ar.wait(INTERRUPT_GRACE_SECONDS)
+        except KeyboardInterrupt:
+            interrupted = True
+            _stop_on_interrupt(ar, signal_number)
         finally:
             if live is not None:
                 live.close()
@@ -254,19 +291,28 @@ class ParallelMagics(Magics):
             show_results(ar, live.printer)
         else:
             display_outputs(ar, groupby)
-        if not ar.done():
-            raise KeyboardInterrupt(
-                "the engines did not answer the interrupt yet; %pxresult shows their results"
-            )
-        error = ar.exception()
-        if error is not None:
-            raise error
+        if timed_out is not None:
+            raise _timeout_error(timed_out, timeout, signal_number or signal.SIGINT)
+        error = ar.exception() if ar.done() and not ar.cancelled() else None
+        if error is None:
+            return
+        if interrupted:
+            _print_errors(error)  # what the engines said to the signal; no traceback here
+            return
+        if live is not None and isinstance(error, CompositeError):
+            _print_errors(error)
+            raise AlreadyDisplayedError(error)
+        raise error
 
-    def _wait(self, ar: AsyncResult, live: LiveOutput | None, progress_after: float) -> None:
+    def _wait(
+        self, ar: AsyncResult, live: LiveOutput | None, progress_after: float, timeout: float = 0.0
+    ) -> None:
         started = time.monotonic()
         bar = None
         try:
             while not ar.done():
+                if timeout > 0 and time.monotonic() - started >= timeout:
+                    raise _CellTimedOut
                 if live is None:
                     ar.wait(POLL_SECONDS)
                 elif live.wait(POLL_SECONDS):
@@ -341,11 +387,14 @@ class ParallelMagics(Magics):
         if args.signal_on_interrupt is not None:
             self.signal_on_interrupt = parse_interrupt_signal(args.signal_on_interrupt)
             changed = True
+        if args.timeout is not None:
+            self.timeout = max(0.0, args.timeout)
+            changed = True
         if not changed:
             print(
                 f"targets={self.view.targets!r} block={self.view.block} stream={self.stream_output} "
                 f"verbose={self.verbose} progress_after={self.progress_after} "
-                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)}"
+                f"signal_on_interrupt={signal_name(self.signal_on_interrupt)} timeout={self.timeout:g}"
             )
 
     def autopx(self, line: str = "") -> None:
@@ -374,6 +423,33 @@ class ParallelMagics(Magics):
                 transforms.remove(self._autopx)
             self._autopx = None
             print("%autopx disabled")
+
+
+def _stop_on_interrupt(ar: AsyncResult, signal_number: int) -> None:
+    """Ctrl-C while a blocking %%px waits: signal the cell's engines (unless 0) and stop waiting."""
+    if not signal_number:
+        print(
+            "Received Keyboard Interrupt. Not signalling the engines (--signal-on-interrupt 0): "
+            "they go on, and %pxresult shows their results.",
+            file=sys.stderr,
+        )
+        return
+    name = signal_name(signal_number)
+    print(f"Received Keyboard Interrupt. Sending signal {name} to engines...", file=sys.stderr)
+    ar.interrupt(signal_number)
+    ar.wait(INTERRUPT_GRACE_SECONDS)
+
+
+def _print_errors(error: BaseException) -> None:
+    """Each engine's error on stderr: the first `CompositeError.tb_limit` with their remote
+    tracebacks, the others in one line each."""
+    errors = list(getattr(error, "elist", [error]))
+    limit = getattr(CompositeError, "tb_limit", 4)
+    for i, err in enumerate(errors):
+        if i < limit and isinstance(err, RemoteError):
+            print("\n".join(err.render_traceback()), file=sys.stderr)
+        else:
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _bar_hidden(bar: Any) -> contextlib.AbstractContextManager[Any]:

@@ -29,11 +29,13 @@ def _registered(shell: Any, suffix: str) -> ParallelMagics | None:
     return owner if isinstance(owner, ParallelMagics) else None
 
 
-def _register(shell: Any, view: DirectView | None, suffix: str, automatic: bool) -> None:
+def _register(shell: Any, view: DirectView | None, suffix: str, automatic: bool, fresh: bool = False) -> None:
     existing = _registered(shell, suffix)
     if existing is not None:
         if view is not None:
             existing.use_view(view, automatic)
+        if fresh:
+            existing.reset_settings()
         return
     shell.magics_manager.register(ParallelMagics(shell, view, suffix, automatic))
 
@@ -44,7 +46,7 @@ def activate(view: DirectView, suffix: str = "") -> None:
     if shell is None:
         warnings.warn("the pxgrpc magics (%px, ...) only work inside IPython", stacklevel=3)
         return
-    _register(shell, view, suffix, automatic=False)
+    _register(shell, view, suffix, automatic=False, fresh=True)  # (default settings, as ipyparallel)
 
 
 def register_for_client(client: Client) -> None:

@@ -94,6 +94,9 @@ class EngineSpec:
     timeout: float = 60.0
     #: How many engines the cluster started before these (numbers their log files).
     index: int = 0
+    #: Run each engine under a supervisor (`pxgrpc-engine --restart`) that replaces it under
+    #: its id when it dies and tells the controller how it died.
+    restart: bool = False
 
     def log_path(self, name: str) -> pathlib.Path:
         """A log file of this cluster in `log_dir` (which is created, private)."""
@@ -110,6 +113,7 @@ class EngineSpec:
             connection_file,
             "--log-level",
             self.log_level,
+            *(["--restart"] if self.restart else []),
             *extra,
             *self.engine_args,
         ]

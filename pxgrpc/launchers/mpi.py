@@ -73,6 +73,13 @@ class MPILauncher:
 
     def command(self, spec: EngineSpec) -> list[str]:
         """The mpiexec command line for `spec`."""
+        if spec.restart:
+            raise LaunchError(
+                self.name,
+                "",
+                "engines cannot be restarted (restart_engines, --restart-engines): a dead MPI rank "
+                "cannot be replaced, its communicator is gone; use the local, ssh or slurm launcher",
+            )
         mpiexec = shutil.which(self.mpiexec, path=spec.env.get("PATH"))
         if mpiexec is None:
             raise LaunchError(
