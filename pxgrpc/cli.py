@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an engine that dies (same id, fresh namespace); its task fails saying how it died",
     )
+    start.add_argument(
+        "--no-restart-controller",
+        action="store_true",
+        help="do not restart the controller when it dies (by default a supervisor brings it back "
+        "with --restore: same port, tokens and engines)",
+    )
     _add_launcher_options(start)
 
     stop = actions.add_parser("stop", help="stop a cluster started with `pxgrpc cluster start`")
@@ -104,6 +110,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             ssh_args=_split(args.ssh_args),
             timeout=args.timeout,
             restart_engines=args.restart_engines,
+            restart_controller=not args.no_restart_controller,
         )
     except PxError as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)

@@ -39,6 +39,7 @@ from pxgrpc.security.connection_file import (
     engine_connection_file,
     pxgrpc_dir,
     read_connection_file,
+    write_private_file,
 )
 from pxgrpc.security.errors import SecurityError
 
@@ -63,9 +64,7 @@ class ClusterState:
         return pxgrpc_dir() / name
 
     def save(self) -> None:
-        path = self.path(self.cluster_id)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2))
+        write_private_file(self.path(self.cluster_id), json.dumps(self.__dict__, indent=2))
 
     @classmethod
     def load(cls, cluster_id: str) -> ClusterState | None:
@@ -91,6 +90,9 @@ class Cluster:
     as a fresh interpreter. `restart_engines=True` replaces
     a dead engine under its id (fresh namespace); its task fails with an EngineError saying how it
     died.
+
+    The controller runs under a small supervisor that restarts it with `--restore` when it dies
+    (engines and clients reconnect and go on); `restart_controller=False` runs it bare.
     """
 
     def __init__(
@@ -114,9 +116,11 @@ class Cluster:
         timeout: float = 60.0,
         fork_engines: bool | None = None,
         restart_engines: bool = False,
+        restart_controller: bool = True,
     ) -> None:
         self.launcher_name = engines
         self.restart_engines = restart_engines
+        self.restart_controller = restart_controller
         self.launcher_options: dict[str, Any] = {
             "hosts": hosts,
             "remote_python": remote_python,
@@ -207,11 +211,12 @@ class Cluster:
         return args
 
     def start_controller_sync(self) -> None:
-        """Start the controller (returns once its process is launched)."""
+        """Start the controller (returns once its process is launched). `self.controller` is
+        its process, or its supervisor's (see `restart_controller`)."""
         self._clear_stale_connection_file()
         args = [
             "-m",
-            "pxgrpc.controller",
+            "pxgrpc.controller.supervisor" if self.restart_controller else "pxgrpc.controller",
             "--file",
             str(self.connection_file),
             "--log-level",

@@ -45,6 +45,10 @@ class Client:
     path. When the controller requires client certificates (``--tls-client-auth`` with your own
     CA), pass yours: ``Client("controller.json", tls_cert="me.pem", tls_key="me-key.pem")``;
     ``tls_ca`` and ``tls_server_name`` override the CA and the expected certificate name.
+
+    When the controller goes away (restarted with ``--restore``, a network fault) the client
+    reconnects by itself for up to ``reconnect_timeout`` seconds; pending results stay pending
+    and arrive after, each once.
     """
 
     #: Whether `clear` and `send_signal` wait by default (as ipyparallel's `Client.block`).
@@ -61,7 +65,9 @@ class Client:
         tls_key: str | os.PathLike[str] | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
         tls_server_name: str | None = None,
+        reconnect_timeout: float = 120.0,
     ) -> None:
+        path: pathlib.Path | None = None
         if connection_info is None:
             path = pathlib.Path(url_file) if url_file is not None else default_connection_file(cluster_id)
             connection_info = read_connection_file(path)
@@ -69,7 +75,7 @@ class Client:
             connection_info, cert=tls_cert, key=tls_key, ca=tls_ca, server_name=tls_server_name
         )
         self.connection_info = connection_info
-        self._transport = Transport(connection_info, timeout)
+        self._transport = Transport(connection_info, timeout, reconnect_timeout, path)
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._history = TaskHistory()
         self._closed = False
