@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.balanced import LoadBalancedView
 from pxgrpc.client.dependencies import DependencyScheduler
 from pxgrpc.client.errors import NoEnginesError, PxConnectionError, TimeoutError
 from pxgrpc.client.executor import ViewExecutor
@@ -23,7 +24,8 @@ from pxgrpc.client.history import TaskHistory
 from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.tasks import Apply, Execute, Job, TaskOutcome
 from pxgrpc.client.transport import Transport
-from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
+from pxgrpc.client.view import DirectView
+from pxgrpc.client.viewbase import Targets
 from pxgrpc.remote_calls import clear_namespace
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import ConnectionInfo, default_connection_file, read_connection_file
