@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.dependencies import as_dependency, dependency_timeout
 from pxgrpc.client.lazymap import LazyMap
+from pxgrpc.client.targets import Targets
 from pxgrpc.client.tasks import Action, Apply, Constraints, Job
-from pxgrpc.client.viewbase import Targets, View
+from pxgrpc.client.viewbase import View
 from pxgrpc.dependency import Dependency, Dependent
 from pxgrpc.partition import chunk, join_parts, map_chunk
 

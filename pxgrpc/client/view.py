@@ -16,8 +16,9 @@ from typing import Any
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.balanced import LoadBalancedView
 from pxgrpc.client.errors import NoEnginesError
+from pxgrpc.client.targets import Targets
 from pxgrpc.client.tasks import Action, Apply, Execute, Job, Pull, Push
-from pxgrpc.client.viewbase import Targets, View
+from pxgrpc.client.viewbase import View
 from pxgrpc.partition import join_parts, map_chunk, partition, partition_bounds
 
 __all__ = ["DirectView", "LoadBalancedView", "Targets", "View"]

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 from pxgrpc.client.asyncresult import AsyncResult
 from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.remote import ParallelFunction, RemoteFunction
+from pxgrpc.client.targets import Targets
 from pxgrpc.client.tasks import Job
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
-
-Targets = int | Sequence[int] | slice | str | None
 
 
 class View:
