@@ -249,7 +249,7 @@ class Client:
         ids: set[str] = set()
         for ar in list(self._results):
             if not ar.done():
-                ids.update(ar.msg_ids[i] for i, o in enumerate(ar._outcomes) if o is None)
+                ids.update(ar.msg_ids[i] for i in ar._events.pending())
         return ids
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:

@@ -43,8 +43,8 @@ class AsyncMapResult(AsyncResult):
         )
 
     def on_result(self, outcome: TaskOutcome) -> None:
-        with self._cond:
-            self._arrival.append(self._index[outcome.task_id])
+        with self._events.cond:
+            self._arrival.append(self._events.index[outcome.task_id])
         super().on_result(outcome)
 
     def _items_at(self, i: int) -> Any:
@@ -58,9 +58,9 @@ class AsyncMapResult(AsyncResult):
             return
         seen = 0
         while seen < len(self.msg_ids):
-            with self._cond:
+            with self._events.cond:
                 while len(self._arrival) <= seen:
-                    self._cond.wait()
+                    self._events.cond.wait()
                 i = self._arrival[seen]
             seen += 1
             yield from self._items_at(i)
