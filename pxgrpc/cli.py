@@ -10,7 +10,8 @@ import time
 
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxError
-from pxgrpc.cluster import Cluster, launcher_states, stop_by_id
+from pxgrpc.cluster import Cluster
+from pxgrpc.clusterstate import launcher_states, stop_by_id
 from pxgrpc.launchers import LAUNCHERS
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import default_connection_file
