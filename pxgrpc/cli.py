@@ -10,7 +10,8 @@ import time
 
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxError
-from pxgrpc.cluster import Cluster, launcher_states, stop_by_id
+from pxgrpc.cluster import Cluster
+from pxgrpc.clusterstate import launcher_states, stop_by_id
 from pxgrpc.launchers import LAUNCHERS
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import default_connection_file
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart-engines",
         action="store_true",
         help="replace an engine that dies (same id, fresh namespace); its task fails saying how it died",
+    )
+    start.add_argument(
+        "--no-restart-controller",
+        action="store_true",
+        help="do not restart the controller when it dies (by default a supervisor brings it back "
+        "with --restore: same port, tokens and engines)",
     )
     _add_launcher_options(start)
 
@@ -104,6 +111,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             ssh_args=_split(args.ssh_args),
             timeout=args.timeout,
             restart_engines=args.restart_engines,
+            restart_controller=not args.no_restart_controller,
         )
     except PxError as exc:
         print(f"pxgrpc: {exc}", file=sys.stderr)

@@ -14,24 +14,22 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import json
 import logging
 import os
 import pathlib
 import secrets
-import signal
 import subprocess
 import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from pxgrpc.addresses import is_loopback
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxConnectionError, PxError
-from pxgrpc.launchers import EngineSpec, Launcher, LaunchError, LauncherState, launcher_for, restore
+from pxgrpc.clusterstate import ClusterState
+from pxgrpc.launchers import EngineSpec, Launcher, LaunchError, launcher_for
 from pxgrpc.launchers.base import alive as _alive
 from pxgrpc.launchers.base import reap as _reap
 from pxgrpc.security.connection_file import (
@@ -43,36 +41,6 @@ from pxgrpc.security.connection_file import (
 from pxgrpc.security.errors import SecurityError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClusterState:
-    """What `pxgrpc cluster stop/status` needs to find a cluster started earlier."""
-
-    cluster_id: str
-    connection_file: str
-    controller_pid: int = 0
-    engine_pids: list[int] = field(default_factory=list)
-    log_dir: str = ""
-    #: `Launcher.saved()` of each batch of engines, to report on and stop them later.
-    launchers: list[dict[str, Any]] = field(default_factory=list)
-
-    @staticmethod
-    def path(cluster_id: str) -> pathlib.Path:
-        name = f"cluster-{cluster_id}.json" if cluster_id else "cluster.json"
-        return pxgrpc_dir() / name
-
-    def save(self) -> None:
-        path = self.path(self.cluster_id)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.__dict__, indent=2))
-
-    @classmethod
-    def load(cls, cluster_id: str) -> ClusterState | None:
-        path = cls.path(cluster_id)
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text()))
 
 
 class Cluster:
@@ -91,6 +59,9 @@ class Cluster:
     as a fresh interpreter. `restart_engines=True` replaces
     a dead engine under its id (fresh namespace); its task fails with an EngineError saying how it
     died.
+
+    The controller runs under a small supervisor that restarts it with `--restore` when it dies
+    (engines and clients reconnect and go on); `restart_controller=False` runs it bare.
     """
 
     def __init__(
@@ -114,9 +85,11 @@ class Cluster:
         timeout: float = 60.0,
         fork_engines: bool | None = None,
         restart_engines: bool = False,
+        restart_controller: bool = True,
     ) -> None:
         self.launcher_name = engines
         self.restart_engines = restart_engines
+        self.restart_controller = restart_controller
         self.launcher_options: dict[str, Any] = {
             "hosts": hosts,
             "remote_python": remote_python,
@@ -207,11 +180,12 @@ class Cluster:
         return args
 
     def start_controller_sync(self) -> None:
-        """Start the controller (returns once its process is launched)."""
+        """Start the controller (returns once its process is launched). `self.controller` is
+        its process, or its supervisor's (see `restart_controller`)."""
         self._clear_stale_connection_file()
         args = [
             "-m",
-            "pxgrpc.controller",
+            "pxgrpc.controller.supervisor" if self.restart_controller else "pxgrpc.controller",
             "--file",
             str(self.connection_file),
             "--log-level",
@@ -414,43 +388,3 @@ def _stop_at_exit(ref: weakref.ReferenceType[Cluster]) -> None:
     cluster = ref()
     if cluster is not None and (cluster.controller is not None or cluster.launchers):
         cluster.stop_cluster_sync()
-
-
-def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
-    """Stop a cluster started earlier (by `pxgrpc cluster start`); False if none was found.
-
-    Asks the controller to shut everything down, then has each launcher make sure its engines
-    are gone (scancel, ssh kill, process groups), and kills the controller if it lingers.
-    """
-    state = ClusterState.load(cluster_id)
-    conn = pathlib.Path(state.connection_file) if state else default_connection_file(cluster_id)
-    found = False
-    with contextlib.suppress(PxError, SecurityError, OSError), Client(conn, timeout=3) as rc:
-        rc.shutdown(hub=True)
-        found = True
-    pids = [state.controller_pid] if state else []
-    if state is not None:
-        for saved in state.launchers or [{"name": "local", "pids": state.engine_pids}]:
-            with contextlib.suppress(PxError):
-                restore(saved).stop(timeout)
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            found = True
-    with contextlib.suppress(FileNotFoundError):
-        ClusterState.path(cluster_id).unlink()
-    with contextlib.suppress(FileNotFoundError):
-        conn.unlink()
-    return found or bool(pids)
-
-
-def launcher_states(cluster_id: str) -> list[LauncherState]:
-    """How the launchers of a cluster started by `pxgrpc cluster start` are doing."""
-    state = ClusterState.load(cluster_id)
-    if state is None:
-        return []
-    return [restore(saved).state() for saved in state.launchers]

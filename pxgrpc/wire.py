@@ -7,18 +7,15 @@ the controller can relay them as raw bytes (no protobuf parse, no copy per hop).
 `pxgrpc.messages` gathers the message classes; this module adds the enum values, service names,
 descriptors and stubs. Everything else in pxgrpc takes the message classes from here
 (`wire.pb.Task`, ...), except `pxgrpc.blobstream`, which this module builds on and which therefore
-imports `pxgrpc.messages` itself.
+imports `pxgrpc.messages` itself. Reading Values back (`pxgrpc.valuedecoding`) and checking
+Values from other peers (`pxgrpc.valuecheck`) have modules of their own, re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 import pickle
-import re
 import sys
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -38,7 +35,22 @@ from pxgrpc._proto import (
 # blob ids look the same in a `BlobSlice` as in a blob stream: `wire.BLOB_ID_RE`.
 from pxgrpc.blobstream import BLOB_ID_RE as BLOB_ID_RE
 from pxgrpc.blobstream import DecodingError as DecodingError
-from pxgrpc.blobstream import IncomingBlob, OutgoingBlob
+from pxgrpc.blobstream import OutgoingBlob
+
+# Reading and checking Values live in their own modules; callers reach them as `wire.decode`, ...
+from pxgrpc.valuecheck import BlobSizes as BlobSizes
+from pxgrpc.valuecheck import validate_value as validate_value
+from pxgrpc.valuedecoding import MAX_INLINE as MAX_INLINE
+from pxgrpc.valuedecoding import TYPED_DTYPE_RE as TYPED_DTYPE_RE
+from pxgrpc.valuedecoding import BlobMap as BlobMap
+from pxgrpc.valuedecoding import OpaqueObject as OpaqueObject
+from pxgrpc.valuedecoding import UnknownBlobError as UnknownBlobError
+from pxgrpc.valuedecoding import blob_ids_of as blob_ids_of
+from pxgrpc.valuedecoding import blob_ids_of_action as blob_ids_of_action
+from pxgrpc.valuedecoding import decode as decode
+from pxgrpc.valuedecoding import is_typed_dtype as is_typed_dtype
+from pxgrpc.valuedecoding import parse_dtype as parse_dtype
+from pxgrpc.valuedecoding import read_buffer as read_buffer
 
 #: The message classes: `wire.pb.Task`, `wire.pb.Value`, ...
 pb = messages
@@ -67,39 +79,17 @@ EngineStub = engine_pb2_grpc.EngineStub
 
 #: Buffers larger than this travel in a blob rather than inside the message.
 INLINE_LIMIT = 256 * 1024
-#: Largest inline buffer a peer may send (`Buffer.inline`, `Value.bytes_value`).
-MAX_INLINE = 1024 * 1024
 #: Largest protobuf message either side accepts (chunks and batches stay far below).
 MAX_MESSAGE = 64 * 1024 * 1024
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ALLOWED_DTYPE_KINDS = frozenset("biufc")
-#: The `NDArray.dtype` strings any language can read: byte order, kind, item size.
-TYPED_DTYPE_RE = re.compile(r"^[<>|=]?(b1|[iu](1|2|4|8)|f(2|4|8)|c(8|16))$")
 #: Deepest nesting of lists and maps the typed result encodings produce.
 MAX_DEPTH = 100
 
 
 class EncodingError(ValueError):
     """A value cannot be encoded the way the reader asked (e.g. typed-only for a Python object)."""
-
-
-class UnknownBlobError(DecodingError):
-    """A `Value` references a blob its reader does not have (gRPC NOT_FOUND)."""
-
-
-def is_typed_dtype(dtype: np.dtype[Any]) -> bool:
-    """Whether arrays of `dtype` travel as an `NDArray` (fixed-size numbers and bools)."""
-    return not dtype.fields and TYPED_DTYPE_RE.match(dtype.str) is not None
-
-
-def parse_dtype(text: str, where: str) -> np.dtype[Any]:
-    """The numpy dtype an `NDArray.dtype` string names; DecodingError naming `where` if none."""
-    if TYPED_DTYPE_RE.match(text) is None:
-        raise DecodingError(
-            f"{where}: {text!r} is not a fixed-size numeric or bool dtype (e.g. '<f8', '<i4', '|u1', '|b1')"
-        )
-    return np.dtype(text)
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -284,225 +274,6 @@ def encode(obj: Any, mode: int = ENCODING_PICKLE) -> tuple[value_pb2.Value, Outg
     """Encode `obj`; return the Value and the blob its large buffers need (or None)."""
     encoder = Encoder(mode)
     return encoder.encode(obj), encoder.blob
-
-
-# --- decoding -------------------------------------------------------------------------------------
-
-BlobMap = dict[str, IncomingBlob]
-
-
-def blob_ids_of(value: value_pb2.Value) -> set[str]:
-    """Every blob a Value references (walks lists and maps)."""
-    found: set[str] = set()
-    _collect_blobs(value, found)
-    return found
-
-
-def blob_ids_of_action(action: task_pb2.Action) -> set[str]:
-    """Every blob the values of a push or apply action reference."""
-    kind = action.WhichOneof("kind")
-    if kind == "push":
-        values = list(action.push.namespace.values())
-    elif kind == "apply":
-        values = [action.apply.function, *action.apply.args, *action.apply.kwargs.values()]
-    else:
-        return set()
-    found: set[str] = set()
-    for value in values:
-        _collect_blobs(value, found)
-    return found
-
-
-def _collect_blobs(value: value_pb2.Value, found: set[str]) -> None:
-    kind = value.WhichOneof("kind")
-    if kind == "array_value":
-        _collect_buffer(value.array_value.data, found)
-    elif kind == "large_bytes_value":
-        _collect_buffer(value.large_bytes_value, found)
-    elif kind == "pickled_value":
-        _collect_buffer(value.pickled_value.data, found)
-        for buf in value.pickled_value.buffers:
-            _collect_buffer(buf, found)
-    elif kind == "list_value":
-        for item in value.list_value.items:
-            _collect_blobs(item, found)
-    elif kind == "map_value":
-        for item in value.map_value.entries.values():
-            _collect_blobs(item, found)
-
-
-def _collect_buffer(buf: value_pb2.Buffer, found: set[str]) -> None:
-    if buf.WhichOneof("location") == "blob":
-        found.add(buf.blob.blob_id)
-
-
-def read_buffer(buf: value_pb2.Buffer, blobs: BlobMap, where: str) -> memoryview | bytes:
-    """The bytes a Buffer designates (a view into a received blob when it lives in one)."""
-    location = buf.WhichOneof("location")
-    if location == "inline":
-        return buf.inline
-    if location == "blob":
-        blob = blobs.get(buf.blob.blob_id)
-        if blob is None:
-            raise DecodingError(f"{where}: unknown blob {buf.blob.blob_id!r}")
-        return blob.slice(buf.blob)
-    return b""
-
-
-def decode(value: value_pb2.Value, blobs: BlobMap | None = None, where: str = "value") -> Any:
-    """Turn a Value back into a Python object. `where` names the field in error messages."""
-    blobs = blobs or {}
-    kind = value.WhichOneof("kind")
-    if kind == "null_value":
-        return None
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "float_value":
-        return value.float_value
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bytes_value":
-        return value.bytes_value
-    if kind == "large_bytes_value":
-        return bytes(read_buffer(value.large_bytes_value, blobs, f"{where}.large_bytes_value"))
-    if kind == "list_value":
-        return [
-            decode(v, blobs, f"{where}.list_value.items[{i}]") for i, v in enumerate(value.list_value.items)
-        ]
-    if kind == "map_value":
-        return {k: decode(v, blobs, f"{where}.map_value[{k!r}]") for k, v in value.map_value.entries.items()}
-    if kind == "array_value":
-        return _decode_array(value.array_value, blobs, f"{where}.array_value")
-    if kind == "pickled_value":
-        return _decode_pickle(value.pickled_value, blobs, f"{where}.pickled_value")
-    if kind == "opaque_value":
-        return OpaqueObject(value.opaque_value.type_name, value.opaque_value.repr)
-    raise DecodingError(f"{where}: no kind set (one of null_value, int_value, ... is required)")
-
-
-def _decode_array(msg: value_pb2.NDArray, blobs: BlobMap, where: str) -> np.ndarray:
-    dtype = parse_dtype(msg.dtype, f"{where}.dtype")
-    shape = tuple(msg.shape)
-    if any(n < 0 for n in shape):
-        raise DecodingError(f"{where}.shape: negative dimension in {list(shape)}")
-    data = read_buffer(msg.data, blobs, f"{where}.data")
-    expected = math.prod(shape) * dtype.itemsize
-    if len(data) != expected:
-        raise DecodingError(
-            f"{where}.data: {len(data)} bytes, but shape {list(shape)} of {dtype.str} needs {expected}"
-        )
-    if isinstance(data, bytes):
-        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
-
-
-def _decode_pickle(msg: value_pb2.Pickled, blobs: BlobMap, where: str) -> Any:
-    data = read_buffer(msg.data, blobs, f"{where}.data")
-    buffers = [read_buffer(b, blobs, f"{where}.buffers[{i}]") for i, b in enumerate(msg.buffers)]
-    return pickle.loads(data, buffers=[_writable(b) for b in buffers])
-
-
-def _writable(buf: memoryview | bytes) -> memoryview | bytearray:
-    # Inline buffers arrive as immutable bytes; arrays unpickled on them would be read-only.
-    return bytearray(buf) if isinstance(buf, bytes) else buf
-
-
-# --- validation of values from other peers --------------------------------------------------------
-
-#: The size of a blob by id: None when unknown, -1 while its header has not arrived.
-BlobSizes = Callable[[str], int | None]
-
-
-def validate_value(value: value_pb2.Value, where: str = "value", blob_size: BlobSizes | None = None) -> None:
-    """Check a Value a client sent, before any engine sees it.
-
-    Raises DecodingError naming the field (`where` and the path inside the value, e.g.
-    ``namespace['x'].list_value.items[2].array_value.shape``) when the value is malformed, and
-    UnknownBlobError when it references a blob that `blob_size` does not know. The contents of
-    `Pickled` values are not inspected (only Python peers make them).
-    """
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        raise DecodingError(f"{where}: no kind set (one of null_value, int_value, ... is required)")
-    if kind == "list_value":
-        for i, item in enumerate(value.list_value.items):
-            validate_value(item, f"{where}.list_value.items[{i}]", blob_size)
-    elif kind == "map_value":
-        for key, item in value.map_value.entries.items():
-            validate_value(item, f"{where}.map_value[{key!r}]", blob_size)
-    elif kind == "bytes_value" and len(value.bytes_value) > MAX_INLINE:
-        raise DecodingError(
-            f"{where}.bytes_value: {len(value.bytes_value)} bytes is more than {MAX_INLINE}; "
-            "send large_bytes_value with the data in a blob"
-        )
-    elif kind == "large_bytes_value":
-        _validate_buffer(value.large_bytes_value, f"{where}.large_bytes_value", blob_size)
-    elif kind == "array_value":
-        _validate_array(value.array_value, f"{where}.array_value", blob_size)
-    elif kind == "pickled_value":
-        _validate_buffer(value.pickled_value.data, f"{where}.pickled_value.data", blob_size)
-        for i, buf in enumerate(value.pickled_value.buffers):
-            _validate_buffer(buf, f"{where}.pickled_value.buffers[{i}]", blob_size)
-    elif kind == "opaque_value":
-        raise DecodingError(
-            f"{where}.opaque_value: Opaque values only travel from engines to clients; send the data itself"
-        )
-
-
-def _validate_array(array: value_pb2.NDArray, where: str, blob_size: BlobSizes | None) -> None:
-    dtype = parse_dtype(array.dtype, f"{where}.dtype")
-    if any(n < 0 for n in array.shape):
-        raise DecodingError(f"{where}.shape: negative dimension in {list(array.shape)}")
-    expected = math.prod(array.shape) * dtype.itemsize
-    length = _validate_buffer(array.data, f"{where}.data", blob_size)
-    if length != expected:
-        raise DecodingError(
-            f"{where}.data: {length} bytes, but shape {list(array.shape)} of {dtype.str} needs {expected}"
-        )
-
-
-def _validate_buffer(buf: value_pb2.Buffer, where: str, blob_size: BlobSizes | None) -> int:
-    """Check one Buffer; return the number of bytes it designates."""
-    location = buf.WhichOneof("location")
-    if location == "inline":
-        if len(buf.inline) > MAX_INLINE:
-            raise DecodingError(
-                f"{where}.inline: {len(buf.inline)} bytes is more than {MAX_INLINE}; put the data in a blob"
-            )
-        return len(buf.inline)
-    if location is None:
-        return 0
-    ref = buf.blob
-    if not BLOB_ID_RE.match(ref.blob_id):
-        raise DecodingError(f"{where}.blob.blob_id: {ref.blob_id!r} is not 1-64 characters of [A-Za-z0-9_-]")
-    if ref.offset < 0 or ref.length < 0:
-        raise DecodingError(f"{where}.blob: offset {ref.offset} and length {ref.length} must not be negative")
-    if blob_size is not None:
-        size = blob_size(ref.blob_id)
-        if size is None:
-            raise UnknownBlobError(
-                f"{where}.blob.blob_id: no blob {ref.blob_id!r} "
-                "(upload it, and wait for the UploadReply, first)"
-            )
-        if size >= 0 and ref.offset + ref.length > size:
-            raise DecodingError(
-                f"{where}.blob: bytes {ref.offset}..{ref.offset + ref.length} are outside blob "
-                f"{ref.blob_id} of {size} bytes"
-            )
-    return ref.length
-
-
-@dataclass(frozen=True)
-class OpaqueObject:
-    """A remote Python object that could not be sent as data: its type name and repr."""
-
-    type_name: str
-    repr: str
-
-    def __repr__(self) -> str:
-        return self.repr
 
 
 def python_version() -> str:

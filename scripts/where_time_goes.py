@@ -99,7 +99,7 @@ def phases(title: str, rows: list[dict[str, float]]) -> None:
 
 def stamps(ar: Any, t0: float) -> dict[str, float]:
     """When each engine's task reached the controller, started and ended (seconds from t0)."""
-    outcomes = sorted(ar._outcomes, key=lambda o: o.started)
+    outcomes = sorted(ar._events.outcomes, key=lambda o: o.started)
     out = {}
     for k, o in enumerate(outcomes):
         who = "engine" if len(outcomes) == 1 else f"engine {k + 1} of {len(outcomes)}"

@@ -95,14 +95,18 @@ def test_interrupt_without_a_signal_number_raises_keyboard_interrupt_as_before(m
 
 
 def test_controller_going_away_fails_pending_work_instead_of_hanging(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster, rc = make_cluster(n=1)
-    ar = rc[0].apply_async(time.sleep, 30)
-    time.sleep(0.1)
-    os.killpg(cluster.controller.pid, signal.SIGKILL)
-    with pytest.raises(ipp.PxConnectionError):
-        ar.get(timeout=20)
-    with pytest.raises(ipp.PxConnectionError):
-        rc[0].apply_async(lambda: 1).get(timeout=20)
+    cluster, _ = make_cluster(n=1)
+    rc = ipp.Client(cluster.connection_file, reconnect_timeout=2)  # (no waiting for a comeback)
+    try:
+        ar = rc[0].apply_async(time.sleep, 30)
+        time.sleep(0.1)
+        os.killpg(cluster.controller.pid, signal.SIGKILL)  # (the supervisor too)
+        with pytest.raises(ipp.PxConnectionError):
+            ar.get(timeout=20)
+        with pytest.raises(ipp.PxConnectionError):
+            rc[0].apply_async(lambda: 1).get(timeout=20)
+    finally:
+        rc.close()
 
 
 def test_a_frozen_engine_is_declared_dead_by_heartbeat(make_cluster) -> None:  # type: ignore[no-untyped-def]

@@ -174,16 +174,43 @@ class SessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASKS_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RESUME_TASK_IDS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """Optional, first request of a stream only: a client-chosen name for the session, 1-64
+    characters of [A-Za-z0-9_-] (otherwise the stream ends with INVALID_ARGUMENT), unique per
+    client (e.g. a random hex string). It lets the session outlive its stream: when the stream
+    breaks (a network fault, a controller restarted with `--restore`), the client opens a new
+    `Session` with the same `session_id` and lists the tasks it still waits for in
+    `resume_task_ids`; results that arrived meanwhile, and results engines resend after they
+    re-register with a restarted controller, come down the new stream. A session with an id
+    whose stream broke is kept for 10 minutes (its queued tasks keep running); a stream the
+    client half-closes ends the session at once. Without an id a session ends with its stream.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.SubmitTask]: ...
+    @_builtins.property
+    def resume_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With `session_id`, first request of a resumed stream: the ids (SubmitTask.task_id) of the
+        tasks the client submitted earlier and still waits for. Each one the controller cannot
+        account for (no engine holds it, no result of it is waiting: it was queued in a controller
+        that restarted, or its result was lost with the old stream) is answered with a TaskResult of
+        status TASK_STATUS_ERROR and error.ename "ControllerRestarted", once the engines known
+        before a restart have re-registered (or after `--restore-grace` seconds). A result may
+        arrive twice across a resume (an engine resends what it is not sure was delivered):
+        clients keep the first result of each task id and drop repeats.
+        """
+
     def __init__(
         self,
         *,
         tasks: _abc.Iterable[_task_pb2.SubmitTask] | None = ...,
+        session_id: _builtins.str = ...,
+        resume_task_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_task_ids", b"resume_task_ids", "session_id", b"session_id", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

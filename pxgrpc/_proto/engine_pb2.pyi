@@ -100,6 +100,7 @@ class RegisterRequest(_message.Message):
     SUPERVISED_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
+    HELD_TASK_IDS_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
     python_version: _builtins.str
@@ -133,6 +134,13 @@ class RegisterRequest(_message.Message):
     with INVALID_ARGUMENT; an id a registered engine holds fails it with ALREADY_EXISTS (the
     message names the id and that engine's host and pid). Ids handed out later skip every id
     registered so far.
+
+    Re-registration: an engine that lost its work stream (controller restarted with `--restore`,
+    network fault) keeps its namespace and registers again with `requested_id` set to the id it
+    had and `held_task_ids`. While the controller still counts the old registration as live
+    (until it notices the broken stream, at most its heartbeat timeout) the call fails with
+    ALREADY_EXISTS: retry with backoff. A controller started with `--restore` keeps the ids of
+    the engines it knew free for them: new engines get other ids.
     """
     supervised: _builtins.bool
     """The engine runs under a supervisor that reports how it ends (`ReportExit`): when its `Work`
@@ -145,6 +153,15 @@ class RegisterRequest(_message.Message):
     `python_version`, with their own when they connect (see `EngineInfo`).
     """
     cloudpickle_version: _builtins.str
+    @_builtins.property
+    def held_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Re-registration only: the tasks (Task.task_id) this engine holds from its earlier
+        registration: queued, running, or finished with a result it will resend. The controller
+        routes their results (which the engine sends up `Work` as usual, once the stream is open) to
+        the sessions that submitted them, and fails them with TASK_STATUS_ENGINE_DIED if the engine
+        dies. Resent results must come after the hello message, before or with new ones.
+        """
+
     def __init__(
         self,
         *,
@@ -158,10 +175,11 @@ class RegisterRequest(_message.Message):
         supervised: _builtins.bool = ...,
         protocol_version: _builtins.str = ...,
         cloudpickle_version: _builtins.str = ...,
+        held_task_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "requested_id", b"requested_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__requested_id: _TypeAlias = _typing.Literal["requested_id"]  # noqa: Y015
     _WhichOneofArgType__requested_id: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id"]  # noqa: Y015

@@ -1,6 +1,7 @@
 """The Python client: Client, views, AsyncResult and errors."""
 
 from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.balanced import LoadBalancedView
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import (
     AlreadyDisplayedError,
@@ -21,7 +22,7 @@ from pxgrpc.client.errors import (
 )
 from pxgrpc.client.executor import ViewExecutor
 from pxgrpc.client.mapresult import AsyncMapResult
-from pxgrpc.client.view import DirectView, LoadBalancedView
+from pxgrpc.client.view import DirectView
 
 __all__ = [
     "AlreadyDisplayedError",

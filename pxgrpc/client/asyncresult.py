@@ -11,14 +11,20 @@ import asyncio
 import concurrent.futures
 import logging
 import signal
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pxgrpc.client.errors import CompositeError, PxError, TimeoutError
-from pxgrpc.client.executereply import ExecuteReply
-from pxgrpc.client.resultmeta import METADATA_KEYS, task_metadata
+from pxgrpc.client.errors import PxError, TimeoutError
+from pxgrpc.client.resultmeta import METADATA_KEYS
+from pxgrpc.client.resultvalue import (
+    failures,
+    raised_error,
+    result_value,
+    value_with_errors,
+    values_by_engine,
+)
+from pxgrpc.client.taskevents import TaskEvents
 from pxgrpc.client.tasks import Reducer, TaskOutcome
 
 if TYPE_CHECKING:
@@ -54,157 +60,74 @@ class AsyncResult(concurrent.futures.Future[Any]):
         super().__init__()
         self._client = client
         self.msg_ids = list(task_ids)
-        self._index = {task_id: i for i, task_id in enumerate(self.msg_ids)}
         self._fname = fname
         self._targets = list(targets) if targets is not None else [None] * len(self.msg_ids)
         self._single = single
         self._reduce = reduce
-        #: An execute: each task's value is its ExecuteReply.
-        self._execute = execute
         #: Elements per task (map): len() and progress count elements, not tasks.
         self._sizes = list(sizes) if sizes is not None else None
-        n = len(self.msg_ids)
-        self._outcomes: list[TaskOutcome | None] = [None] * n
-        self._stdout = [""] * n
-        self._stderr = [""] * n
-        self._outputs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-        self._data: list[dict[str, Any]] = [{} for _ in range(n)]
-        #: Results made of some of these tasks (split, join, get_result) that hear their events.
-        self._followers: list[AsyncResult] = []
-        self._split: tuple[AsyncResult, ...] | None = None
-        self._engine_ids: list[int | None] = list(self._targets)
-        self._done = 0
-        self._cond = threading.Condition()
         self._submitted = time.time()
+        #: What has been heard of each task (an execute's values become ExecuteReplys there).
+        self._events = TaskEvents(self.msg_ids, self._targets, self._submitted, execute)
+        self._split: tuple[AsyncResult, ...] | None = None
         self._completed_at: float | None = None
         self.output_hooks: list[OutputHook] = []
         #: Failed tasks' exceptions in place of their values, instead of raising them.
         self.return_exceptions = return_exceptions
-        if n == 0:
+        if not self.msg_ids:
             self._finish()
 
     # --- TaskListener (called from the transport's thread) --------------------------------
 
     def on_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None:
-        i = self._index[task_id]
-        with self._cond:
-            self._engine_ids[i] = engine_id
-            if stream == "stderr":
-                self._stderr[i] += text
-            else:
-                self._stdout[i] += text
-            for follower in self._followers:
-                if task_id in follower._index:
-                    follower.on_output(task_id, engine_id, stream, text)
+        self._events.add_output(task_id, engine_id, stream, text)
         for hook in self.output_hooks:
             hook(engine_id, stream, text)
 
     def on_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None:
-        i = self._index[task_id]
-        with self._cond:
-            self._outputs[i].append({"data": data, "metadata": metadata})
-            for follower in self._followers:
-                if task_id in follower._index:
-                    follower.on_display(task_id, engine_id, data, metadata)
+        self._events.add_display(task_id, engine_id, data, metadata)
         for hook in self.output_hooks:
             hook(engine_id, "display", data.get("text/plain", ""))
 
     def on_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None:
-        i = self._index[task_id]
-        with self._cond:
-            self._data[i].update(data)
-            for follower in self._followers:
-                if task_id in follower._index:
-                    follower.on_data(task_id, engine_id, data)
+        self._events.add_data(task_id, engine_id, data)
 
     def on_result(self, outcome: TaskOutcome) -> None:
-        i = self._index[outcome.task_id]
-        with self._cond:
-            if self._outcomes[i] is not None:
-                return
-            self._outcomes[i] = outcome
-            if outcome.engine_id >= 0:
-                self._engine_ids[i] = outcome.engine_id
-            if self._execute and outcome.error is None and not isinstance(outcome.value, ExecuteReply):
-                outcome.value = ExecuteReply(outcome.task_id, outcome.execution_count, self._entry(i))
-            self._done += 1
-            finished = self._done == len(self._outcomes)
-            followers = list(self._followers)
-            if finished:
-                self._followers.clear()  # (nothing more to tell them)
-            self._cond.notify_all()
+        recorded = self._events.add_outcome(outcome)
+        if recorded is None:
+            return
+        finished, followers = recorded
         self._client.task_finished(outcome)
         for follower in followers:
-            if outcome.task_id in follower._index:
-                follower.on_result(outcome)
+            follower.on_result(outcome)
         if finished:
             self._finish()
 
     def follow(self, source: AsyncResult) -> None:
         """Hear the events of `source`'s tasks that are also ours, those past included (how
         split, join and `Client.get_result` build results from results)."""
-        with source._cond:
-            if source._done < len(source._outcomes):
-                source._followers.append(self)
-            past = []
-            for task_id in self.msg_ids:
-                j = source._index.get(task_id)
-                if j is None:
-                    continue
-                i = self._index[task_id]
-                self._engine_ids[i] = source._engine_ids[j]
-                self._stdout[i], self._stderr[i] = source._stdout[j], source._stderr[j]
-                self._outputs[i] = list(source._outputs[j])
-                self._data[i] = dict(source._data[j])
-                if (outcome := source._outcomes[j]) is not None:
-                    past.append(outcome)
-        for outcome in past:
+        for outcome in self._events.copy_from(source._events, self):
             self.on_result(outcome)
 
     def _finish(self) -> None:
         self._completed_at = time.time()
-        errors: list[PxError] = [o.error for o in self._outcomes if o is not None and o.error is not None]
+        outcomes = self._events.outcomes
+        errors = failures(outcomes)
         try:
             if errors and self.return_exceptions:
-                self.set_result(self._with_errors())
-                return
-            if errors:
-                if self._single and len(errors) == 1:
-                    self.set_exception(errors[0])
-                else:
-                    self.set_exception(
-                        CompositeError(f"one or more exceptions raised in: {self._fname}", errors)
-                    )
-                return
-            values = [o.value for o in self._outcomes if o is not None]
-            if self._reduce is not None:
-                self.set_result(self._reduce(values))
+                self.set_result(value_with_errors(outcomes, self._single, self._reduce))
+            elif errors:
+                self.set_exception(raised_error(self._fname, errors, self._single))
             else:
-                self.set_result(values[0] if self._single else values)
+                self.set_result(result_value(outcomes, self._single, self._reduce))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled meanwhile
         except Exception as exc:  # noqa: BLE001 - a failing reduction must reach the waiter
             self.set_exception(exc)
 
-    def _with_errors(self) -> Any:
-        """The result with each failed task's exception in place of its value (of its chunk, in
-        a map: a joined map then has one exception where the chunk's items would be)."""
-        values = [o.error if o.error is not None else o.value for o in self._outcomes if o is not None]
-        if self._reduce is None:
-            return values[0] if self._single else values
-        if not any(isinstance(v, BaseException) for v in values):
-            return self._reduce(values)
-        flat: list[Any] = []
-        for value in values:
-            if isinstance(value, BaseException):
-                flat.append(value)
-            else:
-                flat.extend(value)
-        return flat
-
     def task_done(self, task_id: str) -> bool:
         """Whether the task `task_id` (one of `msg_ids`) has finished."""
-        return self._outcomes[self._index[task_id]] is not None
+        return self._events.outcomes[self._events.index[task_id]] is not None
 
     # --- ipyparallel's interface ----------------------------------------------------------
 
@@ -218,8 +141,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
         try:
             if return_exceptions and not self.return_exceptions:
                 self.exception(timeout if timeout is None or timeout >= 0 else None)
-                if not self.cancelled() and self._done == len(self._outcomes):
-                    return self._with_errors()
+                if not self.cancelled() and self._events.done == len(self.msg_ids):
+                    return value_with_errors(self._events.outcomes, self._single, self._reduce)
             return self.result(timeout if timeout is None or timeout >= 0 else None)
         except KeyboardInterrupt:
             self.interrupt()
@@ -256,17 +179,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
         """The results keyed by engine id (ValueError if one engine ran several of the tasks)."""
         results = self.get(timeout)
         values = [results] if self._single else list(results)
-        engine_ids = [self._engine_ids[i] for i in range(len(self.msg_ids))]
-        if self._sizes is not None or len(values) != len(engine_ids):
+        if self._sizes is not None:
             raise ValueError(f"{self._fname}: a map result has no value per engine; use get()")
-        by_engine: dict[int, Any] = {}
-        for engine_id, value in zip(engine_ids, values, strict=True):
-            if engine_id in by_engine or engine_id is None:
-                raise ValueError(
-                    f"cannot build a dict: {engine_ids.count(engine_id)} tasks ran on engine {engine_id}"
-                )
-            by_engine[engine_id] = value
-        return by_engine
+        return values_by_engine(self._fname, self._events.engine_ids, values)
 
     @property
     def r(self) -> Any:
@@ -316,8 +231,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
     def progress(self) -> int:
         """How many tasks have finished (for a map: how many elements)."""
         if self._sizes is None:
-            return self._done
-        return sum(n for n, o in zip(self._sizes, self._outcomes, strict=True) if o is not None)
+            return self._events.done
+        return sum(n for n, o in zip(self._sizes, self._events.outcomes, strict=True) if o is not None)
 
     @property
     def elapsed(self) -> float:
@@ -331,56 +246,36 @@ class AsyncResult(concurrent.futures.Future[Any]):
     @property
     def stdout(self) -> Any:
         """What the tasks printed to stdout (one string per engine, or one string)."""
-        return self._per_task(list(self._stdout))
+        return self._per_task(list(self._events.stdout))
 
     @property
     def stderr(self) -> Any:
-        return self._per_task(list(self._stderr))
+        return self._per_task(list(self._events.stderr))
 
     @property
     def outputs(self) -> Any:
         """Rich display outputs (display()) per engine."""
-        return self._per_task([list(o) for o in self._outputs])
+        return self._per_task([list(o) for o in self._events.outputs])
 
     @property
     def engine_id(self) -> Any:
-        return self._per_task(list(self._engine_ids))
+        return self._per_task(list(self._events.engine_ids))
 
     @property
     def execute_result(self) -> Any:
         """The Out[] bundle of each engine's execute ({'data': {...}, 'execution_count': n}) or None."""
-        results: list[dict[str, Any] | None] = []
-        for o in self._outcomes:
-            if o is not None and o.execute_result is not None:
-                results.append({"data": o.execute_result, "execution_count": o.execution_count})
-            else:
-                results.append(None)
-        return self._per_task(results)
+        return self._per_task(self._events.execute_results())
 
     @property
     def data(self) -> Any:
         """What the tasks published while running (`pxgrpc.datapub.publish_data`): a dict per task."""
-        return self._per_task([dict(d) for d in self._data])
-
-    def _entry(self, i: int) -> dict[str, Any]:
-        """The metadata of task `i` (with `_cond` held or after it is done)."""
-        return task_metadata(
-            self.msg_ids[i],
-            self._outcomes[i],
-            self._submitted,
-            engine_id=self._engine_ids[i],
-            stdout=self._stdout[i],
-            stderr=self._stderr[i],
-            outputs=self._outputs[i],
-            data=self._data[i],
-        )
+        return self._per_task([dict(d) for d in self._events.data])
 
     @property
     def metadata(self) -> Any:
         """Per-task metadata: engine_id, submitted/started/completed/received datetimes, stdout,
         status, data ... (each key is also an attribute: `ar.engine_id`, `ar.completed`)."""
-        with self._cond:
-            return self._per_task([self._entry(i) for i in range(len(self.msg_ids))])
+        return self._per_task(self._events.metadata())
 
     def __getattr__(self, key: str) -> Any:
         # Only reached for names that are not attributes: metadata keys, as in ipyparallel.
@@ -396,17 +291,13 @@ class AsyncResult(concurrent.futures.Future[Any]):
     def serial_time(self) -> float:
         """Seconds the engines spent computing, summed (TimeoutError until done)."""
         self._check_ready()
-        return sum(o.completed - o.started for o in self._outcomes if o is not None and o.started)
+        return self._events.serial_time()
 
     @property
     def wall_time(self) -> float:
         """Seconds from the first submission to the last result received (TimeoutError until done)."""
         self._check_ready()
-        done = [o for o in self._outcomes if o is not None and o.received]
-        if not done:
-            return 0.0
-        start = min((o.submitted or self._submitted) for o in done)
-        return max(o.received for o in done) - start
+        return self._events.wall_time()
 
     def __len__(self) -> int:
         """How many tasks (for a map: how many elements)."""
@@ -421,11 +312,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
             yield self._result_at(i)
 
     def _result_at(self, i: int) -> Any:
-        with self._cond:
-            while self._outcomes[i] is None:
-                self._cond.wait()
-            outcome = self._outcomes[i]
-        assert outcome is not None
+        outcome = self._events.outcome(i)
         if outcome.error is not None:
             if self.return_exceptions:
                 return outcome.error
@@ -457,7 +344,7 @@ class AsyncResult(concurrent.futures.Future[Any]):
 
     def abort(self) -> list[str]:
         """Abort the tasks of this result that have not started yet."""
-        pending = [self.msg_ids[i] for i, o in enumerate(self._outcomes) if o is None]
+        pending = [self.msg_ids[i] for i in self._events.pending()]
         return self._client.abort(pending) if pending else []
 
     def interrupt(self, sig: int = signal.SIGINT) -> list[int]:
@@ -472,8 +359,8 @@ class AsyncResult(concurrent.futures.Future[Any]):
             signal.Signals(sig)
         except ValueError:
             raise ValueError(f"sig: {sig!r} is not a signal on this platform") from None
-        pending = [i for i, o in enumerate(self._outcomes) if o is None]
-        engines = sorted({e for i in pending if (e := self._engine_ids[i]) is not None})
+        pending = self._events.pending()
+        engines = sorted({e for i in pending if (e := self._events.engine_ids[i]) is not None})
         if not pending:
             return []
         try:

@@ -15,15 +15,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pxgrpc.client.asyncresult import AsyncResult
+from pxgrpc.client.balanced import LoadBalancedView
 from pxgrpc.client.dependencies import DependencyScheduler
-from pxgrpc.client.errors import NoEnginesError, PxConnectionError, TimeoutError
+from pxgrpc.client.errors import PxConnectionError, TimeoutError
 from pxgrpc.client.executor import ViewExecutor
 from pxgrpc.client.frontend import client_created
 from pxgrpc.client.history import TaskHistory
-from pxgrpc.client.mapresult import AsyncMapResult
-from pxgrpc.client.tasks import Apply, Execute, Job, TaskOutcome
+from pxgrpc.client.mapresult import job_result
+from pxgrpc.client.targets import EngineTargets, Targets
+from pxgrpc.client.tasks import Apply, Job, TaskOutcome
 from pxgrpc.client.transport import Transport
-from pxgrpc.client.view import DirectView, LoadBalancedView, Targets
+from pxgrpc.client.view import DirectView
 from pxgrpc.remote_calls import clear_namespace
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import ConnectionInfo, default_connection_file, read_connection_file
@@ -45,6 +47,10 @@ class Client:
     path. When the controller requires client certificates (``--tls-client-auth`` with your own
     CA), pass yours: ``Client("controller.json", tls_cert="me.pem", tls_key="me-key.pem")``;
     ``tls_ca`` and ``tls_server_name`` override the CA and the expected certificate name.
+
+    When the controller goes away (restarted with ``--restore``, a network fault) the client
+    reconnects by itself for up to ``reconnect_timeout`` seconds; pending results stay pending
+    and arrive after, each once.
     """
 
     #: Whether `clear` and `send_signal` wait by default (as ipyparallel's `Client.block`).
@@ -61,7 +67,9 @@ class Client:
         tls_key: str | os.PathLike[str] | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
         tls_server_name: str | None = None,
+        reconnect_timeout: float = 120.0,
     ) -> None:
+        path: pathlib.Path | None = None
         if connection_info is None:
             path = pathlib.Path(url_file) if url_file is not None else default_connection_file(cluster_id)
             connection_info = read_connection_file(path)
@@ -69,12 +77,13 @@ class Client:
             connection_info, cert=tls_cert, key=tls_key, ca=tls_ca, server_name=tls_server_name
         )
         self.connection_info = connection_info
-        self._transport = Transport(connection_info, timeout)
+        self._transport = Transport(connection_info, timeout, reconnect_timeout, path)
         self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
         self._history = TaskHistory()
         self._closed = False
+        self._engines = EngineTargets(lambda: self.ids, self._transport.engine_ids)
         self._dependencies = DependencyScheduler(
-            self._transport.submit, self._transport.new_task_ids, self._live, lambda: self.outstanding
+            self._transport.submit, self._transport.new_task_ids, self._engines.live, lambda: self.outstanding
         )
         atexit.register(_close_at_exit, weakref.ref(self))
         client_created(self)
@@ -107,37 +116,13 @@ class Client:
         ids, _ = self.resolve_targets(key)
         return DirectView(self, key if isinstance(key, int) else ids)
 
-    def _live(self, wanted: Sequence[int] = ()) -> list[int]:
-        """The live engine ids as the controller last announced them (no round trip); asks the
-        controller afresh only when one of `wanted` is not among them."""
-        live = self._transport.engine_ids()
-        if any(i not in live for i in wanted if i >= 0):
-            live = self.ids
-        return live
-
     def resolve_targets(self, targets: Targets) -> tuple[list[int], bool]:
         """The engine ids `targets` names now, and whether it names one engine (`rc[0]`).
 
         `None` and "all" are the live engines; an int, a slice or a list of ids pick among them
         (NoEnginesError for an engine that is not there).
         """
-        if targets is None or targets == "all":
-            return self._live(), False
-        if isinstance(targets, int):
-            live = self._live([targets])
-            if targets not in live and not (targets < 0 and -len(live) <= targets):
-                raise NoEnginesError(f"no engine {targets} (engines: {live})")
-            return [live[targets] if targets < 0 else targets], True
-        if isinstance(targets, slice):
-            return self._live()[targets], False
-        if isinstance(targets, str):
-            raise TypeError(f"targets must be engine ids, a slice, 'all' or None, not {targets!r}")
-        wanted = list(targets)
-        live = self._live(wanted)
-        missing = [i for i in wanted if i not in live]
-        if missing:
-            raise NoEnginesError(f"no engine {missing[0]} (engines: {live})")
-        return wanted, False
+        return self._engines.resolve(targets)
 
     def direct_view(self, targets: Targets = "all") -> DirectView:
         """A DirectView; 'all' follows the engines registered at each call."""
@@ -201,30 +186,7 @@ class Client:
         [4242, 4243]
         """
         ids = self._transport.new_task_ids(len(job.targets))
-        ar: AsyncResult
-        if job.join is not None:
-            ar = AsyncMapResult(
-                self,
-                ids,
-                job.name,
-                job.join,
-                job.targets,
-                ordered=job.ordered,
-                sizes=job.sizes,
-                return_exceptions=job.return_exceptions,
-            )
-        else:
-            actions = [job.action] if job.action is not None else job.each
-            execute = isinstance(actions, list) and all(isinstance(a, Execute) for a in actions)
-            ar = AsyncResult(
-                self,
-                ids,
-                job.name,
-                job.targets,
-                single=job.single,
-                execute=execute,
-                return_exceptions=job.return_exceptions,
-            )
+        ar = job_result(self, ids, job)
         self._results.add(ar)
         job = self._history.add(ids, job, ar)
         if job.constraints is not None and job.constraints.any():
@@ -262,14 +224,7 @@ class Client:
         `history_limit`, or one whose result is no longer held: the results of the last 16 calls
         are, and those the program holds): pxgrpc's controller keeps no task database.
         """
-        ids, single = self._history.task_ids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
-        sources = [self._history.result(task_id) for task_id in ids]
-        records = [self._history.record(task_id) for task_id in ids]
-        name = records[0].name if records else "get_result"
-        targets = [r.target for r in records]
-        ar = AsyncResult(self, ids, name, targets, single=single and len(ids) == 1)
-        for source in {id(s): s for s in sources}.values():
-            ar.follow(source)
+        ar = self._history.recall(self, -1 if indices_or_msg_ids is None else indices_or_msg_ids)
         if block:
             ar.wait()
         return ar
@@ -283,26 +238,7 @@ class Client:
         ValueError for tasks still in flight, and for pushes, scatters and calls with large
         arguments (the history does not keep large data alive to resubmit it).
         """
-        ids, single = self._history.task_ids(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
-        records = [self._history.record(task_id) for task_id in ids]
-        for task_id, record in zip(ids, records, strict=True):
-            source = record.result()
-            if not record.kept:
-                raise ValueError(
-                    f"resubmit: task {task_id} ({record.name}) moved data too large to keep for "
-                    "resubmitting; run the call again instead"
-                )
-            if (source is not None and not source.task_done(task_id)) or record.action is None:
-                raise ValueError(
-                    f"resubmit: task {task_id} is still in flight; only finished tasks can be resubmitted"
-                )
-        job = Job(
-            records[0].name if records else "resubmit",
-            [r.target for r in records],
-            each=[r.action for r in records if r.action is not None],
-            single=single and len(ids) == 1,
-            retries=max((r.retries for r in records), default=0),
-        )
+        job = self._history.resubmission(-1 if indices_or_msg_ids is None else indices_or_msg_ids)
         ar = self.submit(job)
         if block:
             ar.wait()
@@ -319,7 +255,7 @@ class Client:
         ids: set[str] = set()
         for ar in list(self._results):
             if not ar.done():
-                ids.update(ar.msg_ids[i] for i, o in enumerate(ar._outcomes) if o is None)
+                ids.update(ar.msg_ids[i] for i in ar._events.pending())
         return ids
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pxgrpc.client.asyncresult import AsyncResult
-    from pxgrpc.client.view import LoadBalancedView
+    from pxgrpc.client.balanced import LoadBalancedView
 
 
 class ViewExecutor(concurrent.futures.Executor):

@@ -28,6 +28,7 @@ from pxgrpc.client.tasks import Action, Apply, Execute, Job, Pull
 
 if TYPE_CHECKING:
     from pxgrpc.client.asyncresult import AsyncResult
+    from pxgrpc.client.client import Client
 
 #: How many tasks the history remembers by default.
 HISTORY_LIMIT = 10_000
@@ -150,6 +151,46 @@ class TaskHistory:
                 f"the last {RECENT_RESULTS} calls, and those the program still holds"
             )
         return ar
+
+    def recall(self, client: Client, jobs: Any) -> AsyncResult:
+        """A new AsyncResult for remembered tasks (`jobs` as in `task_ids`) that hears the
+        events of the results they belong to, those past included (`Client.get_result`)."""
+        from pxgrpc.client.asyncresult import AsyncResult
+
+        ids, single = self.task_ids(jobs)
+        sources = [self.result(task_id) for task_id in ids]
+        records = [self.record(task_id) for task_id in ids]
+        name = records[0].name if records else "get_result"
+        targets = [r.target for r in records]
+        ar = AsyncResult(client, ids, name, targets, single=single and len(ids) == 1)
+        for source in {id(s): s for s in sources}.values():
+            ar.follow(source)
+        return ar
+
+    def resubmission(self, jobs: Any) -> Job:
+        """The job that runs finished remembered tasks again (`Client.resubmit`): same action,
+        same engine or load-balanced again. ValueError for tasks still in flight, and for those
+        whose data was too large to keep."""
+        ids, single = self.task_ids(jobs)
+        records = [self.record(task_id) for task_id in ids]
+        for task_id, record in zip(ids, records, strict=True):
+            source = record.result()
+            if not record.kept:
+                raise ValueError(
+                    f"resubmit: task {task_id} ({record.name}) moved data too large to keep for "
+                    "resubmitting; run the call again instead"
+                )
+            if (source is not None and not source.task_done(task_id)) or record.action is None:
+                raise ValueError(
+                    f"resubmit: task {task_id} is still in flight; only finished tasks can be resubmitted"
+                )
+        return Job(
+            records[0].name if records else "resubmit",
+            [r.target for r in records],
+            each=[r.action for r in records if r.action is not None],
+            single=single and len(ids) == 1,
+            retries=max((r.retries for r in records), default=0),
+        )
 
 
 def _keep(record: TaskRecord, action: Action | None) -> None:

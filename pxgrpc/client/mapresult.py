@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.asyncresult import AsyncResult
-from pxgrpc.client.tasks import Reducer, TaskOutcome
+from pxgrpc.client.tasks import Execute, Job, Reducer, TaskOutcome
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
@@ -43,8 +43,8 @@ class AsyncMapResult(AsyncResult):
         )
 
     def on_result(self, outcome: TaskOutcome) -> None:
-        with self._cond:
-            self._arrival.append(self._index[outcome.task_id])
+        with self._events.cond:
+            self._arrival.append(self._events.index[outcome.task_id])
         super().on_result(outcome)
 
     def _items_at(self, i: int) -> Any:
@@ -58,9 +58,36 @@ class AsyncMapResult(AsyncResult):
             return
         seen = 0
         while seen < len(self.msg_ids):
-            with self._cond:
+            with self._events.cond:
                 while len(self._arrival) <= seen:
-                    self._cond.wait()
+                    self._events.cond.wait()
                 i = self._arrival[seen]
             seen += 1
             yield from self._items_at(i)
+
+
+def job_result(client: Client, task_ids: Sequence[str], job: Job) -> AsyncResult:
+    """The AsyncResult `job`'s tasks report to: an AsyncMapResult when the job joins its parts,
+    else an AsyncResult (whose values are `ExecuteReply`s when every action is an execute)."""
+    if job.join is not None:
+        return AsyncMapResult(
+            client,
+            task_ids,
+            job.name,
+            job.join,
+            job.targets,
+            ordered=job.ordered,
+            sizes=job.sizes,
+            return_exceptions=job.return_exceptions,
+        )
+    actions = [job.action] if job.action is not None else job.each
+    execute = isinstance(actions, list) and all(isinstance(a, Execute) for a in actions)
+    return AsyncResult(
+        client,
+        task_ids,
+        job.name,
+        job.targets,
+        single=job.single,
+        execute=execute,
+        return_exceptions=job.return_exceptions,
+    )

@@ -68,6 +68,11 @@ class InFlight:
         with self._lock:
             return self._listeners.pop(task_id, None), self._result_urls.pop(task_id, None)
 
+    def pending(self) -> list[str]:
+        """The tasks still waiting for their result."""
+        with self._lock:
+            return list(self._listeners)
+
     def fail_all(self, error: PxConnectionError) -> dict[str, TaskListener]:
         """The connection is gone: forget every task; returns them with their listeners."""
         with self._lock:
@@ -100,6 +105,8 @@ class Submitter:
         # Notified (with _lock held) whenever the session takes submits from _outgoing.
         self._taken = threading.Condition(self._lock)
         self._wakeup = asyncio.Event()
+        # Grows with every new session stream (and at close): older `requests()` stop.
+        self._stream_number = 0
 
     def new_task_ids(self, n: int) -> list[str]:
         """Fresh task ids (listeners are built with them before the tasks are submitted)."""
@@ -258,9 +265,14 @@ class Submitter:
 
     # --- the session stream's side ----------------------------------------------------------
 
-    async def requests(self) -> AsyncIterator[wire.pb.SessionRequest]:
-        """The session's requests: everything submitted since the last one, in one message."""
-        while True:
+    async def requests(self, first: wire.pb.SessionRequest) -> AsyncIterator[wire.pb.SessionRequest]:
+        """The requests of a new session stream: `first` (the session's name, and what it still
+        waits for), then everything submitted since the last one, in one message. Ends (the
+        client half-closes the stream) at `finish()` or when a newer stream starts."""
+        self._stream_number += 1
+        number = self._stream_number
+        yield first
+        while number == self._stream_number:
             with self._lock:
                 tasks = self._take_ready()
             if tasks:
@@ -268,6 +280,11 @@ class Submitter:
                 continue
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def finish(self) -> None:
+        """End the current session stream's requests (in the I/O thread)."""
+        self._stream_number += 1
+        self._wakeup.set()
 
     def _take_ready(self) -> list[wire.pb.SubmitTask]:
         """(With the lock held.) The submits that may go: all of them, up to the first one whose

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import pathlib
+import secrets
 import threading
 import time
 import warnings
@@ -35,6 +37,7 @@ from pxgrpc.client.errors import (
     RemoteError,
     TaskAborted,
 )
+from pxgrpc.client.reconnect import LOST, StreamEnd, redial
 from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
 from pxgrpc.client.submit import InFlight, Submitter
 from pxgrpc.client.tasks import Job, TaskListener, TaskOutcome
@@ -108,7 +111,13 @@ class ControllerCalls:
 class Transport:
     """One client's link to one controller."""
 
-    def __init__(self, info: ConnectionInfo, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        timeout: float = 10.0,
+        reconnect_timeout: float = 120.0,
+        connection_file: pathlib.Path | None = None,
+    ) -> None:
         if not info.token:
             raise AuthenticationError(
                 "this connection file holds no client token (it is the engine-only copy, "
@@ -117,6 +126,14 @@ class Transport:
             )
         self.info = info
         self.url = info.url
+        #: Seconds to keep trying to reach a lost controller (pending tasks wait meanwhile).
+        self.reconnect_timeout = reconnect_timeout
+        # Gone (a clean stop of the controller): no use waiting for it to come back.
+        self._connection_file = connection_file
+        # Names the session to the controller, so that it survives a broken stream.
+        self._session_id = secrets.token_hex(12)
+        self._closing = False
+        self._controller_stopped = False
         # Opt-in here: allocator settings would affect all of the user's own process.
         reuse_freed_memory(default="chunks")
         metadata = auth_metadata(info.token)
@@ -229,6 +246,7 @@ class Transport:
     def shutdown(self, targets: Sequence[int], controller: bool) -> list[int]:
         """Stop the engines of `targets` (and the controller); the engines told to stop."""
         request = wire.pb.ShutdownRequest(targets=_targets(targets), controller=controller)
+        self._controller_stopped = self._controller_stopped or controller
         return list(self.call(self.calls.shutdown, request).engine_ids)
 
     def call(self, method: Unary[Req, Rep], request: Req, timeout: float = 30.0) -> Rep:
@@ -271,12 +289,20 @@ class Transport:
             target = diagnose.ConnectTarget.of(self.info, role="client")
             found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
             raise diagnosed_error(found, code.name) from None
-        self._stream = self.calls.session(self.submitter.requests())
+        self._stream = self._open_session([])
         self._reader = asyncio.ensure_future(self._read_stream(self._stream))
 
+    def _open_session(self, resume: list[str]) -> grpc.aio.StreamStreamCall[Any, Any]:
+        first = wire.pb.SessionRequest(session_id=self._session_id, resume_task_ids=resume)
+        return self.calls.session(self.submitter.requests(first))
+
     async def _close(self) -> None:
+        self._closing = True
         self._fail_all(PxConnectionError("the client was closed"))
         if self._stream is not None and self._reader is not None:
+            # Half-close first: the controller then ends the session instead of keeping it for us.
+            self.submitter.finish()
+            await asyncio.wait([self._reader], timeout=0.2)
             self._stream.cancel()
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -292,6 +318,20 @@ class Transport:
     # --- what comes down the session stream -----------------------------------------------
 
     async def _read_stream(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        """Read session streams until the client closes: a stream lost with the controller (or
+        the network) is replaced by a new one that resumes the session."""
+        while True:
+            error = await self._read_session(call)
+            self.submitter.finish()  # submits wait for the next stream, not the dead one
+            if self._closing:
+                return
+            reconnected = await self._reconnect(error) if error.reconnect else None
+            if reconnected is None:
+                self._fail_all(error.error)
+                return
+            call = reconnected
+
+    async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> StreamEnd:
         try:
             async for message in call:
                 if message.HasField("engines"):
@@ -299,14 +339,27 @@ class Transport:
                 for event in message.events:
                     self._dispatch(event)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self._fail_all(rpc_error(exc, self.url))
-                return
+            lost = exc.code() in LOST and not self._controller_stopped
+            return StreamEnd(rpc_error(exc, self.url), lost)
         except Exception as exc:
             log.exception("the session stream's reader failed")
-            self._fail_all(PxConnectionError(f"the session stream failed: {exc!r}"))
-            return
-        self._fail_all(PxConnectionError(f"the controller at {self.url} closed the session"))
+            return StreamEnd(PxConnectionError(f"the session stream failed: {exc!r}"), False)
+        closed = PxConnectionError(f"the controller at {self.url} closed the session")
+        return StreamEnd(closed, not self._controller_stopped)
+
+    async def _reconnect(self, lost: StreamEnd) -> grpc.aio.StreamStreamCall[Any, Any] | None:
+        """Dial the lost controller again until `reconnect_timeout`, then open a session stream
+        that resumes ours; None (and `lost.error` says why) when in vain."""
+        args = (self.calls, self.url, self.reconnect_timeout, self._connection_file, lost.error)
+        reply = await redial(*args, lambda: self._closing)
+        if not isinstance(reply, wire.pb.ListEnginesReply):
+            lost.error = reply or lost.error
+            return None
+        with self._lock:
+            self._engines_generation = -1  # a restarted controller counts from 0 again
+        self._note_engines(reply)
+        self._stream = self._open_session(self._in_flight.pending())
+        return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
         assemblies, self._assemblies = self._assemblies, {}

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=6.0,
+        default=10.0,
         help="declare an engine dead after this many silent seconds",
     )
     parser.add_argument(
@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=4,
         help="load-balanced tasks in flight per engine (more: faster tiny tasks, coarser balance)",
+    )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="come back as the controller of --file that died: same port, tokens, certificates and "
+        "engine ids, so that its engines and clients reconnect and go on",
+    )
+    parser.add_argument(
+        "--restore-grace",
+        type=float,
+        default=30.0,
+        help="with --restore: seconds to wait for the engines known before before failing the "
+        "tasks that no engine holds (default: 30)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
@@ -117,6 +130,8 @@ def config_from_args(args: argparse.Namespace) -> ControllerConfig:
         heartbeat_timeout=args.heartbeat_timeout,
         prefetch=args.prefetch,
         extra_hosts=args.tls_san,
+        restore=args.restore,
+        restore_grace=args.restore_grace,
     )
 
 

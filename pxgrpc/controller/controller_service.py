@@ -74,7 +74,10 @@ class ControllerService(BlobTransfers):
                     # The stream ends with INVALID_ARGUMENT once the tasks sent before are done.
                     log.warning("%s sent a malformed SessionRequest: %s", session.name, exc)
                     raise wire.DecodingError(f"SessionRequest: not a valid message ({exc})") from exc
+                if request.session_id or request.resume_task_ids:
+                    self.router.resume(session, request.session_id, request.resume_task_ids)
                 self.router.submit_batch(session, request.tasks)
+            session.ended_cleanly = True  # the client half-closed: it will not resume
         finally:
             session.finish_input()
 

@@ -33,6 +33,8 @@ class EngineService(BlobTransfers):
             code = grpc.StatusCode.INVALID_ARGUMENT if exc.invalid else grpc.StatusCode.ALREADY_EXISTS
             await context.abort(code, str(exc))
             raise  # unreachable: abort raises
+        if request.held_task_ids:
+            self.state.router.adopt(engine, request.held_task_ids)
         digest = hashlib.sha256(self.state.client_token.encode()).digest() if data_cert else b""
         return wire.pb.RegisterReply(
             engine_id=engine.engine_id,

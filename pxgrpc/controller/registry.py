@@ -150,6 +150,16 @@ class EngineRegistry:
         #: Called (with no arguments) after every such change.
         self.watchers: set[Callable[[], None]] = set()
 
+    @property
+    def next_id(self) -> int:
+        """The id the next engine that asks for none gets."""
+        return self._next_id
+
+    def restore(self, next_id: int) -> None:
+        """A restored controller: ids below `next_id` were given out before (their engines come
+        back asking for them)."""
+        self._next_id = max(self._next_id, next_id)
+
     def register(self, request: wire.pb.RegisterRequest) -> EngineRecord:
         """Record a new engine; IdTaken when its `requested_id` is negative or held."""
         engine_id = self._next_id

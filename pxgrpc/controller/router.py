@@ -17,6 +17,7 @@ from pxgrpc import wire
 from pxgrpc.controller import deaths
 from pxgrpc.controller.blobs import BlobStore
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.sessions import SessionBook, split_key
 from pxgrpc.controller.tasks import ClientSession, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class TaskRouter:
         self._result_blob_owner: dict[str, ClientSession] = {}
         self._steal_timer: asyncio.TimerHandle | None = None
         self.exit_reports = deaths.ExitReports(self._settle_lost)
+        #: Sessions the client named: they outlive their streams (and a controller restart).
+        self.sessions = SessionBook()
+        registry.watchers.add(self.settle)
 
     # --- submission -------------------------------------------------------------------------
 
@@ -93,7 +97,7 @@ class TaskRouter:
             session.emit(failure(submit.task_id, -1, wire.TASK_ERROR, ename, evalue))
             return
         record = TaskRecord(
-            key=f"{session.number}.{submit.task_id}",
+            key=session.key(submit.task_id),
             task_id=submit.task_id,
             session=session,
             action=submit.action,
@@ -222,17 +226,23 @@ class TaskRouter:
             return
         inner = event.output if kind == "output" else event.data if kind == "data" else event.display
         record = engine.inflight.get(inner.task_id)
-        if record is not None:
+        session = record.session if record is not None else None
+        if record is None:  # a task from before a restart: its session may be back already
+            client_id, task_id = split_key(inner.task_id)
+            session = self.sessions.get(client_id) if client_id else None
+            record = session.tasks.get(task_id) if session is not None else None
+        if record is not None and session is not None:
             inner.task_id = record.task_id
             inner.engine_id = engine.engine_id
-            record.session.emit(event)
+            session.emit(event)
 
     def _on_result(self, engine: EngineRecord, event: wire.pb.TaskEvent) -> None:
         result = event.result
         record = engine.inflight.pop(result.task_id, None)
         if record is None:
-            log.warning("engine %d sent a result for unknown task %s", engine.engine_id, result.task_id)
-            return
+            record = self._stray(engine, result.task_id)
+            if record is None:
+                return
         engine.head_since = time.monotonic()
         if record.stealing and result.status == wire.TASK_ABORTED:
             engine.load_balanced_inflight -= 1
@@ -256,6 +266,55 @@ class TaskRouter:
             self._result_blob_owner[blob_id] = session
         self._release(record)
         session.emit(event)
+
+    def _stray(self, engine: EngineRecord, key: str) -> TaskRecord | None:
+        """A result the engine did not hold here: resent after a restart or a broken stream. It
+        goes to its named session (which drops repeats by task id), parked if need be."""
+        client_id, task_id = split_key(key)
+        if not client_id:
+            log.debug("engine %d sent a result for unknown task %s", engine.engine_id, key)
+            return None
+        session = self.sessions.named(client_id)
+        record = session.tasks.get(task_id)
+        if record is None:
+            record = TaskRecord.held(key, task_id, session)
+        for other in self.registry.live():  # held elsewhere (e.g. adopted): not any more
+            other.inflight.pop(key, None)
+        return record
+
+    def adopt(self, engine: EngineRecord, keys: Iterable[str]) -> None:
+        """A re-registered engine holds these tasks from before: route their results, and fail
+        them should the engine die."""
+        for key in keys:
+            client_id, task_id = split_key(key)
+            if not client_id or key in engine.inflight:
+                continue
+            session = self.sessions.named(client_id)
+            record = session.tasks.get(task_id)
+            if record is None:
+                record = TaskRecord.held(key, task_id, session)
+                session.tasks[task_id] = record
+            engine.inflight[key] = record
+        self.settle()
+
+    def resume(self, session: ClientSession, client_id: str, task_ids: Iterable[str]) -> None:
+        """A session stream names itself (and lists the tasks it still waits for)."""
+        if client_id:
+            self.sessions.attach(session, client_id)
+            for blob_id in session.result_blobs:
+                self._result_blob_owner[blob_id] = session
+        self.sessions.resume(session, task_ids)
+        self.settle()
+
+    def settle(self) -> None:
+        """Answer resumed tasks that nobody holds (once engines had their chance to return)."""
+        live = [e.engine_id for e in self.registry.live()]
+        self.sessions.settle(live, lambda s, t: t in s.tasks or t in s.pending_results())
+
+    def expire_parked(self) -> None:
+        """Drop parked sessions whose client did not come back."""
+        for session in self.sessions.expired():
+            self._close(session)
 
     def _release(self, record: TaskRecord) -> None:
         record.session.tasks.pop(record.task_id, None)
@@ -363,7 +422,13 @@ class TaskRouter:
         return aborted
 
     def close_session(self, session: ClientSession) -> None:
-        """The client went away: drop what only it needed."""
+        """The stream of a session ended: park a named one for its client, else drop what only
+        it needed."""
+        if self.sessions.park(session):
+            return
+        self._close(session)
+
+    def _close(self, session: ClientSession) -> None:
         session.closed = True
         for blob_id in list(session.result_blobs):
             self.result_blob_done(blob_id)

@@ -17,10 +17,11 @@ import psutil
 from google.protobuf.message import Message
 
 from pxgrpc import wire
-from pxgrpc.addresses import is_loopback, join_url, normal_host
+from pxgrpc.addresses import is_loopback, join_url, normal_host, split_url
 from pxgrpc.controller import probes
 from pxgrpc.controller.controller_service import ControllerService
 from pxgrpc.controller.engine_service import EngineService
+from pxgrpc.controller.restore import AutoTls, EngineIds, previous_controller, state_file, tls_file
 from pxgrpc.controller.state import ControllerState
 from pxgrpc.security import certfiles, certs
 from pxgrpc.security.certs import CertKey
@@ -73,9 +74,15 @@ class ControllerConfig:
     insecure: bool = False
     heartbeat_interval: float = 1.0
     #: Engines silent for this many seconds are declared dead.
-    heartbeat_timeout: float = 6.0
+    heartbeat_timeout: float = 10.0
     prefetch: int = 4
     extra_hosts: list[str] = field(default_factory=list)
+    #: Come back as the controller of `connection_file` that died: same port, tokens, certificates
+    #: and engine ids (see `restore`).
+    restore: bool = False
+    #: With `restore`: seconds to wait for the engines known before before failing the tasks
+    #: that resumed clients wait for and no engine holds.
+    restore_grace: float = 30.0
 
 
 class Controller:
@@ -93,12 +100,46 @@ class Controller:
         self.engine_token = config.engine_token or new_token()
         self.connection_file = config.connection_file or default_connection_file(config.cluster_id)
         self.engine_connection_file = engine_connection_file(self.connection_file)
+        self.tls_file, self.state_file = tls_file(self.connection_file), state_file(self.connection_file)
+        self._bind_port = config.port
+        if config.restore:
+            self._restore()
+        self._save_pending = False
+        self.state.registry.watchers.add(self._save_engine_ids_soon)
         self._client_certs: dict[str, CertKey] = {}
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.info: ConnectionInfo | None = None
         self._monitor: asyncio.Task[None] | None = None
         self.standard_services: probes.StandardServices | None = None
+
+    def _restore(self) -> None:
+        """Take the port, tokens and engine ids of the controller that died (`--restore`)."""
+        previous = previous_controller(self.connection_file)
+        self.token = self.config.token or previous.token
+        self.state.client_token = self.token
+        self.engine_token = self.config.engine_token or previous.engine_token
+        self._bind_port = self.config.port or split_url(previous.url)[1]
+        ids = EngineIds.load(self.state_file)
+        self.state.registry.restore(ids.next_id)
+        self.state.router.sessions.expect(ids.live, self.config.restore_grace)
+        log.info("restoring the controller of %s (engines %s expected back)", self.connection_file, ids.live)
+
+    def _save_engine_ids_soon(self) -> None:
+        """Engines came or went: save their ids shortly (once for a burst of registrations)."""
+        if not self._save_pending:
+            self._save_pending = True
+            asyncio.get_running_loop().call_later(0.05, self._save_engine_ids)
+
+    def _save_engine_ids(self) -> None:
+        self._save_pending = False
+        if self.server is None and self.info is not None:
+            return  # stopped: a clean stop leaves nothing to restore
+        registry = self.state.registry
+        # (while engines of a restore are still expected, they count: this controller may die too)
+        live = sorted({e.engine_id for e in registry.live()} | self.state.router.sessions.expected_engines)
+        with contextlib.suppress(OSError):
+            EngineIds(live, registry.next_id).save(self.state_file)
 
     def _check_bind(self) -> None:
         ip = self.config.ip
@@ -138,16 +179,23 @@ class Controller:
         """--tls auto: a fresh CA and server certificate; with client auth, also the client
         certificates that go into the connection files (one for clients, one for engines)."""
         cfg = self.config
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        ca = certs.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
-        server = certs.make_server_cert(ca, self._certificate_hosts())
+        if cfg.restore and self.tls_file.exists():
+            made = AutoTls.load(self.tls_file)
+        else:
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            ca = certs.make_ca(f"pxgrpc CA {socket.gethostname()} {stamp}")
+            made = AutoTls(ca, certs.make_server_cert(ca, self._certificate_hosts()))
+            if cfg.tls_client_auth:
+                made.clients = {
+                    "client": certs.make_client_cert(ca, "pxgrpc client"),
+                    "engine": certs.make_client_cert(ca, "pxgrpc engine"),
+                }
+            made.save(self.tls_file)  # mode 0600: for `--restore`
+        ca, server = made.ca, made.server
         self.state.data_ca = ca  # signs the certificates of engines' data endpoints
         self.state.own_hosts = self._own_hosts()
         if cfg.tls_client_auth:
-            self._client_certs = {
-                "client": certs.make_client_cert(ca, "pxgrpc client"),
-                "engine": certs.make_client_cert(ca, "pxgrpc engine"),
-            }
+            self._client_certs = made.clients
         client_ca = ca.cert_pem if cfg.tls_client_auth else None
         return server_credentials(server, client_ca, cfg.tls_client_auth), ca.cert_pem.decode()
 
@@ -182,7 +230,7 @@ class Controller:
         server = grpc.aio.server(options=server_options(), interceptors=[interceptor])
         server.add_generic_rpc_handlers(generic_handlers(self.state))
         self.standard_services = services = probes.StandardServices(server)
-        address = join_url(self.config.ip, self.config.port)
+        address = join_url(self.config.ip, self._bind_port)
         if creds is None:
             self.port = server.add_insecure_port(address)
         else:
@@ -200,6 +248,8 @@ class Controller:
             tls=creds is not None,
         )
         self._write_connection_files(self.info)
+        self.state.router.sessions.where = f" at {self.info.url}"
+        self._save_engine_ids()
         self._monitor = asyncio.create_task(self._watch_engines())
         log.info("controller listening on %s (connection file %s)", self.info.url, self.connection_file)
         return self.info
@@ -238,6 +288,8 @@ class Controller:
                 state.router.engine_lost(
                     engine, f"stopped answering (no heartbeat for {self.config.heartbeat_timeout:.0f} s)"
                 )
+            state.router.settle()
+            state.router.expire_parked()
             for engine in state.registry.stale_registrations(30.0):
                 state.registry.remove(engine)
             state.blobs.drop_orphans()
@@ -258,10 +310,17 @@ class Controller:
             await asyncio.sleep(0.05)  # let the shutdown commands go out
             await self.server.stop(grace)
             self.server = None
+        self.state.registry.watchers.discard(self._save_engine_ids_soon)
+        mine = False
         for path in (self.connection_file, self.engine_connection_file):
             with contextlib.suppress(OSError, SecurityError):
                 current = read_connection_file(path)
                 if current.controller_pid == os.getpid():
+                    path.unlink()
+                    mine = True
+        if mine:  # a clean stop: nothing to restore
+            for path in (self.tls_file, self.state_file):
+                with contextlib.suppress(OSError):
                     path.unlink()
 
 

@@ -43,8 +43,14 @@ class ClientSession:
     def __init__(self, name: str = "") -> None:
         self.number = next(_session_numbers)
         self.name = name or f"session-{self.number}"
+        #: The client's name for the session (SessionRequest.session_id); empty: none.
+        self.client_id = ""
         self.closed = False
         self.input_done = False
+        #: The client half-closed its request stream: it will not resume the session.
+        self.ended_cleanly = False
+        #: Resumed tasks not accounted for yet (see `sessions.SessionBook.settle`).
+        self.awaiting: set[str] = set()
         #: Set when the engines changed since the session's last message.
         self.engines_changed = False
         self.tasks: dict[str, TaskRecord] = {}
@@ -59,7 +65,14 @@ class ClientSession:
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
 
+    def key(self, task_id: str) -> str:
+        """The id engines see for one of this session's tasks (unique in the controller; for a
+        named session also across restarts, so that a restarted controller can route results)."""
+        return f"{self.client_id}/{task_id}" if self.client_id else f"{self.number}.{task_id}"
+
     def emit(self, event: wire.pb.TaskEvent) -> None:
+        if event.WhichOneof("kind") == "result":
+            self.awaiting.discard(event.result.task_id)
         if self.closed:
             return
         output = event.WhichOneof("kind") != "result"
@@ -110,6 +123,28 @@ class ClientSession:
         """The client will submit nothing more: end the stream once its tasks are done."""
         self.input_done = True
         self._wakeup.set()
+
+    def take_over(self, other: ClientSession) -> None:
+        """Adopt the tasks and undelivered events of an earlier stream of the same session."""
+        for task_id, record in other.tasks.items():
+            record.session = self
+            self.tasks[task_id] = record
+        self.result_blobs |= other.result_blobs
+        self.awaiting |= other.awaiting
+        self._events.extendleft(reversed(other._events))
+        self._unread_bytes += other._unread_bytes
+        self._pending_output += other._pending_output
+        other.tasks, other.result_blobs, other.awaiting = {}, set(), set()
+        other._events.clear()
+        other._unread_bytes = other._pending_output = 0
+        other.closed = other.input_done = True
+        other._wakeup.set()  # its stream, if still open, ends
+        other._room.set()
+        self._wakeup.set()
+
+    def pending_results(self) -> set[str]:
+        """Task ids whose result waits in the queue for this session's stream."""
+        return {e.result.task_id for e, _, output in self._events if not output}
 
     def _take_events(self) -> list[wire.pb.TaskEvent]:
         """The oldest events, up to MAX_MESSAGE_EVENT_BYTES (at least one): a stream message
@@ -169,6 +204,11 @@ class TaskRecord:
     #: The engines that died while running it, and how (a task that kills every engine it
     #: runs on fails naming them all once its retries are spent).
     deaths: list[str] = field(default_factory=list)
+
+    @classmethod
+    def held(cls, key: str, task_id: str, session: ClientSession) -> TaskRecord:
+        """A task from before a controller restart, known only by the engine that holds it."""
+        return cls(key, task_id, session, wire.pb.Action(), wire.ENCODING_PICKLE, False, 0, [])
 
     def to_task(self) -> wire.pb.Task:
         return wire.pb.Task(

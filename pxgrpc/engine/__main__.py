@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up when the controller cannot be reached within this many seconds",
     )
     parser.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=300.0,
+        help="once registered, keep trying this many seconds to reach a lost controller (its "
+        "namespace kept) before exiting (default: 300)",
+    )
+    parser.add_argument(
         "--wait",
         type=float,
         default=0.0,
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.supervised:  # the crashing thread's stack, short enough for the exit report
             faulthandler.enable(file=2, all_threads=False)
         engine.conn.connect_timeout = args.timeout
+        engine.conn.reconnect_timeout = args.reconnect_timeout
         engine.conn.data_host = args.data_host
         engine.serve(register_timeout=args.timeout + 15)
     except (SecurityError, diagnose.ConnectFailure, TimeoutError) as exc:

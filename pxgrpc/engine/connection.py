@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,15 @@ class WorkItem:
 SHUTDOWN = None
 #: Seconds a task may keep running after the controller is gone before the engine exits anyway.
 EXIT_GRACE = 3.0
+#: Results sent this recently are sent again after a reconnect: they may have gone down with
+#: the old stream (the client keeps the first copy of each).
+RESEND_WINDOW = 30.0
+#: The longest pause between two attempts to reach a lost controller.
+RECONNECT_BACKOFF_CAP = 2.0
+
+
+class ReconnectFailed(Exception):
+    """The controller stayed away longer than the engine's reconnect timeout."""
 
 
 #: The most bytes of events one message up the work stream carries (gRPC refuses messages over
@@ -61,10 +71,18 @@ class EngineConnection:
         info: ConnectionInfo,
         work: queue.SimpleQueue[WorkItem | None],
         connect_timeout: float = 30.0,
+        reconnect_timeout: float = 300.0,
     ) -> None:
         self.info = info
         #: Seconds to keep trying to reach the controller before giving up.
         self.connect_timeout = connect_timeout
+        #: Seconds to keep trying to reach the controller again once it was lost (the engine
+        #: keeps its namespace meanwhile), before exiting.
+        self.reconnect_timeout = reconnect_timeout
+        # Results recently written to the work stream: (when, event), resent after a reconnect.
+        self._sent_results: deque[tuple[float, wire.pb.TaskEvent]] = deque(maxlen=1024)
+        # Grows with every work stream: the messages of a lost one stop taking events.
+        self._stream_number = 0
         self.work = work
         self.io = LoopThread("pxgrpc-engine-io")
         self.engine_id = -1
@@ -218,20 +236,74 @@ class EngineConnection:
             self.heartbeat = reply.heartbeat_interval or 1.0
             self.registered.set()
             log.info("registered as engine %d", self.engine_id)
-            work = channel.stream_stream(
-                f"/{wire.ENGINE_SERVICE}/Work",
-                request_serializer=wire.pb.EngineMessage.SerializeToString,
-                response_deserializer=wire.pb.EngineCommand.FromString,
-            )
-            call = work(self._messages(reply), metadata=self._metadata)
+            while not await self._work(channel, reply):
+                reply = await self._reconnect(channel)
+
+    async def _work(self, channel: grpc.aio.Channel, reply: wire.pb.RegisterReply) -> bool:
+        """Hold the work stream; True when the controller says stop, False when it is lost."""
+        work = channel.stream_stream(
+            f"/{wire.ENGINE_SERVICE}/Work",
+            request_serializer=wire.pb.EngineMessage.SerializeToString,
+            response_deserializer=wire.pb.EngineCommand.FromString,
+        )
+        self._stream_number += 1
+        call = work(self._messages(reply, self._stream_number), metadata=self._metadata)
+        try:
             async for command in call:
                 if self._handle(command):
-                    break
-            call.cancel()
+                    call.cancel()
+                    return True
+        except grpc.aio.AioRpcError as exc:
+            why = f"{exc.code().name}: {diagnose.short(exc.details() or '')}"
+        else:
+            why = "it ended the work stream"
+        call.cancel()
+        self._stream_number += 1  # (events wait for the next stream)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        log.warning(
+            "engine %d lost the controller at %s (%s): reconnecting for up to %.0f s, namespace kept",
+            self.engine_id,
+            self.info.url,
+            why,
+            self.reconnect_timeout,
+        )
+        return False
 
-    async def _register(self, channel: grpc.aio.Channel) -> wire.pb.RegisterReply:
+    async def _reconnect(self, channel: grpc.aio.Channel) -> wire.pb.RegisterReply:
+        """Register again under this engine's id, with capped exponential backoff, holding on to
+        the tasks and results of before; ReconnectFailed after `reconnect_timeout`."""
+        self.requested_id = self.engine_id
+        try:
+            reply = await self._register(channel, rejoin=True)
+        except diagnose.ConnectFailure as exc:
+            raise ReconnectFailed(
+                f"engine {self.engine_id} gave up reconnecting to the controller at {self.info.url} "
+                f"after {self.reconnect_timeout:.0f} s (--reconnect-timeout): exiting. Last problem: {exc}"
+            ) from None
+        cutoff = time.monotonic() - RESEND_WINDOW
+        resend = [event for sent, event in self._sent_results if sent >= cutoff]
+        self._sent_results.clear()
+        with self._outgoing_lock:
+            self._outgoing[:0] = resend
+        log.warning("engine %d is back with the controller at %s", self.engine_id, self.info.url)
+        return reply
+
+    def _held_task_ids(self) -> list[str]:
+        """Tasks this engine holds: queued, running, or with a result still to (re)send."""
+        with self._queue_lock:
+            held = set(self._queued)
+        if self.running_task is not None:
+            held.add(self.running_task)
+        with self._outgoing_lock:
+            held |= {e.result.task_id for e in self._outgoing if e.WhichOneof("kind") == "result"}
+        held |= {e.result.task_id for _, e in self._sent_results}
+        return sorted(held)
+
+    async def _register(self, channel: grpc.aio.Channel, rejoin: bool = False) -> wire.pb.RegisterReply:
         """Register with the controller. Retry while it cannot be reached (it may be starting)
-        until `connect_timeout`; fail at once, with a diagnosis, on TLS or token problems."""
+        until `connect_timeout` (`reconnect_timeout` when it was lost: `rejoin`); fail at once,
+        with a diagnosis, on TLS or token problems."""
         register = channel.unary_unary(
             f"/{wire.ENGINE_SERVICE}/Register",
             request_serializer=wire.pb.RegisterRequest.SerializeToString,
@@ -249,14 +321,19 @@ class EngineConnection:
         )
         if self.requested_id is not None:
             request.requested_id = self.requested_id
+        if rejoin:
+            request.held_task_ids.extend(self._held_task_ids())
         if self.data is not None and self.data.tls is not None:
             request.data_csr_pem = self.data.tls.csr_pem
             if self.info.token:  # else the controller signs for the address we call from only
                 request.data_csr_mac = certs.csr_mac(self.data.tls.csr_pem, self.info.token)
         target = diagnose.ConnectTarget.of(self.info, role="engine")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
-        delay = 0.05
+        deadline = loop.time() + (self.reconnect_timeout if rejoin else self.connect_timeout)
+        delay, cap = 0.05, RECONNECT_BACKOFF_CAP if rejoin else 1.0
+        retry_codes = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+        if rejoin:  # (our old registration, until the controller notices it is gone)
+            retry_codes.add(grpc.StatusCode.ALREADY_EXISTS)
         while True:
             remaining = max(deadline - loop.time(), 0.5)
             try:
@@ -267,14 +344,15 @@ class EngineConnection:
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
             retry = loop.time() + delay < deadline
-            if not retry or code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if not retry or code not in retry_codes:
                 break
-            quick = diagnose.diagnose(code, details, target, probe=False)
-            if not quick.retryable:
-                break
+            if not rejoin:  # (a controller we had goes on being worth waiting for)
+                quick = diagnose.diagnose(code, details, target, probe=False)
+                if not quick.retryable:
+                    break
             log.info("controller at %s not reachable yet (%s)", self.info.url, diagnose.short(details))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, cap)
         if (
             self.data is not None
             and not request.data_csr_mac
@@ -286,20 +364,27 @@ class EngineConnection:
             log.warning("no data endpoint (%s): bulk data goes through the controller", details)
             data, self.data = self.data, None
             await data.stop()
-            return await self._register(channel)
+            return await self._register(channel, rejoin)
         found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
         raise diagnose.ConnectFailure(found)
 
-    async def _messages(self, reply: wire.pb.RegisterReply) -> AsyncIterator[wire.pb.EngineMessage]:
-        """The engine's side of the work stream: hello, then batched events and heartbeats."""
+    async def _messages(
+        self, reply: wire.pb.RegisterReply, number: int
+    ) -> AsyncIterator[wire.pb.EngineMessage]:
+        """The engine's side of work stream `number`: hello, then batched events and heartbeats
+        (until a newer stream replaces it)."""
         assert self._wakeup is not None
         yield wire.pb.EngineMessage(engine_id=reply.engine_id, registration_token=reply.registration_token)
-        while True:
+        while number == self._stream_number:
             if not self._outgoing:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
+                if number != self._stream_number:
+                    return
             events, release = self._take_outgoing()
+            now = time.monotonic()
+            self._sent_results.extend((now, e) for e in events if e.WhichOneof("kind") == "result")
             yield wire.pb.EngineMessage(events=events)
             del events, release  # (the message is written: free what its sender left behind)
 

@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
-    from pxgrpc.client.view import Targets
+    from pxgrpc.client.targets import Targets
 
 _SLICE = re.compile(r"\[?\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?\]?")
 _NO_SIGNAL = {"0", "none", "no", "off"}

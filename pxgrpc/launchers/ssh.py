@@ -5,9 +5,10 @@
 The system's `ssh` is used as is: the user's keys, agent and `~/.ssh/config` (host aliases,
 jump hosts, ports) all apply; `ssh_args=` adds options (`-F config`, `-i key`). The engine-only
 connection file travels over that connection, on stdin, into `~/.pxgrpc/run/CLUSTER-HOST/` on
-the host (created under `umask 077`, so mode 0600 in a 0700 directory) and is removed when the
-engines stop. The remote shell records its engines' pids there, so `stop` can end them with a
-second ssh even if the first one has died.
+the host (created under `umask 077`, so mode 0600 in a 0700 directory; written under a temporary
+name and renamed, so no engine reads half of it) and is removed when the engines stop. The
+remote shell records its engines' pids there, so `stop` can end them with a second ssh even if
+the first one has died.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class SSHLauncher:
         line = " ".join(shlex.quote(a) for a in engine).replace("'$d/engine.json'", '"$d/engine.json"')
         return f"""umask 077
 d="{self.remote_dir(host)}"
-mkdir -p "$d" && cat > "$d/engine.json" || exit 1
+mkdir -p "$d" && cat > "$d/.engine.json.tmp" && mv -f "$d/.engine.json.tmp" "$d/engine.json" || exit 1
 pids=""
 trap 'kill $pids 2>/dev/null; rm -rf "$d"; exit 143' TERM HUP INT
 i=0

@@ -180,13 +180,21 @@ def write_connection_file(path: pathlib.Path, info: ConnectionInfo) -> None:
     Missing parent directories are created with mode 0700, and an existing pxgrpc directory
     containing the file is tightened to 0700.
     """
+    write_private_file(path, info.to_json())
+    logger.debug("wrote connection file %s", path)
+
+
+def write_private_file(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one, never
+    half of one): a temporary file in the same directory, mode 0600 from its creation, fsynced,
+    then renamed over ``path``."""
     path = pathlib.Path(path)
     _make_private_dirs(path.parent)
     _tighten_pxgrpc_dir(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(info.to_json())
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, 0o600)
@@ -194,7 +202,6 @@ def write_connection_file(path: pathlib.Path, info: ConnectionInfo) -> None:
     except BaseException:
         _unlink_quietly(tmp_name)
         raise
-    logger.debug("wrote connection file %s", path)
 
 
 def _make_private_dirs(directory: pathlib.Path) -> None:

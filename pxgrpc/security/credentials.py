@@ -12,6 +12,14 @@ from pxgrpc.security.certs import CertKey
 from pxgrpc.security.errors import SecurityError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Keepalive, the same on both sides (clients and engines ping; the controller pings back and
+#: accepts their pings): a ping after 10 s without traffic, and a connection whose ping goes
+#: unanswered for 10 s more is dropped. A link down for a few seconds is ridden out (TCP
+#: retransmits); one that stays down is noticed within about 20 s on an idle connection, and
+#: sooner on a busy one (engines send a heartbeat every second; the controller declares an
+#: engine dead after `--heartbeat-timeout`, 10 s by default).
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 10_000
 
 
 def server_credentials(
@@ -44,10 +52,15 @@ def channel_options(info_server_name: str | None) -> list[tuple[str, object]]:
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # A lost controller is redialed within a couple of seconds of coming back (gRPC's own
+        # default backoff grows to two minutes). Not `min_reconnect_backoff_ms`: gRPC takes it
+        # as the time one connection attempt may take (20 s by default).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     if info_server_name:
         options.append(("grpc.ssl_target_name_override", info_server_name))
@@ -60,6 +73,8 @@ def server_options() -> list[tuple[str, object]]:
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
