@@ -91,7 +91,7 @@ class TaskHistory:
         """Stop holding the recent results whose values are large (the program may still)."""
         large = []
         for ar in list(self._recent):  # (plain loops: this runs on every call)
-            for outcome in ar._outcomes:
+            for outcome in ar._events.outcomes:
                 if outcome is not None and outcome.blob_bytes > SMALL:
                     large.append(ar)
                     break
