@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.errors import PxError, TimeoutError
 from pxgrpc.client.resultmeta import METADATA_KEYS
-from pxgrpc.client.resultvalue import (
+from pxgrpc.client.taskevents import (
+    TaskEvents,
     failures,
     raised_error,
     result_value,
     value_with_errors,
     values_by_engine,
 )
-from pxgrpc.client.taskevents import TaskEvents
 from pxgrpc.client.tasks import Reducer, TaskOutcome
+from pxgrpc.signals import parse_signal
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
@@ -356,9 +357,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
         (`ar.interrupt(signal.SIGTERM)` ends them, and the tasks fail with `EngineError`).
         """
         try:
-            signal.Signals(sig)
-        except ValueError:
-            raise ValueError(f"sig: {sig!r} is not a signal on this platform") from None
+            parse_signal(sig)
+        except ValueError as exc:
+            raise ValueError(f"sig: {exc}") from None
         pending = self._events.pending()
         engines = sorted({e for i in pending if (e := self._events.engine_ids[i]) is not None})
         if not pending:

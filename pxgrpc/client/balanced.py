@@ -11,7 +11,7 @@ from pxgrpc.client.dependencies import as_dependency, dependency_timeout
 from pxgrpc.client.lazymap import LazyMap
 from pxgrpc.client.targets import Targets
 from pxgrpc.client.tasks import Action, Apply, Constraints, Job
-from pxgrpc.client.viewbase import View
+from pxgrpc.client.view import View
 from pxgrpc.dependency import Dependency, Dependent
 from pxgrpc.partition import chunk, join_parts, map_chunk
 

@@ -21,14 +21,15 @@ from pxgrpc.client.errors import PxConnectionError, TimeoutError
 from pxgrpc.client.executor import ViewExecutor
 from pxgrpc.client.frontend import client_created
 from pxgrpc.client.history import TaskHistory
-from pxgrpc.client.mapresult import job_result
+from pxgrpc.client.mapresult import AsyncMapResult
 from pxgrpc.client.targets import EngineTargets, Targets
-from pxgrpc.client.tasks import Apply, Job, TaskOutcome
+from pxgrpc.client.tasks import Apply, Execute, Job, TaskOutcome
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView
 from pxgrpc.remote_calls import clear_namespace
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import ConnectionInfo, default_connection_file, read_connection_file
+from pxgrpc.signals import parse_signal
 
 
 class Client:
@@ -186,7 +187,7 @@ class Client:
         [4242, 4243]
         """
         ids = self._transport.new_task_ids(len(job.targets))
-        ar = job_result(self, ids, job)
+        ar = _result_for(self, ids, job)
         self._results.add(ar)
         job = self._history.add(ids, job, ar)
         if job.constraints is not None and job.constraints.any():
@@ -339,7 +340,10 @@ class Client:
         (`"SIGINT"`, `"SIGTERM"`), whether they run a task or not. SIGINT interrupts the running
         task (KeyboardInterrupt) and leaves the engine up; SIGTERM ends it. Returns the engines
         signalled (the signal is sent before this returns: `block` is accepted for ipyparallel)."""
-        number = _signal_number(sig)
+        try:
+            number = int(parse_signal(sig))
+        except ValueError as exc:
+            raise ValueError(f"send_signal: {exc}") from None
         return self._transport.interrupt(self.resolve_targets(targets)[0], number, include_idle=True)
 
     def shutdown(self, targets: Targets = "all", hub: bool = False, block: bool | None = None) -> None:
@@ -378,20 +382,37 @@ class Client:
         return view
 
 
+def _result_for(client: Client, task_ids: Sequence[str], job: Job) -> AsyncResult:
+    """The AsyncResult `job`'s tasks report to: an AsyncMapResult when the job joins its parts,
+    else an AsyncResult (whose values are `ExecuteReply`s when every action is an execute)."""
+    if job.join is not None:
+        return AsyncMapResult(
+            client,
+            task_ids,
+            job.name,
+            job.join,
+            job.targets,
+            ordered=job.ordered,
+            sizes=job.sizes,
+            return_exceptions=job.return_exceptions,
+        )
+    actions = [job.action] if job.action is not None else job.each
+    execute = isinstance(actions, list) and all(isinstance(a, Execute) for a in actions)
+    return AsyncResult(
+        client,
+        task_ids,
+        job.name,
+        job.targets,
+        single=job.single,
+        execute=execute,
+        return_exceptions=job.return_exceptions,
+    )
+
+
 def _close_at_exit(ref: weakref.ReferenceType[Client]) -> None:
     client = ref()
     if client is not None:
         client.close()
-
-
-def _signal_number(sig: int | str) -> int:
-    try:
-        if isinstance(sig, str):
-            name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
-            return int(signal.Signals[name])
-        return int(signal.Signals(sig))
-    except (KeyError, ValueError):
-        raise ValueError(f"send_signal: {sig!r} is not a signal on this platform") from None
 
 
 def _are_ids(jobs: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pxgrpc.client.asyncresult import AsyncResult
-    from pxgrpc.client.viewbase import View
+    from pxgrpc.client.view import View
 
 
 class LazyMap:

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc.client.asyncresult import AsyncResult
-from pxgrpc.client.tasks import Execute, Job, Reducer, TaskOutcome
+from pxgrpc.client.tasks import Reducer, TaskOutcome
 
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
@@ -64,30 +64,3 @@ class AsyncMapResult(AsyncResult):
                 i = self._arrival[seen]
             seen += 1
             yield from self._items_at(i)
-
-
-def job_result(client: Client, task_ids: Sequence[str], job: Job) -> AsyncResult:
-    """The AsyncResult `job`'s tasks report to: an AsyncMapResult when the job joins its parts,
-    else an AsyncResult (whose values are `ExecuteReply`s when every action is an execute)."""
-    if job.join is not None:
-        return AsyncMapResult(
-            client,
-            task_ids,
-            job.name,
-            job.join,
-            job.targets,
-            ordered=job.ordered,
-            sizes=job.sizes,
-            return_exceptions=job.return_exceptions,
-        )
-    actions = [job.action] if job.action is not None else job.each
-    execute = isinstance(actions, list) and all(isinstance(a, Execute) for a in actions)
-    return AsyncResult(
-        client,
-        task_ids,
-        job.name,
-        job.targets,
-        single=job.single,
-        execute=execute,
-        return_exceptions=job.return_exceptions,
-    )

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pxgrpc.client.viewbase import View
+    from pxgrpc.client.view import View
 
 
 class RemoteFunction:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 
+from pxgrpc.signals import parse_signal
+
 if TYPE_CHECKING:
     from pxgrpc.client.client import Client
     from pxgrpc.client.targets import Targets
@@ -48,10 +50,9 @@ def parse_interrupt_signal(text: str) -> int:
     value = text.strip()
     if value.lower() in _NO_SIGNAL:
         return 0
-    name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
     try:
-        return signal.Signals(int(value)) if value.isdigit() else signal.Signals[name]
-    except (KeyError, ValueError):
+        return parse_signal(value)
+    except ValueError:
         raise UsageError(
             f"--signal-on-interrupt {text!r}: not a signal here; give a name (SIGINT, SIGTERM, TERM), "
             "a number (15), or 0 to only stop waiting"
