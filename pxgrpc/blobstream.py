@@ -157,11 +157,15 @@ async def receive(
     messages: AsyncIterable[bytes],
     blob_id: str | None = None,
     on_shared: Callable[[str, pb.BlobHeader], IncomingBlob] | None = None,
+    into: memoryview | None = None,
 ) -> IncomingBlob:
     """Assemble a blob from a stream of raw `BlobChunk`s (header first) into one buffer.
 
     A download that offered to map shared memory passes `on_shared`: it makes the blob when
     the header says where the bytes are instead of sending them (`pxgrpc.sharedmem`).
+
+    `into`: where the bytes should land (a writable byte view, e.g. a slice of the array a gather
+    builds), used when the header's size is exactly its length; else a buffer of its own.
 
     `blob_id` is as for `read_header`: the blob asked for in a download (it names the result,
     whatever the header says), or None for an upload (the header names the blob). Raises
@@ -178,7 +182,8 @@ async def receive(
             raise DecodingError("BlobHeader.shared: only a download that offered shared memory may get it")
         return on_shared(blob_id, header)
     try:
-        blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size)
+        target = into if into is not None and into.nbytes == header.size else None
+        blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size, target)
     except MemoryError:
         raise DecodingError(f"BlobHeader.size: {header.size} bytes cannot be allocated here") from None
     async for raw in it:
@@ -244,13 +249,21 @@ class IncomingBlob:
     the data received in it is no longer referenced.
     """
 
-    def __init__(self, blob_id: str, size: int) -> None:
+    #: Whether the bytes landed in the caller's `into` (a byte view of exactly `size` bytes).
+    in_place = False
+
+    def __init__(self, blob_id: str, size: int, into: memoryview | None = None) -> None:
         if size < 0:
             raise DecodingError("BlobHeader.size: must not be negative")
         self.blob_id = blob_id
         self.size = size
-        self.buffer = receive_buffers.take(size)
-        self._view = memoryview(self.buffer)  # type: ignore[arg-type]
+        if into is not None:
+            self.in_place = True
+            self.buffer = np.frombuffer(into, dtype=np.uint8)
+            self._view = into
+        else:
+            self.buffer = receive_buffers.take(size)
+            self._view = memoryview(self.buffer)  # type: ignore[arg-type]
         self.received = 0
 
     def write(self, data: memoryview) -> None:

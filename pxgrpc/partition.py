@@ -52,10 +52,31 @@ def join_parts(parts: list[Any]) -> Any:
     if type(first).__module__ == "numpy" and type(first).__name__ == "ndarray":
         import numpy as np
 
-        return np.concatenate(parts)
+        whole = tiled(parts)
+        return whole if whole is not None else np.concatenate(parts)
     if isinstance(first, list | tuple):
         joined: list[Any] = []
         for part in parts:
             joined.extend(part)  # (twice as fast as list(itertools.chain(...)) for long parts)
         return joined
     return parts
+
+
+def tiled(parts: list[Any]) -> Any:
+    """The array that array `parts` tile in order, when they are consecutive slices of one
+    (a gather downloads its parts into one array: `pxgrpc.client.assemble`), else None."""
+    import numpy as np
+
+    base = parts[0].base
+    if type(base) is not np.ndarray or base.base is not None or not base.flags.c_contiguous:
+        return None
+    address = base.ctypes.data
+    rows = 0
+    for part in parts:
+        if type(part) is not np.ndarray or part.base is not base or part.ctypes.data != address:
+            return None
+        if part.ndim != base.ndim or part.shape[1:] != base.shape[1:] or not part.flags.c_contiguous:
+            return None
+        address += part.nbytes
+        rows += len(part)
+    return base if rows == len(base) else None

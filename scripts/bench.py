@@ -237,7 +237,7 @@ class Config:
 
 FULL = Config(
     reps=5,
-    ready_reps=3,
+    ready_reps=5,
     rt_calls=300,
     map_items=5000,
     dv_calls=2500,
@@ -267,16 +267,21 @@ def make_figures(cfg: Config) -> dict[str, Figure]:
         "lbmap": Figure(f"lview.map_sync(ident, range({cfg.map_items}))", "tasks/s", True, 20, 490),
         "lbmap100": Figure("  the same, chunksize=100", "tasks/s", True, 1.5, 58000),
         "dvapply": Figure(f"rc[:].apply_async(noop) x{cfg.dv_calls}, get all", "tasks/s", True, 10, 670),
-        "push": Figure("push 64 MB numpy array to one engine", "MB/s", True, 3, 220),
-        "pull": Figure("pull of the same", "MB/s", True, 3, 300),
+        "push_first": Figure("push 64 MB array, first on a fresh cluster", "MB/s", True, 3, 200),
+        "push": Figure("push 64 MB array to one engine, later", "MB/s", True, 3, 220),
+        "pull_first": Figure("pull of the same, first on a fresh cluster", "MB/s", True, 3, 200),
+        "pull": Figure("pull of the same, later", "MB/s", True, 3, 300),
         "scatter": Figure("scatter 1,000,000-int list over 2 engines", "ms", False, 2, 66),
         "gather": Figure("gather of the same", "ms", False, 2, 51),
+        "scatter80": Figure("scatter 80 MB float64 array over 2 engines", "ms", False, 2, 300),
+        "gather80": Figure("gather of the same", "ms", False, 2, 250),
     }
 
 
 def workloads(rc: Any, cfg: Config) -> dict[str, Callable[[], float]]:
     """Each figure's measurement for one repetition on a connected client."""
     arr64 = np.random.default_rng(0).random(64 * MB // 8)
+    arr80 = np.random.default_rng(1).random(80 * MB // 8)
     ints = list(range(1_000_000))
     lview = rc.load_balanced_view()
     dv = rc[:]
@@ -299,6 +304,12 @@ def workloads(rc: Any, cfg: Config) -> dict[str, Callable[[], float]]:
         dv.scatter("x", ints, block=True)
         return elapsed(lambda: dv.gather("x", block=True)) * 1e3
 
+    def gather80() -> float:
+        dv.scatter("y", arr80, block=True)
+        ms = elapsed(lambda: dv.gather("y", block=True)) * 1e3
+        dv.execute("del y", block=True)
+        return ms
+
     return {
         "apply": lambda: median_latency_ms(lambda: e0.apply_sync(noop), cfg.rt_calls),
         "execute": lambda: median_latency_ms(lambda: e0.execute("a = 1", block=True), cfg.rt_calls),
@@ -311,6 +322,8 @@ def workloads(rc: Any, cfg: Config) -> dict[str, Callable[[], float]]:
         "pull": pull,
         "scatter": lambda: elapsed(lambda: dv.scatter("x", ints, block=True)) * 1e3,
         "gather": gather,
+        "scatter80": lambda: elapsed(lambda: dv.scatter("y", arr80, block=True)) * 1e3,
+        "gather80": gather80,
     }
 
 
@@ -322,19 +335,35 @@ def log(msg: str) -> None:
 
 
 def measure_ready(sides: list[Side], figures: dict[str, Figure], cfg: Config) -> None:
-    """Start and stop clusters alternately; the last ones stay up for the other figures."""
+    """Start and stop clusters alternately; the last ones stay up for the other figures.
+
+    On each fresh cluster, the first push of a 64 MB array and its first pull are measured too
+    (the `_first` figures): connections, buffers and the engine's allocator are all cold.
+    """
+    arr64 = np.random.default_rng(0).random(64 * MB // 8)
     for rep in range(cfg.ready_reps):
         for side in sides if rep % 2 == 0 else sides[::-1]:
             seconds = side.start(2)
             figures["ready"].add(side.name, seconds)
-            log(f"  {side.name}: cluster ready in {seconds:.2f} s")
+            first = ""
+            if "push_first" in figures or "pull_first" in figures:
+                e0 = side.rc[0]
+                e0.apply_sync(noop)  # (the engine is up and has run a task: only the data is first)
+                settle([psutil.Process(), *side.processes()])
+                push = rate(64, lambda e0=e0: e0.push({"first": arr64}, block=True))
+                pull = rate(64, lambda e0=e0: e0.pull("first", block=True))
+                e0.execute("del first", block=True)
+                figures["push_first"].add(side.name, push)
+                figures["pull_first"].add(side.name, pull)
+                first = f"; first push {push:.0f} MB/s, first pull {pull:.0f} MB/s"
+            log(f"  {side.name}: cluster ready in {seconds:.2f} s{first}")
             if rep < cfg.ready_reps - 1:
                 side.stop()
 
 
 #: Unmeasured runs of each figure first (both systems): connections, caches and the allocator
 #: warm up over the first transfers of a large array.
-WARMUP = {"push": 3, "pull": 3}
+WARMUP = {"push": 3, "pull": 3, "scatter80": 2, "gather80": 2}
 #: Figures that take a few tens of ms get more repetitions: their run-to-run spread is wide.
 MORE_REPS = {"scatter": 3, "gather": 3}
 
@@ -599,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = make_figures(cfg)
     only = [key for key in args.only.split(",") if key]
     if only:
-        figures = {key: figures[key] for key in ["ready", *only] if key in figures}
+        keep = ["ready", *(["push_first", "pull_first"] if {"push", "pull"} & set(only) else []), *only]
+        figures = {key: figures[key] for key in keep if key in figures}
     print(
         f"pxgrpc {pxgrpc.__version__} vs "
         f"{'ipyparallel ' + __import__('ipyparallel').__version__ if have_ipp else 'the reference figures'}; "

@@ -10,10 +10,14 @@ control. This prints the evidence:
 - floors: a bare gRPC ping-pong direct and through one relay process (what any design that sends
   control traffic through the controller pays), and what CPython needs to pickle, unpickle and
   create 500,000 ints (the work a scatter or gather of a 1,000,000-int list cannot skip);
+- client-side costs per call: encoding `apply`'s function with cloudpickle against the client's
+  cache of functions whose bytes cannot change (`pxgrpc.client.funcache`), and the copy that
+  joining two 40 MB halves with `np.concatenate` would cost (a gather of arrays downloads each
+  part into its slice of one array instead: `pxgrpc.client.assemble`);
 - phases: the median time, from the call, at which each process reaches each step of
-  `rc[0].apply_sync(noop)`, of `scatter` and of `gather` on a 2-engine cluster. The steps are
-  stamped by the processes themselves (the controller's `submitted`, the engine's `started` and
-  `completed`), all on this host's clock;
+  `rc[0].apply_sync(noop)`, of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
+  float64 array) on a 2-engine cluster. The steps are stamped by the processes themselves (the
+  controller's `submitted`, the engine's `started` and `completed`), all on this host's clock;
 - with --py-spy (py-spy on PATH): the functions the controller and an engine spend their samples
   in during a stream of round trips, and how much of the time they sit idle in epoll.
 """
@@ -35,11 +39,17 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cloudpickle
+import numpy as np
 import relay_floor  # (the sibling script)
 
 import pxgrpc
+from pxgrpc import wire
+from pxgrpc.client.submit import encode_action
+from pxgrpc.client.tasks import Apply
 
 N = 500_000
+MB = 1 << 20
 
 
 def noop() -> None:
@@ -71,6 +81,14 @@ def floors(pings: int) -> None:
         f"  pickle.loads of them                            {median_ms(lambda: pickle.loads(data)):7.2f} ms"
     )
     print(f"  join two such lists into one                    {median_ms(lambda: [*ints, *ints]):7.2f} ms")
+    half = np.random.default_rng(0).random(40 * MB // 8)
+    concat = median_ms(lambda: np.concatenate([half, half]))
+    print(f"  np.concatenate of two 40 MB float64 halves      {concat:7.2f} ms  (gather of arrays skips it)")
+    print("client-side costs per call")
+    once = median_ms(lambda: cloudpickle.dumps(noop, protocol=5), 201)
+    cached = median_ms(lambda: encode_action(Apply(noop), wire.pb.Action()), 201)
+    print(f"  cloudpickle.dumps(noop)                         {once * 1e3:7.1f} us")
+    print(f"  encode_action(Apply(noop)), function cached     {cached * 1e3:7.1f} us")
 
 
 def phases(title: str, rows: list[dict[str, float]]) -> None:
@@ -116,12 +134,19 @@ def apply_phases(rc: Any, calls: int = 2000) -> None:
 def scatter_gather_phases(rc: Any, reps: int = 15) -> None:
     dv = rc[:]
     ints = list(range(2 * N))
-    dv.scatter("x", ints, block=True)
+    array = np.random.default_rng(1).random(80 * MB // 8)
+    for data, name in ((ints, f"a {2 * N:,}-int list"), (array, "an 80 MB float64 array")):
+        dv.scatter("x", data, block=True)
+        _scatter_gather(dv, data, name, reps)
+    dv.execute("del x", block=True)
+
+
+def _scatter_gather(dv: Any, data: Any, name: str, reps: int) -> None:
     for what in ("scatter", "gather"):
         rows = []
         for _ in range(reps):
             t0 = time.time()
-            ar = dv.scatter("x", ints) if what == "scatter" else dv.gather("x")
+            ar = dv.scatter("x", data) if what == "scatter" else dv.gather("x")
             queued = time.time() - t0
             ar.get()
             rows.append(
@@ -132,7 +157,7 @@ def scatter_gather_phases(rc: Any, reps: int = 15) -> None:
                 }
             )
             del ar
-        phases(f"{what} of a {2 * N:,}-int list over 2 engines, median time from the call", rows)
+        phases(f"{what} of {name} over 2 engines, median time from the call", rows)
 
 
 def py_spy_profile(rc: Any, cluster: Any, seconds: int = 4, rate: int = 500) -> None:

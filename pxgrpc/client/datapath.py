@@ -71,15 +71,18 @@ class DataPath:
         )
         await upload(blob.raw_messages(), metadata=self._metadata, timeout=timeout)
 
-    async def download(self, url: str, blob_id: str) -> blobstream.IncomingBlob:
-        """Fetch a result blob from an engine (raises grpc.RpcError or wire.DecodingError)."""
+    async def download(
+        self, url: str, blob_id: str, into: memoryview | None = None
+    ) -> blobstream.IncomingBlob:
+        """Fetch a result blob from an engine, into `into` when given and of the blob's size
+        (raises grpc.RpcError or wire.DecodingError)."""
         download = self._channel(url).unary_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
         call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
-        return await blobstream.receive(call, blob_id)
+        return await blobstream.receive(call, blob_id, into=into)
 
     async def close(self) -> None:
         for channel in self._channels.values():

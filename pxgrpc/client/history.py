@@ -6,7 +6,9 @@ is this client's own: the ids of the tasks it submitted, in order (the last `lim
 each what is needed to show its result again and to resubmit it, without pinning large data:
 
 - a result stays reachable while the program holds its AsyncResult, and for the last
-  `RECENT_RESULTS` calls even after (so `dv.apply_sync(f); rc.get_result(-1)` works);
+  `RECENT_RESULTS` calls even after (so `dv.apply_sync(f); rc.get_result(-1)` works), unless
+  its values came in blobs of over `SMALL` bytes: 16 pulls of a 64 MB array would otherwise
+  pin 1 GB, and every later large transfer would need fresh memory (half the speed or worse);
 - an action is kept for resubmitting only when it is small (code, names, and functions called
   with small arguments): a push or scatter of an array is not held alive by the history.
 """
@@ -14,6 +16,7 @@ each what is needed to show its result again and to resubmit it, without pinning
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import weakref
@@ -62,6 +65,7 @@ class TaskHistory:
     def add(self, task_ids: list[str], job: Job, ar: AsyncResult) -> Job:
         """Remember `job`'s tasks; returns the job to submit (its generated actions recorded)."""
         result = weakref.ref(ar)
+        self._forget_large()
         self._recent.append(ar)  # (deque.append is atomic)
         actions: list[Action | None] = (
             [job.action] * len(task_ids)
@@ -82,6 +86,18 @@ class TaskHistory:
         if job.each is None or isinstance(job.each, list):
             return job
         return dataclasses.replace(job, each=_recording(job.each, records))
+
+    def _forget_large(self) -> None:
+        """Stop holding the recent results whose values are large (the program may still)."""
+        large = []
+        for ar in list(self._recent):  # (plain loops: this runs on every call)
+            for outcome in ar._events.outcomes:
+                if outcome is not None and outcome.blob_bytes > SMALL:
+                    large.append(ar)
+                    break
+        for ar in large:
+            with contextlib.suppress(ValueError):
+                self._recent.remove(ar)
 
     def _trim(self) -> None:
         # Trim in steps of a tenth, so that a long run does not shift the list on every submit.

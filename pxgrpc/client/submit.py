@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pxgrpc import blobstream, wire
+from pxgrpc.client import funcache
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import PxConnectionError
 from pxgrpc.client.tasks import Action, Apply, Execute, Push, TaskListener
@@ -309,7 +310,8 @@ def encode_action(
 ) -> blobstream.OutgoingBlob | None:
     """Write an action into its protobuf message; return the blob its large values need.
 
-    `function_cache` (one per map or scatter call) encodes a function applied many times once.
+    `function_cache` (one per map or scatter call) encodes a function applied many times once;
+    across calls, `funcache` keeps the encoding of functions whose bytes cannot change.
     """
     encoder = wire.Encoder()
     if isinstance(action, Execute):
@@ -319,9 +321,13 @@ def encode_action(
         apply = message.apply
         cached = function_cache.get(id(action.function)) if function_cache is not None else None
         if cached is None:
+            cached = funcache.lookup(action.function)
+        if cached is None:
             cached = encoder.encode(action.function)
-            if function_cache is not None and encoder.blob is None:
-                function_cache[id(action.function)] = cached
+            if encoder.blob is None:
+                funcache.store(action.function, cached)
+                if function_cache is not None:
+                    function_cache[id(action.function)] = cached
         apply.function.CopyFrom(cached)
         for arg in action.args:
             encoder.encode_into(arg, apply.args.add())

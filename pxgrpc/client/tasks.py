@@ -97,6 +97,8 @@ class Job:
     constraints: Constraints | None = None
     #: Elements per task, for a map (its result's len() and progress count elements).
     sizes: Sequence[int] | None = None
+    #: Array results are downloaded into one array, built once (gather: `client.assemble`).
+    assemble: bool = False
 
 
 @dataclass
@@ -114,6 +116,8 @@ class TaskOutcome:
     started: float = 0.0
     completed: float = 0.0
     received: float = 0.0  # (this client's clock, when the result event arrived)
+    #: Bytes of the blobs the value came in (large values: the history does not pin them).
+    blob_bytes: int = 0
 
 
 class TaskListener(Protocol):

@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from pxgrpc import blobstream, diagnose, versions, wire
+from pxgrpc.client.assemble import Assembly, Held
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import (
     AuthenticationError,
@@ -100,10 +101,11 @@ class ControllerCalls:
         """Upload a blob to the controller, which relays it to the engines (raises grpc.RpcError)."""
         await self._upload_rpc(blob.raw_messages(), metadata=self.metadata)
 
-    async def download(self, blob_id: str) -> blobstream.IncomingBlob:
-        """Fetch a result blob the controller relays (raises grpc.RpcError or wire.DecodingError)."""
+    async def download(self, blob_id: str, into: memoryview | None = None) -> blobstream.IncomingBlob:
+        """Fetch a result blob the controller relays, into `into` when given and of its size
+        (raises grpc.RpcError or wire.DecodingError)."""
         call = self._download_rpc(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
-        return await blobstream.receive(call, blob_id)
+        return await blobstream.receive(call, blob_id, into=into)
 
 
 class Transport:
@@ -143,6 +145,8 @@ class Transport:
         self._versions_checked: set[tuple[int, int]] = set()
         self._datapath = DataPath(metadata, info.channel_credentials())
         self._in_flight = InFlight()
+        #: The gathers whose parts are held until all are in (task id -> its assembly).
+        self._assemblies: dict[str, Assembly] = {}
         self._stream: grpc.aio.StreamStreamCall[Any, Any] | None = None
         self._reader: asyncio.Future[None] | None = None
         self.io = LoopThread("pxgrpc-client-io")
@@ -165,13 +169,21 @@ class Transport:
 
     def submit(self, task_ids: Sequence[str], job: Job, listener: TaskListener) -> None:
         """Run `job` as the tasks `task_ids` (one per target); `listener` hears how they go."""
-        if job.each is not None:
-            items = zip(job.each, job.targets, strict=True)
-            self.submitter.submit_each(task_ids, items, listener, retries=job.retries)
-        elif job.action is not None:
-            self.submitter.submit(task_ids, job.action, job.targets, listener, retries=job.retries)
-        else:
-            raise ValueError(f"{job.name}: a job needs an action, or one action per target")
+        if job.assemble:
+            assembly = Assembly(task_ids)
+            self._assemblies.update(dict.fromkeys(task_ids, assembly))
+        try:
+            if job.each is not None:
+                items = zip(job.each, job.targets, strict=True)
+                self.submitter.submit_each(task_ids, items, listener, retries=job.retries)
+            elif job.action is not None:
+                self.submitter.submit(task_ids, job.action, job.targets, listener, retries=job.retries)
+            else:
+                raise ValueError(f"{job.name}: a job needs an action, or one action per target")
+        except BaseException:
+            for task_id in task_ids if job.assemble else ():
+                self._assemblies.pop(task_id, None)
+            raise
 
     @property
     def failure(self) -> PxConnectionError | None:
@@ -350,6 +362,9 @@ class Transport:
         return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
+        assemblies, self._assemblies = self._assemblies, {}
+        for assembly in {id(a): a for a in assemblies.values()}.values():
+            assembly.fail(error)
         for task_id, listener in self._in_flight.fail_all(error).items():
             listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
 
@@ -382,7 +397,11 @@ class Transport:
             if listener is None:
                 return
             received = time.time()
-            if result.blob_ids:
+            assembly = self._assemblies.pop(result.task_id, None)
+            if assembly is not None:
+                if assembly.add(Held(result, listener, url, received)):
+                    self.io.background(assembly.deliver(self._fetch, decode_outcome))
+            elif result.blob_ids:
                 self.io.background(self._deliver_with_blobs(result, listener, url, received))
             else:
                 listener.on_result(decode_outcome(result, {}, received))
@@ -401,6 +420,13 @@ class Transport:
             err = exc if isinstance(exc, PxConnectionError) else PxConnectionError(str(exc))
             outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
         listener.on_result(outcome)
+
+    async def _fetch(self, url: str | None, blob_id: str, into: memoryview | None) -> blobstream.IncomingBlob:
+        """A result blob, from its engine's data endpoint (url) or the controller."""
+        with map_rpc_errors(self.url):
+            if url is not None:
+                return await self._datapath.download(url, blob_id, into)
+            return await self.calls.download(blob_id, into)
 
     def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
         """Remember the live engines, unless we already know a newer list."""
@@ -466,6 +492,7 @@ def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: fl
         started=result.started,
         completed=result.completed,
         received=received,
+        blob_bytes=sum(blob.size for blob in blobs.values()),
     )
     if result.HasField("execute_result"):
         outcome.execute_result = dict(result.execute_result.data)

@@ -268,7 +268,7 @@ class DirectView(View):
         if dist != "b":
             raise ValueError(f"gather: only dist='b' (contiguous blocks) is supported, not {dist!r}")
         ids, _ = self._targets(targets)
-        ar = self._submit(Job("gather", ids, Pull([key], single=True), join=join_parts))
+        ar = self._submit(Job("gather", ids, Pull([key], single=True), join=join_parts, assemble=True))
         return self._finish(ar, block)
 
     def map(
