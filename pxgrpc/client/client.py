@@ -26,6 +26,7 @@ from pxgrpc.client.targets import EngineTargets, Targets
 from pxgrpc.client.tasks import Apply, Execute, Job, TaskOutcome
 from pxgrpc.client.transport import Transport
 from pxgrpc.client.view import DirectView
+from pxgrpc.client.waiting import SubmittedResults, task_ids_of
 from pxgrpc.remote_calls import clear_namespace
 from pxgrpc.security import certfiles
 from pxgrpc.security.connection_file import ConnectionInfo, default_connection_file, read_connection_file
@@ -79,7 +80,7 @@ class Client:
         )
         self.connection_info = connection_info
         self._transport = Transport(connection_info, timeout, reconnect_timeout, path)
-        self._results: weakref.WeakSet[AsyncResult] = weakref.WeakSet()
+        self._results = SubmittedResults(self.get_result)
         self._history = TaskHistory()
         self._closed = False
         self._engines = EngineTargets(lambda: self.ids, self._transport.engine_ids)
@@ -253,49 +254,23 @@ class Client:
     @property
     def outstanding(self) -> set[str]:
         """Ids of tasks submitted by this client that have not finished."""
-        ids: set[str] = set()
-        for ar in list(self._results):
-            if not ar.done():
-                ids.update(ar.msg_ids[i] for i in ar._events.pending())
-        return ids
+        return self._results.outstanding()
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
         """Wait for `jobs` (AsyncResults, `concurrent.futures` futures, task ids or history
         indices, or a list of them), or for everything this client submitted; return whether
         all of it is done."""
-        pending: list[concurrent.futures.Future[Any]]
-        if jobs is None:
-            pending = [ar for ar in list(self._results) if not ar.done()]
-        else:
-            single = isinstance(jobs, str | int | concurrent.futures.Future)
-            items = [jobs] if single else list(jobs)
-            pending = [j for j in items if isinstance(j, concurrent.futures.Future)]
-            ids = [j for j in items if not isinstance(j, concurrent.futures.Future)]
-            if ids:
-                pending.append(self.get_result(ids))
-        wait_for = None if timeout is None or timeout < 0 else timeout
-        _, not_done = concurrent.futures.wait(pending, wait_for)
-        return not not_done
+        return self._results.wait(jobs, timeout)
 
     def wait_interactive(self, jobs: Any = None, interval: float = 1.0, timeout: float = -1) -> None:
         """Wait with a progress bar for `jobs` (as in `wait`), or for everything outstanding."""
-        if jobs is None:
-            results = [ar for ar in list(self._results) if not ar.done()]
-            if not results:
-                return
-            ar = AsyncResult.join(*results)
-        else:
-            ar = self.get_result(jobs if isinstance(jobs, list) else [jobs])
-        ar.wait_interactive(interval=interval, timeout=timeout)
+        self._results.wait_interactive(jobs, interval, timeout)
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> list[str]:
         """Abort queued tasks: `jobs` (AsyncResults or task ids), the queued tasks of `targets`,
         or all of this client's. Returns the ids of the tasks dropped (those not started yet)."""
         if jobs is not None:
-            task_ids = (
-                [tid for ar in _results_of(jobs) for tid in ar.msg_ids] if not _are_ids(jobs) else list(jobs)
-            )
-            return self._abort(task_ids)
+            return self._abort(task_ids_of(jobs))
         if targets is not None:
             return self._transport.abort([], self.resolve_targets(targets)[0])
         return self._abort(sorted(self.outstanding))
@@ -413,13 +388,3 @@ def _close_at_exit(ref: weakref.ReferenceType[Client]) -> None:
     client = ref()
     if client is not None:
         client.close()
-
-
-def _are_ids(jobs: Any) -> bool:
-    return isinstance(jobs, list | tuple | set) and all(isinstance(j, str) for j in jobs)
-
-
-def _results_of(jobs: Any) -> list[AsyncResult]:
-    if isinstance(jobs, AsyncResult):
-        return [jobs]
-    return [j for j in jobs if isinstance(j, AsyncResult)]

@@ -1,65 +1,26 @@
 """Task routing: from client sessions to engines and back.
 
-Direct tasks go straight down their engine's work stream (the engine queues them). Load-balanced
-tasks wait in one queue and are handed to the least-loaded engine, a few at a time per engine so
-that no engine idles while it waits for the next task.
+Direct tasks go straight down their engine's work stream (the engine queues them); load-balanced
+tasks wait for the `balancer`. Results and output go back to their session (`sessions` keeps the
+named ones across broken streams and controller restarts); `engine_loss` settles the tasks of
+engines that die.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable
 
 from pxgrpc import wire
-from pxgrpc.controller import deaths
+from pxgrpc.controller.balancer import LoadBalancer, assign
 from pxgrpc.controller.blobs import BlobStore
+from pxgrpc.controller.engine_loss import EngineLoss
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.sessions import SessionBook, split_key
-from pxgrpc.controller.tasks import ClientSession, TaskRecord
+from pxgrpc.controller.tasks import ClientSession, TaskRecord, failure
 
 log = logging.getLogger(__name__)
-
-#: Load-balanced work an engine may hold, in expected seconds of running time: enough to keep it
-#: busy while its results travel to the controller and new tasks come back, and to batch many
-#: short tasks into each message. `--prefetch` tasks are always allowed.
-PIPELINE_SECONDS = 0.004
-#: What handling one task costs an engine besides running it (decoding, encoding, messaging).
-TASK_OVERHEAD = 50e-6
-#: The most load-balanced tasks one engine may hold, however short they are.
-MAX_PREFETCH = 256
-#: An idle engine takes back the tasks queued behind a task that has been running this long
-#: (and longer than a few of its engine's recent tasks), so that prefetching never leaves
-#: tasks waiting behind a long one while an engine idles.
-STEAL_AFTER = 0.05
-
-
-def _load(engine: EngineRecord) -> tuple[int, int]:
-    """How busy an engine is, for choosing the least-loaded one (ties go to the lowest id)."""
-    return len(engine.inflight), engine.engine_id
-
-
-def failure(
-    task_id: str,
-    engine_id: int,
-    status: wire.pb.TaskStatus.ValueType,
-    ename: str,
-    evalue: str,
-    submitted: float = 0.0,
-) -> wire.pb.TaskEvent:
-    """A result event for a task that did not run to completion."""
-    now = time.time()
-    result = wire.pb.TaskResult(
-        task_id=task_id,
-        engine_id=engine_id,
-        status=status,
-        error=wire.pb.RemoteException(ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"]),
-        submitted=submitted or now,
-        completed=now,
-    )
-    return wire.pb.TaskEvent(result=result)
 
 
 class TaskRouter:
@@ -68,11 +29,9 @@ class TaskRouter:
     def __init__(self, registry: EngineRegistry, blobs: BlobStore, prefetch: int = 4) -> None:
         self.registry = registry
         self.blobs = blobs
-        self.prefetch = prefetch
-        self._unassigned: deque[TaskRecord] = deque()
+        self.balancer = LoadBalancer(registry, self._release, prefetch)
+        self.loss = EngineLoss(registry, self.balancer, self._release)
         self._result_blob_owner: dict[str, ClientSession] = {}
-        self._steal_timer: asyncio.TimerHandle | None = None
-        self.exit_reports = deaths.ExitReports(self._settle_lost)
         #: Sessions the client named: they outlive their streams (and a controller restart).
         self.sessions = SessionBook()
         registry.watchers.add(self.settle)
@@ -111,11 +70,11 @@ class TaskRouter:
             self.blobs.ref(blob_id)
         session.tasks[submit.task_id] = record
         if record.load_balanced:
-            self._unassigned.append(record)
+            self.balancer.queue.append(record)
         else:
             engine = self.registry.get(submit.engine_id)
             assert engine is not None  # checked above
-            self._assign(record, engine)
+            assign(record, engine)
 
     def _check(self, session: ClientSession, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
         if not submit.task_id:
@@ -146,65 +105,14 @@ class TaskRouter:
                 return "InvalidArgument", problem
         return None
 
-    def _assign(self, record: TaskRecord, engine: EngineRecord) -> None:
-        if not engine.inflight:
-            engine.head_since = time.monotonic()
-        engine.inflight[record.key] = record
-        if record.load_balanced:
-            engine.load_balanced_inflight += 1
-        engine.send_task(record.to_task())
-
     def schedule(self) -> None:
-        """Hand queued load-balanced tasks to the least-loaded engines that have room.
-
-        An engine's room grows as its tasks prove short (see `EngineRecord.capacity`), so that
-        tiny tasks travel many to a message while long ones are not hoarded by one engine.
-        """
-        engines = self.registry.live()
-        open_engines = [e for e in engines if e.load_balanced_inflight < self._capacity(e)]
-        while self._unassigned and open_engines:
-            engine = min(open_engines, key=_load)
-            record = self._unassigned.popleft()
-            if record.session.closed:
-                self._release(record)
-                continue
-            self._assign(record, engine)
-            if engine.load_balanced_inflight >= self._capacity(engine):
-                open_engines.remove(engine)
-        if not self._unassigned and any(not e.inflight for e in engines):
-            self._steal(engines)
-
-    def _steal(self, engines: list[EngineRecord]) -> None:
-        """Some engine idles: ask back the load-balanced tasks queued behind long-running ones
-        (they are requeued when the engine confirms it had not started them)."""
-        now = time.monotonic()
-        wake_in = None
-        for engine in engines:
-            if engine.load_balanced_inflight < 2:
-                continue
-            patience = max(STEAL_AFTER, 4 * engine.task_seconds)
-            running = now - engine.head_since
-            if running < patience:
-                wake_in = patience - running if wake_in is None else min(wake_in, patience - running)
-                continue
-            queued = [r for r in list(engine.inflight.values())[1:] if r.load_balanced and not r.stealing]
-            for record in queued:
-                record.stealing = True
-            if queued:
-                engine.send_abort([r.key for r in queued])
-        if wake_in is not None and self._steal_timer is None:
-            self._steal_timer = asyncio.get_running_loop().call_later(wake_in, self._steal_later)
-
-    def _steal_later(self) -> None:
-        self._steal_timer = None
-        self.schedule()
-
-    def _capacity(self, engine: EngineRecord) -> int:
-        return engine.capacity(self.prefetch, PIPELINE_SECONDS, TASK_OVERHEAD, MAX_PREFETCH)
+        """Hand queued load-balanced tasks to engines with room (see `LoadBalancer.schedule`)."""
+        self.balancer.schedule()
 
     @property
     def unassigned(self) -> int:
-        return len(self._unassigned)
+        """How many load-balanced tasks wait for an engine."""
+        return len(self.balancer.queue)
 
     # --- results ----------------------------------------------------------------------------
 
@@ -247,7 +155,7 @@ class TaskRouter:
         if record.stealing and result.status == wire.TASK_ABORTED:
             engine.load_balanced_inflight -= 1
             record.stealing = False
-            self._unassigned.appendleft(record)
+            self.balancer.queue.appendleft(record)
             return
         engine.completed += 1
         if record.load_balanced:
@@ -331,77 +239,20 @@ class TaskRouter:
     # --- failures and control ---------------------------------------------------------------
 
     def engine_lost(self, engine: EngineRecord, reason: str) -> None:
-        """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks.
-
-        A supervised engine's tasks wait a few seconds for its supervisor's exit report (see
-        `deaths`), so that their error says how the engine died."""
-        if not self.registry.remove(engine):
-            return
-        if engine.signalled:
-            reason = f"{reason} after an Interrupt sent it {engine.signalled}"
-        if engine.supervised:
-            self.exit_reports.lost(engine)
-        if engine.supervised and not engine.exit_report and engine.inflight:
-            self.exit_reports.await_report(engine, reason)
-            return
-        self._settle_lost(engine, engine.exit_report or reason)
+        """Fail (or re-queue) the tasks of an engine that died or went away (see `EngineLoss`)."""
+        self.loss.engine_lost(engine, reason)
 
     def engine_exited(self, report: wire.pb.EngineExit) -> int | None:
-        """A supervisor's report of how an engine process ended: settle that engine's tasks
-        with it; the engine's id, or None when no engine was that process."""
-        why = deaths.describe_exit(report)
-        engine = self.exit_reports.take(report.hostname, report.pid)
-        if engine is not None:
-            self.exit_reports.lost_id(report.hostname, report.pid)
-            self._settle_lost(engine, why)
-            return engine.engine_id
-        engine = self.registry.by_process(report.hostname, report.pid)
-        if engine is None:
-            return self.exit_reports.lost_id(report.hostname, report.pid)
-        engine.exit_report = why
-        self.engine_lost(engine, why)
-        self.exit_reports.lost_id(report.hostname, report.pid)  # (reported: nothing to remember)
-        return engine.engine_id
-
-    def _settle_lost(self, engine: EngineRecord, reason: str) -> None:
-        lost = list(engine.inflight.values())
-        engine.inflight.clear()
-        retry: list[TaskRecord] = []
-        who = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname})"
-        for record in lost:
-            record.deaths.append(f"{who} {reason}")
-            if record.load_balanced and record.retries > 0:
-                record.retries -= 1
-                retry.append(record)
-                continue
-            self._release(record)
-            evalue = record.deaths[0]
-            if len(record.deaths) > 1:
-                evalue = (
-                    f"task {record.task_id!r} was tried on {len(record.deaths)} engines and each one "
-                    f"died while running it; its retries are spent, so it is not tried again:\n"
-                    + "\n".join(f"  {i}. {death}" for i, death in enumerate(record.deaths, 1))
-                )
-            record.session.emit(
-                failure(
-                    record.task_id,
-                    engine.engine_id,
-                    wire.TASK_ENGINE_DIED,
-                    "EngineError",
-                    evalue,
-                    record.submitted,
-                )
-            )
-        self._unassigned.extendleft(reversed(retry))  # first in line again, in their order
-        self.schedule()
+        """A supervisor's report of how an engine process ended (see `EngineLoss.engine_exited`)."""
+        return self.loss.engine_exited(report)
 
     def abort(self, session: ClientSession | None, task_ids: list[str], engine_ids: list[int]) -> list[str]:
         """Abort queued tasks by client task id (of `session`) or all tasks of some engines."""
         aborted: list[str] = []
         wanted = set(task_ids)
-        for record in list(self._unassigned):
+        for record in list(self.balancer.queue):
             if record.task_id in wanted and (session is None or record.session is session):
-                self._unassigned.remove(record)
+                self.balancer.queue.remove(record)
                 self._release(record)
                 record.session.emit(
                     failure(record.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
@@ -432,7 +283,7 @@ class TaskRouter:
         session.closed = True
         for blob_id in list(session.result_blobs):
             self.result_blob_done(blob_id)
-        for record in list(self._unassigned):
+        for record in list(self.balancer.queue):
             if record.session is session:
-                self._unassigned.remove(record)
+                self.balancer.queue.remove(record)
                 self._release(record)

@@ -218,3 +218,24 @@ class TaskRecord:
             submitted=self.submitted,
             direct_results=self.direct_results,
         )
+
+
+def failure(
+    task_id: str,
+    engine_id: int,
+    status: wire.pb.TaskStatus.ValueType,
+    ename: str,
+    evalue: str,
+    submitted: float = 0.0,
+) -> wire.pb.TaskEvent:
+    """A result event for a task that did not run to completion."""
+    now = time.time()
+    result = wire.pb.TaskResult(
+        task_id=task_id,
+        engine_id=engine_id,
+        status=status,
+        error=wire.pb.RemoteException(ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"]),
+        submitted=submitted or now,
+        completed=now,
+    )
+    return wire.pb.TaskEvent(result=result)

@@ -1,0 +1,94 @@
+"""When an engine is lost: its tasks fail with an error saying how it died, or, for load-balanced
+tasks with retries left, go back to the front of the queue.
+
+A supervised engine's tasks wait a few seconds for its supervisor's exit report (see `deaths`),
+so that their error says how the engine died.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pxgrpc import wire
+from pxgrpc.controller import deaths
+from pxgrpc.controller.balancer import LoadBalancer
+from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.tasks import TaskRecord, failure
+
+
+class EngineLoss:
+    """Settles the tasks of engines that died or disconnected."""
+
+    def __init__(
+        self, registry: EngineRegistry, balancer: LoadBalancer, release: Callable[[TaskRecord], None]
+    ) -> None:
+        self.registry = registry
+        self.balancer = balancer
+        self._release = release
+        self.exit_reports = deaths.ExitReports(self._settle_lost)
+
+    def engine_lost(self, engine: EngineRecord, reason: str) -> None:
+        """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks."""
+        if not self.registry.remove(engine):
+            return
+        if engine.signalled:
+            reason = f"{reason} after an Interrupt sent it {engine.signalled}"
+        if engine.supervised:
+            self.exit_reports.lost(engine)
+        if engine.supervised and not engine.exit_report and engine.inflight:
+            self.exit_reports.await_report(engine, reason)
+            return
+        self._settle_lost(engine, engine.exit_report or reason)
+
+    def engine_exited(self, report: wire.pb.EngineExit) -> int | None:
+        """A supervisor's report of how an engine process ended: settle that engine's tasks
+        with it; the engine's id, or None when no engine was that process."""
+        why = deaths.describe_exit(report)
+        engine = self.exit_reports.take(report.hostname, report.pid)
+        if engine is not None:
+            self.exit_reports.lost_id(report.hostname, report.pid)
+            self._settle_lost(engine, why)
+            return engine.engine_id
+        engine = self.registry.by_process(report.hostname, report.pid)
+        if engine is None:
+            return self.exit_reports.lost_id(report.hostname, report.pid)
+        engine.exit_report = why
+        self.engine_lost(engine, why)
+        self.exit_reports.lost_id(report.hostname, report.pid)  # (reported: nothing to remember)
+        return engine.engine_id
+
+    def _settle_lost(self, engine: EngineRecord, reason: str) -> None:
+        lost = list(engine.inflight.values())
+        engine.inflight.clear()
+        retry: list[TaskRecord] = []
+        who = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname})"
+        for record in lost:
+            record.deaths.append(f"{who} {reason}")
+            if record.load_balanced and record.retries > 0:
+                record.retries -= 1
+                retry.append(record)
+                continue
+            self._release(record)
+            record.session.emit(
+                failure(
+                    record.task_id,
+                    engine.engine_id,
+                    wire.TASK_ENGINE_DIED,
+                    "EngineError",
+                    _death_message(record),
+                    record.submitted,
+                )
+            )
+        self.balancer.queue.extendleft(reversed(retry))  # first in line again, in their order
+        self.balancer.schedule()
+
+
+def _death_message(record: TaskRecord) -> str:
+    """Why a task failed: its engine's death, or every death when its retries are spent."""
+    if len(record.deaths) == 1:
+        return record.deaths[0]
+    return (
+        f"task {record.task_id!r} was tried on {len(record.deaths)} engines and each one "
+        f"died while running it; its retries are spent, so it is not tried again:\n"
+        + "\n".join(f"  {i}. {death}" for i, death in enumerate(record.deaths, 1))
+    )
