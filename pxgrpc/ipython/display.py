@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from pxgrpc.client.executereply import decode_bundle
+
 if TYPE_CHECKING:
     from pxgrpc.client.asyncresult import AsyncResult
 
@@ -55,20 +57,6 @@ def _shell() -> Any:
     from IPython.core.getipython import get_ipython
 
     return get_ipython()
-
-
-def _decode(data: dict[str, str]) -> dict[str, Any]:
-    """Undo the wire's string encoding of JSON mime types."""
-    decoded: dict[str, Any] = {}
-    for mime, value in data.items():
-        if mime == "application/json" or mime.endswith("+json"):
-            try:
-                decoded[mime] = json.loads(value)
-            except ValueError:
-                decoded[mime] = value
-        else:
-            decoded[mime] = value
-    return decoded
 
 
 class OutputPrinter:
@@ -121,13 +109,13 @@ class OutputPrinter:
         metadata = output.get("metadata") or {}
         if isinstance(metadata, str):
             metadata = json.loads(metadata) if metadata else {}
-        self.publish(_decode(output.get("data", {})), {**metadata, "engine": engine_id})
+        self.publish(decode_bundle(output.get("data", {})), {**metadata, "engine": engine_id})
 
     def result(self, engine_id: int | None, execute_result: dict[str, Any]) -> None:
         """Show an engine's Out[engine:count] value."""
         if not self._at_line_start:
             print()
-        data = _decode(execute_result.get("data", {}))
+        data = decode_bundle(execute_result.get("data", {}))
         prompt = f"Out[{engine_id}:{execute_result.get('execution_count', 0)}]: "
         text = str(data.get("text/plain", ""))
         if "\n" in text and not text.startswith("\n"):
