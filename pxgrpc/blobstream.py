@@ -19,12 +19,14 @@ import re
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pxgrpc import memory
 from pxgrpc import messages as pb
 
 #: Size of the data chunks of a blob stream.
@@ -220,21 +222,26 @@ class ReceiveBuffers:
 
     def take(self, size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
         """A writable buffer of `size` bytes (its contents are garbage)."""
+        return self.take_fresh(size)[0]
+
+    def take_fresh(self, size: int) -> tuple[np.ndarray[Any, np.dtype[np.uint8]], bool]:
+        """A writable buffer of `size` bytes, and whether it is a new allocation (its pages
+        not faulted in yet) rather than one reused."""
         if size < self.min_size:
-            return np.empty(size, dtype=np.uint8)
+            return np.empty(size, dtype=np.uint8), True
         with self._lock:
             for i in range(len(self._buffers)):
                 buf = self._buffers[i]
                 # 3 references: the list, `buf` and getrefcount's argument: nobody else holds it.
                 if size <= buf.nbytes <= 2 * size and sys.getrefcount(buf) == 3:
                     self._buffers.append(self._buffers.pop(i))
-                    return buf[:size]
+                    return buf[:size], False
             buf = np.empty(size, dtype=np.uint8)
             self._buffers.append(buf)
             total = sum(b.nbytes for b in self._buffers)
             while total > self.limit and len(self._buffers) > 1:
                 total -= self._buffers.pop(0).nbytes  # forget the least recently used
-            return buf
+            return buf, True
 
 
 #: The receive buffers of this process.
@@ -257,14 +264,25 @@ class IncomingBlob:
             raise DecodingError("BlobHeader.size: must not be negative")
         self.blob_id = blob_id
         self.size = size
+        self.received = 0
         if into is not None:
             self.in_place = True
             self.buffer = np.frombuffer(into, dtype=np.uint8)
             self._view = into
+            fresh = True  # (e.g. the array a gather just made; faulting in what is there is cheap)
         else:
-            self.buffer = receive_buffers.take(size)
+            self.buffer, fresh = receive_buffers.take_fresh(size)
             self._view = memoryview(self.buffer)  # type: ignore[arg-type]
-        self.received = 0
+        #: Whether a background thread faults the buffer's pages in ahead of the writes.
+        self.prefaulting = False
+        if fresh and size >= receive_buffers.min_size:
+            ref = weakref.ref(self)
+
+            def written() -> int | None:
+                blob = ref()
+                return None if blob is None or blob.complete else blob.received
+
+            self.prefaulting = memory.prefault_async(self.buffer.ctypes.data, size, written)
 
     def write(self, data: memoryview) -> None:
         end = self.received + len(data)

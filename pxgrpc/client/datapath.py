@@ -10,7 +10,7 @@ certificate, as the channel to the controller does. Runs in the transport's even
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -21,21 +21,46 @@ log = logging.getLogger(__name__)
 
 
 class DataPath:
-    """Channels to the engines' data endpoints, opened on first use."""
+    """Channels to the engines' data endpoints, connected as soon as the endpoints are known.
+
+    `call_soon(callback, *args)` runs a callback in the event loop the channels live in (the
+    transport's); with it, `set_urls` starts connecting to new endpoints at once, so that the
+    first transfer does not also pay for the TCP (and TLS) handshake and HTTP/2 set-up.
+    """
 
     def __init__(
-        self, metadata: tuple[tuple[str, str], ...], credentials: grpc.ChannelCredentials | None = None
+        self,
+        metadata: tuple[tuple[str, str], ...],
+        credentials: grpc.ChannelCredentials | None = None,
+        call_soon: Callable[..., object] | None = None,
     ) -> None:
         self._metadata = metadata
         self._credentials = credentials
+        self._call_soon = call_soon
         self._urls: dict[int, str] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
         self._enabled = blobstream.direct_data_enabled()
 
     def set_urls(self, urls: Mapping[int, str]) -> None:
-        """The data endpoints of the live engines (engine id -> "host:port"), from an engine list."""
+        """The data endpoints of the live engines (engine id -> "host:port"), from an engine list;
+        starts connecting to those not connected yet."""
         self._urls = dict(urls)
+        if self._call_soon is not None and self._enabled:
+            new = [u for u in self._urls.values() if u and u not in self._channels and u not in self._broken]
+            if new:
+                self._call_soon(self._connect, new)
+
+    def _connect(self, urls: list[str]) -> None:
+        """Open channels to `urls` and start connecting them (in the event loop; no waiting)."""
+        for url in urls:
+            if url not in self._broken:
+                self._channel(url).get_state(try_to_connect=True)
+
+    def connected(self, url: str) -> bool:
+        """Whether the channel to `url` exists and is connected (READY)."""
+        channel = self._channels.get(url)
+        return channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
 
     def url_for(self, engine_id: int | None) -> str | None:
         """Where to reach an engine's data directly, or None (use the controller)."""

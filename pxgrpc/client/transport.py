@@ -143,7 +143,7 @@ class Transport:
         self._engine_ids: tuple[int, ...] = ()
         self._versions = versions.local()
         self._versions_checked: set[tuple[int, int]] = set()
-        self._datapath = DataPath(metadata, info.channel_credentials())
+        self._datapath = DataPath(metadata, info.channel_credentials(), lambda *a: self.io.call_soon(*a))
         self._in_flight = InFlight()
         #: The gathers whose parts are held until all are in (task id -> its assembly).
         self._assemblies: dict[str, Assembly] = {}
