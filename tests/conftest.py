@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
+from types import FrameType
 
 import pytest
 
 import pxgrpc
 from pxgrpc.cluster import Cluster
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run ended with SIGTERM (a CI timeout, `kill`) still tears its fixtures down: pytest
+    handles KeyboardInterrupt by running every finalizer, so the clusters started are stopped
+    instead of outliving the run."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session", autouse=True)
