@@ -26,7 +26,8 @@ class DataPath:
     def __init__(
         self, metadata: tuple[tuple[str, str], ...], credentials: grpc.ChannelCredentials | None = None
     ) -> None:
-        self._metadata = metadata
+        #: The call metadata (the client token) for the engines' endpoints.
+        self.metadata = metadata
         self._credentials = credentials
         self._urls: dict[int, str] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -50,7 +51,8 @@ class DataPath:
             log.warning("data endpoint %s unusable (%s): using the controller", url, why)
             self._broken.add(url)
 
-    def _channel(self, url: str) -> grpc.aio.Channel:
+    def channel(self, url: str) -> grpc.aio.Channel:
+        """The channel to an engine's data endpoint (opened on first use, closed by `close`)."""
         channel = self._channels.get(url)
         if channel is None:
             # No TLS server name override: the engine's certificate names the host it is dialed at.
@@ -64,24 +66,24 @@ class DataPath:
 
     async def upload(self, url: str, blob: blobstream.OutgoingBlob, timeout: float | None = None) -> None:
         """Send a blob to an engine for a task about to be submitted (raises grpc.RpcError)."""
-        upload = self._channel(url).stream_unary(
+        upload = self.channel(url).stream_unary(
             f"/{wire.ENGINE_DATA_SERVICE}/Upload",
             request_serializer=None,
             response_deserializer=wire.pb.UploadReply.FromString,
         )
-        await upload(blob.raw_messages(), metadata=self._metadata, timeout=timeout)
+        await upload(blob.raw_messages(), metadata=self.metadata, timeout=timeout)
 
     async def download(
         self, url: str, blob_id: str, into: memoryview | None = None
     ) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine, into `into` when given and of the blob's size
         (raises grpc.RpcError or wire.DecodingError)."""
-        download = self._channel(url).unary_stream(
+        download = self.channel(url).unary_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
-        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
         return await blobstream.receive(call, blob_id, into=into)
 
     async def close(self) -> None:

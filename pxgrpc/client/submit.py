@@ -31,7 +31,7 @@ from pxgrpc.client.tasks import Action, Apply, Execute, Push, TaskListener
 from pxgrpc.loopthread import LoopThread
 
 if TYPE_CHECKING:
-    from pxgrpc.client.transport import ControllerCalls
+    from pxgrpc.client.calls import ControllerCalls
 
 log = logging.getLogger(__name__)
 

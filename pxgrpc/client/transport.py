@@ -21,22 +21,20 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from pxgrpc import blobstream, diagnose, versions, wire
 from pxgrpc.client.assemble import Assembly, Held
+from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.errors import (
     AuthenticationError,
-    EngineError,
     PxConnectionError,
-    PxError,
-    RemoteError,
-    TaskAborted,
 )
+from pxgrpc.client.outcomes import decode_outcome
 from pxgrpc.client.reconnect import LOST, StreamEnd, redial
 from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
 from pxgrpc.client.submit import InFlight, Submitter
@@ -49,63 +47,6 @@ from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Req = TypeVar("Req")
-Rep = TypeVar("Rep")
-
-
-class Unary(Generic[Req, Rep]):
-    """One unary call of the Controller service, typed by its request and reply."""
-
-    def __init__(self, channel: grpc.aio.Channel, name: str, request: type[Req], reply: type[Rep]) -> None:
-        self._call = channel.unary_unary(
-            f"/{wire.CONTROLLER_SERVICE}/{name}",
-            request_serializer=request.SerializeToString,  # type: ignore[attr-defined]
-            response_deserializer=reply.FromString,  # type: ignore[attr-defined]
-        )
-
-    def __call__(self, request: Req, metadata: tuple[tuple[str, str], ...], timeout: float) -> Awaitable[Rep]:
-        return self._call(request, metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
-
-
-class ControllerCalls:
-    """The calls of the Controller service this client makes (blobs travel as raw bytes)."""
-
-    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
-        pb = wire.pb
-        self.metadata = metadata
-        self.list_engines = Unary(channel, "ListEngines", pb.ListEnginesRequest, pb.ListEnginesReply)
-        self.abort = Unary(channel, "Abort", pb.AbortRequest, pb.AbortReply)
-        self.interrupt = Unary(channel, "Interrupt", pb.InterruptRequest, pb.InterruptReply)
-        self.queue_status = Unary(channel, "QueueStatus", pb.QueueStatusRequest, pb.QueueStatusReply)
-        self.shutdown = Unary(channel, "Shutdown", pb.ShutdownRequest, pb.ShutdownReply)
-        svc = f"/{wire.CONTROLLER_SERVICE}/"
-        self._session_rpc = channel.stream_stream(
-            svc + "Session",
-            request_serializer=pb.SessionRequest.SerializeToString,
-            response_deserializer=pb.SessionEvent.FromString,
-        )
-        self._upload_rpc = channel.stream_unary(
-            svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
-        )
-        self._download_rpc = channel.unary_stream(
-            svc + "Download",
-            request_serializer=pb.DownloadRequest.SerializeToString,
-            response_deserializer=None,
-        )
-
-    def session(self, requests: AsyncIterator[wire.pb.SessionRequest]) -> grpc.aio.StreamStreamCall[Any, Any]:
-        """Open the session stream: submits go up, engine lists and task events come down."""
-        return self._session_rpc(requests, metadata=self.metadata)
-
-    async def upload(self, blob: blobstream.OutgoingBlob) -> None:
-        """Upload a blob to the controller, which relays it to the engines (raises grpc.RpcError)."""
-        await self._upload_rpc(blob.raw_messages(), metadata=self.metadata)
-
-    async def download(self, blob_id: str, into: memoryview | None = None) -> blobstream.IncomingBlob:
-        """Fetch a result blob the controller relays, into `into` when given and of its size
-        (raises grpc.RpcError or wire.DecodingError)."""
-        call = self._download_rpc(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
-        return await blobstream.receive(call, blob_id, into=into)
 
 
 class Transport:
@@ -456,52 +397,3 @@ class Transport:
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
     return wire.pb.Targets(engine_ids=list(engine_ids))
-
-
-_STATUS = {
-    wire.TASK_OK: "ok",
-    wire.TASK_ERROR: "error",
-    wire.TASK_ABORTED: "aborted",
-    wire.TASK_ENGINE_DIED: "engine_died",
-}
-
-
-def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
-    """The exception a failed TaskResult stands for."""
-    status = result.status
-    if status == wire.TASK_OK:
-        return None
-    err = result.error
-    if status == wire.TASK_ENGINE_DIED:
-        return EngineError(err.evalue, result.engine_id)
-    if status == wire.TASK_ABORTED:
-        return TaskAborted(f"task {result.task_id} was aborted before it started")
-    engine_id = result.engine_id if result.engine_id >= 0 else None
-    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
-
-
-def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
-    """The outcome a TaskResult reports, its value decoded (with the blobs it references)."""
-    outcome = TaskOutcome(
-        task_id=result.task_id,
-        engine_id=result.engine_id,
-        status=_STATUS.get(result.status, "error"),
-        error=outcome_error(result),
-        execution_count=result.execution_count,
-        submitted=result.submitted,
-        started=result.started,
-        completed=result.completed,
-        received=received,
-        blob_bytes=sum(blob.size for blob in blobs.values()),
-    )
-    if result.HasField("execute_result"):
-        outcome.execute_result = dict(result.execute_result.data)
-    if outcome.error is None and result.HasField("value"):
-        try:
-            outcome.value = wire.decode(result.value, blobs)
-        except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
-            outcome.status = "error"
-            outcome.error = RemoteError(
-                type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
-            )
-    return outcome

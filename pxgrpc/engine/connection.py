@@ -26,6 +26,7 @@ import grpc
 
 from pxgrpc import blobstream, diagnose, identity, sharedmem, versions, wire
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
+from pxgrpc.engine.directwork import DirectWork
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
 from pxgrpc.security.connection_file import ConnectionInfo
@@ -97,6 +98,11 @@ class EngineConnection:
         self.registered = threading.Event()
         self.failure: BaseException | None = None
         self._outgoing: list[wire.pb.TaskEvent] = []
+        # Direct tasks to tell the controller about: (started, finished) task ids.
+        self._direct_started: list[str] = []
+        self._direct_finished: list[str] = []
+        #: The tasks clients hand this engine directly (with a data endpoint).
+        self.direct: DirectWork | None = None
         self._release: list[object] = []
         self._outgoing_lock = threading.Lock()
         self._wake_pending = False
@@ -139,11 +145,31 @@ class EngineConnection:
         Events queued before the I/O thread gets round to sending travel in one message: the
         I/O thread is woken once per batch, not once per event. `release` is dropped once the
         event is sent (objects whose freeing would hold up the reply, such as a replaced list).
+        Events of tasks a client sent directly go back to it on its stream.
         """
+        if self.direct is not None and self.direct.route(event):
+            return
+        self._send_up(event, release)
+
+    def _send_up(self, event: wire.pb.TaskEvent, release: object = None) -> None:
+        """Queue an event for the work stream (from any thread)."""
         with self._outgoing_lock:
             self._outgoing.append(event)
             if release is not None:
                 self._release.append(release)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        if self.io.in_loop():
+            self._wake()
+        else:
+            self.io.call_soon(self._wake)
+
+    def _notify_direct(self, started: list[str], finished: list[str]) -> None:
+        """Tell the controller about direct tasks (from any thread)."""
+        with self._outgoing_lock:
+            self._direct_started.extend(started)
+            self._direct_finished.extend(finished)
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -158,10 +184,15 @@ class EngineConnection:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def _take_outgoing(self) -> tuple[list[wire.pb.TaskEvent], list[object]]:
-        """The next message's events: the oldest ones, up to MAX_BATCH_BYTES (at least one), so
-        that a burst of output never makes a message over gRPC's size limit."""
+    def _take_outgoing(self) -> tuple[wire.pb.EngineMessage, list[object]]:
+        """The next message: the oldest events, up to MAX_BATCH_BYTES (at least one), so that a
+        burst of output never makes a message over gRPC's size limit; and the direct tasks to
+        tell about."""
         with self._outgoing_lock:
+            message = wire.pb.EngineMessage(
+                direct_started=self._direct_started, direct_finished=self._direct_finished
+            )
+            self._direct_started, self._direct_finished = [], []
             size, count = 0, 0
             for event in self._outgoing:
                 size += event.ByteSize()
@@ -172,7 +203,8 @@ class EngineConnection:
             release: list[object] = []
             if not self._outgoing:
                 release, self._release = self._release, []
-        return events, release
+        message.events.extend(events)
+        return message, release
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
@@ -215,8 +247,10 @@ class EngineConnection:
     async def _main(self) -> None:
         self._wakeup = asyncio.Event()
         if offers_data(self.info):
+            direct = DirectWork(self.io, self.accept, self._notify_direct, self._send_up)
             try:
-                self.data = await start_data_endpoint(self.info, self.data_host)
+                self.data = await start_data_endpoint(self.info, self.data_host, direct.Tasks)
+                self.direct = direct
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
                 log.warning("no data endpoint: %s", exc)
                 self.data = None
@@ -376,29 +410,22 @@ class EngineConnection:
         assert self._wakeup is not None
         yield wire.pb.EngineMessage(engine_id=reply.engine_id, registration_token=reply.registration_token)
         while number == self._stream_number:
-            if not self._outgoing:
+            if not (self._outgoing or self._direct_started or self._direct_finished):
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
                 if number != self._stream_number:
                     return
-            events, release = self._take_outgoing()
+            message, release = self._take_outgoing()
             now = time.monotonic()
-            self._sent_results.extend((now, e) for e in events if e.WhichOneof("kind") == "result")
-            yield wire.pb.EngineMessage(events=events)
-            del events, release  # (the message is written: free what its sender left behind)
+            self._sent_results.extend((now, e) for e in message.events if e.WhichOneof("kind") == "result")
+            yield message
+            del message, release  # (the message is written: free what its sender left behind)
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:
         """Act on a command; True when the engine must stop."""
         for task in command.tasks:
-            item = WorkItem(task)
-            refs = wire.blob_ids_of_action(task.action)
-            if refs:
-                item.blobs = concurrent.futures.Future()
-                self.io.background(self._fetch(refs, item.blobs))
-            with self._queue_lock:
-                self._queued[task.task_id] = item
-            self.work.put(item)
+            self.accept(task)
         for task_id in command.abort_task_ids:
             self._abort_queued(task_id)
         signal_number = command.interrupt_signal or signal.SIGINT
@@ -407,6 +434,17 @@ class EngineConnection:
         if command.interrupt and not idle_sigint and self._main_thread is not None:
             self._interrupt_running_task(signal_number)
         return command.shutdown
+
+    def accept(self, task: wire.pb.Task) -> None:
+        """Queue a task for the main thread (in the I/O thread), its blobs fetched meanwhile."""
+        item = WorkItem(task)
+        refs = wire.blob_ids_of_action(task.action)
+        if refs:
+            item.blobs = concurrent.futures.Future()
+            self.io.background(self._fetch(refs, item.blobs))
+        with self._queue_lock:
+            self._queued[task.task_id] = item
+        self.work.put(item)
 
     def _interrupt_running_task(self, signal_number: int) -> None:
         """SIGINT raises KeyboardInterrupt in the user's code; any other signal goes to the whole
