@@ -30,6 +30,7 @@ from pxgrpc import blobstream, diagnose, versions, wire
 from pxgrpc.client.assemble import Assembly, Held
 from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary
 from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.directlinks import DirectLink, DirectLinks
 from pxgrpc.client.errors import (
     AuthenticationError,
     PxConnectionError,
@@ -95,7 +96,10 @@ class Transport:
         try:
             self.channel = self._run(self._open_channel(), timeout)
             self.calls = ControllerCalls(self.channel, metadata)
-            self.submitter = Submitter(self.io, self.calls, self._datapath, self._in_flight)
+            self._links = DirectLinks(self.io, self._datapath, self._on_direct_event, self._on_direct_broken)
+            self.submitter = Submitter(
+                self.io, self.calls, self._datapath, self._in_flight, self._links, self._session_id
+            )
             # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
             self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
         except BaseException:
@@ -247,6 +251,8 @@ class Transport:
             self._stream.cancel()
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        if hasattr(self, "_links"):
+            await self._links.close()
         await self._datapath.close()
         if hasattr(self, "channel"):
             await self.channel.close()
@@ -299,7 +305,9 @@ class Transport:
         with self._lock:
             self._engines_generation = -1  # a restarted controller counts from 0 again
         self._note_engines(reply)
-        self._stream = self._open_session(self._in_flight.pending())
+        # (Direct tasks come back on their own streams: the controller need not account for them.)
+        pending = [t for t in self._in_flight.pending() if not self.submitter.is_direct(t)]
+        self._stream = self._open_session(pending)
         return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
@@ -334,6 +342,7 @@ class Transport:
                 listener.on_data(published.task_id, published.engine_id, values)
         elif kind == "result":
             result = event.result
+            self.submitter.task_done(result.task_id)
             listener, url = self._in_flight.finish(result.task_id)
             if listener is None:
                 return
@@ -346,6 +355,29 @@ class Transport:
                 self.io.background(self._deliver_with_blobs(result, listener, url, received))
             else:
                 listener.on_result(decode_outcome(result, {}, received))
+
+    def _on_direct_event(self, event: wire.pb.TaskEvent) -> None:
+        """An event on a direct link: its task id is "<session>/<task id>"; ours is the second part."""
+        kind = event.WhichOneof("kind")
+        if kind is None:
+            return
+        inner = getattr(event, kind)
+        inner.task_id = inner.task_id.partition("/")[2]
+        self._dispatch(event)
+
+    def _on_direct_broken(self, link: DirectLink, why: str) -> None:
+        """A direct link failed: its tasks fail (their outcome is unknown), later ones are relayed."""
+        tasks = self.submitter.direct_tasks_on(link.engine_id)
+        log.warning("direct task stream to engine %d at %s failed (%s)", link.engine_id, link.url, why)
+        error = PxConnectionError(
+            f"the direct task stream to engine {link.engine_id} at {link.url} failed ({why}): "
+            "the task's outcome is unknown"
+        )
+        for task_id in tasks:
+            self.submitter.task_done(task_id)
+            listener, _ = self._in_flight.finish(task_id)
+            if listener is not None:
+                listener.on_result(TaskOutcome(task_id, link.engine_id, "error", error=error))
 
     async def _deliver_with_blobs(
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float

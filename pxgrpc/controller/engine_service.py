@@ -105,9 +105,9 @@ class EngineService(BlobTransfers):
 
 def direct_finished(engine: EngineRecord, keys: Iterable[str]) -> None:
     """Tasks a client sent this engine directly got their result back on the direct stream:
-    forget them here (they count as completed)."""
+    forget them here (they count as completed, also those that ran too briefly to be told of)."""
     for key in keys:
+        engine.completed += 1
         record = engine.inflight.pop(key, None)
         if record is not None:
-            engine.completed += 1
             record.session.tasks.pop(record.task_id, None)

@@ -46,6 +46,8 @@ class WorkItem:
 
 
 SHUTDOWN = None
+#: Seconds the controller hears of direct tasks after they start or finish, at most (batched).
+NOTICE_DELAY = 0.005
 #: Seconds a task may keep running after the controller is gone before the engine exits anyway.
 EXIT_GRACE = 3.0
 #: Results sent this recently are sent again after a reconnect: they may have gone down with
@@ -101,6 +103,7 @@ class EngineConnection:
         # Direct tasks to tell the controller about: (started, finished) task ids.
         self._direct_started: list[str] = []
         self._direct_finished: list[str] = []
+        self._notice_pending = False
         #: The tasks clients hand this engine directly (with a data endpoint).
         self.direct: DirectWork | None = None
         self._release: list[object] = []
@@ -166,17 +169,21 @@ class EngineConnection:
             self.io.call_soon(self._wake)
 
     def _notify_direct(self, started: list[str], finished: list[str]) -> None:
-        """Tell the controller about direct tasks (from any thread)."""
+        """Tell the controller about direct tasks (in the I/O thread), a few milliseconds later:
+        one message then covers many short tasks (and none of their round trips waits for it)."""
         with self._outgoing_lock:
             self._direct_started.extend(started)
             self._direct_finished.extend(finished)
-            if self._wake_pending:
+            if self._notice_pending:
                 return
-            self._wake_pending = True
-        if self.io.in_loop():
-            self._wake()
-        else:
-            self.io.call_soon(self._wake)
+            self._notice_pending = True
+        self.io.call_later(NOTICE_DELAY, self._wake_for_notices)
+
+    def _wake_for_notices(self) -> None:
+        with self._outgoing_lock:
+            self._notice_pending = False
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     def _wake(self) -> None:
         with self._outgoing_lock:
@@ -189,9 +196,10 @@ class EngineConnection:
         burst of output never makes a message over gRPC's size limit; and the direct tasks to
         tell about."""
         with self._outgoing_lock:
-            message = wire.pb.EngineMessage(
-                direct_started=self._direct_started, direct_finished=self._direct_finished
-            )
+            # (A task that started and finished since the last message is only counted as done.)
+            finished = set(self._direct_finished)
+            started = [key for key in self._direct_started if key not in finished]
+            message = wire.pb.EngineMessage(direct_started=started, direct_finished=self._direct_finished)
             self._direct_started, self._direct_finished = [], []
             size, count = 0, 0
             for event in self._outgoing:
