@@ -33,6 +33,7 @@ from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.directlinks import DirectLink, DirectLinks
 from pxgrpc.client.errors import (
     AuthenticationError,
+    EngineError,
     PxConnectionError,
 )
 from pxgrpc.client.outcomes import decode_outcome
@@ -47,6 +48,8 @@ from pxgrpc.security.credentials import channel_options
 from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
+#: Seconds the tasks of a broken direct link wait for the controller's word before they fail.
+DIRECT_ORPHAN_GRACE = 10.0
 T = TypeVar("T")
 
 
@@ -366,18 +369,28 @@ class Transport:
         self._dispatch(event)
 
     def _on_direct_broken(self, link: DirectLink, why: str) -> None:
-        """A direct link failed: its tasks fail (their outcome is unknown), later ones are relayed."""
+        """A direct link failed: later tasks for its engine are relayed. The engine may have
+        died (the controller then answers its tasks, saying how) or only the link may be gone
+        (the engine then sends their results through the controller): the tasks wait for
+        that, and fail after DIRECT_ORPHAN_GRACE seconds should nothing come (the engine died
+        before the controller heard of them)."""
         tasks = self.submitter.direct_tasks_on(link.engine_id)
         log.warning("direct task stream to engine %d at %s failed (%s)", link.engine_id, link.url, why)
-        error = PxConnectionError(
-            f"the direct task stream to engine {link.engine_id} at {link.url} failed ({why}): "
-            "the task's outcome is unknown"
-        )
         for task_id in tasks:
-            self.submitter.task_done(task_id)
+            self.submitter.task_done(task_id)  # (the engine has them queued before any later one)
+        if tasks:
+            error = EngineError(
+                f"engine {link.engine_id}: its direct task stream at {link.url} failed ({why}) "
+                "and the controller did not report the task's end: the engine died or is unreachable",
+                link.engine_id,
+            )
+            self.io.loop.call_later(DIRECT_ORPHAN_GRACE, self._fail_orphans, tasks, link.engine_id, error)
+
+    def _fail_orphans(self, task_ids: list[str], engine_id: int, error: EngineError) -> None:
+        for task_id in task_ids:
             listener, _ = self._in_flight.finish(task_id)
             if listener is not None:
-                listener.on_result(TaskOutcome(task_id, link.engine_id, "error", error=error))
+                listener.on_result(TaskOutcome(task_id, engine_id, "engine_died", error=error))
 
     async def _deliver_with_blobs(
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
