@@ -374,17 +374,22 @@ class Transport:
         (the engine then sends their results through the controller): the tasks wait for
         that, and fail after DIRECT_ORPHAN_GRACE seconds should nothing come (the engine died
         before the controller heard of them)."""
-        tasks = self.submitter.direct_tasks_on(link.engine_id)
         log.warning("direct task stream to engine %d at %s failed (%s)", link.engine_id, link.url, why)
+        self._orphan_direct(link.engine_id, f"its direct task stream at {link.url} failed ({why})")
+
+    def _orphan_direct(self, engine_id: int, why: str) -> None:
+        """The direct tasks on an engine may never answer: wait for the controller's word on
+        them for DIRECT_ORPHAN_GRACE seconds, then fail them (in the I/O thread)."""
+        tasks = self.submitter.direct_tasks_on(engine_id)
         for task_id in tasks:
             self.submitter.task_done(task_id)  # (the engine has them queued before any later one)
         if tasks:
             error = EngineError(
-                f"engine {link.engine_id}: its direct task stream at {link.url} failed ({why}) "
-                "and the controller did not report the task's end: the engine died or is unreachable",
-                link.engine_id,
+                f"engine {engine_id}: {why}, and the controller did not report the end of this task "
+                "sent to it directly: the engine died or is unreachable",
+                engine_id,
             )
-            self.io.loop.call_later(DIRECT_ORPHAN_GRACE, self._fail_orphans, tasks, link.engine_id, error)
+            self.io.loop.call_later(DIRECT_ORPHAN_GRACE, self._fail_orphans, tasks, engine_id, error)
 
     def _fail_orphans(self, task_ids: list[str], engine_id: int, error: EngineError) -> None:
         for task_id in task_ids:
@@ -419,7 +424,10 @@ class Transport:
         with self._lock:
             if reply.generation >= self._engines_generation:
                 self._engines_generation = reply.generation
+                gone = set(self._engine_ids) - {e.engine_id for e in reply.engines}
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
+                for engine_id in gone:
+                    self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
                 self._check_versions(reply.engines)
 
