@@ -24,10 +24,14 @@ import grpc
 
 from pxgrpc import blobstream, wire
 from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.errors import EngineError
+from pxgrpc.client.tasks import TaskListener, TaskOutcome
 from pxgrpc.loopthread import LoopThread
 
 log = logging.getLogger(__name__)
 
+#: Seconds the tasks of a broken direct link wait for the controller's word before they fail.
+ORPHAN_GRACE = 10.0
 #: Seconds to wait for an engine's data endpoint to accept a connection before giving it up.
 CONNECT_TIMEOUT = 5.0
 
@@ -160,3 +164,29 @@ class DirectLinks:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
         self._runners.clear()
+
+
+def fail_later(
+    io: LoopThread,
+    task_ids: list[str],
+    engine_id: int,
+    why: str,
+    finish: Callable[[str], TaskListener | None],
+) -> None:
+    """Direct tasks on an engine that may never answer them: the engine may have died (the
+    controller then answers the tasks it heard of, saying how) or only the link may be gone
+    (the engine then sends their results through the controller). Those still unanswered after
+    ORPHAN_GRACE seconds (the engine died before the controller heard of them) fail."""
+    error = EngineError(
+        f"engine {engine_id}: {why}, and the controller did not report the end of this task "
+        "sent to it directly: the engine died or is unreachable",
+        engine_id,
+    )
+
+    def fail() -> None:
+        for task_id in task_ids:
+            listener = finish(task_id)
+            if listener is not None:
+                listener.on_result(TaskOutcome(task_id, engine_id, "engine_died", error=error))
+
+    io.loop.call_later(ORPHAN_GRACE, fail)

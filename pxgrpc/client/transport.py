@@ -30,16 +30,16 @@ from pxgrpc import blobstream, diagnose, versions, wire
 from pxgrpc.client.assemble import Assembly, Held
 from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary
 from pxgrpc.client.datapath import DataPath
-from pxgrpc.client.directlinks import DirectLink, DirectLinks
+from pxgrpc.client.directlinks import DirectLink, DirectLinks, fail_later
 from pxgrpc.client.errors import (
     AuthenticationError,
-    EngineError,
     PxConnectionError,
 )
+from pxgrpc.client.inflight import InFlight
 from pxgrpc.client.outcomes import decode_outcome
 from pxgrpc.client.reconnect import LOST, StreamEnd, redial
 from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
-from pxgrpc.client.submit import InFlight, Submitter
+from pxgrpc.client.submit import Submitter
 from pxgrpc.client.tasks import Job, TaskListener, TaskOutcome
 from pxgrpc.loopthread import LoopClosed, LoopThread
 from pxgrpc.memory import reuse_freed_memory
@@ -48,8 +48,6 @@ from pxgrpc.security.credentials import channel_options
 from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
-#: Seconds the tasks of a broken direct link wait for the controller's word before they fail.
-DIRECT_ORPHAN_GRACE = 10.0
 T = TypeVar("T")
 
 
@@ -378,24 +376,12 @@ class Transport:
         self._orphan_direct(link.engine_id, f"its direct task stream at {link.url} failed ({why})")
 
     def _orphan_direct(self, engine_id: int, why: str) -> None:
-        """The direct tasks on an engine may never answer: wait for the controller's word on
-        them for DIRECT_ORPHAN_GRACE seconds, then fail them (in the I/O thread)."""
+        """The direct tasks on an engine may never answer (in the I/O thread)."""
         tasks = self.submitter.direct_tasks_on(engine_id)
         for task_id in tasks:
             self.submitter.task_done(task_id)  # (the engine has them queued before any later one)
         if tasks:
-            error = EngineError(
-                f"engine {engine_id}: {why}, and the controller did not report the end of this task "
-                "sent to it directly: the engine died or is unreachable",
-                engine_id,
-            )
-            self.io.loop.call_later(DIRECT_ORPHAN_GRACE, self._fail_orphans, tasks, engine_id, error)
-
-    def _fail_orphans(self, task_ids: list[str], engine_id: int, error: EngineError) -> None:
-        for task_id in task_ids:
-            listener, _ = self._in_flight.finish(task_id)
-            if listener is not None:
-                listener.on_result(TaskOutcome(task_id, engine_id, "engine_died", error=error))
+            fail_later(self.io, tasks, engine_id, why, lambda t: self._in_flight.finish(t)[0])
 
     async def _deliver_with_blobs(
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
