@@ -30,6 +30,8 @@ from pxgrpc._proto.controller_pb2 import (
     Targets,
 )
 from pxgrpc._proto.engine_pb2 import (
+    DirectEvents,
+    DirectTasks,
     EngineCommand,
     EngineExit,
     EngineExitReply,
@@ -84,6 +86,8 @@ __all__ = [
     "BlobSlice",
     "Buffer",
     "DataEvent",
+    "DirectEvents",
+    "DirectTasks",
     "DisplayEvent",
     "DownloadRequest",
     "EngineCommand",

@@ -15,7 +15,8 @@ control. This prints the evidence:
   joining two 40 MB halves with `np.concatenate` would cost (a gather of arrays downloads each
   part into its slice of one array instead: `pxgrpc.client.assemble`);
 - phases: the median time, from the call, at which each process reaches each step of
-  `rc[0].apply_sync(noop)`, of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
+  `rc[0].apply_sync(noop)` (relayed by the controller, and sent straight to the engine with
+  `PXGRPC_DIRECT_TASKS=on`), of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
   float64 array) on a 2-engine cluster. The steps are stamped by the processes themselves (the
   controller's `submitted`, the engine's `started` and `completed`), all on this host's clock;
 - with --py-spy (py-spy on PATH): the functions the controller and an engine spend their samples
@@ -97,21 +98,23 @@ def phases(title: str, rows: list[dict[str, float]]) -> None:
         print(f"  {step:<46}{statistics.median(row[step] for row in rows) * 1e3:8.3f} ms")
 
 
-def stamps(ar: Any, t0: float) -> dict[str, float]:
-    """When each engine's task reached the controller, started and ended (seconds from t0)."""
+def stamps(ar: Any, t0: float, sent: str = "controller has the task") -> dict[str, float]:
+    """When each engine's task reached the controller (a direct task: left the client),
+    started and ended (seconds from t0)."""
     outcomes = sorted(ar._events.outcomes, key=lambda o: o.started)
     out = {}
     for k, o in enumerate(outcomes):
         who = "engine" if len(outcomes) == 1 else f"engine {k + 1} of {len(outcomes)}"
-        out[f"controller has the task for {who}"] = o.submitted - t0
+        out[f"{sent} for {who}"] = o.submitted - t0
         out[f"{who} starts it"] = o.started - t0
         out[f"{who} is done"] = o.completed - t0
         out[f"client has {who}'s result event"] = o.received - t0
     return out
 
 
-def apply_phases(rc: Any, calls: int = 2000) -> None:
+def apply_phases(rc: Any, calls: int = 2000, direct: bool = False) -> None:
     e0 = rc[0]
+    sent = "client sends the task straight" if direct else "controller has the task"
     rows = []
     warmup = calls // 10
     for i in range(calls + warmup):
@@ -124,11 +127,28 @@ def apply_phases(rc: Any, calls: int = 2000) -> None:
             rows.append(
                 {
                     "client has encoded and queued it": queued,
-                    **stamps(ar, t0),
+                    **stamps(ar, t0, sent),
                     "get() returns": returned,
                 }
             )
-    phases("rc[0].apply_sync(noop), median time from the call", rows)
+    path = "direct to the engine (PXGRPC_DIRECT_TASKS=on)" if direct else "relayed by the controller"
+    phases(f"rc[0].apply_sync(noop), {path}, median time from the call", rows)
+
+
+def direct_apply_phases(cluster: Any, calls: int) -> None:
+    """The same round trip on the direct path: a second client with direct tasks on."""
+    os.environ["PXGRPC_DIRECT_TASKS"] = "on"
+    try:
+        rc = pxgrpc.Client(cluster.connection_file)
+    finally:
+        os.environ.pop("PXGRPC_DIRECT_TASKS")
+    try:
+        deadline = time.monotonic() + 10
+        while rc._transport._links.usable(0) is None and time.monotonic() < deadline:
+            rc[0].apply_sync(noop)  # (the first tasks are relayed while the link connects)
+        apply_phases(rc, calls, direct=True)
+    finally:
+        rc.close()
 
 
 def scatter_gather_phases(rc: Any, reps: int = 15) -> None:
@@ -227,6 +247,7 @@ def main() -> int:
     rc = cluster.start_and_connect_sync()
     try:
         apply_phases(rc, 200 if args.quick else 2000)
+        direct_apply_phases(cluster, 200 if args.quick else 2000)
         scatter_gather_phases(rc, 3 if args.quick else 15)
         if args.py_spy:
             py_spy_profile(rc, cluster)

@@ -60,6 +60,7 @@ def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
         "through one relay process",
         "pickle.loads of them",
         "controller has the task for engine",
+        "client sends the task straight for engine",
         "engine 2 of 2 is done",
         "client has every result (decoded, joined)",
     ):

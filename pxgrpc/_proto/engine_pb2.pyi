@@ -87,6 +87,62 @@ class EngineExitReply(_message.Message):
 Global___EngineExitReply: _TypeAlias = EngineExitReply  # noqa: Y015
 
 @_typing.final
+class DirectTasks(_message.Message):
+    """Tasks a client sends on `EngineData.Tasks`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
+        """Run in this order, after any earlier ones. `Task.task_id` must be
+        "<session_id>/<task id>": the client's `SessionRequest.session_id`, a slash, and the id it
+        gives the task (as `SubmitTask.task_id`); the controller routes the task's result to that
+        session if it has to relay it, and Abort/QueueStatus name the task by the part after the
+        slash. Set `direct_results` (result blobs wait here for `EngineData.Download`); blobs the
+        task references must have been uploaded here with `EngineData.Upload` first.
+        """
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[_task_pb2.Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectTasks: _TypeAlias = DirectTasks  # noqa: Y015
+
+@_typing.final
+class DirectEvents(_message.Message):
+    """What the engine sends back on `EngineData.Tasks`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]:
+        """Output, display data, published data and results of the stream's tasks, in the order
+        produced; `task_id` is the full "<session_id>/<task id>" of `DirectTasks`.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectEvents: _TypeAlias = DirectEvents  # noqa: Y015
+
+@_typing.final
 class RegisterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -238,6 +294,8 @@ class EngineMessage(_message.Message):
     ENGINE_ID_FIELD_NUMBER: _builtins.int
     REGISTRATION_TOKEN_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    DIRECT_STARTED_FIELD_NUMBER: _builtins.int
+    DIRECT_FINISHED_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.int
     """First message only: which registration this stream belongs to."""
     registration_token: _builtins.str
@@ -245,16 +303,33 @@ class EngineMessage(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]:
         """Output and results of tasks. An empty message is a heartbeat."""
 
+    @_builtins.property
+    def direct_started(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tasks a client handed this engine directly (`EngineData.Tasks`) since the last message,
+        by their full task id ("<session_id>/<task id>"): the controller counts them as the
+        engine's, like tasks it sent (queue status, Abort, Interrupt, an EngineError should the
+        engine die). Sent before any event of those tasks.
+        """
+
+    @_builtins.property
+    def direct_finished(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Direct tasks whose result went back to their client on the direct stream: the controller
+        forgets them (and counts them as completed). A direct task whose result comes in `events`
+        instead (its direct stream broke) is settled like any other result.
+        """
+
     def __init__(
         self,
         *,
         engine_id: _builtins.int = ...,
         registration_token: _builtins.str = ...,
         events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
+        direct_started: _abc.Iterable[_builtins.str] | None = ...,
+        direct_finished: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_id", b"engine_id", "events", b"events", "registration_token", b"registration_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direct_finished", b"direct_finished", "direct_started", b"direct_started", "engine_id", b"engine_id", "events", b"events", "registration_token", b"registration_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

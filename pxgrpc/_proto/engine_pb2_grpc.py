@@ -298,6 +298,11 @@ class EngineDataStub:
                 request_serializer=pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.Tasks = channel.stream_stream(
+                '/pxgrpc.v1.EngineData/Tasks',
+                request_serializer=pxgrpc_dot_v1_dot_engine__pb2.DirectTasks.SerializeToString,
+                response_deserializer=pxgrpc_dot_v1_dot_engine__pb2.DirectEvents.FromString,
+                _registered_method=True)
 
 
 class EngineDataServicer:
@@ -324,6 +329,22 @@ class EngineDataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tasks(self, request_iterator, context):
+        """Run DirectView tasks without the relay through the controller (optional for clients; the
+        Python client uses it only with PXGRPC_DIRECT_TASKS=on). The engine runs them in the same
+        queue as the tasks the controller sends, in the order they arrive, and sends their output
+        and results back on this stream (not through the controller). It tells the controller about
+        each one on its work stream (`EngineMessage.direct_started` / `direct_finished`), so queue
+        status, Abort and Interrupt see direct tasks like relayed ones. A client keeps its own
+        tasks on one engine in order by sending a task here only while none of its tasks for that
+        engine is in flight through the controller, and the other way round. If this stream breaks
+        while a task runs, the engine sends that task's result through the controller instead (to
+        the session named in the task id); keep the first result of each task id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineDataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +357,11 @@ def add_EngineDataServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.FromString,
                     response_serializer=pxgrpc_dot_v1_dot_value__pb2.BlobChunk.SerializeToString,
+            ),
+            'Tasks': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tasks,
+                    request_deserializer=pxgrpc_dot_v1_dot_engine__pb2.DirectTasks.FromString,
+                    response_serializer=pxgrpc_dot_v1_dot_engine__pb2.DirectEvents.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +422,33 @@ class EngineData:
             '/pxgrpc.v1.EngineData/Download',
             pxgrpc_dot_v1_dot_value__pb2.DownloadRequest.SerializeToString,
             pxgrpc_dot_v1_dot_value__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tasks(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pxgrpc.v1.EngineData/Tasks',
+            pxgrpc_dot_v1_dot_engine__pb2.DirectTasks.SerializeToString,
+            pxgrpc_dot_v1_dot_engine__pb2.DirectEvents.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,7 @@ from pxgrpc.client.tasks import TaskListener, TaskOutcome
 #: Downloads a result blob: (url of the engine's data endpoint or None: the controller, blob id,
 #: where its bytes should land). Raises PxConnectionError or wire.DecodingError.
 Fetch = Callable[[str | None, str, memoryview | None], Awaitable[blobstream.IncomingBlob]]
-#: Decodes a TaskResult with the blobs it references (transport.decode_outcome).
+#: Decodes a TaskResult with the blobs it references (outcomes.decode_outcome).
 Decode = Callable[[wire.pb.TaskResult, wire.BlobMap, float], TaskOutcome]
 
 

@@ -34,7 +34,8 @@ class DataPath:
         credentials: grpc.ChannelCredentials | None = None,
         call_soon: Callable[..., object] | None = None,
     ) -> None:
-        self._metadata = metadata
+        #: The call metadata (the client token) for the engines' endpoints.
+        self.metadata = metadata
         self._credentials = credentials
         self._call_soon = call_soon
         self._urls: dict[int, str] = {}
@@ -55,7 +56,7 @@ class DataPath:
         """Open channels to `urls` and start connecting them (in the event loop; no waiting)."""
         for url in urls:
             if url not in self._broken:
-                self._channel(url).get_state(try_to_connect=True)
+                self.channel(url).get_state(try_to_connect=True)
 
     def connected(self, url: str) -> bool:
         """Whether the channel to `url` exists and is connected (READY)."""
@@ -75,7 +76,8 @@ class DataPath:
             log.warning("data endpoint %s unusable (%s): using the controller", url, why)
             self._broken.add(url)
 
-    def _channel(self, url: str) -> grpc.aio.Channel:
+    def channel(self, url: str) -> grpc.aio.Channel:
+        """The channel to an engine's data endpoint (opened on first use, closed by `close`)."""
         channel = self._channels.get(url)
         if channel is None:
             # No TLS server name override: the engine's certificate names the host it is dialed at.
@@ -89,24 +91,24 @@ class DataPath:
 
     async def upload(self, url: str, blob: blobstream.OutgoingBlob, timeout: float | None = None) -> None:
         """Send a blob to an engine for a task about to be submitted (raises grpc.RpcError)."""
-        upload = self._channel(url).stream_unary(
+        upload = self.channel(url).stream_unary(
             f"/{wire.ENGINE_DATA_SERVICE}/Upload",
             request_serializer=None,
             response_deserializer=wire.pb.UploadReply.FromString,
         )
-        await upload(blob.raw_messages(), metadata=self._metadata, timeout=timeout)
+        await upload(blob.raw_messages(), metadata=self.metadata, timeout=timeout)
 
     async def download(
         self, url: str, blob_id: str, into: memoryview | None = None
     ) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine, into `into` when given and of the blob's size
         (raises grpc.RpcError or wire.DecodingError)."""
-        download = self._channel(url).unary_stream(
+        download = self.channel(url).unary_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
-        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
+        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
         return await blobstream.receive(call, blob_id, into=into)
 
     async def close(self) -> None:

@@ -21,7 +21,7 @@ from pxgrpc.client.errors import PxConnectionError
 from pxgrpc.client.rpcerrors import rpc_error
 
 if TYPE_CHECKING:
-    from pxgrpc.client.transport import ControllerCalls
+    from pxgrpc.client.calls import ControllerCalls
 
 log = logging.getLogger(__name__)
 

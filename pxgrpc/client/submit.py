@@ -26,60 +26,17 @@ import grpc
 from pxgrpc import blobstream, wire
 from pxgrpc.client import funcache
 from pxgrpc.client.datapath import DataPath
-from pxgrpc.client.errors import PxConnectionError
+from pxgrpc.client.directlinks import DirectLink, DirectLinks
+from pxgrpc.client.inflight import InFlight
 from pxgrpc.client.tasks import Action, Apply, Execute, Push, TaskListener
 from pxgrpc.loopthread import LoopThread
 
 if TYPE_CHECKING:
-    from pxgrpc.client.transport import ControllerCalls
+    from pxgrpc.client.calls import ControllerCalls
 
 log = logging.getLogger(__name__)
 
 _task_counter = itertools.count()
-
-
-class InFlight:
-    """The tasks submitted and not finished: who listens to each, and, for tasks whose result
-    blobs wait on their engine's data endpoint, that endpoint. The submitter adds tasks; the
-    session stream's reader takes them off as their results come."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._listeners: dict[str, TaskListener] = {}
-        self._result_urls: dict[str, str] = {}
-        #: Why the connection failed, once it has: new submits raise it.
-        self.failure: PxConnectionError | None = None
-
-    def add(self, task_ids: Sequence[str], listener: TaskListener, result_urls: dict[str, str]) -> None:
-        """Tasks about to be submitted (raises the connection's failure, once there is one)."""
-        if self.failure is not None:
-            raise self.failure
-        with self._lock:
-            for task_id in task_ids:
-                self._listeners[task_id] = listener
-            self._result_urls.update(result_urls)
-
-    def listener(self, task_id: str) -> TaskListener | None:
-        """Who listens to a task still running."""
-        return self._listeners.get(task_id)
-
-    def finish(self, task_id: str) -> tuple[TaskListener | None, str | None]:
-        """A task's result came: its listener, and the data endpoint holding its blobs (or None)."""
-        with self._lock:
-            return self._listeners.pop(task_id, None), self._result_urls.pop(task_id, None)
-
-    def pending(self) -> list[str]:
-        """The tasks still waiting for their result."""
-        with self._lock:
-            return list(self._listeners)
-
-    def fail_all(self, error: PxConnectionError) -> dict[str, TaskListener]:
-        """The connection is gone: forget every task; returns them with their listeners."""
-        with self._lock:
-            self.failure = self.failure or error
-            listeners, self._listeners = self._listeners, {}
-            self._result_urls.clear()
-        return listeners
 
 
 class Submitter:
@@ -87,9 +44,24 @@ class Submitter:
     uploads of their blobs (to the engines' data endpoints, or relayed by the controller)."""
 
     def __init__(
-        self, io: LoopThread, calls: ControllerCalls, datapath: DataPath, in_flight: InFlight
+        self,
+        io: LoopThread,
+        calls: ControllerCalls,
+        datapath: DataPath,
+        in_flight: InFlight,
+        links: DirectLinks,
+        session_id: str,
     ) -> None:
         self._io = io
+        self._links = links
+        self._session_id = session_id
+        # The order of this client's tasks on one engine, whichever path they take: engine ->
+        # tasks in flight through the controller, and sent directly; task -> (engine, direct).
+        self._relay_on: collections.Counter[int] = collections.Counter()
+        self._direct_on: collections.Counter[int] = collections.Counter()
+        self._task_path: dict[str, tuple[int, bool]] = {}
+        # Relayed submits that wait until an engine's direct tasks are done.
+        self._drains: dict[int, list[concurrent.futures.Future[None]]] = {}
         self._calls = calls
         self._datapath = datapath
         self._in_flight = in_flight
@@ -124,6 +96,8 @@ class Submitter:
         """Run `action` on each target (None: load-balanced) as the tasks `task_ids`."""
         template = wire.pb.SubmitTask(encoding=encoding, retries=retries)
         blob = encode_action(action, template.action)
+        if blob is None and self._links.enabled and self._send_direct(task_ids, template, targets, listener):
+            return
         submits = []
         for task_id, target in zip(task_ids, targets, strict=True):
             submit = wire.pb.SubmitTask()
@@ -185,6 +159,84 @@ class Submitter:
         for blob in relayed:
             self._start_relay(blob)
 
+    def _send_direct(
+        self,
+        task_ids: Sequence[str],
+        template: wire.pb.SubmitTask,
+        targets: Sequence[int | None],
+        listener: TaskListener,
+    ) -> bool:
+        """Send tasks straight to their engines, if every one's link is up and none of this
+        client's tasks for those engines is in flight through the controller; else False."""
+        links: list[DirectLink] = []
+        for target in targets:
+            link = self._links.usable(target)
+            if link is None:
+                return False
+            links.append(link)
+        with self._lock:
+            if any(self._relay_on[link.engine_id] for link in links):
+                return False
+            self._in_flight.add(
+                task_ids, listener, {t: link.url for t, link in zip(task_ids, links, strict=True)}
+            )
+            for task_id, link in zip(task_ids, links, strict=True):
+                self._direct_on[link.engine_id] += 1
+                self._task_path[task_id] = (link.engine_id, True)
+        now = time.time()
+        for task_id, link in zip(task_ids, links, strict=True):
+            task = wire.pb.Task(
+                task_id=f"{self._session_id}/{task_id}",
+                action=template.action,
+                encoding=template.encoding,
+                direct_results=True,
+                submitted=now,
+            )
+            link.send(task)
+        return True
+
+    def task_done(self, task_id: str) -> None:
+        """A task's result came (either path): relayed submits held for its engine may go."""
+        drains: list[concurrent.futures.Future[None]] = []
+        with self._lock:
+            path = self._task_path.pop(task_id, None)
+            if path is None:
+                return
+            engine_id, direct = path
+            counts = self._direct_on if direct else self._relay_on
+            counts[engine_id] -= 1
+            if counts[engine_id] <= 0:
+                del counts[engine_id]
+                if direct:
+                    drains = self._drains.pop(engine_id, [])
+        for drain in drains:
+            drain.set_result(None)
+
+    def is_direct(self, task_id: str) -> bool:
+        """Whether a task in flight went straight to its engine."""
+        path = self._task_path.get(task_id)
+        return path is not None and path[1]
+
+    def direct_tasks_on(self, engine_id: int) -> list[str]:
+        """The tasks in flight on an engine's direct link."""
+        with self._lock:
+            return [t for t, path in self._task_path.items() if path == (engine_id, True)]
+
+    def _drain_gate(self, submit: wire.pb.SubmitTask) -> concurrent.futures.Future[None] | None:
+        """(With the lock held.) Count a relayed submit; a gate that opens once its engine's
+        direct tasks are done, when some are in flight (so that the engine runs them first)."""
+        if submit.load_balanced:
+            return None
+        engine_id = submit.engine_id
+        self._relay_on[engine_id] += 1
+        self._task_path[submit.task_id] = (engine_id, False)
+        if not self._direct_on[engine_id]:
+            return None
+        gate: concurrent.futures.Future[None] = concurrent.futures.Future()
+        gate.add_done_callback(self._gate_opened)
+        self._drains.setdefault(engine_id, []).append(gate)
+        return gate
+
     def _enqueue(
         self,
         ids: Sequence[str],
@@ -197,6 +249,7 @@ class Submitter:
         data endpoint fetch their result blobs from it. Returns the uploads to the engines."""
         gates = []
         result_urls = {}
+        uploads: dict[int, concurrent.futures.Future[None]] = {}
         for submit, blob in zip(submits, engine_blobs, strict=True):
             url = self._datapath.url_for(submit.engine_id) if not submit.load_balanced else None
             if url is None:
@@ -206,16 +259,22 @@ class Submitter:
             if blob is not None:
                 gate = self._io.submit(self._send_to_engine(submit, blob, url))
                 gate.add_done_callback(self._gate_opened)
-                gates.append((submit, gate))
+                uploads[id(submit)] = gate
+                gates.append(gate)
         self._in_flight.add(ids, listener, result_urls)
         with self._lock:
+            for submit in submits:
+                if id(submit) in uploads:
+                    self._gates.append((submit, uploads[id(submit)]))
+                drain = self._drain_gate(submit)
+                if drain is not None:
+                    self._gates.append((submit, drain))
             self._outgoing.extend(submits)
-            self._gates.extend(gates)
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
             self._io.call_soon(self._wakeup.set)
-        return [gate for _, gate in gates]
+        return gates
 
     def _wait_sent(
         self,

@@ -21,25 +21,25 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from pxgrpc import blobstream, diagnose, versions, wire
 from pxgrpc.client.assemble import Assembly, Held
+from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary
 from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.directlinks import DirectLink, DirectLinks, fail_later
 from pxgrpc.client.errors import (
     AuthenticationError,
-    EngineError,
     PxConnectionError,
-    PxError,
-    RemoteError,
-    TaskAborted,
 )
+from pxgrpc.client.inflight import InFlight
+from pxgrpc.client.outcomes import decode_outcome
 from pxgrpc.client.reconnect import LOST, StreamEnd, redial
 from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
-from pxgrpc.client.submit import InFlight, Submitter
+from pxgrpc.client.submit import Submitter
 from pxgrpc.client.tasks import Job, TaskListener, TaskOutcome
 from pxgrpc.loopthread import LoopClosed, LoopThread
 from pxgrpc.memory import reuse_freed_memory
@@ -49,63 +49,6 @@ from pxgrpc.security.tokens import auth_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Req = TypeVar("Req")
-Rep = TypeVar("Rep")
-
-
-class Unary(Generic[Req, Rep]):
-    """One unary call of the Controller service, typed by its request and reply."""
-
-    def __init__(self, channel: grpc.aio.Channel, name: str, request: type[Req], reply: type[Rep]) -> None:
-        self._call = channel.unary_unary(
-            f"/{wire.CONTROLLER_SERVICE}/{name}",
-            request_serializer=request.SerializeToString,  # type: ignore[attr-defined]
-            response_deserializer=reply.FromString,  # type: ignore[attr-defined]
-        )
-
-    def __call__(self, request: Req, metadata: tuple[tuple[str, str], ...], timeout: float) -> Awaitable[Rep]:
-        return self._call(request, metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
-
-
-class ControllerCalls:
-    """The calls of the Controller service this client makes (blobs travel as raw bytes)."""
-
-    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
-        pb = wire.pb
-        self.metadata = metadata
-        self.list_engines = Unary(channel, "ListEngines", pb.ListEnginesRequest, pb.ListEnginesReply)
-        self.abort = Unary(channel, "Abort", pb.AbortRequest, pb.AbortReply)
-        self.interrupt = Unary(channel, "Interrupt", pb.InterruptRequest, pb.InterruptReply)
-        self.queue_status = Unary(channel, "QueueStatus", pb.QueueStatusRequest, pb.QueueStatusReply)
-        self.shutdown = Unary(channel, "Shutdown", pb.ShutdownRequest, pb.ShutdownReply)
-        svc = f"/{wire.CONTROLLER_SERVICE}/"
-        self._session_rpc = channel.stream_stream(
-            svc + "Session",
-            request_serializer=pb.SessionRequest.SerializeToString,
-            response_deserializer=pb.SessionEvent.FromString,
-        )
-        self._upload_rpc = channel.stream_unary(
-            svc + "Upload", request_serializer=None, response_deserializer=pb.UploadReply.FromString
-        )
-        self._download_rpc = channel.unary_stream(
-            svc + "Download",
-            request_serializer=pb.DownloadRequest.SerializeToString,
-            response_deserializer=None,
-        )
-
-    def session(self, requests: AsyncIterator[wire.pb.SessionRequest]) -> grpc.aio.StreamStreamCall[Any, Any]:
-        """Open the session stream: submits go up, engine lists and task events come down."""
-        return self._session_rpc(requests, metadata=self.metadata)
-
-    async def upload(self, blob: blobstream.OutgoingBlob) -> None:
-        """Upload a blob to the controller, which relays it to the engines (raises grpc.RpcError)."""
-        await self._upload_rpc(blob.raw_messages(), metadata=self.metadata)
-
-    async def download(self, blob_id: str, into: memoryview | None = None) -> blobstream.IncomingBlob:
-        """Fetch a result blob the controller relays, into `into` when given and of its size
-        (raises grpc.RpcError or wire.DecodingError)."""
-        call = self._download_rpc(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
-        return await blobstream.receive(call, blob_id, into=into)
 
 
 class Transport:
@@ -154,7 +97,10 @@ class Transport:
         try:
             self.channel = self._run(self._open_channel(), timeout)
             self.calls = ControllerCalls(self.channel, metadata)
-            self.submitter = Submitter(self.io, self.calls, self._datapath, self._in_flight)
+            self._links = DirectLinks(self.io, self._datapath, self._on_direct_event, self._on_direct_broken)
+            self.submitter = Submitter(
+                self.io, self.calls, self._datapath, self._in_flight, self._links, self._session_id
+            )
             # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
             self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
         except BaseException:
@@ -306,6 +252,8 @@ class Transport:
             self._stream.cancel()
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        if hasattr(self, "_links"):
+            await self._links.close()
         await self._datapath.close()
         if hasattr(self, "channel"):
             await self.channel.close()
@@ -358,7 +306,9 @@ class Transport:
         with self._lock:
             self._engines_generation = -1  # a restarted controller counts from 0 again
         self._note_engines(reply)
-        self._stream = self._open_session(self._in_flight.pending())
+        # (Direct tasks come back on their own streams: the controller need not account for them.)
+        pending = [t for t in self._in_flight.pending() if not self.submitter.is_direct(t)]
+        self._stream = self._open_session(pending)
         return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
@@ -393,6 +343,7 @@ class Transport:
                 listener.on_data(published.task_id, published.engine_id, values)
         elif kind == "result":
             result = event.result
+            self.submitter.task_done(result.task_id)
             listener, url = self._in_flight.finish(result.task_id)
             if listener is None:
                 return
@@ -405,6 +356,32 @@ class Transport:
                 self.io.background(self._deliver_with_blobs(result, listener, url, received))
             else:
                 listener.on_result(decode_outcome(result, {}, received))
+
+    def _on_direct_event(self, event: wire.pb.TaskEvent) -> None:
+        """An event on a direct link: its task id is "<session>/<task id>"; ours is the second part."""
+        kind = event.WhichOneof("kind")
+        if kind is None:
+            return
+        inner = getattr(event, kind)
+        inner.task_id = inner.task_id.partition("/")[2]
+        self._dispatch(event)
+
+    def _on_direct_broken(self, link: DirectLink, why: str) -> None:
+        """A direct link failed: later tasks for its engine are relayed. The engine may have
+        died (the controller then answers its tasks, saying how) or only the link may be gone
+        (the engine then sends their results through the controller): the tasks wait for
+        that, and fail after DIRECT_ORPHAN_GRACE seconds should nothing come (the engine died
+        before the controller heard of them)."""
+        log.warning("direct task stream to engine %d at %s failed (%s)", link.engine_id, link.url, why)
+        self._orphan_direct(link.engine_id, f"its direct task stream at {link.url} failed ({why})")
+
+    def _orphan_direct(self, engine_id: int, why: str) -> None:
+        """The direct tasks on an engine may never answer (in the I/O thread)."""
+        tasks = self.submitter.direct_tasks_on(engine_id)
+        for task_id in tasks:
+            self.submitter.task_done(task_id)  # (the engine has them queued before any later one)
+        if tasks:
+            fail_later(self.io, tasks, engine_id, why, lambda t: self._in_flight.finish(t)[0])
 
     async def _deliver_with_blobs(
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
@@ -433,7 +410,10 @@ class Transport:
         with self._lock:
             if reply.generation >= self._engines_generation:
                 self._engines_generation = reply.generation
+                gone = set(self._engine_ids) - {e.engine_id for e in reply.engines}
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
+                for engine_id in gone:
+                    self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
                 self._check_versions(reply.engines)
 
@@ -456,52 +436,3 @@ class Transport:
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
     return wire.pb.Targets(engine_ids=list(engine_ids))
-
-
-_STATUS = {
-    wire.TASK_OK: "ok",
-    wire.TASK_ERROR: "error",
-    wire.TASK_ABORTED: "aborted",
-    wire.TASK_ENGINE_DIED: "engine_died",
-}
-
-
-def outcome_error(result: wire.pb.TaskResult) -> PxError | None:
-    """The exception a failed TaskResult stands for."""
-    status = result.status
-    if status == wire.TASK_OK:
-        return None
-    err = result.error
-    if status == wire.TASK_ENGINE_DIED:
-        return EngineError(err.evalue, result.engine_id)
-    if status == wire.TASK_ABORTED:
-        return TaskAborted(f"task {result.task_id} was aborted before it started")
-    engine_id = result.engine_id if result.engine_id >= 0 else None
-    return RemoteError(err.ename, err.evalue, "".join(err.traceback), engine_id)
-
-
-def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: float) -> TaskOutcome:
-    """The outcome a TaskResult reports, its value decoded (with the blobs it references)."""
-    outcome = TaskOutcome(
-        task_id=result.task_id,
-        engine_id=result.engine_id,
-        status=_STATUS.get(result.status, "error"),
-        error=outcome_error(result),
-        execution_count=result.execution_count,
-        submitted=result.submitted,
-        started=result.started,
-        completed=result.completed,
-        received=received,
-        blob_bytes=sum(blob.size for blob in blobs.values()),
-    )
-    if result.HasField("execute_result"):
-        outcome.execute_result = dict(result.execute_result.data)
-    if outcome.error is None and result.HasField("value"):
-        try:
-            outcome.value = wire.decode(result.value, blobs)
-        except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
-            outcome.status = "error"
-            outcome.error = RemoteError(
-                type(exc).__name__, f"cannot load the result here: {exc}", engine_id=result.engine_id
-            )
-    return outcome

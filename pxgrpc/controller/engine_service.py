@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -75,7 +75,11 @@ class EngineService(BlobTransfers):
             async for raw in it:
                 engine.last_seen = time.monotonic()
                 message = wire.pb.EngineMessage.FromString(raw)
+                if message.direct_started:
+                    self.state.router.adopt(engine, message.direct_started)
                 self.state.router.on_events(engine, message.events)
+                if message.direct_finished:
+                    direct_finished(engine, message.direct_finished)
         except (DecodeError, grpc.RpcError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -97,3 +101,13 @@ class EngineService(BlobTransfers):
         request = await parse(wire.pb.DownloadRequest, raw, context)
         async for chunk in stream_blob(self.state.blobs, request.blob_id, context, request.host_key):
             yield chunk
+
+
+def direct_finished(engine: EngineRecord, keys: Iterable[str]) -> None:
+    """Tasks a client sent this engine directly got their result back on the direct stream:
+    forget them here (they count as completed, also those that ran too briefly to be told of)."""
+    for key in keys:
+        engine.completed += 1
+        record = engine.inflight.pop(key, None)
+        if record is not None:
+            record.session.tasks.pop(record.task_id, None)

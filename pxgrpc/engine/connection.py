@@ -20,12 +20,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, identity, sharedmem, versions, wire
+from pxgrpc import blobstream, diagnose, identity, versions, wire
+from pxgrpc.engine import blobtransfer
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
+from pxgrpc.engine.directwork import DirectWork
+from pxgrpc.engine.outbox import Outbox, aborted_event
 from pxgrpc.loopthread import LoopThread
 from pxgrpc.security import certs
 from pxgrpc.security.connection_file import ConnectionInfo
@@ -56,11 +58,6 @@ RECONNECT_BACKOFF_CAP = 2.0
 
 class ReconnectFailed(Exception):
     """The controller stayed away longer than the engine's reconnect timeout."""
-
-
-#: The most bytes of events one message up the work stream carries (gRPC refuses messages over
-#: 64 MB; a task that prints without pause must not end its engine).
-MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class EngineConnection:
@@ -96,17 +93,15 @@ class EngineConnection:
         self.running_task: str | None = None
         self.registered = threading.Event()
         self.failure: BaseException | None = None
-        self._outgoing: list[wire.pb.TaskEvent] = []
-        self._release: list[object] = []
-        self._outgoing_lock = threading.Lock()
-        self._wake_pending = False
+        self._outbox = Outbox(self.io)
+        #: The tasks clients hand this engine directly (with a data endpoint).
+        self.direct: DirectWork | None = None
         #: The data endpoint, when this engine offers one (see `datapath.offers_data`).
         self.data: DataEndpoint | None = None
         #: The host (name or address) the data endpoint listens on and is advertised at; empty:
         #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
         self.data_host = os.environ.get("PXGRPC_DATA_HOST", "")
-        self._wakeup: asyncio.Event | None = None
-        self._metadata = auth_metadata(info.engine_token)
+        self.metadata = auth_metadata(info.engine_token)
         self._main_thread = threading.main_thread().ident
 
     # --- thread plumbing --------------------------------------------------------------------
@@ -139,40 +134,11 @@ class EngineConnection:
         Events queued before the I/O thread gets round to sending travel in one message: the
         I/O thread is woken once per batch, not once per event. `release` is dropped once the
         event is sent (objects whose freeing would hold up the reply, such as a replaced list).
+        Events of tasks a client sent directly go back to it on its stream.
         """
-        with self._outgoing_lock:
-            self._outgoing.append(event)
-            if release is not None:
-                self._release.append(release)
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        if self.io.in_loop():
-            self._wake()
-        else:
-            self.io.call_soon(self._wake)
-
-    def _wake(self) -> None:
-        with self._outgoing_lock:
-            self._wake_pending = False
-        if self._wakeup is not None:
-            self._wakeup.set()
-
-    def _take_outgoing(self) -> tuple[list[wire.pb.TaskEvent], list[object]]:
-        """The next message's events: the oldest ones, up to MAX_BATCH_BYTES (at least one), so
-        that a burst of output never makes a message over gRPC's size limit."""
-        with self._outgoing_lock:
-            size, count = 0, 0
-            for event in self._outgoing:
-                size += event.ByteSize()
-                if count and size > MAX_BATCH_BYTES:
-                    break
-                count += 1
-            events, self._outgoing = self._outgoing[:count], self._outgoing[count:]
-            release: list[object] = []
-            if not self._outgoing:
-                release, self._release = self._release, []
-        return events, release
+        if self.direct is not None and self.direct.route(event):
+            return
+        self._outbox.put(event, release)
 
     def schedule(self, delay: float, callback: Callable[[], None]) -> None:
         """Run `callback` in the I/O thread after `delay` seconds (from any thread)."""
@@ -180,7 +146,7 @@ class EngineConnection:
 
     def upload(self, blob: blobstream.OutgoingBlob) -> concurrent.futures.Future[None]:
         """Start sending a result blob; the future resolves when the controller has it."""
-        return self.io.submit(self._upload(blob))
+        return self.io.submit(blobtransfer.upload(self, blob))
 
     # --- the conversation -------------------------------------------------------------------
 
@@ -213,10 +179,12 @@ class EngineConnection:
         return self.data.offer(blob)
 
     async def _main(self) -> None:
-        self._wakeup = asyncio.Event()
+        self._outbox.start()
         if offers_data(self.info):
+            direct = DirectWork(self.io, self.accept, self._outbox.notify_direct, self._outbox.put)
             try:
-                self.data = await start_data_endpoint(self.info, self.data_host)
+                self.data = await start_data_endpoint(self.info, self.data_host, direct.Tasks)
+                self.direct = direct
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
                 log.warning("no data endpoint: %s", exc)
                 self.data = None
@@ -247,7 +215,7 @@ class EngineConnection:
             response_deserializer=wire.pb.EngineCommand.FromString,
         )
         self._stream_number += 1
-        call = work(self._messages(reply, self._stream_number), metadata=self._metadata)
+        call = work(self._messages(reply, self._stream_number), metadata=self.metadata)
         try:
             async for command in call:
                 if self._handle(command):
@@ -259,8 +227,8 @@ class EngineConnection:
             why = "it ended the work stream"
         call.cancel()
         self._stream_number += 1  # (events wait for the next stream)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if self._outbox.wakeup is not None:
+            self._outbox.wakeup.set()
         log.warning(
             "engine %d lost the controller at %s (%s): reconnecting for up to %.0f s, namespace kept",
             self.engine_id,
@@ -284,8 +252,7 @@ class EngineConnection:
         cutoff = time.monotonic() - RESEND_WINDOW
         resend = [event for sent, event in self._sent_results if sent >= cutoff]
         self._sent_results.clear()
-        with self._outgoing_lock:
-            self._outgoing[:0] = resend
+        self._outbox.resend(resend)
         log.warning("engine %d is back with the controller at %s", self.engine_id, self.info.url)
         return reply
 
@@ -295,8 +262,7 @@ class EngineConnection:
             held = set(self._queued)
         if self.running_task is not None:
             held.add(self.running_task)
-        with self._outgoing_lock:
-            held |= {e.result.task_id for e in self._outgoing if e.WhichOneof("kind") == "result"}
+        held |= self._outbox.result_task_ids()
         held |= {e.result.task_id for _, e in self._sent_results}
         return sorted(held)
 
@@ -338,7 +304,7 @@ class EngineConnection:
             remaining = max(deadline - loop.time(), 0.5)
             try:
                 reply: wire.pb.RegisterReply = await register(
-                    request, metadata=self._metadata, timeout=remaining
+                    request, metadata=self.metadata, timeout=remaining
                 )
                 return reply
             except grpc.aio.AioRpcError as exc:
@@ -373,32 +339,26 @@ class EngineConnection:
     ) -> AsyncIterator[wire.pb.EngineMessage]:
         """The engine's side of work stream `number`: hello, then batched events and heartbeats
         (until a newer stream replaces it)."""
-        assert self._wakeup is not None
+        wakeup = self._outbox.wakeup
+        assert wakeup is not None
         yield wire.pb.EngineMessage(engine_id=reply.engine_id, registration_token=reply.registration_token)
         while number == self._stream_number:
-            if not self._outgoing:
-                self._wakeup.clear()
+            if not self._outbox:
+                wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.heartbeat)
+                    await asyncio.wait_for(wakeup.wait(), self.heartbeat)
                 if number != self._stream_number:
                     return
-            events, release = self._take_outgoing()
+            message, release = self._outbox.take()
             now = time.monotonic()
-            self._sent_results.extend((now, e) for e in events if e.WhichOneof("kind") == "result")
-            yield wire.pb.EngineMessage(events=events)
-            del events, release  # (the message is written: free what its sender left behind)
+            self._sent_results.extend((now, e) for e in message.events if e.WhichOneof("kind") == "result")
+            yield message
+            del message, release  # (the message is written: free what its sender left behind)
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:
         """Act on a command; True when the engine must stop."""
         for task in command.tasks:
-            item = WorkItem(task)
-            refs = wire.blob_ids_of_action(task.action)
-            if refs:
-                item.blobs = concurrent.futures.Future()
-                self.io.background(self._fetch(refs, item.blobs))
-            with self._queue_lock:
-                self._queued[task.task_id] = item
-            self.work.put(item)
+            self.accept(task)
         for task_id in command.abort_task_ids:
             self._abort_queued(task_id)
         signal_number = command.interrupt_signal or signal.SIGINT
@@ -407,6 +367,17 @@ class EngineConnection:
         if command.interrupt and not idle_sigint and self._main_thread is not None:
             self._interrupt_running_task(signal_number)
         return command.shutdown
+
+    def accept(self, task: wire.pb.Task) -> None:
+        """Queue a task for the main thread (in the I/O thread), its blobs fetched meanwhile."""
+        item = WorkItem(task)
+        refs = wire.blob_ids_of_action(task.action)
+        if refs:
+            item.blobs = concurrent.futures.Future()
+            self.io.background(blobtransfer.fetch(self, refs, item.blobs))
+        with self._queue_lock:
+            self._queued[task.task_id] = item
+        self.work.put(item)
 
     def _interrupt_running_task(self, signal_number: int) -> None:
         """SIGINT raises KeyboardInterrupt in the user's code; any other signal goes to the whole
@@ -433,58 +404,6 @@ class EngineConnection:
         """The main thread is about to run `item`: False if it was aborted meanwhile."""
         with self._queue_lock:
             return self._queued.pop(item.task.task_id, None) is not None
-
-    async def _fetch(self, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
-        try:
-            blobs = {blob_id: await self._claim(blob_id) for blob_id in blob_ids}
-        except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
-            ready.set_exception(exc)
-        else:
-            ready.set_result(blobs)
-
-    async def _claim(self, blob_id: str) -> blobstream.IncomingBlob:
-        """A blob a task needs: uploaded straight here by the client, else from the controller."""
-        blob = self.data.take(blob_id) if self.data is not None else None
-        return blob if blob is not None else await self._download(blob_id)
-
-    async def _download(self, blob_id: str) -> blobstream.IncomingBlob:
-        download: Any = self.channel.unary_stream(
-            f"/{wire.ENGINE_SERVICE}/Download",
-            request_serializer=wire.pb.DownloadRequest.SerializeToString,
-            response_deserializer=None,
-        )
-        # On the controller's host the blob may come as shared memory to map (one copy for all
-        # engines there); if it cannot be mapped here after all, the bytes are asked for.
-        host_key = sharedmem.host_key()
-        call = download(wire.pb.DownloadRequest(blob_id=blob_id, host_key=host_key), metadata=self._metadata)
-        try:
-            return await blobstream.receive(call, blob_id, sharedmem.map_blob if host_key else None)
-        except sharedmem.SharedBlobUnusable as exc:
-            log.info("%s: downloading the bytes instead", exc)
-        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self._metadata)
-        return await blobstream.receive(call, blob_id)
-
-    async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
-        upload: Any = self.channel.stream_unary(
-            f"/{wire.ENGINE_SERVICE}/Upload",
-            request_serializer=None,
-            response_deserializer=wire.pb.UploadReply.FromString,
-        )
-        await upload(blob.raw_messages(), metadata=self._metadata)
-
-
-def aborted_event(task_id: str, engine_id: int) -> wire.pb.TaskEvent:
-    """The result of a task dropped before it started."""
-    event = wire.pb.TaskEvent()
-    result = event.result
-    result.task_id = task_id
-    result.engine_id = engine_id
-    result.status = wire.TASK_ABORTED
-    result.error.ename = "TaskAborted"
-    result.error.evalue = "aborted before it started"
-    result.error.traceback.append("TaskAborted: aborted before it started")
-    result.completed = time.time()
-    return event
 
 
 def wait_registered(conn: EngineConnection, timeout: float) -> None:

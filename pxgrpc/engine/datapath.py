@@ -43,6 +43,10 @@ RESULT_TTL = 60.0
 SWEEP_INTERVAL = 5.0
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+#: The handler of `EngineData.Tasks` (`directwork.DirectWork.Tasks`).
+TasksHandler: TypeAlias = Callable[
+    [AsyncIterator[wire.pb.DirectTasks], Context], AsyncIterator[wire.pb.DirectEvents]
+]
 
 
 @dataclass
@@ -99,7 +103,7 @@ class DataEndpoint:
     an engine that does not hold it, a token whose SHA-256 the controller gave at registration
     (`accept_token_sha256`)."""
 
-    def __init__(self, token: str = "") -> None:
+    def __init__(self, token: str = "", tasks: TasksHandler | None = None) -> None:
         prefix = f"/{wire.ENGINE_DATA_SERVICE}/"
         self._auth = TokenAuthInterceptor({prefix: {token}}, token_sha256={prefix: set()})
         self._received: dict[str, tuple[blobstream.IncomingBlob, float]] = {}
@@ -110,6 +114,7 @@ class DataEndpoint:
         self.url = ""
         #: The TLS certificate machinery, when the endpoint speaks TLS.
         self.tls: DataCertificate | None = None
+        self._tasks = tasks
 
     async def start(self, host: str = "127.0.0.1", tls: DataCertificate | None = None) -> str:
         """Listen on an ephemeral port of `host` (with TLS when given `tls`); return the
@@ -121,6 +126,12 @@ class DataEndpoint:
             ),
             "Download": grpc.unary_stream_rpc_method_handler(self.Download),
         }
+        if self._tasks is not None:
+            handlers["Tasks"] = grpc.stream_stream_rpc_method_handler(
+                self._tasks,
+                request_deserializer=wire.pb.DirectTasks.FromString,
+                response_serializer=wire.pb.DirectEvents.SerializeToString,
+            )
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(wire.ENGINE_DATA_SERVICE, handlers)]
         )
@@ -251,15 +262,18 @@ async def data_address(info: ConnectionInfo, data_host: str) -> str:
     return await asyncio.to_thread(local_address_towards, host, port)
 
 
-async def start_data_endpoint(info: ConnectionInfo, data_host: str) -> DataEndpoint:
-    """Start this engine's data endpoint where clients can reach it (TLS when the cluster has it)."""
+async def start_data_endpoint(
+    info: ConnectionInfo, data_host: str, tasks: TasksHandler | None = None
+) -> DataEndpoint:
+    """Start this engine's data endpoint where clients can reach it (TLS when the cluster has
+    it), serving `EngineData.Tasks` with `tasks` when given."""
     host = await data_address(info, data_host)
     tls = None
     if info.uses_tls:
         assert info.tls_ca is not None  # (see offers_data)
         mutual = info.client_cert() is not None
         tls = DataCertificate(host, info.tls_ca.encode() if mutual else None)
-    data = DataEndpoint(info.token)
+    data = DataEndpoint(info.token, tasks)
     await data.start(host, tls)
     return data
 

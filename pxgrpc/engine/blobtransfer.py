@@ -1,0 +1,68 @@
+"""The engine's blob transfers: what a task needs, from the data endpoint or the controller;
+result blobs up to the controller."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from typing import Any, Protocol
+
+import grpc
+
+from pxgrpc import blobstream, sharedmem, wire
+from pxgrpc.engine.datapath import DataEndpoint
+
+log = logging.getLogger(__name__)
+
+
+class BlobLink(Protocol):
+    """Where blobs come from: the channel to the controller, and the data endpoint if any."""
+
+    channel: grpc.aio.Channel
+    metadata: tuple[tuple[str, str], ...]
+    data: DataEndpoint | None
+
+
+async def fetch(link: BlobLink, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
+    """Get the blobs a task needs into `ready` (or the reason it cannot have them)."""
+    try:
+        blobs = {blob_id: await claim(link, blob_id) for blob_id in blob_ids}
+    except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
+        ready.set_exception(exc)
+    else:
+        ready.set_result(blobs)
+
+
+async def claim(link: BlobLink, blob_id: str) -> blobstream.IncomingBlob:
+    """A blob a task needs: uploaded straight here by the client, else from the controller."""
+    blob = link.data.take(blob_id) if link.data is not None else None
+    return blob if blob is not None else await download(link, blob_id)
+
+
+async def download(link: BlobLink, blob_id: str) -> blobstream.IncomingBlob:
+    """A blob from the controller (mapped from shared memory on its host when it can be)."""
+    download: Any = link.channel.unary_stream(
+        f"/{wire.ENGINE_SERVICE}/Download",
+        request_serializer=wire.pb.DownloadRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    # On the controller's host the blob may come as shared memory to map (one copy for all
+    # engines there); if it cannot be mapped here after all, the bytes are asked for.
+    host_key = sharedmem.host_key()
+    call = download(wire.pb.DownloadRequest(blob_id=blob_id, host_key=host_key), metadata=link.metadata)
+    try:
+        return await blobstream.receive(call, blob_id, sharedmem.map_blob if host_key else None)
+    except sharedmem.SharedBlobUnusable as exc:
+        log.info("%s: downloading the bytes instead", exc)
+    call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=link.metadata)
+    return await blobstream.receive(call, blob_id)
+
+
+async def upload(link: BlobLink, blob: blobstream.OutgoingBlob) -> None:
+    """Send a result blob to the controller."""
+    upload: Any = link.channel.stream_unary(
+        f"/{wire.ENGINE_SERVICE}/Upload",
+        request_serializer=None,
+        response_deserializer=wire.pb.UploadReply.FromString,
+    )
+    await upload(blob.raw_messages(), metadata=link.metadata)

@@ -1,0 +1,125 @@
+"""What the engine has to tell the controller: events and direct-task notices waiting for the
+work stream, sent in batches (the I/O thread is woken once per batch, not once per event)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from pxgrpc import wire
+from pxgrpc.loopthread import LoopThread
+
+#: The most bytes of events one message up the work stream carries (gRPC refuses messages over
+#: 64 MB; a task that prints without pause must not end its engine).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+#: Seconds the controller hears of direct tasks after they start or finish, at most (batched).
+NOTICE_DELAY = 0.005
+
+
+class Outbox:
+    """Events for the work stream (from any thread), and the direct tasks to tell about."""
+
+    def __init__(self, io: LoopThread) -> None:
+        self._io = io
+        self._lock = threading.Lock()
+        self._outgoing: list[wire.pb.TaskEvent] = []
+        self._release: list[object] = []
+        self._wake_pending = False
+        # Direct tasks to tell the controller about: (started, finished) task ids.
+        self._direct_started: list[str] = []
+        self._direct_finished: list[str] = []
+        self._notice_pending = False
+        #: Set when there is something to send (made in the I/O thread by `start`).
+        self.wakeup: asyncio.Event | None = None
+
+    def start(self) -> None:
+        """(In the I/O thread.)"""
+        self.wakeup = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return bool(self._outgoing or self._direct_started or self._direct_finished)
+
+    def resend(self, events: list[wire.pb.TaskEvent]) -> None:
+        """Put events back at the head (results that may have gone down with a lost stream)."""
+        with self._lock:
+            self._outgoing[:0] = events
+
+    def result_task_ids(self) -> set[str]:
+        """The tasks whose result waits here."""
+        with self._lock:
+            return {e.result.task_id for e in self._outgoing if e.WhichOneof("kind") == "result"}
+
+    def put(self, event: wire.pb.TaskEvent, release: object = None) -> None:
+        """Queue an event for the work stream (from any thread)."""
+        with self._lock:
+            self._outgoing.append(event)
+            if release is not None:
+                self._release.append(release)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        if self._io.in_loop():
+            self._wake()
+        else:
+            self._io.call_soon(self._wake)
+
+    def notify_direct(self, started: list[str], finished: list[str]) -> None:
+        """Tell the controller about direct tasks (in the I/O thread), a few milliseconds later:
+        one message then covers many short tasks (and none of their round trips waits for it)."""
+        with self._lock:
+            self._direct_started.extend(started)
+            self._direct_finished.extend(finished)
+            if self._notice_pending:
+                return
+            self._notice_pending = True
+        self._io.call_later(NOTICE_DELAY, self._wake_for_notices)
+
+    def _wake_for_notices(self) -> None:
+        with self._lock:
+            self._notice_pending = False
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def take(self) -> tuple[wire.pb.EngineMessage, list[object]]:
+        """The next message: the oldest events, up to MAX_BATCH_BYTES (at least one), so that a
+        burst of output never makes a message over gRPC's size limit; and the direct tasks to
+        tell about."""
+        with self._lock:
+            # (A task that started and finished since the last message is only counted as done.)
+            finished = set(self._direct_finished)
+            started = [key for key in self._direct_started if key not in finished]
+            message = wire.pb.EngineMessage(direct_started=started, direct_finished=self._direct_finished)
+            self._direct_started, self._direct_finished = [], []
+            size, count = 0, 0
+            for event in self._outgoing:
+                size += event.ByteSize()
+                if count and size > MAX_BATCH_BYTES:
+                    break
+                count += 1
+            events, self._outgoing = self._outgoing[:count], self._outgoing[count:]
+            release: list[object] = []
+            if not self._outgoing:
+                release, self._release = self._release, []
+        message.events.extend(events)
+        return message, release
+
+
+def aborted_event(task_id: str, engine_id: int) -> wire.pb.TaskEvent:
+    """The result of a task dropped before it started."""
+    event = wire.pb.TaskEvent()
+    result = event.result
+    result.task_id = task_id
+    result.engine_id = engine_id
+    result.status = wire.TASK_ABORTED
+    result.error.ename = "TaskAborted"
+    result.error.evalue = "aborted before it started"
+    result.error.traceback.append("TaskAborted: aborted before it started")
+    result.completed = time.time()
+    return event

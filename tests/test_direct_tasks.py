@@ -1,0 +1,156 @@
+"""DirectView tasks sent straight to their engine (`EngineData.Tasks`, PXGRPC_DIRECT_TASKS=on):
+they run in the engine's one queue, in this client's order whichever path each task takes, the
+controller sees them (queue status, abort, interrupt), and tasks fall back to the relay when the
+engine's endpoint cannot be reached."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+import pxgrpc
+from pxgrpc.client.errors import PxError, RemoteError
+from pxgrpc.client.submit import Submitter
+
+pytestmark = pytest.mark.timeout(90)
+
+#: More than fits inline in a message: a push of it carries a blob, so it is relayed.
+BIG = 200_000
+
+
+@pytest.fixture(autouse=True)
+def direct_tasks_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PXGRPC_DIRECT_TASKS", "on")
+
+
+@pytest.fixture
+def paths(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Which path each submit took (True: direct), in order."""
+    taken: list[bool] = []
+    original = Submitter._send_direct
+
+    def spy(self: Submitter, *args: Any, **kwargs: Any) -> bool:
+        went = original(self, *args, **kwargs)
+        taken.append(went)
+        return went
+
+    monkeypatch.setattr(Submitter, "_send_direct", spy)
+    return taken
+
+
+def _until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _link_up(rc: pxgrpc.Client, engine_id: int = 0) -> None:
+    """Submit until the engine's direct link is connected (the first tasks go by the relay)."""
+    links = rc._transport._links
+    _until(lambda: rc[engine_id].apply_sync(int) == 0 and links.usable(engine_id) is not None, what="link")
+
+
+def _wait_file_code(path: pathlib.Path) -> str:
+    return f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.01)"
+
+
+def _running_and_queued(rc: pxgrpc.Client) -> tuple[int, int]:
+    status = rc.queue_status(0)
+    return status["tasks"], status["queue"]
+
+
+def test_direct_tasks_run_and_the_controller_counts_them(make_cluster: Any, paths: list[bool]) -> None:
+    _, rc = make_cluster(n=2)
+    _link_up(rc)
+    before = rc.queue_status()[0]["completed"]
+    paths.clear()
+    assert [rc[0].apply_sync(pow, 2, i) for i in range(20)] == [2**i for i in range(20)]
+    rc[0].execute("a = 5", block=True)
+    assert rc[0].pull("a", block=True) == 5
+    assert all(paths) and len(paths) == 22
+    _until(lambda: rc.queue_status()[0]["completed"] >= before + 22, what="completed count")
+
+
+def test_one_clients_tasks_on_one_engine_keep_their_order_across_paths(
+    make_cluster: Any, paths: list[bool]
+) -> None:
+    _, rc = make_cluster(n=1)
+    _link_up(rc)
+    rc[0].execute("seen = []", block=True)
+    paths.clear()
+    results = []
+    expected = []
+    for i in range(40):
+        if i % 5 == 0:
+            # A large push goes through the controller; the executes just after it must wait for it.
+            results.append(rc[0].push({"big": np.full(BIG, float(i))}, block=False))
+            results.append(rc[0].execute("seen.append(int(big[0]))", block=False))
+        else:
+            results.append(rc[0].execute(f"seen.append({i})", block=False))
+        expected.append(i)
+    for ar in results:
+        ar.get(timeout=30)
+    assert rc[0].pull("seen", block=True) == expected
+    assert any(paths) and not all(paths), paths
+
+
+def test_queue_status_abort_and_interrupt_reach_direct_tasks(
+    make_cluster: Any, paths: list[bool], tmp_path: pathlib.Path
+) -> None:
+    _, rc = make_cluster(n=1)
+    _link_up(rc)
+    paths.clear()
+    release = tmp_path / "release"
+    running = rc[0].execute(_wait_file_code(release), block=False)
+    queued = rc[0].execute("after = 1", block=False)
+    assert paths == [True, True]
+    _until(lambda: _running_and_queued(rc) == (1, 1), what="queue status of the direct tasks")
+    assert rc.abort(queued) == queued.msg_ids
+    release.touch()
+    running.get(timeout=30)
+    with pytest.raises(PxError):
+        queued.get(timeout=30)
+    assert "after" not in rc[0].apply_sync(lambda: list(globals()))
+
+    spinning = rc[0].execute("import time\nwhile True: time.sleep(0.01)", block=False)
+    _until(lambda: rc.queue_status(0)["tasks"] == 1, what="the spinning task to be seen")
+    assert rc.interrupt(targets=[0]) == [0]
+    with pytest.raises(RemoteError) as caught:
+        spinning.get(timeout=30)
+    assert caught.value.ename == "KeyboardInterrupt"
+    assert rc[0].apply_sync(pow, 3, 2) == 9
+    assert paths[-2:] == [True, True]
+
+
+def test_tasks_fall_back_to_the_relay_without_a_data_endpoint(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch, paths: list[bool]
+) -> None:
+    monkeypatch.setenv("PXGRPC_DATA_ENDPOINT", "off")
+    cluster, _ = make_cluster(n=1)
+    monkeypatch.delenv("PXGRPC_DATA_ENDPOINT")
+    rc = pxgrpc.Client(cluster.connection_file)
+    try:
+        assert rc._transport._links.enabled
+        assert [rc[0].apply_sync(pow, 2, i) for i in range(5)] == [1, 2, 4, 8, 16]
+        assert paths and not any(paths)
+    finally:
+        rc.close()
+
+
+def test_tasks_fall_back_to_the_relay_when_the_endpoint_is_unreachable(
+    make_cluster: Any, paths: list[bool]
+) -> None:
+    _, rc = make_cluster(n=1)
+    rc._transport._datapath.set_urls({0: "127.0.0.1:9"})  # nothing listens there
+    for i in range(5):
+        assert rc[0].apply_sync(pow, 2, i) == 2**i
+    _until(lambda: rc._transport._links._links[0].broken, what="the link to give up")
+    assert rc[0].execute("b = 2", block=True) is not None
+    assert rc[0].pull("b", block=True) == 2
+    assert not any(paths)
