@@ -41,6 +41,11 @@ SSHD = "/usr/sbin/sshd"
 REMOTE_RUN = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pxgrpc" / "run"
 
 
+def unavailable() -> str | None:
+    """Why this machine cannot make the ssh hosts, or None."""
+    return namespaces_unavailable(tools=("ssh", "ssh-keygen", SSHD))
+
+
 class SshLan:
     """The hosts on a bridge in the root namespace (10.78.0.1), each running its own sshd."""
 
@@ -116,7 +121,7 @@ class SshLan:
 
 @pytest.fixture(scope="module")
 def lan() -> Iterator[SshLan]:
-    reason = namespaces_unavailable(tools=("ssh", "ssh-keygen", SSHD))
+    reason = unavailable()
     if reason is not None:
         pytest.skip(f"ssh launcher test skipped: {reason}")
     lan = SshLan()
