@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import secrets
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,17 +42,16 @@ def time_start(n: int, engines: str, **options: Any) -> float:
 @contextlib.contextmanager
 def throwaway_hosts(with_ssh: bool, with_slurm: bool) -> Iterator[dict[str, dict[str, Any]]]:
     """The tests' throwaway ssh hosts and single-node Slurm, and the Cluster options for them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    repo = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(repo / "tests"), str(repo)]  # the tests import helpers both ways
     import test_launcher_slurm
     import test_launcher_ssh
 
     options: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         if with_ssh and test_launcher_ssh.unavailable() is None:
-            lan = test_launcher_ssh.SshLan(
-                tag=secrets.token_hex(2), root=Path(tempfile.mkdtemp(prefix="pxgrpc-bench-"))
-            )
-            stack.callback(lan.teardown)
+            lan = test_launcher_ssh.SshLan()
+            stack.callback(lan.net.teardown)
             lan.build()
             hosts = dict.fromkeys(test_launcher_ssh.HOSTS, 0)
             options["ssh"] = {

@@ -18,14 +18,10 @@ import contextlib
 import os
 import pwd
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +29,7 @@ import pytest
 
 import pxgrpc as ipp
 from pxgrpc.launchers import LaunchError
+from tests.netns import NetnsLan, namespaces_unavailable
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -44,38 +41,17 @@ SSHD = "/usr/sbin/sshd"
 REMOTE_RUN = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pxgrpc" / "run"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=True, capture_output=True, text=True, timeout=30)
-
-
 def unavailable() -> str | None:
-    """Why this machine cannot run the test, or None."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return "needs root on Linux (network namespaces)"
-    for tool in ("ip", "ssh", "ssh-keygen", SSHD):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (openssh-server, openssh-client, iproute2)"
-    probe = f"pxprobe-{secrets.token_hex(3)}"
-    try:
-        _run("ip", "netns", "add", probe)
-    except subprocess.CalledProcessError as exc:
-        return f"`ip netns add` failed: {exc.stderr.strip()}"
-    _run("ip", "netns", "del", probe)
-    return None
+    """Why this machine cannot make the ssh hosts, or None."""
+    return namespaces_unavailable(tools=("ssh", "ssh-keygen", SSHD))
 
 
-@dataclass
 class SshLan:
-    """Namespaces with sshd on a bridge in the root namespace."""
+    """The hosts on a bridge in the root namespace (10.78.0.1), each running its own sshd."""
 
-    tag: str
-    root: Path
-    namespaces: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def ns(self, host: str) -> str:
-        return f"px{self.tag}-{host}"
+    def __init__(self) -> None:
+        self.net = NetnsLan(SUBNET, gateway=1, prefix="px")
+        self.root = self.net.root
 
     @property
     def config(self) -> Path:
@@ -86,28 +62,20 @@ class SshLan:
         return self.root / "python"
 
     def build(self) -> None:
-        bridge = f"pxb{self.tag}"
-        _run("ip", "link", "add", bridge, "type", "bridge")
-        self.links.append(bridge)
-        _run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", bridge)
-        _run("ip", "link", "set", bridge, "up")
         keys = self.root / "keys"
         keys.mkdir(mode=0o700)
         for name in ("id", "other", "host"):
-            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name))
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         (keys / "authorized_keys").write_text((keys / "id.pub").read_text())
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        for host, number in HOSTS.items():
-            ns, port = self.ns(host), f"pxv{self.tag}{number}"
-            _run("ip", "netns", "add", ns)
-            self.namespaces.append(ns)
-            _run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            self.links.append(port)
-            _run("ip", "link", "set", port, "master", bridge, "up")
-            _run("ip", "-n", ns, "addr", "add", f"{SUBNET}.{number}/24", "dev", "eth0")
-            _run("ip", "-n", ns, "link", "set", "eth0", "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-            self._start_sshd(host, f"{SUBNET}.{number}", keys)
+        self.net.build(HOSTS)
+        for host in HOSTS:
+            self._start_sshd(host, self.net.addr(host), keys)
         self._write_client_files(keys)
 
     def _start_sshd(self, host: str, address: str, keys: Path) -> None:
@@ -117,29 +85,18 @@ class SshLan:
             f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n"
         )
-        log = open(self.root / f"sshd_{host}.log", "ab")  # noqa: SIM115 - closed with the process
-        self.daemons.append(
-            subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(host), SSHD, "-D", "-e", "-f", str(config)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        )
+        with open(self.root / f"sshd_{host}.log", "ab") as log:  # the daemon keeps its own copy
+            self.net.spawn(host, [SSHD, "-D", "-e", "-f", str(config)], output=log)
         deadline = time.monotonic() + 20
         while True:  # wait until sshd accepts connections
-            probe = subprocess.run(
-                ["ip", "netns", "exec", self.ns(host), "bash", "-c", f"exec 3<>/dev/tcp/{address}/22"],
-                capture_output=True,
-                timeout=10,
-            )
+            probe = self.net.run(host, ["bash", "-c", f"exec 3<>/dev/tcp/{address}/22"], timeout=10)
             if probe.returncode == 0:
                 return
             assert time.monotonic() < deadline, f"sshd on {host} does not listen: see {log.name}"
             time.sleep(0.1)
 
     def _write_client_files(self, keys: Path) -> None:
-        entries = [(h, f"{SUBNET}.{n}", "id") for h, n in HOSTS.items()]
+        entries = [(h, self.net.addr(h), "id") for h in HOSTS]
         entries += [("ghost", f"{SUBNET}.99", "id"), ("badkey", f"{SUBNET}.2", "other")]
         self.config.write_text(
             "".join(f"Host {h}\n  HostName {a}\n  IdentityFile {keys / k}\n" for h, a, k in entries)
@@ -153,34 +110,13 @@ class SshLan:
 
     def pxgrpc_processes(self, host: str) -> list[str]:
         """Command lines of pxgrpc processes in `host`'s namespace."""
-        pids = subprocess.run(
-            ["ip", "netns", "pids", self.ns(host)], capture_output=True, text=True, timeout=10
-        ).stdout.split()
         found = []
-        for pid in pids:
+        for pid in self.net.pids(host):
             with contextlib.suppress(OSError):
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                 if "pxgrpc.engine" in cmd:
                     found.append(cmd)
         return found
-
-    def teardown(self) -> None:
-        for proc in self.daemons:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        for ns in self.namespaces:
-            for pid in subprocess.run(
-                ["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10
-            ).stdout.split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            with contextlib.suppress(subprocess.CalledProcessError):
-                _run("ip", "netns", "del", ns)
-        for link in reversed(self.links):
-            with contextlib.suppress(subprocess.CalledProcessError):
-                _run("ip", "link", "del", link)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +124,12 @@ def lan() -> Iterator[SshLan]:
     reason = unavailable()
     if reason is not None:
         pytest.skip(f"ssh launcher test skipped: {reason}")
-    net = SshLan(tag=secrets.token_hex(2), root=Path(tempfile.mkdtemp(prefix="pxgrpc-ssh-")))
+    lan = SshLan()
     try:
-        net.build()
-        yield net
+        lan.build()
+        yield lan
     finally:
-        net.teardown()
+        lan.net.teardown()
 
 
 def ssh_cluster(lan: SshLan, hosts: dict[str, int], **kwargs: object) -> ipp.Cluster:

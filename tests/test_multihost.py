@@ -19,19 +19,16 @@ without TLS unless forced. Everything is created under names unique to this run 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,129 +36,46 @@ import pytest
 
 from pxgrpc.security.connection_file import ConnectionInfo, engine_connection_file, read_connection_file
 from pxgrpc.security.tokens import new_token
+from tests.netns import NetnsLan, namespaces_unavailable, pxgrpc_env
 
 pytestmark = pytest.mark.timeout(180)
 
 SUBNET = "10.77.0"
 HOSTS = {"ctl": 1, "e1": 2, "e2": 3, "cli": 4}
 HEAD_NAME = "head.lan"  # the controller's host name in the other hosts' /etc/hosts
-ETC_NETNS = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts
 CMD_TIMEOUT = 60.0
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
-
-
-def namespaces_unavailable() -> str | None:
-    """Why this machine cannot create network namespaces, or None when it can."""
-    if not sys.platform.startswith("linux"):
-        return "network namespaces exist on Linux only"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root (CI runs as root)"
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed"
-    probe = f"pxprobe-{secrets.token_hex(3)}"
-    try:
-        _ip("netns", "add", probe)
-    except subprocess.CalledProcessError as exc:
-        return f"`ip netns add` failed: {exc.stderr.strip()}"
-    with contextlib.suppress(subprocess.CalledProcessError):
-        _ip("netns", "del", probe)
-    return None
-
-
-@dataclass
 class Lan:
-    """Network namespaces on one bridge; each host gets an address and its own PXGRPC_DIR."""
+    """The four hosts on one bridge; each has its own PXGRPC_DIR and knows ctl as head.lan."""
 
-    tag: str
-    root: Path
-    namespaces: list[str] = field(default_factory=list)
-    processes: list[subprocess.Popen[str]] = field(default_factory=list)
-    etc_dirs: list[Path] = field(default_factory=list)
-
-    def ns(self, host: str) -> str:
-        return f"px{self.tag}-{host}"
+    def __init__(self) -> None:
+        self.net = NetnsLan(SUBNET, prefix="px")
 
     def addr(self, host: str) -> str:
-        return f"{SUBNET}.{HOSTS[host]}"
+        return self.net.addr(host)
 
     def home(self, host: str) -> Path:
-        return self.root / host
+        return self.net.root / host
 
     def build(self) -> None:
-        switch = self.ns("sw")
-        for name in [switch, *(self.ns(h) for h in HOSTS)]:
-            _ip("netns", "add", name)
-            self.namespaces.append(name)
-        _ip("-n", switch, "link", "add", "br0", "type", "bridge")
-        _ip("-n", switch, "link", "set", "br0", "up")
-        for host, number in HOSTS.items():
-            ns, port = self.ns(host), f"port{number}"
-            _ip(
-                "link",
-                "add",
-                "name",
-                "eth0",
-                "netns",
-                ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                switch,
-            )
-            _ip("-n", switch, "link", "set", port, "master", "br0", "up")
-            _ip("-n", ns, "addr", "add", f"{self.addr(host)}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+        self.net.build(HOSTS)
+        for host in HOSTS:
             self.home(host).mkdir(mode=0o700, parents=True)
-            self._write_hosts_file(ns)
-
-    def _write_hosts_file(self, ns: str) -> None:
-        if not ETC_NETNS.exists():
-            ETC_NETNS.mkdir()
-            self.etc_dirs.append(ETC_NETNS)  # removed last, if still empty
-        etc = ETC_NETNS / ns
-        etc.mkdir(parents=True)
-        self.etc_dirs.append(etc)
-        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{self.addr('ctl')} {HEAD_NAME}\n")
-
-    def _command(
-        self, host: str, args: list[str], extra_env: dict[str, str] | None
-    ) -> tuple[list[str], dict[str, str]]:
-        env = {**os.environ, "PXGRPC_DIR": str(self.home(host)), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-        env.pop("PXGRPC_CONNECTION_FILE", None)
-        return ["ip", "netns", "exec", self.ns(host), sys.executable, *args], env
+            self.net.write_etc(host, "hosts", f"127.0.0.1 localhost\n{self.addr('ctl')} {HEAD_NAME}\n")
 
     def spawn(
         self, host: str, args: list[str], extra_env: dict[str, str] | None = None
     ) -> subprocess.Popen[str]:
         """Start a long-running Python process on `host` (in its own process group)."""
-        command, env = self._command(host, args, extra_env)
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.processes.append(proc)
-        return proc
+        return self.net.spawn(host, [sys.executable, *args], env=pxgrpc_env(self.home(host), extra_env))
 
     def run(
         self, host: str, args: list[str], extra_env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run a Python command on `host` to completion (TimeoutExpired means it hung)."""
-        command, env = self._command(host, args, extra_env)
-        return subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=CMD_TIMEOUT, stdin=subprocess.DEVNULL
-        )
+        env = pxgrpc_env(self.home(host), extra_env)
+        return self.net.run(host, [sys.executable, *args], env=env, timeout=CMD_TIMEOUT)
 
     def copy(self, path: Path, host: str) -> Path:
         """Copy a file to `host`'s PXGRPC_DIR, keeping its mode (like `scp -p`)."""
@@ -169,38 +83,18 @@ class Lan:
         shutil.copy2(path, target)
         return target
 
-    def teardown(self) -> None:
-        for proc in self.processes:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        for proc in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        for name in reversed(self.namespaces):
-            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-                _ip("netns", "del", name)
-        for etc in reversed(self.etc_dirs):
-            if etc == ETC_NETNS:
-                with contextlib.suppress(OSError):
-                    etc.rmdir()
-            else:
-                shutil.rmtree(etc, ignore_errors=True)
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def lan() -> Iterator[Lan]:
     reason = namespaces_unavailable()
     if reason is not None:
         pytest.skip(f"multi-host test skipped: {reason}")
-    net = Lan(tag=secrets.token_hex(3), root=Path(tempfile.mkdtemp(prefix="pxgrpc-lan-")))
+    lan = Lan()
     try:
-        net.build()
-        yield net
+        lan.build()
+        yield lan
     finally:
-        net.teardown()
+        lan.net.teardown()
 
 
 @dataclass
