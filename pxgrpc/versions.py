@@ -8,9 +8,15 @@ engines) replaces some of an engine's, e.g. ``cloudpickle=0.0.1,python=3.6.0,pro
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: The version of the pxgrpc wire protocol (the `pxgrpc.v1` package of the protos, and its
 #: conventions). A change that older peers cannot follow bumps it.
@@ -72,3 +78,28 @@ def mismatch(engine: Versions, mine: Versions) -> str:
     if engine.cloudpickle and engine.cloudpickle != mine.cloudpickle:
         differences.append(f"cloudpickle {engine.cloudpickle} (this client: {mine.cloudpickle or 'none'})")
     return ", ".join(differences)
+
+
+class EngineVersionCheck:
+    """A client's check of the engines it learns of: one warning (logged, and as a
+    `VersionMismatchWarning`) per engine process whose versions differ from this client's."""
+
+    def __init__(self) -> None:
+        self.mine = local()
+        self._checked: set[tuple[int, int]] = set()
+
+    def check(self, engines: Iterable[Any]) -> None:
+        """`engines`: `EngineInfo` messages (id, pid, hostname and the three versions)."""
+        for e in engines:
+            if (e.engine_id, e.pid) in self._checked:
+                continue
+            self._checked.add((e.engine_id, e.pid))
+            theirs = Versions(e.protocol_version, e.python_version, e.cloudpickle_version)
+            differences = mismatch(theirs, self.mine)
+            if differences:
+                message = (
+                    f"engine {e.engine_id} (pid {e.pid} on {e.hostname}) runs {differences}: "
+                    "what one side pickles may fail to load on the other"
+                )
+                log.warning("%s", message)
+                warnings.warn(message, VersionMismatchWarning, stacklevel=3)

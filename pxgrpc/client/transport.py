@@ -20,8 +20,7 @@ import pathlib
 import secrets
 import threading
 import time
-import warnings
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -84,8 +83,7 @@ class Transport:
         # The live engines as the controller last told us (see `engine_ids`).
         self._engines_generation = -1
         self._engine_ids: tuple[int, ...] = ()
-        self._versions = versions.local()
-        self._versions_checked: set[tuple[int, int]] = set()
+        self._versions = versions.EngineVersionCheck()
         self._datapath = DataPath(metadata, info.channel_credentials(), lambda *a: self.io.call_soon(*a))
         self._in_flight = InFlight()
         #: The gathers whose parts are held until all are in (task id -> its assembly).
@@ -415,23 +413,7 @@ class Transport:
                 for engine_id in gone:
                     self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
                 self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
-                self._check_versions(reply.engines)
-
-    def _check_versions(self, engines: Iterable[wire.pb.EngineInfo]) -> None:
-        """Warn, once per engine process, about one whose versions differ from ours."""
-        for e in engines:
-            if (e.engine_id, e.pid) in self._versions_checked:
-                continue
-            self._versions_checked.add((e.engine_id, e.pid))
-            theirs = versions.Versions(e.protocol_version, e.python_version, e.cloudpickle_version)
-            differences = versions.mismatch(theirs, self._versions)
-            if differences:
-                message = (
-                    f"engine {e.engine_id} (pid {e.pid} on {e.hostname}) runs {differences}: "
-                    "what one side pickles may fail to load on the other"
-                )
-                log.warning("%s", message)
-                warnings.warn(message, versions.VersionMismatchWarning, stacklevel=2)
+                self._versions.check(reply.engines)
 
 
 def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
