@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import queue
@@ -345,8 +344,7 @@ class EngineConnection:
         while number == self._stream_number:
             if not self._outbox:
                 wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), self.heartbeat)
+                await wakeup.wait(self.heartbeat)
                 if number != self._stream_number:
                     return
             message, release = self._outbox.take()
