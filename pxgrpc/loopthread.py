@@ -25,6 +25,47 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Wakeup:
+    """A flag one coroutine waits on, with a timeout: asyncio.Event's `set`/`clear`/`wait`, but the
+    waiter resumes one loop step after `set` (`asyncio.wait_for` on an Event makes a task per
+    wait and takes three steps). Use in the loop's thread only."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until set, or for `timeout` seconds; whether it is set."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return self._set
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class LoopClosed(RuntimeError):
     """Work was handed to a loop thread that has stopped."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import queue
@@ -342,18 +341,40 @@ class EngineConnection:
         wakeup = self._outbox.wakeup
         assert wakeup is not None
         yield wire.pb.EngineMessage(engine_id=reply.engine_id, registration_token=reply.registration_token)
-        while number == self._stream_number:
-            if not self._outbox:
-                wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), self.heartbeat)
-                if number != self._stream_number:
-                    return
-            message, release = self._outbox.take()
-            now = time.monotonic()
-            self._sent_results.extend((now, e) for e in message.events if e.WhichOneof("kind") == "result")
-            yield message
-            del message, release  # (the message is written: free what its sender left behind)
+        # One timer for the heartbeats, re-armed when it fires (not one per wait: a busy engine
+        # waits once per batch): it wakes the sender for an empty message after a heartbeat
+        # interval with nothing sent.
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        timer: asyncio.TimerHandle | None = None
+
+        def heartbeat_due() -> None:
+            nonlocal timer
+            idle = loop.time() - last_sent
+            if idle >= self.heartbeat:
+                wakeup.set()
+                idle = 0.0
+            timer = loop.call_later(self.heartbeat - idle, heartbeat_due)
+
+        timer = loop.call_later(self.heartbeat, heartbeat_due)
+        try:
+            while number == self._stream_number:
+                if not self._outbox:
+                    wakeup.clear()
+                    await wakeup.wait()
+                    if number != self._stream_number:
+                        return
+                message, release = self._outbox.take()
+                last_sent = loop.time()
+                now = time.monotonic()
+                self._sent_results.extend(
+                    (now, e) for e in message.events if e.WhichOneof("kind") == "result"
+                )
+                yield message
+                del message, release  # (the message is written: free what its sender left behind)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _handle(self, command: wire.pb.EngineCommand) -> bool:
         """Act on a command; True when the engine must stop."""

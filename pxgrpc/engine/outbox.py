@@ -3,12 +3,11 @@ work stream, sent in batches (the I/O thread is woken once per batch, not once p
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 from pxgrpc import wire
-from pxgrpc.loopthread import LoopThread
+from pxgrpc.loopthread import LoopThread, Wakeup
 
 #: The most bytes of events one message up the work stream carries (gRPC refuses messages over
 #: 64 MB; a task that prints without pause must not end its engine).
@@ -31,11 +30,11 @@ class Outbox:
         self._direct_finished: list[str] = []
         self._notice_pending = False
         #: Set when there is something to send (made in the I/O thread by `start`).
-        self.wakeup: asyncio.Event | None = None
+        self.wakeup: Wakeup | None = None
 
     def start(self) -> None:
         """(In the I/O thread.)"""
-        self.wakeup = asyncio.Event()
+        self.wakeup = Wakeup()
 
     def __bool__(self) -> bool:
         return bool(self._outgoing or self._direct_started or self._direct_finished)
