@@ -118,8 +118,12 @@ def test_queue_status_abort_and_interrupt_reach_direct_tasks(
         queued.get(timeout=30)
     assert "after" not in rc[0].apply_sync(lambda: list(globals()))
 
-    spinning = rc[0].execute("import time\nwhile True: time.sleep(0.01)", block=False)
+    started = tmp_path / "started"
+    spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
+    spinning = rc[0].execute(spin, block=False)
     _until(lambda: rc.queue_status(0)["tasks"] == 1, what="the spinning task to be seen")
+    # (a SIGINT that reaches the engine before the task runs finds it idle, and is ignored)
+    _until(started.exists, what="the spinning task to run")
     assert rc.interrupt(targets=[0]) == [0]
     with pytest.raises(RemoteError) as caught:
         spinning.get(timeout=30)
