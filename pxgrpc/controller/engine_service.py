@@ -111,5 +111,5 @@ def direct_finished(engine: EngineRecord, keys: Iterable[str]) -> None:
         record = engine.inflight.pop(key, None)
         if record is not None:
             record.session.tasks.pop(record.task_id, None)
-        else:  # its client's announcement (SubmitTask.sent_direct) may still be on its way
+        if record is None or not record.announced:  # its client's announcement may still come
             engine.remember_direct_finished(key)

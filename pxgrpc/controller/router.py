@@ -87,9 +87,16 @@ class TaskRouter:
         if engine is None or engine.dead or not submit.task_id or not session.client_id:
             return
         key = session.key(submit.task_id)
-        if engine.forget_direct_finished(key) or key in engine.inflight or submit.task_id in session.tasks:
+        if engine.forget_direct_finished(key):
+            return
+        known = engine.inflight.get(key)
+        if known is not None:  # told of by the engine already
+            known.announced = True
+            return
+        if submit.task_id in session.tasks:
             return
         record = TaskRecord.held(key, submit.task_id, session)
+        record.announced = True
         session.tasks[submit.task_id] = record
         engine.inflight[key] = record
 
