@@ -107,6 +107,9 @@ class DirectLink:
         try:
             async for message in call:
                 for event in message.events:
+                    kind = event.WhichOneof("kind")
+                    if kind is not None:  # (the engine leaves it to the relay to say whose output)
+                        getattr(event, kind).engine_id = self.engine_id
                     on_event(event)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
