@@ -30,7 +30,7 @@ def _results(session: ClientSession) -> list[wire.pb.TaskResult]:
 def test_an_announced_task_is_in_flight_on_its_engine_and_fails_with_its_death() -> None:
     router, engine, session = _setup()
     _announce(router, session, "t1")
-    assert list(engine.inflight) == ["client1/t1"]
+    assert list(engine.announced) == ["client1/t1"] and engine.inflight == {}
     assert engine._tasks == []  # nothing sent down its work stream
     router.engine_lost(engine, "died (no heartbeat for 2 s)")
     (result,) = _results(session)
@@ -49,7 +49,7 @@ def test_the_engines_notices_and_the_announcement_meet_in_either_order() -> None
     _announce(router, session, "t3")
     router.adopt(engine, ["client1/t3"])
     direct_finished(engine, ["client1/t3"])
-    assert engine.inflight == {} and session.tasks == {}
+    assert engine.inflight == {} and engine.announced == {} and session.tasks == {}
     assert _results(session) == []  # no errors for any of them
 
 

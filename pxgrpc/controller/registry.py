@@ -42,6 +42,9 @@ class EngineRecord:
     completed: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     inflight: dict[str, TaskRecord] = field(default_factory=dict)
+    #: Direct tasks their client announced (`SubmitTask.sent_direct`) that the engine has not
+    #: told of yet (`direct_started` moves them to `inflight`): its death fails them too.
+    announced: dict[str, TaskRecord] = field(default_factory=dict)
     load_balanced_inflight: int = 0
     #: Running time of its recent load-balanced tasks (moving average, seconds); -1 until known.
     task_seconds: float = -1.0

@@ -98,7 +98,7 @@ class TaskRouter:
         record = TaskRecord.held(key, submit.task_id, session)
         record.announced = True
         session.tasks[submit.task_id] = record
-        engine.inflight[key] = record
+        engine.announced[key] = record
 
     def _check(self, session: ClientSession, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
         if not submit.task_id:
@@ -212,6 +212,7 @@ class TaskRouter:
             record = TaskRecord.held(key, task_id, session)
         for other in self.registry.live():  # held elsewhere (e.g. adopted): not any more
             other.inflight.pop(key, None)
+            other.announced.pop(key, None)
         return record
 
     def adopt(self, engine: EngineRecord, keys: Iterable[str]) -> None:
@@ -220,6 +221,10 @@ class TaskRouter:
         for key in keys:
             client_id, task_id = split_key(key)
             if not client_id or key in engine.inflight:
+                continue
+            announced = engine.announced.pop(key, None)
+            if announced is not None:  # the engine has it now (and counts as busy with it)
+                engine.inflight[key] = announced
                 continue
             session = self.sessions.named(client_id)
             record = session.tasks.get(task_id)
