@@ -15,8 +15,8 @@ control. This prints the evidence:
   joining two 40 MB halves with `np.concatenate` would cost (a gather of arrays downloads each
   part into its slice of one array instead: `pxgrpc.client.assemble`);
 - phases: the median time, from the call, at which each process reaches each step of
-  `rc[0].apply_sync(noop)` (relayed by the controller, and sent straight to the engine with
-  `PXGRPC_DIRECT_TASKS=on`), of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
+  `rc[0].apply_sync(noop)` (relayed by the controller, with `PXGRPC_DIRECT_TASKS=off`, and sent
+  straight to the engine, the default), of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
   float64 array) on a 2-engine cluster. The steps are stamped by the processes themselves (the
   controller's `submitted`, the engine's `started` and `completed`), all on this host's clock;
 - with --py-spy (py-spy on PATH): the functions the controller and an engine spend their samples
@@ -131,7 +131,7 @@ def apply_phases(rc: Any, calls: int = 2000, direct: bool = False) -> None:
                     "get() returns": returned,
                 }
             )
-    path = "direct to the engine (PXGRPC_DIRECT_TASKS=on)" if direct else "relayed by the controller"
+    path = "direct to the engine" if direct else "relayed by the controller (PXGRPC_DIRECT_TASKS=off)"
     phases(f"rc[0].apply_sync(noop), {path}, median time from the call", rows)
 
 
@@ -244,7 +244,11 @@ def main() -> int:
     args = parser.parse_args()
     floors(300 if args.quick else 2000)
     cluster = pxgrpc.Cluster(n=2)
-    rc = cluster.start_and_connect_sync()
+    os.environ["PXGRPC_DIRECT_TASKS"] = "off"  # this client relays; direct_apply_phases' does not
+    try:
+        rc = cluster.start_and_connect_sync()
+    finally:
+        os.environ.pop("PXGRPC_DIRECT_TASKS")
     try:
         apply_phases(rc, 200 if args.quick else 2000)
         direct_apply_phases(cluster, 200 if args.quick else 2000)

@@ -1,11 +1,13 @@
-"""DirectView tasks sent straight to their engine (`EngineData.Tasks`, PXGRPC_DIRECT_TASKS=on):
+"""DirectView tasks sent straight to their engine (`EngineData.Tasks`, on unless PXGRPC_DIRECT_TASKS=off):
 they run in the engine's one queue, in this client's order whichever path each task takes, the
 controller sees them (queue status, abort, interrupt), and tasks fall back to the relay when the
 engine's endpoint cannot be reached."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
 import time
 from typing import Any
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 import pxgrpc
-from pxgrpc.client.errors import PxError, RemoteError
+from pxgrpc.client.errors import EngineError, PxError, RemoteError
 from pxgrpc.client.submit import Submitter
 
 pytestmark = pytest.mark.timeout(90)
@@ -130,6 +132,27 @@ def test_queue_status_abort_and_interrupt_reach_direct_tasks(
     assert caught.value.ename == "KeyboardInterrupt"
     assert rc[0].apply_sync(pow, 3, 2) == 9
     assert paths[-2:] == [True, True]
+
+
+def test_a_direct_task_on_an_engine_frozen_before_it_could_tell_fails_with_the_reason(
+    make_cluster: Any, paths: list[bool]
+) -> None:
+    """The engine never reads the task, so only the client's announcement tells the controller
+    of it: the heartbeat's verdict reaches the task, not the client's guess after a grace."""
+    _, rc = make_cluster(n=2, controller_args=["--heartbeat-timeout", "2"])
+    _link_up(rc)
+    pid = rc[0].apply_sync(os.getpid)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        paths.clear()
+        ar = rc[0].apply_async(lambda: "never answered")
+        assert paths == [True]
+        with pytest.raises(EngineError, match="no heartbeat"):
+            ar.get(timeout=30)
+        assert rc.ids == [1]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
 
 
 def test_tasks_fall_back_to_the_relay_without_a_data_endpoint(

@@ -331,7 +331,7 @@ class EngineDataServicer:
 
     def Tasks(self, request_iterator, context):
         """Run DirectView tasks without the relay through the controller (optional for clients; the
-        Python client uses it only with PXGRPC_DIRECT_TASKS=on). The engine runs them in the same
+        Python client uses it unless PXGRPC_DIRECT_TASKS=off). The engine runs them in the same
         queue as the tasks the controller sends, in the order they arrive, and sends their output
         and results back on this stream (not through the controller). It tells the controller about
         each one on its work stream (`EngineMessage.direct_started` / `direct_finished`), so queue

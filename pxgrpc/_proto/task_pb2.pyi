@@ -302,6 +302,7 @@ class SubmitTask(_message.Message):
     RETRIES_FIELD_NUMBER: _builtins.int
     BLOB_IDS_FIELD_NUMBER: _builtins.int
     DIRECT_RESULTS_FIELD_NUMBER: _builtins.int
+    SENT_DIRECT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Chosen by the client; unique within its session (a UUID4 hex string is usual)."""
     engine_id: _builtins.int
@@ -317,6 +318,13 @@ class SubmitTask(_message.Message):
     """Direct tasks only: the client downloads this task's result blobs from the engine's data
     endpoint (`EngineData.Download` at `EngineInfo.data_url`) instead of from the controller.
     Set it only when that endpoint is reachable.
+    """
+    sent_direct: _builtins.bool
+    """The client sent this task straight to engine `engine_id` (`EngineData.Tasks`, see "Direct
+    tasks" in docs/protocol.md): the controller only records it as in flight there for this
+    session, without sending it, so that the engine's death fails it with the reason. Only
+    `task_id` and `engine_id` count; an announcement that comes after the engine's
+    `direct_finished` for the task is dropped, and one for an unknown engine is ignored.
     """
     @_builtins.property
     def action(self) -> Global___Action: ...
@@ -338,10 +346,11 @@ class SubmitTask(_message.Message):
         retries: _builtins.int = ...,
         blob_ids: _abc.Iterable[_builtins.str] | None = ...,
         direct_results: _builtins.bool = ...,
+        sent_direct: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blob_ids", b"blob_ids", "direct_results", b"direct_results", "encoding", b"encoding", "engine_id", b"engine_id", "load_balanced", b"load_balanced", "retries", b"retries", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blob_ids", b"blob_ids", "direct_results", b"direct_results", "encoding", b"encoding", "engine_id", b"engine_id", "load_balanced", b"load_balanced", "retries", b"retries", "sent_direct", b"sent_direct", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

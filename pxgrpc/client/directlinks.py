@@ -8,7 +8,9 @@ direct task, so queue status, abort and interrupt see it. The order of this clie
 one engine is kept by the `Submitter`: a task goes direct only while none of its tasks for that
 engine is in flight through the controller, and the other way round.
 
-Opt-in with `PXGRPC_DIRECT_TASKS=on` (and off with `PXGRPC_DATA_ENDPOINT=off`). Runs in the
+The client also announces each direct task on its session stream (`SubmitTask.sent_direct`), so
+that the controller fails it with the reason should the engine die before telling of it. On by
+default; off with `PXGRPC_DIRECT_TASKS=off` (or `PXGRPC_DATA_ENDPOINT=off`). Runs in the
 transport's event loop, except `send`, which any thread may call.
 """
 
@@ -37,9 +39,9 @@ CONNECT_TIMEOUT = 5.0
 
 
 def direct_tasks_enabled() -> bool:
-    """Whether DirectView tasks may go straight to engines: `PXGRPC_DIRECT_TASKS=on` (and the
-    data path is not off)."""
-    wanted = os.environ.get("PXGRPC_DIRECT_TASKS", "off").lower() in ("on", "1", "yes")
+    """Whether DirectView tasks may go straight to engines: yes unless `PXGRPC_DIRECT_TASKS=off`
+    (or the data path is off)."""
+    wanted = os.environ.get("PXGRPC_DIRECT_TASKS", "on").lower() not in ("off", "0", "no")
     return wanted and blobstream.direct_data_enabled()
 
 
@@ -105,6 +107,9 @@ class DirectLink:
         try:
             async for message in call:
                 for event in message.events:
+                    kind = event.WhichOneof("kind")
+                    if kind is not None:  # (the engine leaves it to the relay to say whose output)
+                        getattr(event, kind).engine_id = self.engine_id
                     on_event(event)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:

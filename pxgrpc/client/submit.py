@@ -193,7 +193,23 @@ class Submitter:
                 submitted=now,
             )
             link.send(task)
+        self._announce(task_ids, links)
         return True
+
+    def _announce(self, task_ids: Sequence[str], links: Sequence[DirectLink]) -> None:
+        """Tell the controller (on the session stream) of tasks sent straight to engines, so
+        that an engine's death fails them with the controller's reason even when the engine
+        had no time to tell of them itself (`SubmitTask.sent_direct`)."""
+        announcements = [
+            wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True)
+            for task_id, link in zip(task_ids, links, strict=True)
+        ]
+        with self._lock:
+            self._outgoing.extend(announcements)
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self._io.call_soon(self._wakeup.set)
 
     def task_done(self, task_id: str) -> None:
         """A task's result came (either path): relayed submits held for its engine may go."""

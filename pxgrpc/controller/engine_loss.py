@@ -35,7 +35,7 @@ class EngineLoss:
             reason = f"{reason} after an Interrupt sent it {engine.signalled}"
         if engine.supervised:
             self.exit_reports.lost(engine)
-        if engine.supervised and not engine.exit_report and engine.inflight:
+        if engine.supervised and not engine.exit_report and (engine.inflight or engine.announced):
             self.exit_reports.await_report(engine, reason)
             return
         self._settle_lost(engine, engine.exit_report or reason)
@@ -58,8 +58,9 @@ class EngineLoss:
         return engine.engine_id
 
     def _settle_lost(self, engine: EngineRecord, reason: str) -> None:
-        lost = list(engine.inflight.values())
+        lost = [*engine.inflight.values(), *engine.announced.values()]
         engine.inflight.clear()
+        engine.announced.clear()
         retry: list[TaskRecord] = []
         who = f"engine {engine.engine_id} (pid {engine.pid} on {engine.hostname})"
         for record in lost:

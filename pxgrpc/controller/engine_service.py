@@ -108,6 +108,8 @@ def direct_finished(engine: EngineRecord, keys: Iterable[str]) -> None:
     forget them here (they count as completed, also those that ran too briefly to be told of)."""
     for key in keys:
         engine.completed += 1
-        record = engine.inflight.pop(key, None)
+        record = engine.inflight.pop(key, None) or engine.announced.pop(key, None)
         if record is not None:
             record.session.tasks.pop(record.task_id, None)
+        if record is None or not record.announced:  # its client's announcement may still come
+            engine.remember_direct_finished(key)

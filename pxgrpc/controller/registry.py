@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import signal
@@ -14,6 +15,9 @@ from pxgrpc import wire
 from pxgrpc.controller.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
+
+#: How many direct tasks finished before their announcement an engine record remembers.
+DIRECT_FINISHED_KEPT = 4096
 
 
 @dataclass(eq=False)
@@ -38,11 +42,16 @@ class EngineRecord:
     completed: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     inflight: dict[str, TaskRecord] = field(default_factory=dict)
+    #: Direct tasks their client announced (`SubmitTask.sent_direct`) that the engine has not
+    #: told of yet (`direct_started` moves them to `inflight`): its death fails them too.
+    announced: dict[str, TaskRecord] = field(default_factory=dict)
     load_balanced_inflight: int = 0
     #: Running time of its recent load-balanced tasks (moving average, seconds); -1 until known.
     task_seconds: float = -1.0
     #: When the task at the head of `inflight` started, about (time.monotonic()).
     head_since: float = field(default_factory=time.monotonic)
+    #: Direct tasks finished before their client announced them (`SubmitTask.sent_direct`).
+    _direct_finished: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
     _tasks: list[wire.pb.Task] = field(default_factory=list)
     _aborts: list[str] = field(default_factory=list)
     #: The signal of an interrupt not yet sent down the work stream (0: none).
@@ -51,6 +60,17 @@ class EngineRecord:
     signalled: str = ""
     _shutdown: bool = False
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def remember_direct_finished(self, key: str) -> None:
+        """A direct task finished that nobody announced (yet): drop its announcement, should
+        it come (the most recent ones only: a client that does not announce leaves no trace)."""
+        self._direct_finished[key] = None
+        if len(self._direct_finished) > DIRECT_FINISHED_KEPT:
+            self._direct_finished.popitem(last=False)
+
+    def forget_direct_finished(self, key: str) -> bool:
+        """Whether the direct task `key` finished before its announcement (forgetting it)."""
+        return self._direct_finished.pop(key, 0) is None
 
     def observe(self, seconds: float) -> None:
         """A load-balanced task ran for `seconds`: update the moving average."""

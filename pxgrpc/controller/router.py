@@ -50,6 +50,9 @@ class TaskRouter:
         self.schedule()
 
     def _route(self, session: ClientSession, submit: wire.pb.SubmitTask) -> None:
+        if submit.sent_direct:
+            self._track_direct(session, submit)
+            return
         problem = self._check(session, submit)
         if problem is not None:
             ename, evalue = problem
@@ -75,6 +78,27 @@ class TaskRouter:
             engine = self.registry.get(submit.engine_id)
             assert engine is not None  # checked above
             assign(record, engine)
+
+    def _track_direct(self, session: ClientSession, submit: wire.pb.SubmitTask) -> None:
+        """A client sent a task straight to its engine: hold it as in flight there (not sending
+        it), so that the engine's death fails it with the reason. The engine's own word
+        (`direct_started`, `direct_finished`) may come first: then there is nothing to do."""
+        engine = self.registry.get(submit.engine_id)
+        if engine is None or engine.dead or not submit.task_id or not session.client_id:
+            return
+        key = session.key(submit.task_id)
+        if engine.forget_direct_finished(key):
+            return
+        known = engine.inflight.get(key)
+        if known is not None:  # told of by the engine already
+            known.announced = True
+            return
+        if submit.task_id in session.tasks:
+            return
+        record = TaskRecord.held(key, submit.task_id, session)
+        record.announced = True
+        session.tasks[submit.task_id] = record
+        engine.announced[key] = record
 
     def _check(self, session: ClientSession, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
         if not submit.task_id:
@@ -188,6 +212,7 @@ class TaskRouter:
             record = TaskRecord.held(key, task_id, session)
         for other in self.registry.live():  # held elsewhere (e.g. adopted): not any more
             other.inflight.pop(key, None)
+            other.announced.pop(key, None)
         return record
 
     def adopt(self, engine: EngineRecord, keys: Iterable[str]) -> None:
@@ -196,6 +221,10 @@ class TaskRouter:
         for key in keys:
             client_id, task_id = split_key(key)
             if not client_id or key in engine.inflight:
+                continue
+            announced = engine.announced.pop(key, None)
+            if announced is not None:  # the engine has it now (and counts as busy with it)
+                engine.inflight[key] = announced
                 continue
             session = self.sessions.named(client_id)
             record = session.tasks.get(task_id)

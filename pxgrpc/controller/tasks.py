@@ -204,6 +204,8 @@ class TaskRecord:
     #: The engines that died while running it, and how (a task that kills every engine it
     #: runs on fails naming them all once its retries are spent).
     deaths: list[str] = field(default_factory=list)
+    #: Sent straight to its engine, and announced by its client (`SubmitTask.sent_direct`).
+    announced: bool = False
 
     @classmethod
     def held(cls, key: str, task_id: str, session: ClientSession) -> TaskRecord:

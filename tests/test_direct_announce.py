@@ -1,0 +1,59 @@
+"""The controller's side of `SubmitTask.sent_direct`: a client's announcement of a task it sent
+straight to an engine, reconciled with the engine's own notices whichever comes first."""
+
+from __future__ import annotations
+
+from pxgrpc import wire
+from pxgrpc.controller.blobs import BlobStore
+from pxgrpc.controller.engine_service import direct_finished
+from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.router import TaskRouter
+from pxgrpc.controller.tasks import ClientSession
+
+
+def _setup() -> tuple[TaskRouter, EngineRecord, ClientSession]:
+    router = TaskRouter(EngineRegistry(), BlobStore())
+    engine = router.registry.register(wire.pb.RegisterRequest(hostname="h", pid=1))
+    session = ClientSession()
+    router.resume(session, "client1", [])
+    return router, engine, session
+
+
+def _announce(router: TaskRouter, session: ClientSession, task_id: str, engine_id: int = 0) -> None:
+    router.submit(session, wire.pb.SubmitTask(task_id=task_id, engine_id=engine_id, sent_direct=True))
+
+
+def _results(session: ClientSession) -> list[wire.pb.TaskResult]:
+    return [event.result for event, _, _ in session._events if event.WhichOneof("kind") == "result"]
+
+
+def test_an_announced_task_is_in_flight_on_its_engine_and_fails_with_its_death() -> None:
+    router, engine, session = _setup()
+    _announce(router, session, "t1")
+    assert list(engine.announced) == ["client1/t1"] and engine.inflight == {}
+    assert engine._tasks == []  # nothing sent down its work stream
+    router.engine_lost(engine, "died (no heartbeat for 2 s)")
+    (result,) = _results(session)
+    assert result.task_id == "t1" and result.status == wire.TASK_ENGINE_DIED
+    assert "no heartbeat" in result.error.evalue
+
+
+def test_the_engines_notices_and_the_announcement_meet_in_either_order() -> None:
+    router, engine, session = _setup()
+    # The engine's notices first: the late announcement leaves nothing behind.
+    router.adopt(engine, ["client1/t1"])
+    direct_finished(engine, ["client1/t1", "client1/t2"])
+    _announce(router, session, "t1")
+    _announce(router, session, "t2")
+    # The announcement first: the engine's notices settle it.
+    _announce(router, session, "t3")
+    router.adopt(engine, ["client1/t3"])
+    direct_finished(engine, ["client1/t3"])
+    assert engine.inflight == {} and engine.announced == {} and session.tasks == {}
+    assert _results(session) == []  # no errors for any of them
+
+
+def test_an_announcement_for_an_unknown_engine_is_ignored() -> None:
+    router, engine, session = _setup()
+    _announce(router, session, "t1", engine_id=7)
+    assert engine.inflight == {} and session.tasks == {} and _results(session) == []
