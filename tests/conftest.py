@@ -76,3 +76,13 @@ def cluster4() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
 @pytest.fixture
 def rc(cluster4: tuple[Cluster, pxgrpc.Client]) -> pxgrpc.Client:
     return cluster4[1]
+
+
+@pytest.fixture(scope="module")
+def cluster3() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
+    """Three engines shared by a module's tests that do not kill any."""
+    cluster = Cluster(n=3)
+    try:
+        yield cluster, cluster.start_and_connect_sync(timeout=60)
+    finally:
+        cluster.stop_cluster_sync()

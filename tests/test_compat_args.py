@@ -25,16 +25,6 @@ pytestmark = pytest.mark.timeout(60)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def cluster3() -> Iterator[tuple[Cluster, ipp.Client]]:
-    """Three engines shared by the tests that do not kill any."""
-    cluster = Cluster(n=3)
-    try:
-        yield cluster, cluster.start_and_connect_sync(timeout=60)
-    finally:
-        cluster.stop_cluster_sync()
-
-
 @pytest.fixture
 def rc(cluster3: tuple[Cluster, ipp.Client]) -> ipp.Client:
     return cluster3[1]

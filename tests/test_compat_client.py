@@ -13,20 +13,11 @@ import cloudpickle
 import pytest
 
 import pxgrpc as ipp
+from tests.engine_side import wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def wait_for_file(path: str) -> str:
-    """(On an engine.) Block until `path` exists: the test decides when the task ends."""
-    import os
-    import time
-
-    while not os.path.exists(path):
-        time.sleep(0.01)
-    return path
 
 
 def wait_until_busy(rc: ipp.Client, engines: list[int]) -> None:

@@ -16,21 +16,12 @@ import pytest
 
 import pxgrpc as ipp
 from pxgrpc.client.executereply import ExecuteReply
+from tests.engine_side import wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
 
 # The engines cannot import this module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def wait_for_file(path: str) -> str:
-    """(On an engine.) Block until `path` exists: the test decides when the task ends."""
-    import os
-    import time
-
-    while not os.path.exists(path):
-        time.sleep(0.01)
-    return path
 
 
 def publish_until_file(path: str) -> str:
