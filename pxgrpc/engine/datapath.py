@@ -233,7 +233,7 @@ def _settle(done: concurrent.futures.Future[None]) -> None:
 def offers_data(info: ConnectionInfo) -> bool:
     """Serve a data endpoint? Only where clients can use it safely: a controller with TLS and a
     CA in the connection file (the endpoint then speaks TLS too, with a certificate the
-    controller signs; see `EngineConnection._use_data_certificate`), or, for engines started
+    controller signs; see `registration.use_data_certificate`), or, for engines started
     with the client token, a controller on loopback without TLS (plain TCP on 127.0.0.1).
     Engines with the engine token only (the engine-only file) check clients' tokens against
     the SHA-256 the controller sends, and get a certificate only for the address they

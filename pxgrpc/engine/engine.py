@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import sys
 from types import FrameType
 from typing import Any
 
 from pxgrpc import datapub, wire
-from pxgrpc.engine.connection import EngineConnection, WorkItem, wait_registered
+from pxgrpc.engine.connection import EngineConnection, wait_registered
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
+from pxgrpc.engine.taskqueue import TaskQueue, WorkItem
 from pxgrpc.memory import reuse_freed_memory
 from pxgrpc.security.connection_file import ConnectionInfo
 
@@ -24,8 +24,8 @@ class Engine:
 
     def __init__(self, info: ConnectionInfo) -> None:
         reuse_freed_memory()
-        self.work: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
-        self.conn = EngineConnection(info, self.work)
+        self.tasks = TaskQueue()
+        self.conn = EngineConnection(info, self.tasks)
         self.kernel = Kernel(display_sink=self._publish_display)
         self.stdout = OutputStream(wire.STDOUT, "<stdout>", self.conn.emit, self.conn.schedule)
         self.stderr = OutputStream(wire.STDERR, "<stderr>", self.conn.emit, self.conn.schedule)
@@ -69,8 +69,8 @@ class Engine:
         wait_registered(self.conn, register_timeout)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         try:
-            while (item := self.work.get()) is not None:
-                if self.conn.claim(item):
+            while (item := self.tasks.get()) is not None:
+                if self.tasks.claim(item):
                     self._run(item)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
@@ -80,7 +80,7 @@ class Engine:
     def _run(self, item: WorkItem) -> None:
         task = item.task
         self.stdout.task_id = self.stderr.task_id = task.task_id
-        self.conn.running_task = task.task_id
+        self.tasks.running = task.task_id
         try:
             blobs = item.blobs.result() if item.blobs is not None else {}
         except Exception as exc:  # noqa: BLE001 - the task fails, the engine goes on
@@ -91,7 +91,7 @@ class Engine:
             outcome = self.kernel.run(task.action, blobs)
         finally:
             self._in_user_code = False
-            self.conn.running_task = None
+            self.tasks.running = None
         del blobs, item
         self._send(task, outcome)
 
