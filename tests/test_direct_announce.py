@@ -57,3 +57,12 @@ def test_an_announcement_for_an_unknown_engine_is_ignored() -> None:
     router, engine, session = _setup()
     _announce(router, session, "t1", engine_id=7)
     assert engine.inflight == {} and session.tasks == {} and _results(session) == []
+
+
+def test_an_abort_reaches_an_announced_task_the_engine_has_not_told_of() -> None:
+    # (An engine tells of a direct task only once it has been queued or running for a while.)
+    router, engine, session = _setup()
+    router.registry.connected(engine)
+    _announce(router, session, "t1")
+    assert router.abort(session, ["t1"], []) == ["t1"]
+    assert engine._aborts == ["client1/t1"]  # down the engine's work stream

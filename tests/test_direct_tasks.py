@@ -134,6 +134,30 @@ def test_queue_status_abort_and_interrupt_reach_direct_tasks(
     assert paths[-2:] == [True, True]
 
 
+def test_an_interrupt_and_an_abort_reach_direct_tasks_as_soon_as_they_are_sent(
+    make_cluster: Any, paths: list[bool], tmp_path: pathlib.Path
+) -> None:
+    """The engine tells the controller of a direct task only once it has waited or run for a
+    while; its client's announcement lets an interrupt or abort reach it before that."""
+    _, rc = make_cluster(n=1)
+    _link_up(rc)
+    paths.clear()
+    started = tmp_path / "started"
+    spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
+    spinning = rc[0].execute(spin, block=False)
+    queued = rc[0].execute("after = 1", block=False)
+    _until(started.exists, what="the spinning task to run")
+    assert rc.abort(queued) == queued.msg_ids
+    assert rc.interrupt(targets=[0]) == [0]
+    with pytest.raises(RemoteError) as caught:
+        spinning.get(timeout=30)
+    assert caught.value.ename == "KeyboardInterrupt"
+    with pytest.raises(PxError):
+        queued.get(timeout=30)
+    assert "after" not in rc[0].apply_sync(lambda: list(globals()))
+    assert paths[:2] == [True, True]
+
+
 def test_a_direct_task_on_an_engine_frozen_before_it_could_tell_fails_with_the_reason(
     make_cluster: Any, paths: list[bool]
 ) -> None:

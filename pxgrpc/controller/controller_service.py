@@ -224,7 +224,7 @@ class ControllerService(BlobTransfers):
         interrupted = []
         for engine_id in await self.state.resolve_targets(request.targets, context):
             engine = self.state.registry.get(engine_id)
-            if engine is not None and (engine.inflight or request.include_idle):
+            if engine is not None and (engine.inflight or engine.announced or request.include_idle):
                 engine.send_interrupt(signal_number)
                 interrupted.append(engine_id)
         return wire.pb.InterruptReply(engine_ids=interrupted)

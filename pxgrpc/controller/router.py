@@ -288,17 +288,18 @@ class TaskRouter:
                 )
                 aborted.append(record.task_id)
         for engine in self.registry.live():
-            keys = [
-                r.key
-                for r in engine.inflight.values()
+            # (Direct tasks the engine has not told of yet may wait in its queue too.)
+            records = [
+                r
+                for r in (*engine.inflight.values(), *engine.announced.values())
                 if engine.engine_id in engine_ids
                 or (r.task_id in wanted and (session is None or r.session is session))
             ]
-            if keys:
-                engine.send_abort(keys)
-                for key in keys:
-                    engine.inflight[key].stealing = False  # aborted for good, not to run elsewhere
-                aborted.extend(engine.inflight[k].task_id for k in keys)
+            if records:
+                engine.send_abort([r.key for r in records])
+                for record in records:
+                    record.stealing = False  # aborted for good, not to run elsewhere
+                aborted.extend(r.task_id for r in records)
         return aborted
 
     def close_session(self, session: ClientSession) -> None:
