@@ -305,17 +305,20 @@ class EngineMessage(_message.Message):
 
     @_builtins.property
     def direct_started(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tasks a client handed this engine directly (`EngineData.Tasks`) since the last message,
-        by their full task id ("<session_id>/<task id>"): the controller counts them as the
-        engine's, like tasks it sent (queue status, Abort, Interrupt, an EngineError should the
-        engine die). Sent before any event of those tasks.
+        """Tasks a client handed this engine directly (`EngineData.Tasks`) that are still queued or
+        running a short while after they came (pxgrpc's engine: 0.1 s), by their full task id
+        ("<session_id>/<task id>"): the controller counts them as the engine's, like tasks it sent
+        (queue status, Abort, Interrupt, an EngineError should the engine die). Sent before any
+        event of those tasks. A task done sooner may only ever appear in `direct_finished`.
         """
 
     @_builtins.property
     def direct_finished(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Direct tasks whose result went back to their client on the direct stream: the controller
-        forgets them (and counts them as completed). A direct task whose result comes in `events`
-        instead (its direct stream broke) is settled like any other result.
+        forgets them (and counts them as completed). Tasks told of in `direct_started` soon after
+        they finish; others may wait a little to ride along with the next message (pxgrpc's
+        engine: at most 0.25 s). A direct task whose result comes in `events` instead (its direct
+        stream broke) is settled like any other result.
         """
 
     def __init__(
