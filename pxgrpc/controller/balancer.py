@@ -66,6 +66,15 @@ class LoadBalancer:
         An engine's room grows as its tasks prove short (see `EngineRecord.capacity`), so that
         tiny tasks travel many to a message while long ones are not hoarded by one engine.
         """
+        if not self.queue:
+            # (The common case, after every message of an engine running direct tasks: only
+            # tasks stuck behind long ones may want taking back, and only if some engine
+            # holds two. No sorting of every engine per message.)
+            if any(e.load_balanced_inflight >= 2 for e in self.registry.records()):
+                engines = self.registry.live()
+                if any(not e.inflight for e in engines):
+                    self._steal(engines)
+            return
         engines = self.registry.live()
         open_engines = [e for e in engines if e.load_balanced_inflight < self._capacity(e)]
         while self.queue and open_engines:

@@ -8,7 +8,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pxgrpc import wire
@@ -222,6 +222,10 @@ class EngineRegistry:
             if engine.pid == pid and engine.hostname == hostname and not engine.dead:
                 return engine
         return None
+
+    def records(self) -> Iterable[EngineRecord]:
+        """Every engine record held, live or not, in no particular order (cheap: no copy)."""
+        return self._engines.values()
 
     def live(self) -> list[EngineRecord]:
         """Connected engines that are alive, in id order."""
