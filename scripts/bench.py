@@ -97,7 +97,9 @@ class PxSide(Side):
         self.cluster = self.rc = None
 
     def controller_pids(self) -> list[int]:
-        return [self.cluster.controller.pid]
+        # (`Cluster.controller` is the controller's supervisor: the controller is its child.)
+        root = psutil.Process(self.cluster.controller.pid)
+        return [root.pid, *(p.pid for p in root.children(recursive=True))]
 
 
 class IppSide(Side):
@@ -612,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated figures to measure (e.g. push,pull); skips memory and scaling",
+        help="comma-separated figures to measure (e.g. push,pull); skips memory and scaling. With "
+        "--scale: apply, push, scatter_gather (the start, idle and stop figures always)",
     )
     parser.add_argument(
         "--scale", type=int, default=0, metavar="N", help="the many-engine table with N engines instead"
@@ -621,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         import bench_scale
 
-        return bench_scale.main(args.scale, have_ipyparallel() and not args.no_ipp, args.quick, noop)
+        only = {key for key in args.only.split(",") if key}
+        return bench_scale.main(args.scale, have_ipyparallel() and not args.no_ipp, args.quick, noop, only)
     cfg = QUICK if args.quick else FULL
     have_ipp = have_ipyparallel() and not args.no_ipp
     sides: list[Side] = [PxSide(), *([IppSide()] if have_ipp else [])]

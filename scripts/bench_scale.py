@@ -18,6 +18,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,9 +120,12 @@ def idle_figures(side: Side, figs: dict[str, ScaleFigure], wait: float = 3.0) ->
     )
 
 
-def measure_side(side: Side, n: int, figs: dict[str, ScaleFigure], reps: int, noop: Any) -> None:
+def measure_side(
+    side: Side, n: int, figs: dict[str, ScaleFigure], reps: int, noop: Any, only: set[str]
+) -> None:
     """Everything of one system, on one fresh cluster of `n` engines (`noop`: a function the
-    engines can unpickle, i.e. one of the `__main__` script)."""
+    engines can unpickle, i.e. one of the `__main__` script; `only`: the workloads to measure,
+    of apply, push, scatter_gather, or all when empty)."""
     log(f"{side.name}: starting {n} engines")
     seconds = side.start(n)
     figs["ready"].add(side.name, seconds)
@@ -143,24 +147,28 @@ def measure_side(side: Side, n: int, figs: dict[str, ScaleFigure], reps: int, no
         def push_one() -> Any:
             return e0.push({"a": arr}, block=True)
 
+        wanted = only or {"apply", "push", "scatter_gather"}
         # First transfers on the fresh cluster, apart.
-        figs["push_all"].first[side.name] = timed_ms(push_all)
-        figs["push_one"].first[side.name] = timed_ms(push_one)
-        figs["scatter_gather"].first[side.name] = timed_ms(scatter_gather)
-        figs["apply"].first[side.name] = timed_ms(lambda: dv.apply_sync(noop))
-        for _ in range(reps * 4):
-            figs["apply"].add(side.name, timed_ms(lambda: dv.apply_sync(noop)))
-        side.forget()
-        for _ in range(reps):
+        if "push" in wanted:
+            figs["push_all"].first[side.name] = timed_ms(push_all)
+            figs["push_one"].first[side.name] = timed_ms(push_one)
+        if "scatter_gather" in wanted:
+            figs["scatter_gather"].first[side.name] = timed_ms(scatter_gather)
+        if "apply" in wanted:
+            figs["apply"].first[side.name] = timed_ms(lambda: dv.apply_sync(noop))
+            for _ in range(reps * 4):
+                figs["apply"].add(side.name, timed_ms(lambda: dv.apply_sync(noop)))
+            side.forget()
+        for _ in range(reps if "push" in wanted else 0):
             one, every = timed_ms(push_one), timed_ms(push_all)
             figs["push_one"].add(side.name, one)
             figs["push_all"].add(side.name, every)
             figs["push_ratio"].add(side.name, every / one)
             side.forget()
-        for _ in range(reps):
+        for _ in range(reps if "scatter_gather" in wanted else 0):
             figs["scatter_gather"].add(side.name, timed_ms(scatter_gather))
             side.forget()
-        dv.execute("del a, x", block=True)
+        dv.execute("a = x = None\ndel a, x", block=True)
         for key in ("apply", "push_one", "push_all", "push_ratio", "scatter_gather"):
             if figs[key].median(side.name) is not None:
                 log(f"  {side.name}: {figs[key].label} {figs[key].median(side.name):.4g} {figs[key].unit}")
@@ -203,12 +211,18 @@ def print_table(n: int, figs: dict[str, ScaleFigure], have_ipp: bool) -> None:
         print("(the issue's ipyparallel figures are for 64 engines: no comparison at this count)")
 
 
-def main(n: int, have_ipp: bool, quick: bool, noop: Any) -> int:
+def main(n: int, have_ipp: bool, quick: bool, noop: Any, only: Collection[str] = ()) -> int:
+    wanted = set(only)
+    unknown = wanted - {"apply", "push", "scatter_gather"}
+    if unknown:
+        raise SystemExit(
+            f"--only with --scale: unknown figures {sorted(unknown)} (apply, push, scatter_gather)"
+        )
     reps = 3 if quick else 5
     figs = figures()
     sides: list[Side] = [PxSide(), *([IppScaleSide()] if have_ipp else [])]
     print(f"scale bench: {n} engines per system, {reps} repetitions", flush=True)
     for side in sides:
-        measure_side(side, n, figs, reps, noop)
+        measure_side(side, n, figs, reps, noop, wanted)
     print_table(n, figs, have_ipp)
     return 0

@@ -54,6 +54,12 @@ def test_bench_scale_runs_the_many_engine_table() -> None:
         assert label in out, out
 
 
+def test_bench_scale_measures_only_the_figures_asked_for() -> None:
+    out = run(str(SCRIPTS / "bench.py"), "--scale", "2", "--quick", "--no-ipp", "--only", "apply")
+    assert "rc[:].apply_sync(noop), all engines" in out, out
+    assert "push 8 MB to all engines" not in out.split("engines, one host")[0], out
+
+
 def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
     out = run(str(SCRIPTS / "where_time_goes.py"), "--quick")
     for label in (
