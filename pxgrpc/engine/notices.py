@@ -86,13 +86,17 @@ class DirectNotices:
         return due
 
     def _arm(self) -> None:
+        """Set the timer for when the notices are due: sooner or later than it was (a task
+        done before it was told of as started moves the time on: no wake-up for nothing)."""
         due = self._due_at()
-        if due == float("inf") or (self._timer is not None and self._timer_due <= due):
-            return
         if self._timer is not None:
+            if abs(self._timer_due - due) < _EARLY:
+                return
             self._timer.cancel()
-        self._timer_due = due
-        self._timer = self._loop.call_at(due, self._check)
+            self._timer = None
+        if due != float("inf"):
+            self._timer_due = due
+            self._timer = self._loop.call_at(due, self._check)
 
     def _check(self) -> None:
         self._timer = None
