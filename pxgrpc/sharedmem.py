@@ -11,6 +11,14 @@ controller answers with a `SharedBlob` only when that is its own. The reader ope
 (`/proc/PID/fd/N` of the controller's memfd: only processes of the same user can) and checks
 the nonce written at the start of the file before it trusts it; otherwise it asks again for the
 bytes (`SharedBlobUnusable`).
+
+A client and an engine of one host move a large blob between them the same way (see
+`pxgrpc.client.datapath`), always through a file the client made: a push writes the bytes into
+a fresh memfd that the engine maps during the upload call (its reply is the client's signal
+that the file may be closed); a pull hands the engine an empty memfd (`DownloadRequest.into`)
+that the engine writes the result into (`write_into`) before it answers, and the client then
+maps. Nobody writes a file once its reader has mapped it, so each side's value is its own.
+`PXGRPC_SHARED_MEMORY=off` turns all of this off (bytes are streamed instead).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import functools
 import logging
 import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -35,12 +43,26 @@ OFFSET = mmap.PAGESIZE
 _NONCE_BYTES = 16
 
 
-@functools.cache
+#: A blob between a client and an engine of one host goes through shared memory from this size
+#: (below it, streaming the bytes costs about as much as making and mapping a file).
+MIN_POINT_TO_POINT = 1 << 20
+
+
+def enabled() -> bool:
+    """Whether this process shares memory with others of its host: not with
+    `PXGRPC_SHARED_MEMORY=off` (or where there is no memfd)."""
+    setting = os.environ.get("PXGRPC_SHARED_MEMORY", "auto").lower()
+    return setting not in ("off", "0", "no") and hasattr(os, "memfd_create")
+
+
 def host_key() -> str:
-    """This host's identity for shared memory: the kernel's boot id ("" where there is none:
-    then nothing is shared)."""
-    if not hasattr(os, "memfd_create"):
-        return ""
+    """This host's identity for shared memory: the kernel's boot id ("" where there is none,
+    or sharing is off: then nothing is shared)."""
+    return _boot_id() if enabled() else ""
+
+
+@functools.cache
+def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
@@ -80,6 +102,20 @@ class SharedFile:
     def describe(self) -> pb.SharedBlob:
         return pb.SharedBlob(path=f"/proc/{os.getpid()}/fd/{self.fd}", nonce=self.nonce, offset=OFFSET)
 
+    def map(self, blob_id: str, size: int) -> MappedBlob:
+        """This file's blob of `size` bytes (written by another process: `write_into`), mapped
+        privately. Raises SharedBlobUnusable when the file is shorter than that."""
+        return _map_fd(self.fd, blob_id, size, OFFSET, f"blob {blob_id}")
+
+    def read_into(self, into: memoryview) -> None:
+        """Copy the blob's first `len(into)` bytes into `into` (e.g. a slice of a gathered array)."""
+        position = 0
+        while position < into.nbytes:
+            read = os.preadv(self.fd, [into[position:]], OFFSET + position)
+            if read <= 0:
+                raise SharedBlobUnusable(f"shared file ended after {position} of {into.nbytes} bytes")
+            position += read
+
     def close(self) -> None:
         """Drop the sender's copy (readers that mapped it keep their mappings)."""
         if self.fd >= 0:
@@ -93,9 +129,27 @@ class MappedBlob(blobstream.IncomingBlob):
     def __init__(self, blob_id: str, size: int, mapping: mmap.mmap, offset: int) -> None:
         self.blob_id = blob_id
         self.size = size
+        self._mapping = mapping
         self.buffer = np.frombuffer(mapping, dtype=np.uint8, count=size, offset=offset)
         self._view = memoryview(self.buffer)  # type: ignore[arg-type]
         self.received = size
+
+    def nonce(self, length: int) -> bytes:
+        """The file's first `length` bytes."""
+        return self._mapping[:length]
+
+
+class FilledBlob(blobstream.IncomingBlob):
+    """A received blob whose bytes were copied from a shared file into the caller's buffer."""
+
+    in_place = True
+
+    def __init__(self, blob_id: str, into: memoryview) -> None:
+        self.blob_id = blob_id
+        self.size = self.received = into.nbytes
+        self.buffer = np.frombuffer(into, dtype=np.uint8)
+        self._view = into
+        self.prefaulting = False
 
 
 def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
@@ -104,20 +158,56 @@ def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
     shared = header.shared
     if header.size < 0 or shared.offset < len(shared.nonce) or not shared.nonce:
         raise SharedBlobUnusable(f"blob {blob_id}: malformed SharedBlob")
-    length = shared.offset + header.size
+    fd = _open(shared, os.O_RDONLY, f"blob {blob_id}")
     try:
-        fd = os.open(shared.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SharedBlobUnusable(f"blob {blob_id}: cannot open {shared.path}: {exc.strerror}") from None
-    try:
-        if os.fstat(fd).st_size < length:
-            raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file")
-        mapping = mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
-    except (OSError, ValueError) as exc:
-        raise SharedBlobUnusable(f"blob {blob_id}: cannot map {shared.path}: {exc}") from None
+        mapped = _map_fd(fd, blob_id, header.size, shared.offset, f"blob {blob_id}: {shared.path}")
     finally:
         os.close(fd)
-    if mapping[: len(shared.nonce)] != shared.nonce:
-        mapping.close()
+    if mapped.nonce(len(shared.nonce)) != shared.nonce:
         raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file (nonce)")
-    return MappedBlob(blob_id, header.size, mapping, shared.offset)
+    return mapped
+
+
+def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str) -> None:
+    """Write a blob's bytes (its `parts`, in order) into a reader's file at `target.offset`,
+    after checking the file's nonce. Raises SharedBlobUnusable when the file cannot be opened
+    here or is not the one described (the reader then gets the bytes)."""
+    if target.offset < len(target.nonce) or not target.nonce:
+        raise SharedBlobUnusable(f"blob {blob_id}: malformed DownloadRequest.into")
+    fd = _open(target, os.O_RDWR, f"blob {blob_id}")
+    try:
+        if os.pread(fd, len(target.nonce), 0) != target.nonce:
+            raise SharedBlobUnusable(f"blob {blob_id}: {target.path} is not the reader's file (nonce)")
+        size = sum(part.nbytes for part in parts)
+        if os.fstat(fd).st_size < target.offset + size:
+            os.ftruncate(fd, target.offset + size)
+        position = target.offset
+        for part in parts:
+            view = part.cast("B") if part.format != "B" or part.ndim != 1 else part
+            while view.nbytes:
+                written = os.pwrite(fd, view, position)
+                position += written
+                view = view[written:]
+    except OSError as exc:
+        raise SharedBlobUnusable(f"blob {blob_id}: cannot write {target.path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _open(shared: pb.SharedBlob, flags: int, what: str) -> int:
+    try:
+        return os.open(shared.path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SharedBlobUnusable(f"{what}: cannot open {shared.path}: {exc.strerror}") from None
+
+
+def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedBlob:
+    """`size` bytes at `offset` of an open file, mapped privately (copy-on-write)."""
+    length = offset + size
+    try:
+        if os.fstat(fd).st_size < length:
+            raise SharedBlobUnusable(f"{what}: the file is shorter than the blob's {size} bytes")
+        mapping = mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise SharedBlobUnusable(f"{what}: cannot map it: {exc}") from None
+    return MappedBlob(blob_id, size, mapping, offset)

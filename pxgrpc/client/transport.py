@@ -412,7 +412,10 @@ class Transport:
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 for engine_id in gone:
                     self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
-                self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
+                self._datapath.set_urls(
+                    {e.engine_id: e.data_url for e in reply.engines},
+                    {e.data_url: e.host_key for e in reply.engines if e.data_url},
+                )
                 self._versions.check(reply.engines)
 
 

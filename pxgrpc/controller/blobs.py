@@ -163,6 +163,8 @@ class BlobStore:
             header = await blobstream.read_header(it)
         except wire.DecodingError as exc:
             raise BlobError(str(exc)) from exc
+        if header.HasField("shared"):
+            raise BlobError("BlobHeader.shared: the controller takes the bytes only (no shared memory)")
         blob = self._get_or_create(header.blob_id)
         if blob.uploading or blob.complete:
             raise BlobError(f"BlobHeader.blob_id: blob {header.blob_id} was already uploaded")

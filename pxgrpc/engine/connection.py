@@ -282,6 +282,7 @@ class EngineConnection:
             protocol_version=mine.protocol,
             cloudpickle_version=mine.cloudpickle,
             data_url=self.data.url if self.data is not None else "",
+            host_key=self.data.host_key if self.data is not None else "",
             supervised=self.supervised,
         )
         if self.requested_id is not None:
