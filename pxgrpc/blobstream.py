@@ -182,10 +182,9 @@ async def receive(
     if header.HasField("shared"):
         if on_shared is None:
             raise DecodingError("BlobHeader.shared: this receiver takes the bytes only (no shared memory)")
-        shared = on_shared(header.blob_id if blob_id is None else blob_id, header)
-        async for _ in it:
+        async for _ in it:  # (read to the end first: an uploader is then done sending)
             raise DecodingError("BlobChunk.data: no data may follow a header with `shared`")
-        return shared
+        return on_shared(header.blob_id if blob_id is None else blob_id, header)
     try:
         target = into if into is not None and into.nbytes == header.size else None
         blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size, target)

@@ -23,11 +23,13 @@ maps. Nobody writes a file once its reader has mapped it, so each side's value i
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import mmap
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +128,7 @@ class SharedFile:
 class MappedBlob(blobstream.IncomingBlob):
     """A received blob whose bytes are a private (copy-on-write) mapping of a `SharedFile`."""
 
-    def __init__(self, blob_id: str, size: int, mapping: mmap.mmap, offset: int) -> None:
+    def __init__(self, blob_id: str, size: int, mapping: Any, offset: int) -> None:
         self.blob_id = blob_id
         self.size = size
         self._mapping = mapping
@@ -136,7 +138,7 @@ class MappedBlob(blobstream.IncomingBlob):
 
     def nonce(self, length: int) -> bytes:
         """The file's first `length` bytes."""
-        return self._mapping[:length]
+        return np.frombuffer(self._mapping, dtype=np.uint8, count=length).tobytes()
 
 
 class FilledBlob(blobstream.IncomingBlob):
@@ -207,7 +209,38 @@ def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedB
     try:
         if os.fstat(fd).st_size < length:
             raise SharedBlobUnusable(f"{what}: the file is shorter than the blob's {size} bytes")
-        mapping = mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
+        mapping = _mmap_private(fd, length)
     except (OSError, ValueError) as exc:
         raise SharedBlobUnusable(f"{what}: cannot map it: {exc}") from None
     return MappedBlob(blob_id, size, mapping, offset)
+
+
+_PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    c_int = ctypes.c_int
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, c_int, c_int, c_int, ctypes.c_long]
+    libc.mmap.restype = ctypes.c_void_p
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap.restype = ctypes.c_int
+    return libc
+
+
+def _mmap_private(fd: int, length: int) -> Any:
+    """`length` bytes of a file mapped privately, as a writable buffer that unmaps itself when
+    the last array on it goes. (Python's `mmap.mmap` would keep a duplicate of the file
+    descriptor open for as long: one open file per received array.)"""
+    libc = _libc()
+    address = libc.mmap(None, length, _PROT_READ_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+    class Mapping(ctypes.c_ubyte * length):  # type: ignore[misc,valid-type]
+        def __del__(self) -> None:
+            libc.munmap(ctypes.addressof(self), length)
+
+    return Mapping.from_address(address)

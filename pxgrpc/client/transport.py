@@ -157,6 +157,7 @@ class Transport:
                 "protocol": e.protocol_version,
                 "cloudpickle": e.cloudpickle_version,
                 "data_url": e.data_url,
+                "host_key": e.host_key,
             }
             for e in reply.engines
         ]
