@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import mmap
 import os
 from collections.abc import Iterable, Sequence
@@ -91,9 +92,9 @@ class SharedFile:
             os.close(self.fd)
             raise
 
-    def write_chunks(self, chunks: Iterable[memoryview]) -> None:
-        """Write the blob's bytes, in order."""
-        position = OFFSET
+    def write_chunks(self, chunks: Iterable[memoryview], at: int = 0) -> None:
+        """Write the blob's bytes, in order (from its byte `at`)."""
+        position = OFFSET + at
         for data in chunks:
             view = memoryview(data)
             while view.nbytes:
@@ -101,8 +102,22 @@ class SharedFile:
                 position += written
                 view = view[written:]
 
-    def describe(self) -> pb.SharedBlob:
-        return pb.SharedBlob(path=f"/proc/{os.getpid()}/fd/{self.fd}", nonce=self.nonce, offset=OFFSET)
+    def describe(self, at: int = 0) -> pb.SharedBlob:
+        """Where readers (or writers) find the blob's byte `at`."""
+        path = f"/proc/{os.getpid()}/fd/{self.fd}"
+        return pb.SharedBlob(path=path, nonce=self.nonce, offset=OFFSET + at)
+
+    def write_at(self, at: int, data: memoryview) -> None:
+        """Write bytes at the blob's byte `at`."""
+        self.write_chunks([data], at)
+
+    def map_array(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+        """The blob as an array of `dtype` and `shape`, mapped privately (its bytes written by
+        others first, e.g. the engines of a gather)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if os.fstat(self.fd).st_size < OFFSET + nbytes:
+            raise SharedBlobUnusable(f"shared file holds fewer than the array's {nbytes} bytes")
+        return np.ndarray(shape, dtype, buffer=_mmap_private(self.fd, OFFSET + nbytes), offset=OFFSET)
 
     def map(self, blob_id: str, size: int) -> MappedBlob:
         """This file's blob of `size` bytes (written by another process: `write_into`), mapped
@@ -151,6 +166,18 @@ class FilledBlob(blobstream.IncomingBlob):
         self.size = self.received = into.nbytes
         self.buffer = np.frombuffer(into, dtype=np.uint8)
         self._view = into
+        self.prefaulting = False
+
+
+class WrittenBlob(blobstream.IncomingBlob):
+    """A blob a sender wrote into the receiver's own shared file (`DownloadRequest.into`), where
+    the receiver will map it with the rest of the file."""
+
+    in_place = True
+
+    def __init__(self, blob_id: str, size: int) -> None:
+        self.blob_id = blob_id
+        self.size = self.received = size
         self.prefaulting = False
 
 
@@ -239,7 +266,10 @@ def _mmap_private(fd: int, length: int) -> Any:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
 
-    class Mapping(ctypes.c_ubyte * length):  # type: ignore[misc,valid-type]
+    class Mapping(ctypes.c_ubyte * length):  # type: ignore[misc]
+        #: An array on all of it owns it (`partition.tiled`).
+        whole_buffer = True
+
         def __del__(self) -> None:
             libc.munmap(ctypes.addressof(self), length)
 

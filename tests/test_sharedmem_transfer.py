@@ -75,10 +75,33 @@ def test_scatter_and_gather_of_arrays_between_client_and_engines_on_one_host(mak
     rc[:].scatter("part", data, block=True)
     pids = rc[:].apply_sync(os.getpid)
     assert all(_memfd_mappings(pid) >= 1 for pid in pids)
+    mappings = _memfd_mappings()
     gathered = rc[:].gather("part", block=True)
-    assert np.array_equal(gathered, data) and gathered.flags.owndata  # built once, in place
+    assert np.array_equal(gathered, data)
+    # The engines wrote their parts into one file of the client's, mapped as the joined array.
+    assert getattr(gathered.base, "whole_buffer", False) and _memfd_mappings() == mappings + 1
+    gathered[0] = -1.0  # the client's own
     rc[:].execute("part *= 2", block=True)
-    assert np.array_equal(rc[:].gather("part", block=True), data * 2)
+    again = rc[:].gather("part", block=True)
+    assert np.array_equal(again, data * 2) and gathered[0] == -1.0 and gathered[1] == 1.0
+
+
+def test_a_gather_whose_part_comes_as_bytes_is_still_built_in_place(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, rc = make_cluster(n=2)
+    data = np.arange(3 * MB, dtype=np.int64).reshape(-1, 3)
+    rc[:].scatter("part", data, block=True)
+    datapath = rc._transport._datapath
+    original = datapath.download
+    engine_1 = rc.engines[1]["data_url"]
+
+    async def engine_1_sends_bytes(url: str, blob_id: str, into: Any = None, region: Any = None) -> Any:
+        return await original(url, blob_id, into, None if url == engine_1 else region)
+
+    monkeypatch.setattr(datapath, "download", engine_1_sends_bytes)
+    gathered = rc[:].gather("part", block=True)
+    assert np.array_equal(gathered, data) and getattr(gathered.base, "whole_buffer", False)
 
 
 def test_with_shared_memory_off_arrays_travel_as_bytes(

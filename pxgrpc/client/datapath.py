@@ -147,19 +147,40 @@ class DataPath:
             shared.close()
 
     async def download(
-        self, url: str, blob_id: str, into: memoryview | None = None
+        self,
+        url: str,
+        blob_id: str,
+        into: memoryview | None = None,
+        region: tuple[sharedmem.SharedFile, int] | None = None,
     ) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine, into `into` when given and of the blob's size
-        (raises grpc.RpcError or wire.DecodingError)."""
+        (raises grpc.RpcError or wire.DecodingError). With `region` (a shared file of ours, and
+        a byte of it) an engine on this host writes the blob there: a `sharedmem.WrittenBlob`
+        says so (else the bytes came)."""
         download = self.channel(url).unary_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
         request = wire.pb.DownloadRequest(blob_id=blob_id)
-        if not self.shares_memory(url):
+        if region is not None and self.shares_memory(url):
+            request.host_key = sharedmem.host_key()
+            request.into.CopyFrom(region[0].describe(region[1]))
+
+            def in_region(blob_id: str, header: wire.pb.BlobHeader) -> blobstream.IncomingBlob:
+                if header.shared != request.into:
+                    raise wire.DecodingError(f"blob {blob_id}: BlobHeader.shared is not the file we gave")
+                return sharedmem.WrittenBlob(blob_id, header.size)
+
+            return await blobstream.receive(download(request, metadata=self.metadata), blob_id, in_region)
+        target = None
+        if self.shares_memory(url):
+            try:
+                target = sharedmem.SharedFile(0)  # for the engine to write the blob into
+            except OSError as exc:  # (e.g. out of file descriptors)
+                log.warning("no shared file for blob %s (%s): receiving bytes", blob_id, exc)
+        if target is None:
             return await blobstream.receive(download(request, metadata=self.metadata), blob_id, into=into)
-        target = sharedmem.SharedFile(0)  # for the engine to write the blob into
         try:
             request.host_key = sharedmem.host_key()
             request.into.CopyFrom(target.describe())
