@@ -207,9 +207,8 @@ def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str)
     try:
         if os.pread(fd, len(target.nonce), 0) != target.nonce:
             raise SharedBlobUnusable(f"blob {blob_id}: {target.path} is not the reader's file (nonce)")
-        size = sum(part.nbytes for part in parts)
-        if os.fstat(fd).st_size < target.offset + size:
-            os.ftruncate(fd, target.offset + size)
+        # (No ftruncate: writers of one gather's file write their parts at once, and a write
+        # past the end extends a file without ever shrinking what another wrote.)
         position = target.offset
         for part in parts:
             view = part.cast("B") if part.format != "B" or part.ndim != 1 else part
