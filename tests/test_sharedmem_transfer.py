@@ -264,3 +264,23 @@ def test_a_pull_whose_file_the_engine_cannot_trust_comes_as_bytes(
     before = _memfd_mappings()
     assert np.array_equal(rc[0].pull("a", block=True), data)
     assert _memfd_mappings() == before
+
+
+def test_a_broadcast_to_engines_on_the_controllers_host_travels_with_its_tasks(make_cluster: Any) -> None:
+    """The client sends the tasks once the blob is up; the controller has made its shared copy
+    by then and names it in each task: the engines map it without asking the controller."""
+    _, rc = make_cluster(n=3)
+    dv = rc[:]
+    data = np.random.default_rng(7).random(MB)
+    dv.push({"b": data}, block=True)
+
+    def sources() -> dict[str, int]:
+        from pxgrpc.engine import blobtransfer
+
+        return dict(blobtransfer.sources)
+
+    assert dv.apply_sync(sources) == [{"task": 1}] * 3
+    dv.execute("b[0] = -1.0", block=True)  # each engine's value is its own
+    heads = dv.pull("b", block=True)
+    assert all(h[0] == -1.0 and np.array_equal(h[1:], data[1:]) for h in heads)
+    assert data[0] != -1.0

@@ -50,17 +50,20 @@ class DataPath:
         self._urls: dict[int, str] = {}
         #: The endpoints of engines on this host that share memory (and have not failed to).
         self._sharing: set[str] = set()
+        self._here: set[int] = set()  # the engines on this host
         self._not_sharing: set[str] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
         self._enabled = blobstream.direct_data_enabled()
 
-    def set_urls(self, urls: Mapping[int, str], host_keys: Mapping[str, str] | None = None) -> None:
+    def set_urls(self, urls: Mapping[int, str], host_keys: Mapping[int, str] | None = None) -> None:
         """The data endpoints of the live engines (engine id -> "host:port"), from an engine list,
-        and their hosts (url -> `EngineInfo.host_key`); starts connecting to those not connected yet."""
+        and their hosts (engine id -> `EngineInfo.host_key`); starts connecting to those not
+        connected yet."""
         self._urls = dict(urls)
         mine = sharedmem.host_key()
-        self._sharing = {u for u, key in (host_keys or {}).items() if mine and key == mine}
+        self._here = {i for i, key in (host_keys or {}).items() if mine and key == mine}
+        self._sharing = {self._urls[i] for i in self._here if self._urls.get(i)}
         if self._call_soon is not None and self._enabled:
             new = [u for u in self._urls.values() if u and u not in self._channels and u not in self._broken]
             if new:
@@ -83,6 +86,10 @@ class DataPath:
             return None
         url = self._urls.get(engine_id)
         return url if url and url not in self._broken else None
+
+    def on_this_host(self, engine_id: int | None) -> bool:
+        """Whether an engine registered this client's host (whatever its data endpoint)."""
+        return engine_id in self._here
 
     def shares_memory(self, url: str) -> bool:
         """Whether blobs to and from the engine at `url` may go as shared memory."""

@@ -419,7 +419,7 @@ class Transport:
                     self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
                 self._datapath.set_urls(
                     {e.engine_id: e.data_url for e in reply.engines},
-                    {e.data_url: e.host_key for e in reply.engines if e.data_url},
+                    {e.engine_id: e.host_key for e in reply.engines},
                 )
                 self._versions.check(reply.engines)
 

@@ -396,7 +396,7 @@ class EngineConnection:
         refs = wire.blob_ids_of_action(task.action)
         if refs:
             item.blobs = concurrent.futures.Future()
-            self.io.background(blobtransfer.fetch(self, refs, item.blobs))
+            self.io.background(blobtransfer.fetch(self, refs, item.blobs, task.shared_blobs))
         with self._queue_lock:
             self._queued[task.task_id] = item
         self.work.put(item)
