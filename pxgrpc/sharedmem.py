@@ -29,6 +29,7 @@ import logging
 import math
 import mmap
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -223,10 +224,16 @@ def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str)
 
 
 def _open(shared: pb.SharedBlob, flags: int, what: str) -> int:
+    """Open the file a `SharedBlob` names: a regular file only (O_NONBLOCK: a path that names
+    someone's pipe must not hang us)."""
     try:
-        return os.open(shared.path, flags | os.O_CLOEXEC)
+        fd = os.open(shared.path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise SharedBlobUnusable(f"{what}: cannot open {shared.path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SharedBlobUnusable(f"{what}: {shared.path} is not a shared-memory file")
+    return fd
 
 
 def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedBlob:

@@ -183,8 +183,10 @@ def test_many_transfers_leak_no_files_and_no_mappings(make_cluster: Any) -> None
     assert _memfds() == [] and _memfds(pid) == []
     # Other files may come and go (gRPC's sockets), but they do not pile up.
     assert len(_fds()) <= counts[0] + 2 and len(_fds(pid)) <= counts[1] + 2, (_fds(), _fds(pid))
+    e0.execute("pass", block=True)  # (a value a push replaced is freed once the push is answered)
+    deadline = time.monotonic() + 10
     while _memfd_mappings(pid) > 1 and time.monotonic() < deadline:
-        time.sleep(0.05)  # (a value a push replaced is freed once the push is answered)
+        time.sleep(0.05)
     assert _memfd_mappings(pid) == 1  # `a`, the last push's
     assert _memfd_mappings() <= 2  # (the last results the client keeps)
 
