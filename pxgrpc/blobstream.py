@@ -163,8 +163,8 @@ async def receive(
 ) -> IncomingBlob:
     """Assemble a blob from a stream of raw `BlobChunk`s (header first) into one buffer.
 
-    A download that offered to map shared memory passes `on_shared`: it makes the blob when
-    the header says where the bytes are instead of sending them (`pxgrpc.sharedmem`).
+    A receiver that takes shared memory passes `on_shared`: it makes the blob when the header
+    says where the bytes are instead of sending them (`pxgrpc.sharedmem`); no data may follow.
 
     `into`: where the bytes should land (a writable byte view, e.g. a slice of the array a gather
     builds), used when the header's size is exactly its length; else a buffer of its own.
@@ -180,9 +180,11 @@ async def receive(
     if blob_id is not None and header.blob_id != blob_id:
         raise DecodingError(f"BlobHeader.blob_id: {header.blob_id!r}, but blob {blob_id} was asked for")
     if header.HasField("shared"):
-        if on_shared is None or blob_id is None:
-            raise DecodingError("BlobHeader.shared: only a download that offered shared memory may get it")
-        return on_shared(blob_id, header)
+        if on_shared is None:
+            raise DecodingError("BlobHeader.shared: this receiver takes the bytes only (no shared memory)")
+        async for _ in it:  # (read to the end first: an uploader is then done sending)
+            raise DecodingError("BlobChunk.data: no data may follow a header with `shared`")
+        return on_shared(header.blob_id if blob_id is None else blob_id, header)
     try:
         target = into if into is not None and into.nbytes == header.size else None
         blob = IncomingBlob(blob_id if blob_id is not None else header.blob_id, header.size, target)

@@ -68,8 +68,10 @@ def tiled(parts: list[Any]) -> Any:
     import numpy as np
 
     base = parts[0].base
-    if type(base) is not np.ndarray or base.base is not None or not base.flags.c_contiguous:
+    if type(base) is not np.ndarray or not base.flags.c_contiguous:
         return None
+    if base.base is not None and not getattr(base.base, "whole_buffer", False):
+        return None  # (a view of a larger buffer; a shared-memory mapping made for it is fine)
     address = base.ctypes.data
     rows = 0
     for part in parts:

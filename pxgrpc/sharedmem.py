@@ -11,15 +11,27 @@ controller answers with a `SharedBlob` only when that is its own. The reader ope
 (`/proc/PID/fd/N` of the controller's memfd: only processes of the same user can) and checks
 the nonce written at the start of the file before it trusts it; otherwise it asks again for the
 bytes (`SharedBlobUnusable`).
+
+A client and an engine of one host move a large blob between them the same way (see
+`pxgrpc.client.datapath`), always through a file the client made: a push writes the bytes into
+a fresh memfd that the engine maps during the upload call (its reply is the client's signal
+that the file may be closed); a pull hands the engine an empty memfd (`DownloadRequest.into`)
+that the engine writes the result into (`write_into`) before it answers, and the client then
+maps. Nobody writes a file once its reader has mapped it, so each side's value is its own.
+`PXGRPC_SHARED_MEMORY=off` turns all of this off (bytes are streamed instead).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
+import math
 import mmap
 import os
-from collections.abc import Iterable
+import stat
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,12 +47,26 @@ OFFSET = mmap.PAGESIZE
 _NONCE_BYTES = 16
 
 
-@functools.cache
+#: A blob between a client and an engine of one host goes through shared memory from this size
+#: (below it, streaming the bytes costs about as much as making and mapping a file).
+MIN_POINT_TO_POINT = 1 << 20
+
+
+def enabled() -> bool:
+    """Whether this process shares memory with others of its host: not with
+    `PXGRPC_SHARED_MEMORY=off` (or where there is no memfd)."""
+    setting = os.environ.get("PXGRPC_SHARED_MEMORY", "auto").lower()
+    return setting not in ("off", "0", "no") and hasattr(os, "memfd_create")
+
+
 def host_key() -> str:
-    """This host's identity for shared memory: the kernel's boot id ("" where there is none:
-    then nothing is shared)."""
-    if not hasattr(os, "memfd_create"):
-        return ""
+    """This host's identity for shared memory: the kernel's boot id ("" where there is none,
+    or sharing is off: then nothing is shared)."""
+    return _boot_id() if enabled() else ""
+
+
+@functools.cache
+def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
@@ -67,9 +93,9 @@ class SharedFile:
             os.close(self.fd)
             raise
 
-    def write_chunks(self, chunks: Iterable[memoryview]) -> None:
-        """Write the blob's bytes, in order."""
-        position = OFFSET
+    def write_chunks(self, chunks: Iterable[memoryview], at: int = 0) -> None:
+        """Write the blob's bytes, in order (from its byte `at`)."""
+        position = OFFSET + at
         for data in chunks:
             view = memoryview(data)
             while view.nbytes:
@@ -77,8 +103,36 @@ class SharedFile:
                 position += written
                 view = view[written:]
 
-    def describe(self) -> pb.SharedBlob:
-        return pb.SharedBlob(path=f"/proc/{os.getpid()}/fd/{self.fd}", nonce=self.nonce, offset=OFFSET)
+    def describe(self, at: int = 0) -> pb.SharedBlob:
+        """Where readers (or writers) find the blob's byte `at`."""
+        path = f"/proc/{os.getpid()}/fd/{self.fd}"
+        return pb.SharedBlob(path=path, nonce=self.nonce, offset=OFFSET + at)
+
+    def write_at(self, at: int, data: memoryview) -> None:
+        """Write bytes at the blob's byte `at`."""
+        self.write_chunks([data], at)
+
+    def map_array(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+        """The blob as an array of `dtype` and `shape`, mapped privately (its bytes written by
+        others first, e.g. the engines of a gather)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if os.fstat(self.fd).st_size < OFFSET + nbytes:
+            raise SharedBlobUnusable(f"shared file holds fewer than the array's {nbytes} bytes")
+        return np.ndarray(shape, dtype, buffer=_mmap_private(self.fd, OFFSET + nbytes), offset=OFFSET)
+
+    def map(self, blob_id: str, size: int) -> MappedBlob:
+        """This file's blob of `size` bytes (written by another process: `write_into`), mapped
+        privately. Raises SharedBlobUnusable when the file is shorter than that."""
+        return _map_fd(self.fd, blob_id, size, OFFSET, f"blob {blob_id}")
+
+    def read_into(self, into: memoryview) -> None:
+        """Copy the blob's first `len(into)` bytes into `into` (e.g. a slice of a gathered array)."""
+        position = 0
+        while position < into.nbytes:
+            read = os.preadv(self.fd, [into[position:]], OFFSET + position)
+            if read <= 0:
+                raise SharedBlobUnusable(f"shared file ended after {position} of {into.nbytes} bytes")
+            position += read
 
     def close(self) -> None:
         """Drop the sender's copy (readers that mapped it keep their mappings)."""
@@ -90,12 +144,42 @@ class SharedFile:
 class MappedBlob(blobstream.IncomingBlob):
     """A received blob whose bytes are a private (copy-on-write) mapping of a `SharedFile`."""
 
-    def __init__(self, blob_id: str, size: int, mapping: mmap.mmap, offset: int) -> None:
+    def __init__(self, blob_id: str, size: int, mapping: Any, offset: int) -> None:
         self.blob_id = blob_id
         self.size = size
+        self._mapping = mapping
         self.buffer = np.frombuffer(mapping, dtype=np.uint8, count=size, offset=offset)
         self._view = memoryview(self.buffer)  # type: ignore[arg-type]
         self.received = size
+
+    def nonce(self, length: int) -> bytes:
+        """The file's first `length` bytes."""
+        return np.frombuffer(self._mapping, dtype=np.uint8, count=length).tobytes()
+
+
+class FilledBlob(blobstream.IncomingBlob):
+    """A received blob whose bytes were copied from a shared file into the caller's buffer."""
+
+    in_place = True
+
+    def __init__(self, blob_id: str, into: memoryview) -> None:
+        self.blob_id = blob_id
+        self.size = self.received = into.nbytes
+        self.buffer = np.frombuffer(into, dtype=np.uint8)
+        self._view = into
+        self.prefaulting = False
+
+
+class WrittenBlob(blobstream.IncomingBlob):
+    """A blob a sender wrote into the receiver's own shared file (`DownloadRequest.into`), where
+    the receiver will map it with the rest of the file."""
+
+    in_place = True
+
+    def __init__(self, blob_id: str, size: int) -> None:
+        self.blob_id = blob_id
+        self.size = self.received = size
+        self.prefaulting = False
 
 
 def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
@@ -104,20 +188,95 @@ def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
     shared = header.shared
     if header.size < 0 or shared.offset < len(shared.nonce) or not shared.nonce:
         raise SharedBlobUnusable(f"blob {blob_id}: malformed SharedBlob")
-    length = shared.offset + header.size
+    fd = _open(shared, os.O_RDONLY, f"blob {blob_id}")
     try:
-        fd = os.open(shared.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SharedBlobUnusable(f"blob {blob_id}: cannot open {shared.path}: {exc.strerror}") from None
-    try:
-        if os.fstat(fd).st_size < length:
-            raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file")
-        mapping = mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
-    except (OSError, ValueError) as exc:
-        raise SharedBlobUnusable(f"blob {blob_id}: cannot map {shared.path}: {exc}") from None
+        mapped = _map_fd(fd, blob_id, header.size, shared.offset, f"blob {blob_id}: {shared.path}")
     finally:
         os.close(fd)
-    if mapping[: len(shared.nonce)] != shared.nonce:
-        mapping.close()
+    if mapped.nonce(len(shared.nonce)) != shared.nonce:
         raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file (nonce)")
-    return MappedBlob(blob_id, header.size, mapping, shared.offset)
+    return mapped
+
+
+def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str) -> None:
+    """Write a blob's bytes (its `parts`, in order) into a reader's file at `target.offset`,
+    after checking the file's nonce. Raises SharedBlobUnusable when the file cannot be opened
+    here or is not the one described (the reader then gets the bytes)."""
+    if target.offset < len(target.nonce) or not target.nonce:
+        raise SharedBlobUnusable(f"blob {blob_id}: malformed DownloadRequest.into")
+    fd = _open(target, os.O_RDWR, f"blob {blob_id}")
+    try:
+        if os.pread(fd, len(target.nonce), 0) != target.nonce:
+            raise SharedBlobUnusable(f"blob {blob_id}: {target.path} is not the reader's file (nonce)")
+        # (No ftruncate: writers of one gather's file write their parts at once, and a write
+        # past the end extends a file without ever shrinking what another wrote.)
+        position = target.offset
+        for part in parts:
+            view = part.cast("B") if part.format != "B" or part.ndim != 1 else part
+            while view.nbytes:
+                written = os.pwrite(fd, view, position)
+                position += written
+                view = view[written:]
+    except OSError as exc:
+        raise SharedBlobUnusable(f"blob {blob_id}: cannot write {target.path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _open(shared: pb.SharedBlob, flags: int, what: str) -> int:
+    """Open the file a `SharedBlob` names: a regular file only (O_NONBLOCK: a path that names
+    someone's pipe must not hang us)."""
+    try:
+        fd = os.open(shared.path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SharedBlobUnusable(f"{what}: cannot open {shared.path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SharedBlobUnusable(f"{what}: {shared.path} is not a shared-memory file")
+    return fd
+
+
+def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedBlob:
+    """`size` bytes at `offset` of an open file, mapped privately (copy-on-write)."""
+    length = offset + size
+    try:
+        if os.fstat(fd).st_size < length:
+            raise SharedBlobUnusable(f"{what}: the file is shorter than the blob's {size} bytes")
+        mapping = _mmap_private(fd, length)
+    except (OSError, ValueError) as exc:
+        raise SharedBlobUnusable(f"{what}: cannot map it: {exc}") from None
+    return MappedBlob(blob_id, size, mapping, offset)
+
+
+_PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    c_int = ctypes.c_int
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, c_int, c_int, c_int, ctypes.c_long]
+    libc.mmap.restype = ctypes.c_void_p
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.munmap.restype = ctypes.c_int
+    return libc
+
+
+def _mmap_private(fd: int, length: int) -> Any:
+    """`length` bytes of a file mapped privately, as a writable buffer that unmaps itself when
+    the last array on it goes. (Python's `mmap.mmap` would keep a duplicate of the file
+    descriptor open for as long: one open file per received array.)"""
+    libc = _libc()
+    address = libc.mmap(None, length, _PROT_READ_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+    class Mapping(ctypes.c_ubyte * length):  # type: ignore[misc]
+        #: An array on all of it owns it (`partition.tiled`).
+        whole_buffer = True
+
+        def __del__(self) -> None:
+            libc.munmap(ctypes.addressof(self), length)
+
+    return Mapping.from_address(address)

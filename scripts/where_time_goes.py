@@ -46,7 +46,7 @@ import relay_floor  # (the sibling script)
 
 import pxgrpc
 from pxgrpc import wire
-from pxgrpc.client.submit import encode_action
+from pxgrpc.client.encoding import encode_action
 from pxgrpc.client.tasks import Apply
 
 N = 500_000

@@ -36,7 +36,9 @@ def test_gather_of_arrays_returns_one_array_built_in_place(  # type: ignore[no-u
     dv.scatter("x", data, block=True)
     gathered = dv.gather("x", block=True)
     assert np.array_equal(gathered, data)
-    assert gathered.base is None and gathered.flags.owndata and gathered.flags.writeable
+    assert gathered.flags.writeable and gathered.flags.c_contiguous
+    # Built once: an array of its own, or (engines on this host) one mapping of a shared file.
+    assert gathered.base is None or getattr(gathered.base, "whole_buffer", False)
     # Parts that cannot tile one array are joined as before.
     rc[0].push({"x": np.ones((400_000, 2))}, block=True)
     rc[1].push({"x": np.zeros((3, 2), dtype=np.int32)}, block=True)

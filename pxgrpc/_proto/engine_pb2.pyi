@@ -157,6 +157,7 @@ class RegisterRequest(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
     HELD_TASK_IDS_FIELD_NUMBER: _builtins.int
+    HOST_KEY_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
     python_version: _builtins.str
@@ -209,6 +210,10 @@ class RegisterRequest(_message.Message):
     `python_version`, with their own when they connect (see `EngineInfo`).
     """
     cloudpickle_version: _builtins.str
+    host_key: _builtins.str
+    """The engine's host for shared memory: the kernel's boot id (/proc/sys/kernel/random/boot_id),
+    empty when the engine shares no memory. Published as `EngineInfo.host_key`.
+    """
     @_builtins.property
     def held_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Re-registration only: the tasks (Task.task_id) this engine holds from its earlier
@@ -232,10 +237,11 @@ class RegisterRequest(_message.Message):
         protocol_version: _builtins.str = ...,
         cloudpickle_version: _builtins.str = ...,
         held_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        host_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "requested_id", b"requested_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "host_key", b"host_key", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__requested_id: _TypeAlias = _typing.Literal["requested_id"]  # noqa: Y015
     _WhichOneofArgType__requested_id: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id"]  # noqa: Y015

@@ -367,6 +367,7 @@ class Task(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     DIRECT_RESULTS_FIELD_NUMBER: _builtins.int
     SUBMITTED_FIELD_NUMBER: _builtins.int
+    SHARED_BLOBS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     encoding: Global___ResultEncoding.ValueType
     direct_results: _builtins.bool
@@ -377,6 +378,13 @@ class Task(_message.Message):
     """Seconds since the epoch when the controller received the task."""
     @_builtins.property
     def action(self) -> Global___Action: ...
+    @_builtins.property
+    def shared_blobs(self) -> _containers.RepeatedCompositeFieldContainer[_value_pb2.BlobHeader]:
+        """Blobs of the action that the controller already holds in shared memory on this engine's
+        host (only for engines whose `RegisterRequest.host_key` is the controller's): map them as
+        `BlobHeader.shared` says instead of downloading them; download any that cannot be mapped.
+        """
+
     def __init__(
         self,
         *,
@@ -385,10 +393,11 @@ class Task(_message.Message):
         encoding: Global___ResultEncoding.ValueType = ...,
         direct_results: _builtins.bool = ...,
         submitted: _builtins.float = ...,
+        shared_blobs: _abc.Iterable[_value_pb2.BlobHeader] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "direct_results", b"direct_results", "encoding", b"encoding", "submitted", b"submitted", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "direct_results", b"direct_results", "encoding", b"encoding", "shared_blobs", b"shared_blobs", "submitted", b"submitted", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -395,8 +395,12 @@ class BlobHeader(_message.Message):
     """Total number of bytes that the data chunks that follow will carry."""
     @_builtins.property
     def shared(self) -> Global___SharedBlob:
-        """Only in a download that asked for it (`DownloadRequest.host_key` equal to the sender's):
-        no data chunks follow; the blob's bytes are in a shared-memory file on this host.
+        """The blob's bytes are in a shared-memory file on this host and no data chunks follow. In a
+        download, only when the reader asked for it (`DownloadRequest.host_key` equal to the
+        sender's): a file of the sender's, or the reader's own `DownloadRequest.into`, now written.
+        In an upload, only to an engine's data endpoint whose `EngineInfo.host_key` is the
+        client's: the engine maps the file before it replies (the client may close it then), and
+        fails the call with FAILED_PRECONDITION when it cannot (send the bytes instead).
         """
 
     def __init__(
@@ -508,20 +512,30 @@ class DownloadRequest(_message.Message):
 
     BLOB_ID_FIELD_NUMBER: _builtins.int
     HOST_KEY_FIELD_NUMBER: _builtins.int
+    INTO_FIELD_NUMBER: _builtins.int
     blob_id: _builtins.str
     host_key: _builtins.str
     """The reader's host (its boot id): when it is the sender's, the sender may answer with a
     `SharedBlob` instead of the bytes. Empty: send the bytes.
     """
+    @_builtins.property
+    def into(self) -> Global___SharedBlob:
+        """With `host_key`, to an engine's data endpoint: a file of the reader's (a memfd starting
+        with `nonce`) for the engine to write the blob into, at `offset`. The engine answers with a
+        header whose `shared` is this, and no data chunks, once it has written the bytes there; or
+        with the bytes as usual when it cannot open the file or the blob is small.
+        """
+
     def __init__(
         self,
         *,
         blob_id: _builtins.str = ...,
         host_key: _builtins.str = ...,
+        into: Global___SharedBlob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["into", b"into"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "host_key", b"host_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_id", b"blob_id", "host_key", b"host_key", "into", b"into"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,16 +5,25 @@ that reaches it moves a task's large arguments and results in one hop instead of
 the controller; one that cannot falls back to the controller for good. On a TLS cluster the
 channels speak TLS, trusting the cluster's CA and presenting the connection file's client
 certificate, as the channel to the controller does. Runs in the transport's event loop.
+
+An engine on this client's host (its `EngineInfo.host_key` is this host's boot id) gets large
+blobs as shared memory instead of bytes, both ways (`pxgrpc.sharedmem`): a push writes the blob
+once into a fresh memfd that the engine maps during the upload, a pull hands the engine an empty
+memfd to write the result into and maps it afterwards. When that fails for an engine (another
+user or PID namespace: the engine cannot open the client's file), its blobs go as bytes from
+then on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, wire
+from pxgrpc import blobstream, sharedmem, wire
 from pxgrpc.security.credentials import channel_options
 
 log = logging.getLogger(__name__)
@@ -39,14 +48,22 @@ class DataPath:
         self._credentials = credentials
         self._call_soon = call_soon
         self._urls: dict[int, str] = {}
+        #: The endpoints of engines on this host that share memory (and have not failed to).
+        self._sharing: set[str] = set()
+        self._here: set[int] = set()  # the engines on this host
+        self._not_sharing: set[str] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
         self._enabled = blobstream.direct_data_enabled()
 
-    def set_urls(self, urls: Mapping[int, str]) -> None:
-        """The data endpoints of the live engines (engine id -> "host:port"), from an engine list;
-        starts connecting to those not connected yet."""
+    def set_urls(self, urls: Mapping[int, str], host_keys: Mapping[int, str] | None = None) -> None:
+        """The data endpoints of the live engines (engine id -> "host:port"), from an engine list,
+        and their hosts (engine id -> `EngineInfo.host_key`); starts connecting to those not
+        connected yet."""
         self._urls = dict(urls)
+        mine = sharedmem.host_key()
+        self._here = {i for i, key in (host_keys or {}).items() if mine and key == mine}
+        self._sharing = {self._urls[i] for i in self._here if self._urls.get(i)}
         if self._call_soon is not None and self._enabled:
             new = [u for u in self._urls.values() if u and u not in self._channels and u not in self._broken]
             if new:
@@ -69,6 +86,18 @@ class DataPath:
             return None
         url = self._urls.get(engine_id)
         return url if url and url not in self._broken else None
+
+    def on_this_host(self, engine_id: int | None) -> bool:
+        """Whether an engine registered this client's host (whatever its data endpoint)."""
+        return engine_id in self._here
+
+    def shares_memory(self, url: str) -> bool:
+        """Whether blobs to and from the engine at `url` may go as shared memory."""
+        return url in self._sharing and url not in self._not_sharing and sharedmem.enabled()
+
+    def _stop_sharing(self, url: str, why: str) -> None:
+        log.warning("engine at %s cannot share memory with this client (%s): sending bytes", url, why)
+        self._not_sharing.add(url)
 
     def give_up(self, url: str, why: str) -> None:
         """The endpoint failed us: use the controller for this engine from now on."""
@@ -96,22 +125,101 @@ class DataPath:
             request_serializer=None,
             response_deserializer=wire.pb.UploadReply.FromString,
         )
+        shared = blob.size >= sharedmem.MIN_POINT_TO_POINT and self.shares_memory(url)
+        if shared and await self._upload_shared(upload, url, blob, timeout):
+            return
         await upload(blob.raw_messages(), metadata=self.metadata, timeout=timeout)
 
+    async def _upload_shared(
+        self, upload: Any, url: str, blob: blobstream.OutgoingBlob, timeout: float | None
+    ) -> bool:
+        """Upload a blob as a memfd the engine maps; False when the bytes must go instead."""
+        try:
+            shared = await asyncio.to_thread(_write_shared, blob)
+        except OSError as exc:  # (e.g. no memory for the file)
+            log.warning("no shared copy of blob %s (%s): sending bytes", blob.blob_id, exc)
+            return False
+        try:
+            header = wire.pb.BlobHeader(blob_id=blob.blob_id, size=blob.size, shared=shared.describe())
+            # The engine maps the file before it replies: the file may go then.
+            message = wire.pb.BlobChunk(header=header).SerializeToString()
+            await upload(iter([message]), metadata=self.metadata, timeout=timeout)
+            return True
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            self._stop_sharing(url, str(exc.details()))
+            return False
+        finally:
+            shared.close()
+
     async def download(
-        self, url: str, blob_id: str, into: memoryview | None = None
+        self,
+        url: str,
+        blob_id: str,
+        into: memoryview | None = None,
+        region: tuple[sharedmem.SharedFile, int] | None = None,
     ) -> blobstream.IncomingBlob:
         """Fetch a result blob from an engine, into `into` when given and of the blob's size
-        (raises grpc.RpcError or wire.DecodingError)."""
+        (raises grpc.RpcError or wire.DecodingError). With `region` (a shared file of ours, and
+        a byte of it) an engine on this host writes the blob there: a `sharedmem.WrittenBlob`
+        says so (else the bytes came)."""
         download = self.channel(url).unary_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Download",
             request_serializer=wire.pb.DownloadRequest.SerializeToString,
             response_deserializer=None,
         )
-        call = download(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
-        return await blobstream.receive(call, blob_id, into=into)
+        request = wire.pb.DownloadRequest(blob_id=blob_id)
+        if region is not None and self.shares_memory(url):
+            request.host_key = sharedmem.host_key()
+            request.into.CopyFrom(region[0].describe(region[1]))
+
+            def in_region(blob_id: str, header: wire.pb.BlobHeader) -> blobstream.IncomingBlob:
+                if header.shared != request.into:
+                    raise wire.DecodingError(f"blob {blob_id}: BlobHeader.shared is not the file we gave")
+                return sharedmem.WrittenBlob(blob_id, header.size)
+
+            return await blobstream.receive(download(request, metadata=self.metadata), blob_id, in_region)
+        target = None
+        if self.shares_memory(url):
+            try:
+                target = sharedmem.SharedFile(0)  # for the engine to write the blob into
+            except OSError as exc:  # (e.g. out of file descriptors)
+                log.warning("no shared file for blob %s (%s): receiving bytes", blob_id, exc)
+        if target is None:
+            return await blobstream.receive(download(request, metadata=self.metadata), blob_id, into=into)
+        try:
+            request.host_key = sharedmem.host_key()
+            request.into.CopyFrom(target.describe())
+
+            def written(blob_id: str, header: wire.pb.BlobHeader) -> blobstream.IncomingBlob:
+                if header.shared != request.into:
+                    raise wire.DecodingError(f"blob {blob_id}: BlobHeader.shared is not the file we gave")
+                if into is not None and into.nbytes == header.size:
+                    target.read_into(into)
+                    return sharedmem.FilledBlob(blob_id, into)
+                return target.map(blob_id, header.size)
+
+            call = download(request, metadata=self.metadata)
+            try:
+                return await blobstream.receive(call, blob_id, written, into=into)
+            except sharedmem.SharedBlobUnusable as exc:
+                raise wire.DecodingError(str(exc)) from None
+        finally:
+            target.close()
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+def _write_shared(blob: blobstream.OutgoingBlob) -> sharedmem.SharedFile:
+    """A fresh memfd holding the blob's bytes (the client's array may change once it is written)."""
+    shared = sharedmem.SharedFile(blob.size)
+    try:
+        shared.write_chunks(blob.parts)
+    except BaseException:
+        shared.close()
+        raise
+    return shared

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pxgrpc import blobstream, wire
-from pxgrpc.client import funcache
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.directlinks import DirectLink, DirectLinks
+from pxgrpc.client.encoding import address, encode_action
 from pxgrpc.client.inflight import InFlight
-from pxgrpc.client.tasks import Action, Apply, Execute, Push, TaskListener
+from pxgrpc.client.tasks import Action, TaskListener
 from pxgrpc.loopthread import LoopThread
 
 if TYPE_CHECKING:
@@ -102,19 +102,24 @@ class Submitter:
         for task_id, target in zip(task_ids, targets, strict=True):
             submit = wire.pb.SubmitTask()
             submit.CopyFrom(template)
-            submits.append(_address(submit, task_id, target))
+            submits.append(address(submit, task_id, target))
         # One blob for every target. For one engine it goes straight there when the engine can
         # take it; for several it goes up once, to the controller, which passes it on (and
         # shares one copy among the engines on its host): the client's cost does not grow with
         # the number of engines.
         to_engines = blob is not None and len(set(targets)) == 1 and bool(self._datapath.url_for(targets[0]))
+        uploaded: concurrent.futures.Future[None] | None = None
         if blob is not None and not to_engines:
             # Before queueing: the loop thread may send the submits the moment they are queued.
             for submit in submits:
                 submit.blob_ids.append(blob.blob_id)
-        self._enqueue(task_ids, submits, [blob if to_engines else None] * len(submits), listener)
+            if all(self._datapath.on_this_host(t) for t in targets):
+                # Sent once uploaded: the tasks then carry the shared copy (`Task.shared_blobs`).
+                uploaded = concurrent.futures.Future()
+                uploaded.add_done_callback(self._gate_opened)
+        self._enqueue(task_ids, submits, [blob if to_engines else None] * len(submits), listener, uploaded)
         if blob is not None and not to_engines:
-            self._start_relay(blob)
+            self._start_relay(blob, uploaded)
 
     def submit_each(
         self,
@@ -140,7 +145,7 @@ class Submitter:
         start = 0
         for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
             began = time.perf_counter()
-            submit = _address(wire.pb.SubmitTask(retries=retries), task_id, target)
+            submit = address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
             submits.append(submit)
             if blob is not None and not self._datapath.url_for(target):
@@ -259,6 +264,7 @@ class Submitter:
         submits: list[wire.pb.SubmitTask],
         engine_blobs: list[blobstream.OutgoingBlob | None],
         listener: TaskListener,
+        uploaded: concurrent.futures.Future[None] | None = None,
     ) -> list[concurrent.futures.Future[None]]:
         """Queue submits for the session stream. A submit with a blob for its engine waits (and
         so do the ones after it) until the blob is there; tasks on an engine with a reachable
@@ -279,6 +285,8 @@ class Submitter:
                 gates.append(gate)
         self._in_flight.add(ids, listener, result_urls)
         with self._lock:
+            if uploaded is not None and submits:
+                self._gates.append((submits[0], uploaded))
             for submit in submits:
                 if id(submit) in uploads:
                     self._gates.append((submit, uploads[id(submit)]))
@@ -322,15 +330,24 @@ class Submitter:
             submit.blob_ids.append(blob.blob_id)
             self._start_relay(blob)
 
-    def _start_relay(self, blob: blobstream.OutgoingBlob) -> None:
-        """Upload a blob to the controller (once), from any thread."""
+    def _start_relay(
+        self, blob: blobstream.OutgoingBlob, done: concurrent.futures.Future[None] | None = None
+    ) -> None:
+        """Upload a blob to the controller (once), from any thread; `done` resolves when it is
+        over (failed or not: the controller answers the tasks), or is on its way already."""
         if not self._io.in_loop():
-            self._io.call_soon(self._start_relay, blob)
-            return
-        if blob.blob_id not in self._relayed:
+            self._io.call_soon(self._start_relay, blob, done)
+        elif blob.blob_id not in self._relayed:
             self._relayed.add(blob.blob_id)
             task = self._io.background(self._upload(blob))
-            task.add_done_callback(lambda _: self._relayed.discard(blob.blob_id))
+            task.add_done_callback(lambda _: self._relay_over(blob.blob_id, done))
+        elif done is not None:
+            done.set_result(None)
+
+    def _relay_over(self, blob_id: str, done: concurrent.futures.Future[None] | None) -> None:
+        self._relayed.discard(blob_id)
+        if done is not None:
+            done.set_result(None)
 
     async def _upload(self, blob: blobstream.OutgoingBlob) -> None:
         try:
@@ -378,52 +395,3 @@ class Submitter:
         if tasks:
             self._taken.notify_all()
         return tasks
-
-
-def encode_action(
-    action: Action, message: wire.pb.Action, function_cache: dict[int, wire.pb.Value] | None = None
-) -> blobstream.OutgoingBlob | None:
-    """Write an action into its protobuf message; return the blob its large values need.
-
-    `function_cache` (one per map or scatter call) encodes a function applied many times once;
-    across calls, `funcache` keeps the encoding of functions whose bytes cannot change.
-    """
-    encoder = wire.Encoder()
-    if isinstance(action, Execute):
-        message.execute.code = action.code
-        message.execute.silent = action.silent
-    elif isinstance(action, Apply):
-        apply = message.apply
-        cached = function_cache.get(id(action.function)) if function_cache is not None else None
-        if cached is None:
-            cached = funcache.lookup(action.function)
-        if cached is None:
-            cached = encoder.encode(action.function)
-            if encoder.blob is None:
-                funcache.store(action.function, cached)
-                if function_cache is not None:
-                    function_cache[id(action.function)] = cached
-        apply.function.CopyFrom(cached)
-        for arg in action.args:
-            encoder.encode_into(arg, apply.args.add())
-        for key, val in action.kwargs.items():
-            encoder.encode_into(val, apply.kwargs[key])
-    elif isinstance(action, Push):
-        ns = message.push.namespace
-        for key, val in action.namespace.items():
-            encoder.encode_into(val, ns[key])
-    else:
-        message.pull.names.extend(action.names)
-        message.pull.single = action.single
-    return encoder.blob
-
-
-def _address(submit: wire.pb.SubmitTask, task_id: str, target: int | None) -> wire.pb.SubmitTask:
-    """Fill in who runs the task (None: the controller picks, load-balanced)."""
-    submit.task_id = task_id
-    if target is None:
-        submit.engine_id = -1
-        submit.load_balanced = True
-    else:
-        submit.engine_id = target
-    return submit

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 
 from pxgrpc import blobstream, diagnose, versions, wire
-from pxgrpc.client.assemble import Assembly, Held
+from pxgrpc.client.assemble import Assembly, Held, Region
 from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary
 from pxgrpc.client.datapath import DataPath
 from pxgrpc.client.directlinks import DirectLink, DirectLinks, fail_later
@@ -157,6 +157,7 @@ class Transport:
                 "protocol": e.protocol_version,
                 "cloudpickle": e.cloudpickle_version,
                 "data_url": e.data_url,
+                "host_key": e.host_key,
             }
             for e in reply.engines
         ]
@@ -349,7 +350,9 @@ class Transport:
             assembly = self._assemblies.pop(result.task_id, None)
             if assembly is not None:
                 if assembly.add(Held(result, listener, url, received)):
-                    self.io.background(assembly.deliver(self._fetch, decode_outcome))
+                    self.io.background(
+                        assembly.deliver(self._fetch, decode_outcome, self._datapath.shares_memory)
+                    )
             elif result.blob_ids:
                 self.io.background(self._deliver_with_blobs(result, listener, url, received))
             else:
@@ -396,11 +399,13 @@ class Transport:
             outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
         listener.on_result(outcome)
 
-    async def _fetch(self, url: str | None, blob_id: str, into: memoryview | None) -> blobstream.IncomingBlob:
+    async def _fetch(
+        self, url: str | None, blob_id: str, into: memoryview | None, region: Region | None = None
+    ) -> blobstream.IncomingBlob:
         """A result blob, from its engine's data endpoint (url) or the controller."""
         with map_rpc_errors(self.url):
             if url is not None:
-                return await self._datapath.download(url, blob_id, into)
+                return await self._datapath.download(url, blob_id, into, region)
             return await self.calls.download(blob_id, into)
 
     def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
@@ -412,7 +417,10 @@ class Transport:
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 for engine_id in gone:
                     self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
-                self._datapath.set_urls({e.engine_id: e.data_url for e in reply.engines})
+                self._datapath.set_urls(
+                    {e.engine_id: e.data_url for e in reply.engines},
+                    {e.engine_id: e.host_key for e in reply.engines},
+                )
                 self._versions.check(reply.engines)
 
 

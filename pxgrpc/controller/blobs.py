@@ -125,6 +125,29 @@ class BlobStore:
             blob.release("the blob was released before it was complete")
             del self._blobs[blob_id]
 
+    def shared_headers(self, blob_ids: list[str]) -> list[wire.pb.BlobHeader]:
+        """Headers saying where this host's readers map those of the blobs that already have a
+        shared copy (`share_now`), to send with the tasks that need them."""
+        headers = []
+        for blob_id in blob_ids:
+            blob = self._blobs.get(blob_id)
+            if blob is not None and blob.shared is not None and not blob.released:
+                header = wire.pb.BlobHeader(blob_id=blob_id, size=blob.size)
+                header.shared.CopyFrom(blob.shared.describe())
+                headers.append(header)
+        return headers
+
+    async def share_now(self, blob_id: str) -> None:
+        """Make a complete large blob's shared copy now (before the tasks that need it are
+        routed: they then carry where it is, and this host's engines need not ask)."""
+        blob = self._blobs.get(blob_id)
+        if blob is None or not blob.complete or blob.size < sharedmem.MIN_SHARED:
+            return
+        try:
+            await blob.share()
+        except (OSError, BlobError) as exc:
+            log.warning("blob %s: no shared copy (%s)", blob_id, exc)
+
     def size(self, blob_id: str) -> int | None:
         """A blob's size in bytes: None if there is no usable such blob, -1 while its upload has not begun."""
         blob = self._blobs.get(blob_id)
@@ -163,6 +186,8 @@ class BlobStore:
             header = await blobstream.read_header(it)
         except wire.DecodingError as exc:
             raise BlobError(str(exc)) from exc
+        if header.HasField("shared"):
+            raise BlobError("BlobHeader.shared: the controller takes the bytes only (no shared memory)")
         blob = self._get_or_create(header.blob_id)
         if blob.uploading or blob.complete:
             raise BlobError(f"BlobHeader.blob_id: blob {header.blob_id} was already uploaded")

@@ -29,6 +29,7 @@ RESULT_BLOB_TTL = 120.0
 
 
 class ControllerService(BlobTransfers):
+    share_uploads = True
     """Handlers of pxgrpc.v1.Controller."""
 
     def __init__(self, state: ControllerState) -> None:

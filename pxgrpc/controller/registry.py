@@ -32,6 +32,8 @@ class EngineRecord:
     registration_token: str
     protocol_version: str = ""
     cloudpickle_version: str = ""
+    #: Its host for shared memory (the boot id), "" when it shares none.
+    host_key: str = ""
     #: A supervisor reports how the engine process ends (`Engine.ReportExit`).
     supervised: bool = False
     #: How the engine process ended, from its supervisor's report ("" until reported).
@@ -145,6 +147,7 @@ class EngineRecord:
             python_version=self.python_version,
             protocol_version=self.protocol_version,
             cloudpickle_version=self.cloudpickle_version,
+            host_key=self.host_key,
         )
 
 
@@ -194,6 +197,7 @@ class EngineRegistry:
             registration_token=secrets.token_hex(16),
             protocol_version=request.protocol_version,
             cloudpickle_version=request.cloudpickle_version,
+            host_key=request.host_key,
             supervised=request.supervised,
         )
         self._next_id = max(self._next_id, engine_id + 1)

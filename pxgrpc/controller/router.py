@@ -71,6 +71,7 @@ class TaskRouter:
         )
         for blob_id in record.blob_ids:
             self.blobs.ref(blob_id)
+        record.shared_blobs = self.blobs.shared_headers(record.blob_ids)
         session.tasks[submit.task_id] = record
         if record.load_balanced:
             self.balancer.queue.append(record)

@@ -206,19 +206,23 @@ class TaskRecord:
     deaths: list[str] = field(default_factory=list)
     #: Sent straight to its engine, and announced by its client (`SubmitTask.sent_direct`).
     announced: bool = False
+    #: Where engines on this host map its blobs that have a shared copy (`Task.shared_blobs`).
+    shared_blobs: list[wire.pb.BlobHeader] = field(default_factory=list)
 
     @classmethod
     def held(cls, key: str, task_id: str, session: ClientSession) -> TaskRecord:
         """A task from before a controller restart, known only by the engine that holds it."""
         return cls(key, task_id, session, wire.pb.Action(), wire.ENCODING_PICKLE, False, 0, [])
 
-    def to_task(self) -> wire.pb.Task:
+    def to_task(self, on_this_host: bool = False) -> wire.pb.Task:
+        """The task for its engine (with its blobs' shared copies for an engine on this host)."""
         return wire.pb.Task(
             task_id=self.key,
             action=self.action,
             encoding=self.encoding,
             submitted=self.submitted,
             direct_results=self.direct_results,
+            shared_blobs=self.shared_blobs if on_this_host else (),
         )
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from pxgrpc import wire
+from pxgrpc import sharedmem, wire
 from pxgrpc.controller.blobs import BlobError, BlobStore
 from pxgrpc.controller.requests import Context
 from pxgrpc.controller.state import ControllerState
@@ -16,15 +16,23 @@ from pxgrpc.controller.state import ControllerState
 class BlobTransfers:
     """Upload, shared by both services: bytes for tasks (clients) or results (engines)."""
 
+    #: Uploads are tasks' inputs (clients), which this host's engines may map: make their
+    #: shared copy before replying, so that the tasks that follow carry it.
+    share_uploads = False
+
     def __init__(self, state: ControllerState) -> None:
         self.state = state
 
     async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
         try:
-            return await self.state.blobs.receive(requests)
+            reply = await self.state.blobs.receive(requests)
         except BlobError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
+        here = sharedmem.host_key()
+        if self.share_uploads and here and any(e.host_key == here for e in self.state.registry.live()):
+            await self.state.blobs.share_now(reply.blob_id)
+        return reply
 
 
 async def stream_blob(

@@ -3,8 +3,10 @@ result blobs up to the controller."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import grpc
@@ -13,6 +15,10 @@ from pxgrpc import blobstream, sharedmem, wire
 from pxgrpc.engine.datapath import DataEndpoint
 
 log = logging.getLogger(__name__)
+
+#: Where this engine's task blobs came from: "task" (a shared copy named by the task itself),
+#: "controller" (downloaded from it, bytes or shared), "client" (uploaded to the data endpoint).
+sources: collections.Counter[str] = collections.Counter()
 
 
 class BlobLink(Protocol):
@@ -23,10 +29,25 @@ class BlobLink(Protocol):
     data: DataEndpoint | None
 
 
-async def fetch(link: BlobLink, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
-    """Get the blobs a task needs into `ready` (or the reason it cannot have them)."""
+async def fetch(
+    link: BlobLink,
+    blob_ids: set[str],
+    ready: concurrent.futures.Future[wire.BlobMap],
+    shared: Iterable[wire.pb.BlobHeader] = (),
+) -> None:
+    """Get the blobs a task needs into `ready` (or the reason it cannot have them). `shared`:
+    those the controller holds in shared memory on this host (`Task.shared_blobs`): mapped
+    here without asking, when they can be."""
+    mapped = {}
+    for header in shared:
+        if header.blob_id in blob_ids:
+            try:
+                mapped[header.blob_id] = sharedmem.map_blob(header.blob_id, header)
+                sources["task"] += 1
+            except sharedmem.SharedBlobUnusable as exc:
+                log.info("%s: downloading it instead", exc)
     try:
-        blobs = {blob_id: await claim(link, blob_id) for blob_id in blob_ids}
+        blobs = {b: mapped[b] if b in mapped else await claim(link, b) for b in blob_ids}
     except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
         ready.set_exception(exc)
     else:
@@ -36,6 +57,7 @@ async def fetch(link: BlobLink, blob_ids: set[str], ready: concurrent.futures.Fu
 async def claim(link: BlobLink, blob_id: str) -> blobstream.IncomingBlob:
     """A blob a task needs: uploaded straight here by the client, else from the controller."""
     blob = link.data.take(blob_id) if link.data is not None else None
+    sources["client" if blob is not None else "controller"] += 1
     return blob if blob is not None else await download(link, blob_id)
 
 

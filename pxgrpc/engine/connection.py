@@ -115,8 +115,10 @@ class EngineConnection:
         """Queue a task for the main thread (in the I/O thread), its blobs fetched meanwhile."""
         self.tasks.accept(task, self._fetch)
 
-    def _fetch(self, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]) -> None:
-        self.io.background(blobtransfer.fetch(self, blob_ids, ready))
+    def _fetch(
+        self, task: wire.pb.Task, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]
+    ) -> None:
+        self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
 
     # --- the conversation -------------------------------------------------------------------
 

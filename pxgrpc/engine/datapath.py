@@ -8,6 +8,12 @@ On a plaintext loopback cluster it is plain TCP on 127.0.0.1; on a TLS cluster i
 with a certificate the controller's CA signs at registration (`DataCertificate`), and asks for
 client certificates when the cluster does. Clients fall back to the controller when they cannot
 reach it (see `offers_data` for when it is offered).
+
+A client on this engine's host (the same boot id: `host_key`) may move large blobs as shared
+memory instead of bytes (`pxgrpc.sharedmem`): an upload whose header names a file of the
+client's is mapped privately before the reply (FAILED_PRECONDITION when it cannot be: the
+client then sends the bytes), and a download that names an empty file of the client's
+(`DownloadRequest.into`) is written there instead of streamed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, TypeAlias, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from pxgrpc import blobstream, wire
+from pxgrpc import blobstream, sharedmem, wire
 from pxgrpc.addresses import is_loopback, join_url, split_url
 from pxgrpc.security import certs
 from pxgrpc.security.connection_file import ConnectionInfo
@@ -112,6 +118,8 @@ class DataEndpoint:
         self._server: grpc.aio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.url = ""
+        #: This host for shared memory (`RegisterRequest.host_key`), "" when sharing is off.
+        self.host_key = sharedmem.host_key()
         #: The TLS certificate machinery, when the endpoint speaks TLS.
         self.tls: DataCertificate | None = None
         self._tasks = tasks
@@ -180,9 +188,12 @@ class DataEndpoint:
 
     async def Upload(self, requests: AsyncIterator[bytes], context: Context) -> wire.pb.UploadReply:
         try:
-            blob = await blobstream.receive(requests)
+            blob = await blobstream.receive(requests, on_shared=self._map_shared)
         except wire.DecodingError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        except sharedmem.SharedBlobUnusable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{exc}: send the bytes")
             raise
         self._received[blob.blob_id] = (blob, time.monotonic())
         return wire.pb.UploadReply(blob_id=blob.blob_id, size=blob.size)
@@ -204,10 +215,36 @@ class DataEndpoint:
             )
             raise AssertionError("unreachable: abort raises")
         try:
+            if await self._write_shared(request, offer.blob):
+                header = wire.pb.BlobHeader(blob_id=request.blob_id, size=offer.blob.size)
+                header.shared.CopyFrom(request.into)
+                yield wire.pb.BlobChunk(header=header).SerializeToString()
+                return
             for chunk in offer.blob.raw_messages():
                 yield chunk
         finally:
             _settle(offer.done)
+
+    def _map_shared(self, blob_id: str, header: wire.pb.BlobHeader) -> blobstream.IncomingBlob:
+        """An upload that names a shared file of the client's: map it (the client closes it
+        once we reply)."""
+        if not self.host_key or header.shared.path == "":
+            raise sharedmem.SharedBlobUnusable(f"blob {blob_id}: this engine shares no memory")
+        return sharedmem.map_blob(blob_id, header)
+
+    async def _write_shared(self, request: wire.pb.DownloadRequest, blob: blobstream.OutgoingBlob) -> bool:
+        """Write a result blob into the file the client gave, when it is on this host and the
+        blob large enough; False when the bytes are to be streamed instead."""
+        if not request.HasField("into") or not self.host_key or request.host_key != self.host_key:
+            return False
+        if blob.size < sharedmem.MIN_POINT_TO_POINT:
+            return False
+        try:
+            await asyncio.to_thread(sharedmem.write_into, request.into, blob.parts, request.blob_id)
+        except sharedmem.SharedBlobUnusable as exc:
+            log.info("%s: streaming the bytes", exc)
+            return False
+        return True
 
     async def _sweep(self) -> None:
         while True:

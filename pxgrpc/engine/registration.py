@@ -33,6 +33,7 @@ def register_request(conn: EngineConnection, held_task_ids: list[str] | None) ->
         protocol_version=mine.protocol,
         cloudpickle_version=mine.cloudpickle,
         data_url=conn.data.url if conn.data is not None else "",
+        host_key=conn.data.host_key if conn.data is not None else "",
         supervised=conn.supervised,
     )
     if conn.requested_id is not None:

@@ -37,8 +37,9 @@ class WorkItem:
 #: What `TaskQueue.get` returns once the engine must stop.
 SHUTDOWN = None
 
-#: Starts fetching a task's blobs into the future (called in the I/O thread).
-FetchBlobs = Callable[[set[str], "concurrent.futures.Future[wire.BlobMap]"], None]
+#: Starts fetching a task's blobs into the future (called in the I/O thread), given the task
+#: (for the shared copies that travel with it) and the ids of the blobs it needs.
+FetchBlobs = Callable[[wire.pb.Task, set[str], "concurrent.futures.Future[wire.BlobMap]"], None]
 
 
 class TaskQueue:
@@ -61,7 +62,7 @@ class TaskQueue:
         refs = wire.blob_ids_of_action(task.action)
         if refs:
             item.blobs = concurrent.futures.Future()
-            fetch(refs, item.blobs)
+            fetch(task, refs, item.blobs)
         with self._lock:
             self._queued[task.task_id] = item
         self._work.put(item)
