@@ -73,6 +73,10 @@ class Submitter:
             collections.deque()
         )
         self._relayed: set[str] = set()
+        # The tasks a session stream took and whose result has not come: what a resumed session
+        # asks the controller for. Those still queued here are not in it: they go on the new
+        # stream (a resume naming them would have them answered as lost before they arrive).
+        self._sent: set[str] = set()
         self._flush_scheduled = False
         # Notified (with _lock held) whenever the session takes submits from _outgoing.
         self._taken = threading.Condition(self._lock)
@@ -215,6 +219,7 @@ class Submitter:
         """A task's result came (either path): relayed submits held for its engine may go."""
         drains: list[concurrent.futures.Future[None]] = []
         with self._lock:
+            self._sent.discard(task_id)
             path = self._task_path.pop(task_id, None)
             if path is None:
                 return
@@ -228,10 +233,12 @@ class Submitter:
         for drain in drains:
             drain.set_result(None)
 
-    def is_direct(self, task_id: str) -> bool:
-        """Whether a task in flight went straight to its engine."""
-        path = self._task_path.get(task_id)
-        return path is not None and path[1]
+    def sent_unanswered(self) -> list[str]:
+        """The tasks an earlier session stream took (relayed through the controller) whose
+        result has not come: a new stream resumes these. Not the tasks sent straight to their
+        engines (their results come on their own streams), nor those still queued here."""
+        with self._lock:
+            return list(self._sent)
 
     def direct_tasks_on(self, engine_id: int) -> list[str]:
         """The tasks in flight on an engine's direct link."""
@@ -370,12 +377,12 @@ class Submitter:
             gates.popleft()
         if not gates:
             tasks, self._outgoing = self._outgoing, []
-            self._taken.notify_all()
-            return tasks
-        blocked = gates[0][0]
-        cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
-        tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
+        else:
+            blocked = gates[0][0]
+            cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
+            tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
         if tasks:
+            self._sent.update(submit.task_id for submit in tasks if not submit.sent_direct)
             self._taken.notify_all()
         return tasks
 

@@ -304,9 +304,9 @@ class Transport:
         with self._lock:
             self._engines_generation = -1  # a restarted controller counts from 0 again
         self._note_engines(reply)
-        # (Direct tasks come back on their own streams: the controller need not account for them.)
-        pending = [t for t in self._in_flight.pending() if not self.submitter.is_direct(t)]
-        self._stream = self._open_session(pending)
+        # Only what the lost controller may have held: a task still queued in the submitter goes
+        # on the new stream after the resume, and is no loss.
+        self._stream = self._open_session(self.submitter.sent_unanswered())
         return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
