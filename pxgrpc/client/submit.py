@@ -25,7 +25,7 @@ import grpc
 
 from pxgrpc import blobstream, wire
 from pxgrpc.client import funcache
-from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.directlinks import DirectLink, DirectLinks
 from pxgrpc.client.inflight import InFlight
 from pxgrpc.client.tasks import Action, Apply, Execute, Push, TaskListener
@@ -273,18 +273,24 @@ class Submitter:
         gates = []
         result_urls = {}
         uploads: dict[int, concurrent.futures.Future[None]] = {}
+        # (the submit, its blob for the engine, the engine's data endpoint)
+        to_engines: list[tuple[wire.pb.SubmitTask, blobstream.OutgoingBlob | None, str]] = []
         for submit, blob in zip(submits, engine_blobs, strict=True):
             url = self._datapath.url_for(submit.engine_id) if not submit.load_balanced else None
             if url is None:
                 continue
             submit.direct_results = True
             result_urls[submit.task_id] = url
-            if blob is not None:
-                gate = self._io.submit(self._send_to_engine(submit, blob, url))
-                gate.add_done_callback(self._gate_opened)
-                uploads[id(submit)] = gate
-                gates.append(gate)
+            # Results wait on the engine only if this client can fetch them there: a submit to
+            # an endpoint not connected yet waits until it is (or is found unreachable).
+            if blob is not None or not self._datapath.connected(url):
+                to_engines.append((submit, blob, url))
         self._in_flight.add(ids, listener, result_urls)
+        for submit, blob, url in to_engines:  # (after `add`: a fallback takes back a result url)
+            gate = self._io.submit(self._send_to_engine(submit, blob, url))
+            gate.add_done_callback(self._gate_opened)
+            uploads[id(submit)] = gate
+            gates.append(gate)
         with self._lock:
             for submit in submits:
                 if id(submit) in uploads:
@@ -318,14 +324,25 @@ class Submitter:
         self._io.call_soon(self._wakeup.set)
 
     async def _send_to_engine(
-        self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str
+        self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob | None, url: str
     ) -> None:
-        """Upload a task's blob to its engine; on failure send it through the controller."""
-        try:
-            await self._datapath.upload(url, blob)
-        except grpc.RpcError as exc:
-            self._datapath.give_up(url, f"{exc.code().name}: {exc.details()}")
-            submit.direct_results = False
+        """Make sure the engine's data endpoint can be reached and upload the task's blob (if
+        any) there; else the task's blob and results go through the controller, and so does
+        everything for that engine from now on."""
+        if not await self._datapath.reachable(url):
+            why = f"no connection (refused, or none within {CONNECT_TIMEOUT:.0f} s)"
+        else:
+            if blob is None:
+                return
+            try:
+                await self._datapath.upload(url, blob)
+                return
+            except grpc.RpcError as exc:
+                why = f"{exc.code().name}: {exc.details()}"
+        self._datapath.give_up(url, why)
+        submit.direct_results = False
+        self._in_flight.drop_url(submit.task_id)
+        if blob is not None:
             submit.blob_ids.append(blob.blob_id)
             self._start_relay(blob)
 
