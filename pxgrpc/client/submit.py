@@ -205,7 +205,7 @@ class Submitter:
         that an engine's death fails them with the controller's reason even when the engine
         had no time to tell of them itself (`SubmitTask.sent_direct`)."""
         announcements = [
-            wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True)
+            wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url)
             for task_id, link in zip(task_ids, links, strict=True)
         ]
         with self._lock:

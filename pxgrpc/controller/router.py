@@ -85,9 +85,17 @@ class TaskRouter:
     def _track_direct(self, session: ClientSession, submit: wire.pb.SubmitTask) -> None:
         """A client sent a task straight to its engine: hold it as in flight there (not sending
         it), so that the engine's death fails it with the reason. The engine's own word
-        (`direct_started`, `direct_finished`) may come first: then there is nothing to do."""
+        (`direct_started`, `direct_finished`) may come first: then there is nothing to do. Sent
+        to an earlier process under that engine id (`sent_to`): it is answered at once."""
         engine = self.registry.get(submit.engine_id)
         if engine is None or engine.dead or not submit.task_id or not session.client_id:
+            return
+        if submit.sent_to and submit.sent_to != engine.data_url:
+            why = (
+                f"engine {engine.engine_id} was replaced by a new process before it took this task: "
+                f"the one it was sent to (at {submit.sent_to}) is gone"
+            )
+            session.emit(failure(submit.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", why))
             return
         key = session.key(submit.task_id)
         if engine.forget_direct_finished(key):
