@@ -21,7 +21,6 @@ from pxgrpc.client import directlinks
 from pxgrpc.client.submit import Submitter
 from pxgrpc.controller.restore import EngineIds, state_file
 from tests.conftest import ClusterFactory
-from tests.engine_side import wait_for_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,9 +134,13 @@ def test_a_task_running_when_the_controller_dies_completes_though_its_engine_is_
     cluster, rc = make_cluster(n=2, restart_controller=False)
     _ready(rc, path)
     pid = rc[0].apply_sync(os.getpid)
-    release = tmp_path / "release"
-    running = rc[0].apply_async(wait_for_file, str(release))
-    _until(lambda: rc.queue_status(0)["tasks"] == 1, what="the task to start")
+    started, release = tmp_path / "started", tmp_path / "release"
+    code = (
+        f"import os, pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+        f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.01)\nreleased = True"
+    )
+    running = rc[0].execute(code, block=False)
+    _until(started.exists, what="the task to start")  # (not only sent: a task on the wire is lost)
     os.kill(pid, signal.SIGSTOP)
     try:
         _kill_controller(cluster, rc)
@@ -150,5 +153,6 @@ def test_a_task_running_when_the_controller_dies_completes_though_its_engine_is_
     _until(lambda: rc.ids == [0, 1], what="engine 0 to come back")
     assert not running.done()
     release.touch()
-    assert running.get(timeout=60) == str(release)
+    running.get(timeout=60)
+    assert rc[0].pull("released", block=True) is True
     assert rc[0].apply_sync(os.getpid) == pid
