@@ -10,17 +10,22 @@ from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.router import TaskRouter
 from pxgrpc.controller.tasks import ClientSession
 
+FIRST_URL = "127.0.0.1:40001"
+
 
 def _setup() -> tuple[TaskRouter, EngineRecord, ClientSession]:
     router = TaskRouter(EngineRegistry(), BlobStore())
-    engine = router.registry.register(wire.pb.RegisterRequest(hostname="h", pid=1))
+    engine = router.registry.register(wire.pb.RegisterRequest(hostname="h", pid=1, data_url=FIRST_URL))
     session = ClientSession()
     router.resume(session, "client1", [])
     return router, engine, session
 
 
-def _announce(router: TaskRouter, session: ClientSession, task_id: str, engine_id: int = 0) -> None:
-    router.submit(session, wire.pb.SubmitTask(task_id=task_id, engine_id=engine_id, sent_direct=True))
+def _announce(
+    router: TaskRouter, session: ClientSession, task_id: str, engine_id: int = 0, sent_to: str = ""
+) -> None:
+    announcement = wire.pb.SubmitTask(task_id=task_id, engine_id=engine_id, sent_direct=True, sent_to=sent_to)
+    router.submit(session, announcement)
 
 
 def _results(session: ClientSession) -> list[wire.pb.TaskResult]:
@@ -66,3 +71,25 @@ def test_an_abort_reaches_an_announced_task_the_engine_has_not_told_of() -> None
     _announce(router, session, "t1")
     assert router.abort(session, ["t1"], []) == ["t1"]
     assert engine._aborts == ["client1/t1"]  # down the engine's work stream
+
+
+def test_an_announcement_that_loses_the_race_with_an_engine_replacement_fails_at_once() -> None:
+    """The client sent the task to engine 0's first process, which died; a replacement took the
+    id (another endpoint) before the announcement came: the replacement never got the task, so
+    the controller answers it now rather than hold it there for ever."""
+    router, first, session = _setup()
+    _announce(router, session, "before", sent_to=FIRST_URL)
+    router.engine_lost(first, "was killed by SIGKILL")
+    router.registry.remove(first)
+    replacement = router.registry.register(
+        wire.pb.RegisterRequest(hostname="h", pid=2, requested_id=0, data_url="127.0.0.1:40002")
+    )
+    router.registry.connected(replacement)
+    _announce(router, session, "raced", sent_to=FIRST_URL)
+    _announce(router, session, "after", sent_to="127.0.0.1:40002")
+    results = {r.task_id: r for r in _results(session)}
+    assert sorted(results) == ["before", "raced"]
+    assert results["before"].status == wire.TASK_ENGINE_DIED and "SIGKILL" in results["before"].error.evalue
+    assert results["raced"].status == wire.TASK_ENGINE_DIED
+    assert "replaced by a new process" in results["raced"].error.evalue
+    assert replacement.announced.keys() == {"client1/after"} and "raced" not in session.tasks

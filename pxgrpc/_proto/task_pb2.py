@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pxgrpc._proto import value_pb2 as pxgrpc_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14pxgrpc/v1/task.proto\x12\tpxgrpc.v1\x1a\x15pxgrpc/v1/value.proto\"\xb4\x01\n\x06\x41\x63tion\x12+\n\x07\x65xecute\x18\x01 \x01(\x0b\x32\x18.pxgrpc.v1.ExecuteActionH\x00\x12\'\n\x05\x61pply\x18\x02 \x01(\x0b\x32\x16.pxgrpc.v1.ApplyActionH\x00\x12%\n\x04push\x18\x03 \x01(\x0b\x32\x15.pxgrpc.v1.PushActionH\x00\x12%\n\x04pull\x18\x04 \x01(\x0b\x32\x15.pxgrpc.v1.PullActionH\x00\x42\x06\n\x04kind\"-\n\rExecuteAction\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06silent\x18\x02 \x01(\x08\"\xc6\x01\n\x0b\x41pplyAction\x12\"\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x10.pxgrpc.v1.Value\x12\x1e\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x10.pxgrpc.v1.Value\x12\x32\n\x06kwargs\x18\x03 \x03(\x0b\x32\".pxgrpc.v1.ApplyAction.KwargsEntry\x1a?\n\x0bKwargsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"\x89\x01\n\nPushAction\x12\x37\n\tnamespace\x18\x01 \x03(\x0b\x32$.pxgrpc.v1.PushAction.NamespaceEntry\x1a\x42\n\x0eNamespaceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"+\n\nPullAction\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06single\x18\x02 \x01(\x08\"\xe7\x01\n\nSubmitTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12\x15\n\rload_balanced\x18\x03 \x01(\x08\x12!\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x11.pxgrpc.v1.Action\x12+\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x19.pxgrpc.v1.ResultEncoding\x12\x0f\n\x07retries\x18\x06 \x01(\x05\x12\x10\n\x08\x62lob_ids\x18\x07 \x03(\t\x12\x16\n\x0e\x64irect_results\x18\x08 \x01(\x08\x12\x13\n\x0bsent_direct\x18\t \x01(\x08\"\xbf\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x11.pxgrpc.v1.Action\x12+\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x19.pxgrpc.v1.ResultEncoding\x12\x16\n\x0e\x64irect_results\x18\x05 \x01(\x08\x12\x11\n\tsubmitted\x18\x04 \x01(\x01\x12+\n\x0cshared_blobs\x18\x06 \x03(\x0b\x32\x15.pxgrpc.v1.BlobHeader\"C\n\x0fRemoteException\x12\r\n\x05\x65name\x18\x01 \x01(\t\x12\x0e\n\x06\x65value\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x03(\t\"\x87\x01\n\rExecuteResult\x12\x30\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\".pxgrpc.v1.ExecuteResult.DataEntry\x12\x17\n\x0f\x65xecution_count\x18\x02 \x01(\x05\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.pxgrpc.v1.TaskStatus\x12\x1f\n\x05value\x18\x04 \x01(\x0b\x32\x10.pxgrpc.v1.Value\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.pxgrpc.v1.RemoteException\x12\x30\n\x0e\x65xecute_result\x18\x06 \x01(\x0b\x32\x18.pxgrpc.v1.ExecuteResult\x12\x17\n\x0f\x65xecution_count\x18\x07 \x01(\x05\x12\x11\n\tsubmitted\x18\x08 \x01(\x01\x12\x0f\n\x07started\x18\t \x01(\x01\x12\x11\n\tcompleted\x18\n \x01(\x01\x12\x10\n\x08\x62lob_ids\x18\x0b \x03(\t\"h\n\x0bOutputEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12\'\n\x06stream\x18\x03 \x01(\x0e\x32\x17.pxgrpc.v1.OutputStream\x12\x0c\n\x04text\x18\x04 \x01(\t\"\xa7\x01\n\x0c\x44isplayEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12/\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32!.pxgrpc.v1.DisplayEvent.DataEntry\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\tDataEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12,\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x1e.pxgrpc.v1.DataEvent.DataEntry\x1a=\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"\xb8\x01\n\tTaskEvent\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.pxgrpc.v1.TaskResultH\x00\x12(\n\x06output\x18\x02 \x01(\x0b\x32\x16.pxgrpc.v1.OutputEventH\x00\x12*\n\x07\x64isplay\x18\x03 \x01(\x0b\x32\x17.pxgrpc.v1.DisplayEventH\x00\x12$\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x14.pxgrpc.v1.DataEventH\x00\x42\x06\n\x04kind*o\n\x0eResultEncoding\x12\x1a\n\x16RESULT_ENCODING_PICKLE\x10\x00\x12\x1e\n\x1aRESULT_ENCODING_TYPED_ONLY\x10\x01\x12!\n\x1dRESULT_ENCODING_TYPED_OR_REPR\x10\x02*m\n\nTaskStatus\x12\x12\n\x0eTASK_STATUS_OK\x10\x00\x12\x15\n\x11TASK_STATUS_ERROR\x10\x01\x12\x17\n\x13TASK_STATUS_ABORTED\x10\x02\x12\x1b\n\x17TASK_STATUS_ENGINE_DIED\x10\x03*B\n\x0cOutputStream\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14pxgrpc/v1/task.proto\x12\tpxgrpc.v1\x1a\x15pxgrpc/v1/value.proto\"\xb4\x01\n\x06\x41\x63tion\x12+\n\x07\x65xecute\x18\x01 \x01(\x0b\x32\x18.pxgrpc.v1.ExecuteActionH\x00\x12\'\n\x05\x61pply\x18\x02 \x01(\x0b\x32\x16.pxgrpc.v1.ApplyActionH\x00\x12%\n\x04push\x18\x03 \x01(\x0b\x32\x15.pxgrpc.v1.PushActionH\x00\x12%\n\x04pull\x18\x04 \x01(\x0b\x32\x15.pxgrpc.v1.PullActionH\x00\x42\x06\n\x04kind\"-\n\rExecuteAction\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06silent\x18\x02 \x01(\x08\"\xc6\x01\n\x0b\x41pplyAction\x12\"\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x10.pxgrpc.v1.Value\x12\x1e\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x10.pxgrpc.v1.Value\x12\x32\n\x06kwargs\x18\x03 \x03(\x0b\x32\".pxgrpc.v1.ApplyAction.KwargsEntry\x1a?\n\x0bKwargsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"\x89\x01\n\nPushAction\x12\x37\n\tnamespace\x18\x01 \x03(\x0b\x32$.pxgrpc.v1.PushAction.NamespaceEntry\x1a\x42\n\x0eNamespaceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"+\n\nPullAction\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06single\x18\x02 \x01(\x08\"\xf8\x01\n\nSubmitTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12\x15\n\rload_balanced\x18\x03 \x01(\x08\x12!\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x11.pxgrpc.v1.Action\x12+\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x19.pxgrpc.v1.ResultEncoding\x12\x0f\n\x07retries\x18\x06 \x01(\x05\x12\x10\n\x08\x62lob_ids\x18\x07 \x03(\t\x12\x16\n\x0e\x64irect_results\x18\x08 \x01(\x08\x12\x13\n\x0bsent_direct\x18\t \x01(\x08\x12\x0f\n\x07sent_to\x18\n \x01(\t\"\xbf\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x11.pxgrpc.v1.Action\x12+\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x19.pxgrpc.v1.ResultEncoding\x12\x16\n\x0e\x64irect_results\x18\x05 \x01(\x08\x12\x11\n\tsubmitted\x18\x04 \x01(\x01\x12+\n\x0cshared_blobs\x18\x06 \x03(\x0b\x32\x15.pxgrpc.v1.BlobHeader\"C\n\x0fRemoteException\x12\r\n\x05\x65name\x18\x01 \x01(\t\x12\x0e\n\x06\x65value\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x03(\t\"\x87\x01\n\rExecuteResult\x12\x30\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\".pxgrpc.v1.ExecuteResult.DataEntry\x12\x17\n\x0f\x65xecution_count\x18\x02 \x01(\x05\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.pxgrpc.v1.TaskStatus\x12\x1f\n\x05value\x18\x04 \x01(\x0b\x32\x10.pxgrpc.v1.Value\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.pxgrpc.v1.RemoteException\x12\x30\n\x0e\x65xecute_result\x18\x06 \x01(\x0b\x32\x18.pxgrpc.v1.ExecuteResult\x12\x17\n\x0f\x65xecution_count\x18\x07 \x01(\x05\x12\x11\n\tsubmitted\x18\x08 \x01(\x01\x12\x0f\n\x07started\x18\t \x01(\x01\x12\x11\n\tcompleted\x18\n \x01(\x01\x12\x10\n\x08\x62lob_ids\x18\x0b \x03(\t\"h\n\x0bOutputEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12\'\n\x06stream\x18\x03 \x01(\x0e\x32\x17.pxgrpc.v1.OutputStream\x12\x0c\n\x04text\x18\x04 \x01(\t\"\xa7\x01\n\x0c\x44isplayEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12/\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32!.pxgrpc.v1.DisplayEvent.DataEntry\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9c\x01\n\tDataEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tengine_id\x18\x02 \x01(\x05\x12,\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x1e.pxgrpc.v1.DataEvent.DataEntry\x1a=\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.pxgrpc.v1.Value:\x02\x38\x01\"\xb8\x01\n\tTaskEvent\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.pxgrpc.v1.TaskResultH\x00\x12(\n\x06output\x18\x02 \x01(\x0b\x32\x16.pxgrpc.v1.OutputEventH\x00\x12*\n\x07\x64isplay\x18\x03 \x01(\x0b\x32\x17.pxgrpc.v1.DisplayEventH\x00\x12$\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x14.pxgrpc.v1.DataEventH\x00\x42\x06\n\x04kind*o\n\x0eResultEncoding\x12\x1a\n\x16RESULT_ENCODING_PICKLE\x10\x00\x12\x1e\n\x1aRESULT_ENCODING_TYPED_ONLY\x10\x01\x12!\n\x1dRESULT_ENCODING_TYPED_OR_REPR\x10\x02*m\n\nTaskStatus\x12\x12\n\x0eTASK_STATUS_OK\x10\x00\x12\x15\n\x11TASK_STATUS_ERROR\x10\x01\x12\x17\n\x13TASK_STATUS_ABORTED\x10\x02\x12\x1b\n\x17TASK_STATUS_ENGINE_DIED\x10\x03*B\n\x0cOutputStream\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISPLAYEVENT_DATAENTRY']._serialized_options = b'8\001'
   _globals['_DATAEVENT_DATAENTRY']._loaded_options = None
   _globals['_DATAEVENT_DATAENTRY']._serialized_options = b'8\001'
-  _globals['_RESULTENCODING']._serialized_start=2245
-  _globals['_RESULTENCODING']._serialized_end=2356
-  _globals['_TASKSTATUS']._serialized_start=2358
-  _globals['_TASKSTATUS']._serialized_end=2467
-  _globals['_OUTPUTSTREAM']._serialized_start=2469
-  _globals['_OUTPUTSTREAM']._serialized_end=2535
+  _globals['_RESULTENCODING']._serialized_start=2262
+  _globals['_RESULTENCODING']._serialized_end=2373
+  _globals['_TASKSTATUS']._serialized_start=2375
+  _globals['_TASKSTATUS']._serialized_end=2484
+  _globals['_OUTPUTSTREAM']._serialized_start=2486
+  _globals['_OUTPUTSTREAM']._serialized_end=2552
   _globals['_ACTION']._serialized_start=59
   _globals['_ACTION']._serialized_end=239
   _globals['_EXECUTEACTION']._serialized_start=241
@@ -63,27 +63,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLACTION']._serialized_start=629
   _globals['_PULLACTION']._serialized_end=672
   _globals['_SUBMITTASK']._serialized_start=675
-  _globals['_SUBMITTASK']._serialized_end=906
-  _globals['_TASK']._serialized_start=909
-  _globals['_TASK']._serialized_end=1100
-  _globals['_REMOTEEXCEPTION']._serialized_start=1102
-  _globals['_REMOTEEXCEPTION']._serialized_end=1169
-  _globals['_EXECUTERESULT']._serialized_start=1172
-  _globals['_EXECUTERESULT']._serialized_end=1307
-  _globals['_EXECUTERESULT_DATAENTRY']._serialized_start=1264
-  _globals['_EXECUTERESULT_DATAENTRY']._serialized_end=1307
-  _globals['_TASKRESULT']._serialized_start=1310
-  _globals['_TASKRESULT']._serialized_end=1621
-  _globals['_OUTPUTEVENT']._serialized_start=1623
-  _globals['_OUTPUTEVENT']._serialized_end=1727
-  _globals['_DISPLAYEVENT']._serialized_start=1730
-  _globals['_DISPLAYEVENT']._serialized_end=1897
-  _globals['_DISPLAYEVENT_DATAENTRY']._serialized_start=1264
-  _globals['_DISPLAYEVENT_DATAENTRY']._serialized_end=1307
-  _globals['_DATAEVENT']._serialized_start=1900
-  _globals['_DATAEVENT']._serialized_end=2056
-  _globals['_DATAEVENT_DATAENTRY']._serialized_start=1995
-  _globals['_DATAEVENT_DATAENTRY']._serialized_end=2056
-  _globals['_TASKEVENT']._serialized_start=2059
-  _globals['_TASKEVENT']._serialized_end=2243
+  _globals['_SUBMITTASK']._serialized_end=923
+  _globals['_TASK']._serialized_start=926
+  _globals['_TASK']._serialized_end=1117
+  _globals['_REMOTEEXCEPTION']._serialized_start=1119
+  _globals['_REMOTEEXCEPTION']._serialized_end=1186
+  _globals['_EXECUTERESULT']._serialized_start=1189
+  _globals['_EXECUTERESULT']._serialized_end=1324
+  _globals['_EXECUTERESULT_DATAENTRY']._serialized_start=1281
+  _globals['_EXECUTERESULT_DATAENTRY']._serialized_end=1324
+  _globals['_TASKRESULT']._serialized_start=1327
+  _globals['_TASKRESULT']._serialized_end=1638
+  _globals['_OUTPUTEVENT']._serialized_start=1640
+  _globals['_OUTPUTEVENT']._serialized_end=1744
+  _globals['_DISPLAYEVENT']._serialized_start=1747
+  _globals['_DISPLAYEVENT']._serialized_end=1914
+  _globals['_DISPLAYEVENT_DATAENTRY']._serialized_start=1281
+  _globals['_DISPLAYEVENT_DATAENTRY']._serialized_end=1324
+  _globals['_DATAEVENT']._serialized_start=1917
+  _globals['_DATAEVENT']._serialized_end=2073
+  _globals['_DATAEVENT_DATAENTRY']._serialized_start=2012
+  _globals['_DATAEVENT_DATAENTRY']._serialized_end=2073
+  _globals['_TASKEVENT']._serialized_start=2076
+  _globals['_TASKEVENT']._serialized_end=2260
 # @@protoc_insertion_point(module_scope)

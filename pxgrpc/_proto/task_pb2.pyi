@@ -303,6 +303,7 @@ class SubmitTask(_message.Message):
     BLOB_IDS_FIELD_NUMBER: _builtins.int
     DIRECT_RESULTS_FIELD_NUMBER: _builtins.int
     SENT_DIRECT_FIELD_NUMBER: _builtins.int
+    SENT_TO_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Chosen by the client; unique within its session (a UUID4 hex string is usual)."""
     engine_id: _builtins.int
@@ -326,6 +327,13 @@ class SubmitTask(_message.Message):
     `task_id` and `engine_id` count; an announcement that comes after the engine's
     `direct_finished` for the task is dropped, and one for an unknown engine is ignored.
     """
+    sent_to: _builtins.str
+    """With `sent_direct`, optional: the data endpoint the task was sent to (the engine's
+    `EngineInfo.data_url` as the client knew it). When engine `engine_id` is now another
+    process (a replacement under the same id, with another endpoint), the engine the task
+    was sent to is gone and the replacement never got it: the controller answers the task at
+    once with status ENGINE_DIED (an `EngineError`) instead of holding it on the replacement.
+    """
     @_builtins.property
     def action(self) -> Global___Action: ...
     @_builtins.property
@@ -347,10 +355,11 @@ class SubmitTask(_message.Message):
         blob_ids: _abc.Iterable[_builtins.str] | None = ...,
         direct_results: _builtins.bool = ...,
         sent_direct: _builtins.bool = ...,
+        sent_to: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blob_ids", b"blob_ids", "direct_results", b"direct_results", "encoding", b"encoding", "engine_id", b"engine_id", "load_balanced", b"load_balanced", "retries", b"retries", "sent_direct", b"sent_direct", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blob_ids", b"blob_ids", "direct_results", b"direct_results", "encoding", b"encoding", "engine_id", b"engine_id", "load_balanced", b"load_balanced", "retries", b"retries", "sent_direct", b"sent_direct", "sent_to", b"sent_to", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,10 @@ from pxgrpc.security.credentials import channel_options
 
 log = logging.getLogger(__name__)
 
+#: Seconds to wait for an engine's data endpoint to accept a connection before using the
+#: controller for that engine (a refused connection gives up at once).
+CONNECT_TIMEOUT = 5.0
+
 
 class DataPath:
     """Channels to the engines' data endpoints, connected as soon as the endpoints are known.
@@ -79,6 +83,23 @@ class DataPath:
         """Whether the channel to `url` exists and is connected (READY)."""
         channel = self._channels.get(url)
         return channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
+
+    async def reachable(self, url: str, timeout: float = CONNECT_TIMEOUT) -> bool:
+        """Wait until the channel to `url` is connected: True; False when the connection is
+        refused or not made within `timeout` seconds (packets dropped on the way)."""
+        channel = self.channel(url)
+        deadline = asyncio.get_running_loop().time() + timeout
+        state = channel.get_state(try_to_connect=True)
+        while state != grpc.ChannelConnectivity.READY:
+            if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+                return False
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), max(0.0, remaining))
+            except TimeoutError:
+                return False
+            state = channel.get_state(try_to_connect=True)
+        return True
 
     def url_for(self, engine_id: int | None) -> str | None:
         """Where to reach an engine's data directly, or None (use the controller)."""

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from pxgrpc import blobstream, wire
-from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.errors import EngineError
 from pxgrpc.client.tasks import TaskListener, TaskOutcome
 from pxgrpc.loopthread import LoopThread
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds the tasks of a broken direct link wait for the controller's word before they fail.
 ORPHAN_GRACE = 10.0
-#: Seconds to wait for an engine's data endpoint to accept a connection before giving it up.
-CONNECT_TIMEOUT = 5.0
 
 
 def direct_tasks_enabled() -> bool:
@@ -92,10 +90,10 @@ class DirectLink:
     ) -> None:
         """Connect, then read the engine's events until the stream ends or fails."""
         channel = datapath.channel(self.url)
-        try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
-        except (TimeoutError, grpc.RpcError) as exc:
-            self._break(on_broken, f"cannot connect ({type(exc).__name__})")
+        if not await datapath.reachable(self.url):
+            why = f"no connection (refused, or none within {CONNECT_TIMEOUT:.0f} s)"
+            datapath.give_up(self.url, why)  # (bulk data for the engine goes through the controller too)
+            self._break(on_broken, why)
             return
         rpc = channel.stream_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Tasks",

@@ -40,6 +40,12 @@ class InFlight:
         with self._lock:
             return self._listeners.pop(task_id, None), self._result_urls.pop(task_id, None)
 
+    def drop_url(self, task_id: str) -> None:
+        """A task's result blobs will come through the controller after all (its engine's
+        data endpoint could not be reached)."""
+        with self._lock:
+            self._result_urls.pop(task_id, None)
+
     def pending(self) -> list[str]:
         """The tasks still waiting for their result."""
         with self._lock:

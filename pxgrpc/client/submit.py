@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pxgrpc import blobstream, wire
-from pxgrpc.client.datapath import DataPath
+from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.directlinks import DirectLink, DirectLinks
 from pxgrpc.client.encoding import address, encode_action
 from pxgrpc.client.inflight import InFlight
@@ -73,6 +73,10 @@ class Submitter:
             collections.deque()
         )
         self._relayed: set[str] = set()
+        # The tasks a session stream took and whose result has not come: what a resumed session
+        # asks the controller for. Those still queued here are not in it: they go on the new
+        # stream (a resume naming them would have them answered as lost before they arrive).
+        self._sent: set[str] = set()
         self._flush_scheduled = False
         # Notified (with _lock held) whenever the session takes submits from _outgoing.
         self._taken = threading.Condition(self._lock)
@@ -206,7 +210,7 @@ class Submitter:
         that an engine's death fails them with the controller's reason even when the engine
         had no time to tell of them itself (`SubmitTask.sent_direct`)."""
         announcements = [
-            wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True)
+            wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url)
             for task_id, link in zip(task_ids, links, strict=True)
         ]
         with self._lock:
@@ -220,6 +224,7 @@ class Submitter:
         """A task's result came (either path): relayed submits held for its engine may go."""
         drains: list[concurrent.futures.Future[None]] = []
         with self._lock:
+            self._sent.discard(task_id)
             path = self._task_path.pop(task_id, None)
             if path is None:
                 return
@@ -233,10 +238,12 @@ class Submitter:
         for drain in drains:
             drain.set_result(None)
 
-    def is_direct(self, task_id: str) -> bool:
-        """Whether a task in flight went straight to its engine."""
-        path = self._task_path.get(task_id)
-        return path is not None and path[1]
+    def sent_unanswered(self) -> list[str]:
+        """The tasks an earlier session stream took (relayed through the controller) whose
+        result has not come: a new stream resumes these. Not the tasks sent straight to their
+        engines (their results come on their own streams), nor those still queued here."""
+        with self._lock:
+            return list(self._sent)
 
     def direct_tasks_on(self, engine_id: int) -> list[str]:
         """The tasks in flight on an engine's direct link."""
@@ -272,18 +279,24 @@ class Submitter:
         gates = []
         result_urls = {}
         uploads: dict[int, concurrent.futures.Future[None]] = {}
+        # (the submit, its blob for the engine, the engine's data endpoint)
+        to_engines: list[tuple[wire.pb.SubmitTask, blobstream.OutgoingBlob | None, str]] = []
         for submit, blob in zip(submits, engine_blobs, strict=True):
             url = self._datapath.url_for(submit.engine_id) if not submit.load_balanced else None
             if url is None:
                 continue
             submit.direct_results = True
             result_urls[submit.task_id] = url
-            if blob is not None:
-                gate = self._io.submit(self._send_to_engine(submit, blob, url))
-                gate.add_done_callback(self._gate_opened)
-                uploads[id(submit)] = gate
-                gates.append(gate)
+            # Results wait on the engine only if this client can fetch them there: a submit to
+            # an endpoint not connected yet waits until it is (or is found unreachable).
+            if blob is not None or not self._datapath.connected(url):
+                to_engines.append((submit, blob, url))
         self._in_flight.add(ids, listener, result_urls)
+        for submit, blob, url in to_engines:  # (after `add`: a fallback takes back a result url)
+            gate = self._io.submit(self._send_to_engine(submit, blob, url))
+            gate.add_done_callback(self._gate_opened)
+            uploads[id(submit)] = gate
+            gates.append(gate)
         with self._lock:
             if uploaded is not None and submits:
                 self._gates.append((submits[0], uploaded))
@@ -319,14 +332,25 @@ class Submitter:
         self._io.call_soon(self._wakeup.set)
 
     async def _send_to_engine(
-        self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob, url: str
+        self, submit: wire.pb.SubmitTask, blob: blobstream.OutgoingBlob | None, url: str
     ) -> None:
-        """Upload a task's blob to its engine; on failure send it through the controller."""
-        try:
-            await self._datapath.upload(url, blob)
-        except grpc.RpcError as exc:
-            self._datapath.give_up(url, f"{exc.code().name}: {exc.details()}")
-            submit.direct_results = False
+        """Make sure the engine's data endpoint can be reached and upload the task's blob (if
+        any) there; else the task's blob and results go through the controller, and so does
+        everything for that engine from now on."""
+        if not await self._datapath.reachable(url):
+            why = f"no connection (refused, or none within {CONNECT_TIMEOUT:.0f} s)"
+        else:
+            if blob is None:
+                return
+            try:
+                await self._datapath.upload(url, blob)
+                return
+            except grpc.RpcError as exc:
+                why = f"{exc.code().name}: {exc.details()}"
+        self._datapath.give_up(url, why)
+        submit.direct_results = False
+        self._in_flight.drop_url(submit.task_id)
+        if blob is not None:
             submit.blob_ids.append(blob.blob_id)
             self._start_relay(blob)
 
@@ -387,11 +411,11 @@ class Submitter:
             gates.popleft()
         if not gates:
             tasks, self._outgoing = self._outgoing, []
-            self._taken.notify_all()
-            return tasks
-        blocked = gates[0][0]
-        cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
-        tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
+        else:
+            blocked = gates[0][0]
+            cut = next(i for i, submit in enumerate(self._outgoing) if submit is blocked)
+            tasks, self._outgoing = self._outgoing[:cut], self._outgoing[cut:]
         if tasks:
+            self._sent.update(submit.task_id for submit in tasks if not submit.sent_direct)
             self._taken.notify_all()
         return tasks

@@ -89,6 +89,8 @@ class Transport:
         #: The gathers whose parts are held until all are in (task id -> its assembly).
         self._assemblies: dict[str, Assembly] = {}
         self._stream: grpc.aio.StreamStreamCall[Any, Any] | None = None
+        # Whether a session stream is open (False while reconnecting).
+        self._session_up = False
         self._reader: asyncio.Future[None] | None = None
         self.io = LoopThread("pxgrpc-client-io")
         self.io.start()
@@ -235,6 +237,7 @@ class Transport:
             found = await asyncio.to_thread(diagnose.diagnose, code, details, target)
             raise diagnosed_error(found, code.name) from None
         self._stream = self._open_session([])
+        self._session_up = True
         self._reader = asyncio.ensure_future(self._read_stream(self._stream))
 
     def _open_session(self, resume: list[str]) -> grpc.aio.StreamStreamCall[Any, Any]:
@@ -269,6 +272,7 @@ class Transport:
         the network) is replaced by a new one that resumes the session."""
         while True:
             error = await self._read_session(call)
+            self._session_up = False
             self.submitter.finish()  # submits wait for the next stream, not the dead one
             if self._closing:
                 return
@@ -305,9 +309,10 @@ class Transport:
         with self._lock:
             self._engines_generation = -1  # a restarted controller counts from 0 again
         self._note_engines(reply)
-        # (Direct tasks come back on their own streams: the controller need not account for them.)
-        pending = [t for t in self._in_flight.pending() if not self.submitter.is_direct(t)]
-        self._stream = self._open_session(pending)
+        # Only what the lost controller may have held: a task still queued in the submitter goes
+        # on the new stream after the resume, and is no loss.
+        self._stream = self._open_session(self.submitter.sent_unanswered())
+        self._session_up = True
         return self._stream
 
     def _fail_all(self, error: PxConnectionError) -> None:
@@ -409,13 +414,16 @@ class Transport:
             return await self.calls.download(blob_id, into)
 
     def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
-        """Remember the live engines, unless we already know a newer list."""
+        """Remember the live engines, unless we already know a newer list. The direct tasks of
+        an engine that left may never answer; but not while the session is down: an engine
+        missing then may only be slower to come back to a restarted controller than we are
+        (should it have died, its direct link breaks and says so)."""
         with self._lock:
             if reply.generation >= self._engines_generation:
                 self._engines_generation = reply.generation
                 gone = set(self._engine_ids) - {e.engine_id for e in reply.engines}
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
-                for engine_id in gone:
+                for engine_id in gone if self._session_up else ():
                     self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
                 self._datapath.set_urls(
                     {e.engine_id: e.data_url for e in reply.engines},

@@ -17,6 +17,7 @@ from pxgrpc.controller.balancer import LoadBalancer, assign
 from pxgrpc.controller.blobs import BlobStore
 from pxgrpc.controller.engine_loss import EngineLoss
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
+from pxgrpc.controller.returning import ReturningEngines
 from pxgrpc.controller.sessions import SessionBook, split_key
 from pxgrpc.controller.tasks import ClientSession, TaskRecord, failure
 
@@ -34,6 +35,8 @@ class TaskRouter:
         self._result_blob_owner: dict[str, ClientSession] = {}
         #: Sessions the client named: they outlive their streams (and a controller restart).
         self.sessions = SessionBook()
+        #: Tasks for engines a restored controller expects back (see `returning`).
+        self.returning = ReturningEngines()
         registry.watchers.add(self.settle)
 
     # --- submission -------------------------------------------------------------------------
@@ -75,17 +78,25 @@ class TaskRouter:
         session.tasks[submit.task_id] = record
         if record.load_balanced:
             self.balancer.queue.append(record)
-        else:
-            engine = self.registry.get(submit.engine_id)
-            assert engine is not None  # checked above
+        elif (engine := self.registry.get(submit.engine_id)) is not None:
             assign(record, engine)
+        else:  # (checked above: an engine a restored controller expects back)
+            self.returning.hold(submit.engine_id, record)
 
     def _track_direct(self, session: ClientSession, submit: wire.pb.SubmitTask) -> None:
         """A client sent a task straight to its engine: hold it as in flight there (not sending
         it), so that the engine's death fails it with the reason. The engine's own word
-        (`direct_started`, `direct_finished`) may come first: then there is nothing to do."""
+        (`direct_started`, `direct_finished`) may come first: then there is nothing to do. Sent
+        to an earlier process under that engine id (`sent_to`): it is answered at once."""
         engine = self.registry.get(submit.engine_id)
         if engine is None or engine.dead or not submit.task_id or not session.client_id:
+            return
+        if submit.sent_to and submit.sent_to != engine.data_url:
+            why = (
+                f"engine {engine.engine_id} was replaced by a new process before it took this task: "
+                f"the one it was sent to (at {submit.sent_to}) is gone"
+            )
+            session.emit(failure(submit.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", why))
             return
         key = session.key(submit.task_id)
         if engine.forget_direct_finished(key):
@@ -117,7 +128,11 @@ class TaskRouter:
             wire.ENCODING_TYPED_OR_REPR,
         ):
             return "InvalidArgument", f"SubmitTask.encoding: unknown value {submit.encoding}"
-        if not submit.load_balanced and self.registry.get(submit.engine_id) is None:
+        if (
+            not submit.load_balanced
+            and self.registry.get(submit.engine_id) is None
+            and not self.sessions.expects(submit.engine_id)
+        ):
             ids = [e.engine_id for e in self.registry.live()]
             return (
                 "InvalidTargetError",
@@ -136,8 +151,9 @@ class TaskRouter:
 
     @property
     def unassigned(self) -> int:
-        """How many load-balanced tasks wait for an engine."""
-        return len(self.balancer.queue)
+        """How many tasks wait for an engine: load-balanced ones, and those for engines a
+        restored controller expects back."""
+        return len(self.balancer.queue) + len(self.returning)
 
     # --- results ----------------------------------------------------------------------------
 
@@ -248,6 +264,8 @@ class TaskRouter:
         """Answer resumed tasks that nobody holds (once engines had their chance to return)."""
         live = [e.engine_id for e in self.registry.live()]
         self.sessions.settle(live, lambda s, t: t in s.tasks or t in s.pending_results())
+        if self.returning:
+            self.returning.release(self.registry, self.sessions.expected_engines, assign, self._release)
 
     def expire_parked(self) -> None:
         """Drop parked sessions whose client did not come back."""
@@ -288,6 +306,16 @@ class TaskRouter:
                     failure(record.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
                 )
                 aborted.append(record.task_id)
+        for record in self.returning.remove(
+            lambda engine_id, r: (
+                engine_id in engine_ids or (r.task_id in wanted and (session is None or r.session is session))
+            )
+        ):
+            self._release(record)
+            record.session.emit(
+                failure(record.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
+            )
+            aborted.append(record.task_id)
         for engine in self.registry.live():
             # (Direct tasks the engine has not told of yet may wait in its queue too.)
             records = [
@@ -318,3 +346,5 @@ class TaskRouter:
             if record.session is session:
                 self.balancer.queue.remove(record)
                 self._release(record)
+        for record in self.returning.of_session(session):
+            self._release(record)

@@ -75,6 +75,10 @@ class SessionBook:
         self.expected_engines = set(engine_ids)
         self.ready_at = time.monotonic() + grace if self.expected_engines else 0.0
 
+    def expects(self, engine_id: int) -> bool:
+        """Whether a restored controller still waits for this engine to come back."""
+        return engine_id in self.expected_engines and time.monotonic() < self.ready_at
+
     def get(self, client_id: str) -> ClientSession | None:
         return self._by_id.get(client_id)
 
