@@ -28,7 +28,7 @@ from pxgrpc import blobstream, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.errors import EngineError
 from pxgrpc.client.tasks import TaskListener, TaskOutcome
-from pxgrpc.loopthread import LoopThread
+from pxgrpc.loopthread import LoopThread, Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,21 @@ class DirectLink:
         self._lock = threading.Lock()
         self._tasks: list[wire.pb.Task] = []
         self._wake_pending = False
-        self._wakeup = asyncio.Event()
-        self._runner: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
 
-    def send(self, task: wire.pb.Task) -> None:
-        """Queue a task for the engine (from any thread); tasks queued together leave together."""
+    def queue(self, task: wire.pb.Task) -> bool:
+        """Queue a task for the engine (from any thread); tasks queued together leave together.
+        Returns whether the link must be woken (`wake`, in the loop) for it to leave."""
         with self._lock:
             self._tasks.append(task)
             if self._wake_pending:
-                return
+                return False
             self._wake_pending = True
-        if self._io.in_loop():
-            self._wakeup.set()
-        else:
-            self._io.call_soon(self._wakeup.set)
+            return True
+
+    def wake(self) -> None:
+        """Send what is queued (in the loop)."""
+        self._wakeup.set()
 
     async def _requests(self) -> AsyncIterator[wire.pb.DirectTasks]:
         while True:

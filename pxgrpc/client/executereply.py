@@ -12,6 +12,7 @@ In IPython a reply shows as the engine's `Out[0:3]: 4242` (with its rich forms, 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -32,12 +33,27 @@ def decode_bundle(data: dict[str, str]) -> dict[str, Any]:
 class ExecuteReply:
     """The outcome of one execute on one engine: its execution count, the task's metadata
     (`stdout`, `stderr`, `engine_id`, `execute_result`, ... also as attributes and items) and the
-    rich representations (`data`) of the cell's final expression, if it had one."""
+    rich representations (`data`) of the cell's final expression, if it had one.
 
-    def __init__(self, msg_id: str, execution_count: int, metadata: dict[str, Any]) -> None:
+    `metadata` may be a function that makes it: it is then made on first use, by the thread
+    that reads it, not by the one that delivers the result (a blocking `execute` wakes sooner)."""
+
+    def __init__(
+        self, msg_id: str, execution_count: int, metadata: dict[str, Any] | Callable[[], dict[str, Any]]
+    ) -> None:
         self.msg_id = msg_id
         self.execution_count = execution_count
-        self.metadata = metadata
+        self._metadata = metadata
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The task's metadata (`ar.metadata` for this engine)."""
+        if callable(self._metadata):
+            self._metadata = self._metadata()
+        return self._metadata
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"msg_id": self.msg_id, "execution_count": self.execution_count, "_metadata": self.metadata}
 
     @property
     def data(self) -> dict[str, Any]:
@@ -72,7 +88,7 @@ class ExecuteReply:
         return self.metadata[key]
 
     def __getattr__(self, key: str) -> Any:
-        if key.startswith("_") or key not in self.__dict__.get("metadata", {}):
+        if key.startswith("_") or key not in self.metadata:
             raise AttributeError(key)
         return self.metadata[key]
 

@@ -193,32 +193,43 @@ class Submitter:
                 self._direct_on[link.engine_id] += 1
                 self._task_path[task_id] = (link.engine_id, True)
         now = time.time()
+        prefix = f"{self._session_id}/"
+        woken: list[DirectLink] = []
         for task_id, link in zip(task_ids, links, strict=True):
             task = wire.pb.Task(
-                task_id=f"{self._session_id}/{task_id}",
+                task_id=prefix + task_id,
                 action=template.action,
                 encoding=template.encoding,
                 direct_results=True,
                 submitted=now,
             )
-            link.send(task)
-        self._announce(task_ids, links)
+            if link.queue(task):
+                woken.append(link)
+        flush = self._announce(task_ids, links)
+        # One wake-up of the I/O thread for both: the tasks leave first, their announcement after.
+        self._io.call_soon(self._send_queued, woken, flush)
         return True
 
-    def _announce(self, task_ids: Sequence[str], links: Sequence[DirectLink]) -> None:
-        """Tell the controller (on the session stream) of tasks sent straight to engines, so
-        that an engine's death fails them with the controller's reason even when the engine
-        had no time to tell of them itself (`SubmitTask.sent_direct`)."""
+    def _announce(self, task_ids: Sequence[str], links: Sequence[DirectLink]) -> bool:
+        """Queue for the session stream the news of tasks sent straight to engines, so that the
+        controller fails them with its reason should an engine die before it could tell of them
+        itself (`SubmitTask.sent_direct`). Returns whether the stream must be woken for it."""
         announcements = [
             wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url)
             for task_id, link in zip(task_ids, links, strict=True)
         ]
         with self._lock:
             self._outgoing.extend(announcements)
-            schedule = not self._flush_scheduled
+            flush = not self._flush_scheduled
             self._flush_scheduled = True
-        if schedule:
-            self._io.call_soon(self._wakeup.set)
+        return flush
+
+    def _send_queued(self, links: list[DirectLink], flush: bool) -> None:
+        """(In the I/O thread.) Wake the links that have tasks to send, then the session stream."""
+        for link in links:
+            link.wake()
+        if flush:
+            self._wakeup.set()
 
     def task_done(self, task_id: str) -> None:
         """A task's result came (either path): relayed submits held for its engine may go."""

@@ -7,6 +7,7 @@ keeps them per task in a `TaskEvents` and passes them on to the results made of 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,8 @@ class TaskEvents:
             if outcome.engine_id >= 0:
                 self.engine_ids[i] = outcome.engine_id
             if self.execute and outcome.error is None and not isinstance(outcome.value, ExecuteReply):
-                outcome.value = ExecuteReply(outcome.task_id, outcome.execution_count, self.entry(i))
+                entry = functools.partial(self.entry, i)  # (made when read, once the task is done)
+                outcome.value = ExecuteReply(outcome.task_id, outcome.execution_count, entry)
             self.done += 1
             finished = self.done == len(self.outcomes)
             followers = list(self.followers)
