@@ -95,7 +95,7 @@ def floors(pings: int) -> None:
 def phases(title: str, rows: list[dict[str, float]]) -> None:
     print(title)
     for step in rows[0]:
-        print(f"  {step:<46}{statistics.median(row[step] for row in rows) * 1e3:8.3f} ms")
+        print(f"  {step:<46}{statistics.median(row[step] for row in rows if step in row) * 1e3:8.3f} ms")
 
 
 def stamps(ar: Any, t0: float, sent: str = "controller has the task") -> dict[str, float]:
@@ -105,7 +105,8 @@ def stamps(ar: Any, t0: float, sent: str = "controller has the task") -> dict[st
     out = {}
     for k, o in enumerate(outcomes):
         who = "engine" if len(outcomes) == 1 else f"engine {k + 1} of {len(outcomes)}"
-        out[f"{sent} for {who}"] = o.submitted - t0
+        if o.submitted:  # (an engine does not stamp the tasks clients send it directly)
+            out[f"{sent} for {who}"] = o.submitted - t0
         out[f"{who} starts it"] = o.started - t0
         out[f"{who} is done"] = o.completed - t0
         out[f"client has {who}'s result event"] = o.received - t0
