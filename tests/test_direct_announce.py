@@ -93,3 +93,23 @@ def test_an_announcement_that_loses_the_race_with_an_engine_replacement_fails_at
     assert results["raced"].status == wire.TASK_ENGINE_DIED
     assert "replaced by a new process" in results["raced"].error.evalue
     assert replacement.announced.keys() == {"client1/after"} and "raced" not in session.tasks
+
+
+def test_an_announcement_after_its_engine_was_lost_fails_the_task_with_the_death() -> None:
+    """Clients announce direct tasks a few milliseconds late: the engine may be gone by then."""
+    router, engine, session = _setup()
+    router.engine_lost(engine, "died (connection lost)")
+    _announce(router, session, "t1")
+    (result,) = _results(session)
+    assert result.task_id == "t1" and result.status == wire.TASK_ENGINE_DIED
+    assert "engine 0" in result.error.evalue and "connection lost" in result.error.evalue
+    assert session.tasks == {}
+
+
+def test_a_late_announcement_of_a_task_that_finished_before_its_engine_died_is_dropped() -> None:
+    router, engine, session = _setup()
+    router.adopt(engine, ["client1/t1"])
+    direct_finished(engine, ["client1/t1"])
+    router.engine_lost(engine, "died (connection lost)")
+    _announce(router, session, "t1")
+    assert _results(session) == [] and session.tasks == {}

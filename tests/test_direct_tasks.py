@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import pxgrpc
+from pxgrpc.client import submit
 from pxgrpc.client.errors import EngineError, PxError, RemoteError
 from pxgrpc.client.submit import Submitter
 
@@ -177,6 +178,27 @@ def test_a_direct_task_on_an_engine_frozen_before_it_could_tell_fails_with_the_r
     finally:
         os.kill(pid, signal.SIGKILL)
         os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("restart_engines", [False, True])
+def test_a_direct_task_that_kills_its_engine_at_once_fails_with_the_controllers_account(
+    make_cluster: Any, paths: list[bool], monkeypatch: pytest.MonkeyPatch, restart_engines: bool
+) -> None:
+    """The engine dies before it tells the controller of the task, and before the client's
+    (late) announcement arrives: the controller still answers it with the death, quoting the
+    supervisor's exit report where there is one."""
+    monkeypatch.setattr(submit, "ANNOUNCE_DELAY", 0.3)  # (surely after the engine's death)
+    _, rc = make_cluster(n=2, restart_engines=restart_engines)
+    _link_up(rc)
+    paths.clear()
+    ar = rc[0].apply_async(os.kill, rc[0].apply_sync(os.getpid), signal.SIGKILL)
+    with pytest.raises(EngineError) as caught:
+        ar.get(timeout=30)
+    assert paths == [True, True]
+    text = str(caught.value)
+    assert "engine 0 (pid" in text and "did not report the end" not in text, text
+    assert ("SIGKILL" in text) == restart_engines, text
+    assert rc[1].apply_sync(pow, 2, 3) == 8
 
 
 def test_tasks_fall_back_to_the_relay_without_a_data_endpoint(

@@ -325,7 +325,8 @@ class SubmitTask(_message.Message):
     tasks" in docs/protocol.md): the controller only records it as in flight there for this
     session, without sending it, so that the engine's death fails it with the reason. Only
     `task_id` and `engine_id` count; an announcement that comes after the engine's
-    `direct_finished` for the task is dropped, and one for an unknown engine is ignored.
+    `direct_finished` for the task is dropped, one for an engine lost lately fails the task
+    with that engine's death, and one for an unknown engine is ignored.
     """
     sent_to: _builtins.str
     """With `sent_direct`, optional: the data endpoint the task was sent to (the engine's

@@ -56,6 +56,8 @@ class DirectLink:
         self._tasks: list[wire.pb.Task] = []
         self._wake_pending = False
         self._wakeup = Wakeup()
+        # The stream is over: its requests end (else gRPC's task reading them is left pending).
+        self._ended = False
 
     def queue(self, task: wire.pb.Task) -> bool:
         """Queue a task for the engine (from any thread); tasks queued together leave together.
@@ -72,7 +74,7 @@ class DirectLink:
         self._wakeup.set()
 
     async def _requests(self) -> AsyncIterator[wire.pb.DirectTasks]:
-        while True:
+        while not self._ended:
             with self._lock:
                 tasks, self._tasks = self._tasks, []
                 self._wake_pending = False
@@ -116,6 +118,8 @@ class DirectLink:
             return
         finally:
             call.cancel()
+            self._ended = True
+            self._wakeup.set()
         self._break(on_broken, "the engine ended the stream")
 
     def _break(self, on_broken: Callable[[DirectLink, str], None], why: str) -> None:

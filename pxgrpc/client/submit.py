@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 _task_counter = itertools.count()
 
+#: Seconds after sending that the client tells the controller of its direct tasks still running
+#: (as often as an engine tells of the direct tasks it runs: `pxgrpc.engine.outbox.NOTICE_DELAY`).
+ANNOUNCE_DELAY = 0.005
+
 
 class Submitter:
     """The queue of submits for the session stream, the gates that hold them back, and the
@@ -78,6 +82,9 @@ class Submitter:
         # stream (a resume naming them would have them answered as lost before they arrive).
         self._sent: set[str] = set()
         self._flush_scheduled = False
+        # Direct tasks to announce (task id, link), at the latest ANNOUNCE_DELAY s after sending.
+        self._unannounced: list[tuple[str, DirectLink]] = []
+        self._announce_scheduled = False
         # Notified (with _lock held) whenever the session takes submits from _outgoing.
         self._taken = threading.Condition(self._lock)
         self._wakeup = asyncio.Event()
@@ -205,29 +212,40 @@ class Submitter:
             )
             if link.queue(task):
                 woken.append(link)
-        flush = self._announce(task_ids, links)
-        # One wake-up of the I/O thread for both: the tasks leave first, their announcement after.
-        self._io.call_soon(self._send_queued, woken, flush)
+        with self._lock:
+            self._unannounced.extend(zip(task_ids, links, strict=True))
+            announce = not self._announce_scheduled
+            self._announce_scheduled = True
+        self._io.call_soon(self._send_queued, woken, announce)
         return True
 
-    def _announce(self, task_ids: Sequence[str], links: Sequence[DirectLink]) -> bool:
-        """Queue for the session stream the news of tasks sent straight to engines, so that the
-        controller fails them with its reason should an engine die before it could tell of them
-        itself (`SubmitTask.sent_direct`). Returns whether the stream must be woken for it."""
-        announcements = [
-            wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url)
-            for task_id, link in zip(task_ids, links, strict=True)
-        ]
-        with self._lock:
-            self._outgoing.extend(announcements)
-            flush = not self._flush_scheduled
-            self._flush_scheduled = True
-        return flush
-
-    def _send_queued(self, links: list[DirectLink], flush: bool) -> None:
-        """(In the I/O thread.) Wake the links that have tasks to send, then the session stream."""
+    def _send_queued(self, links: list[DirectLink], announce: bool) -> None:
+        """(In the I/O thread.) Wake the links that have tasks to send; `announce`: the tasks
+        will be announced in ANNOUNCE_DELAY seconds."""
         for link in links:
             link.wake()
+        if announce:
+            self._io.loop.call_later(ANNOUNCE_DELAY, self._announce)
+
+    def _announce(self) -> None:
+        """(In the I/O thread.) Tell the controller (on the session stream) of the direct tasks
+        still running, so that it fails them with its reason should an engine die before it
+        could tell of them itself (`SubmitTask.sent_direct`). A few milliseconds late: most
+        tasks have their result by then, and neither their round trip nor the controller spends
+        anything on the news (a late one for an engine lost meanwhile still fails its task)."""
+        with self._lock:
+            sent, self._unannounced = self._unannounced, []
+            self._announce_scheduled = False
+            running = [
+                wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url)
+                for task_id, link in sent
+                if self._in_flight.listener(task_id) is not None  # (no result yet)
+            ]
+            if not running:
+                return
+            self._outgoing.extend(running)
+            flush = not self._flush_scheduled
+            self._flush_scheduled = True
         if flush:
             self._wakeup.set()
 

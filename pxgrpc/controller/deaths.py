@@ -89,6 +89,11 @@ class ExitReports:
         if pending is not None:
             self._settle(pending.engine, f"{pending.reason} (its supervisor sent no exit report)")
 
+    def awaits(self, engine: EngineRecord) -> bool:
+        """Whether `engine`'s tasks wait for its report."""
+        pending = self._pending.get((engine.hostname, engine.pid))
+        return pending is not None and pending.engine is engine
+
     def take(self, hostname: str, pid: int) -> EngineRecord | None:
         """The lost engine that was process `pid` on `hostname`, no longer waited for."""
         pending = self._pending.pop((hostname, pid), None)

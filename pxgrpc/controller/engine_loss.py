@@ -2,11 +2,14 @@
 tasks with retries left, go back to the front of the queue.
 
 A supervised engine's tasks wait a few seconds for its supervisor's exit report (see `deaths`),
-so that their error says how the engine died.
+so that their error says how the engine died. A direct task its client announces only after
+the engine was lost (clients announce direct tasks a few milliseconds late, and only those still
+running) fails in the same way (`late_announcement`).
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 
 from pxgrpc import wire
@@ -14,6 +17,9 @@ from pxgrpc.controller import deaths
 from pxgrpc.controller.balancer import LoadBalancer
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.tasks import TaskRecord, failure
+
+#: How many lost engines are remembered for direct tasks announced after their loss.
+REMEMBERED_ENGINES = 256
 
 
 class EngineLoss:
@@ -26,6 +32,8 @@ class EngineLoss:
         self.balancer = balancer
         self._release = release
         self.exit_reports = deaths.ExitReports(self._settle_lost)
+        #: Engines lost lately (engine id -> the engine, why it was lost).
+        self._recent: collections.OrderedDict[int, tuple[EngineRecord, str]] = collections.OrderedDict()
 
     def engine_lost(self, engine: EngineRecord, reason: str) -> None:
         """Fail (or re-queue, for load-balanced tasks with retries left) the engine's tasks."""
@@ -33,6 +41,10 @@ class EngineLoss:
             return
         if engine.signalled:
             reason = f"{reason} after an Interrupt sent it {engine.signalled}"
+        self._recent[engine.engine_id] = (engine, reason)
+        self._recent.move_to_end(engine.engine_id)
+        while len(self._recent) > REMEMBERED_ENGINES:
+            self._recent.popitem(last=False)
         if engine.supervised:
             self.exit_reports.lost(engine)
         if engine.supervised and not engine.exit_report and (engine.inflight or engine.announced):
@@ -51,11 +63,34 @@ class EngineLoss:
             return engine.engine_id
         engine = self.registry.by_process(report.hostname, report.pid)
         if engine is None:
-            return self.exit_reports.lost_id(report.hostname, report.pid)
+            engine_id = self.exit_reports.lost_id(report.hostname, report.pid)
+            lost = self._recent.get(engine_id) if engine_id is not None else None
+            if lost is not None and lost[0].pid == report.pid and lost[0].hostname == report.hostname:
+                lost[0].exit_report = why  # (for tasks announced after the loss)
+            return engine_id
         engine.exit_report = why
         self.engine_lost(engine, why)
         self.exit_reports.lost_id(report.hostname, report.pid)  # (reported: nothing to remember)
         return engine.engine_id
+
+    def late_announcement(self, engine_id: int, record: TaskRecord) -> bool:
+        """A direct task announced after its engine was lost: it fails with that engine's death
+        (once its exit report is in, as the engine's other tasks). False when there is nothing
+        to fail: no engine of that id was lost lately, or the task finished before."""
+        lost = self._recent.get(engine_id)
+        if lost is None:
+            return False
+        engine, reason = lost
+        if engine.forget_direct_finished(record.key):
+            return False
+        engine.announced[record.key] = record
+        if self.exit_reports.awaits(engine):
+            return True  # (settled with the others when the report comes)
+        if engine.supervised and not engine.exit_report:
+            self.exit_reports.await_report(engine, reason)
+            return True
+        self._settle_lost(engine, engine.exit_report or reason)
+        return True
 
     def _settle_lost(self, engine: EngineRecord, reason: str) -> None:
         lost = [*engine.inflight.values(), *engine.announced.values()]

@@ -88,8 +88,12 @@ class TaskRouter:
         it), so that the engine's death fails it with the reason. The engine's own word
         (`direct_started`, `direct_finished`) may come first: then there is nothing to do. Sent
         to an earlier process under that engine id (`sent_to`): it is answered at once."""
+        if not submit.task_id or not session.client_id:
+            return
+        key = session.key(submit.task_id)
         engine = self.registry.get(submit.engine_id)
-        if engine is None or engine.dead or not submit.task_id or not session.client_id:
+        if engine is None:
+            self._track_late(session, submit, key)
             return
         if submit.sent_to and submit.sent_to != engine.data_url:
             why = (
@@ -98,7 +102,6 @@ class TaskRouter:
             )
             session.emit(failure(submit.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", why))
             return
-        key = session.key(submit.task_id)
         if engine.forget_direct_finished(key):
             return
         known = engine.inflight.get(key)
@@ -111,6 +114,18 @@ class TaskRouter:
         record.announced = True
         session.tasks[submit.task_id] = record
         engine.announced[key] = record
+
+    def _track_late(self, session: ClientSession, submit: wire.pb.SubmitTask, key: str) -> None:
+        """A direct task announced after its engine was lost (clients announce a few
+        milliseconds late): it fails with the engine's death; ignored if no such engine was lost
+        lately."""
+        if submit.task_id in session.tasks:
+            return
+        record = TaskRecord.held(key, submit.task_id, session)
+        record.announced = True
+        session.tasks[submit.task_id] = record  # (before: the engine's loss may settle it at once)
+        if not self.loss.late_announcement(submit.engine_id, record):
+            session.tasks.pop(submit.task_id, None)
 
     def _check(self, session: ClientSession, submit: wire.pb.SubmitTask) -> tuple[str, str] | None:
         if not submit.task_id:
