@@ -41,6 +41,7 @@ class EngineLoss:
             return
         if engine.signalled:
             reason = f"{reason} after an Interrupt sent it {engine.signalled}"
+        engine.drop_direct_finished()  # (kept for late announcements: only what they need)
         self._recent[engine.engine_id] = (engine, reason)
         self._recent.move_to_end(engine.engine_id)
         while len(self._recent) > REMEMBERED_ENGINES:
@@ -75,14 +76,13 @@ class EngineLoss:
 
     def late_announcement(self, engine_id: int, record: TaskRecord) -> bool:
         """A direct task announced after its engine was lost: it fails with that engine's death
-        (once its exit report is in, as the engine's other tasks). False when there is nothing
-        to fail: no engine of that id was lost lately, or the task finished before."""
+        (once its exit report is in, as the engine's other tasks), also if it finished: its
+        client, which announces only tasks it has no result for, will never have one. False
+        when no engine of that id was lost lately (the announcement is ignored)."""
         lost = self._recent.get(engine_id)
         if lost is None:
             return False
         engine, reason = lost
-        if engine.forget_direct_finished(record.key):
-            return False
         engine.announced[record.key] = record
         if self.exit_reports.awaits(engine):
             return True  # (settled with the others when the report comes)

@@ -70,6 +70,11 @@ class EngineRecord:
         if len(self._direct_finished) > DIRECT_FINISHED_KEPT:
             self._direct_finished.popitem(last=False)
 
+    def drop_direct_finished(self) -> None:
+        """(A lost engine.) Forget its direct tasks' notices: a client announces only tasks it
+        has no result for, and those fail with the engine however they ended."""
+        self._direct_finished.clear()
+
     def forget_direct_finished(self, key: str) -> bool:
         """Whether the direct task `key` finished before its announcement (forgetting it)."""
         return self._direct_finished.pop(key, 0) is None
