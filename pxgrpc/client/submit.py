@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 _task_counter = itertools.count()
 
 #: Seconds after sending that the client tells the controller of its direct tasks still running
-#: (as often as an engine tells of the direct tasks it runs: `pxgrpc.engine.outbox.NOTICE_DELAY`).
+#: (sooner than their engine does, `pxgrpc.engine.notices.START_NOTICE_DELAY`: until one of them
+#: tells, an engine's death fails the task only with the controller's account if it knows of it).
 ANNOUNCE_DELAY = 0.005
 
 
