@@ -40,6 +40,7 @@ def test_bench_runs_a_short_pxgrpc_only_table() -> None:
     out = run(str(SCRIPTS / "bench.py"), "--quick", "--no-ipp", "--only", "apply,push,gather")
     for label in ("cluster of 2 engines ready", "apply_sync(noop) round trip", "push 64 MB", "gather of"):
         assert label in out, out
+    assert " -" not in out, out  # (no step before the call: each one was stamped)
     assert "all goals met:" in out
 
 
@@ -66,7 +67,7 @@ def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
         "through one relay process",
         "pickle.loads of them",
         "controller has the task for engine",
-        "client sends the task straight for engine",
+        "rc[0].apply_sync(noop), direct to the engine",
         "engine 2 of 2 is done",
         "client has every result (decoded, joined)",
     ):

@@ -238,7 +238,9 @@ class Submitter:
             sent, self._unannounced = self._unannounced, []
             self._announce_scheduled = False
             running = [
-                wire.pb.SubmitTask(task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url)
+                wire.pb.SubmitTask(
+                    task_id=task_id, engine_id=link.engine_id, sent_direct=True, sent_to=link.url
+                )
                 for task_id, link in sent
                 if self._in_flight.listener(task_id) is not None  # (no result yet)
             ]
