@@ -28,6 +28,7 @@ from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.directlinks import DirectLink, DirectLinks
 from pxgrpc.client.encoding import address, encode_action
 from pxgrpc.client.inflight import InFlight
+from pxgrpc.client.ordering import EngineOrder
 from pxgrpc.client.tasks import Action, TaskListener
 from pxgrpc.loopthread import LoopThread
 
@@ -60,13 +61,8 @@ class Submitter:
         self._io = io
         self._links = links
         self._session_id = session_id
-        # The order of this client's tasks on one engine, whichever path they take: engine ->
-        # tasks in flight through the controller, and sent directly; task -> (engine, direct).
-        self._relay_on: collections.Counter[int] = collections.Counter()
-        self._direct_on: collections.Counter[int] = collections.Counter()
-        self._task_path: dict[str, tuple[int, bool]] = {}
-        # Relayed submits that wait until an engine's direct tasks are done.
-        self._drains: dict[int, list[concurrent.futures.Future[None]]] = {}
+        #: The order of this client's tasks on one engine, whichever path they take.
+        self.order = EngineOrder()
         self._calls = calls
         self._datapath = datapath
         self._in_flight = in_flight
@@ -191,15 +187,15 @@ class Submitter:
             if link is None:
                 return False
             links.append(link)
-        with self._lock:
-            if any(self._relay_on[link.engine_id] for link in links):
-                return False
-            self._in_flight.add(
-                task_ids, listener, {t: link.url for t, link in zip(task_ids, links, strict=True)}
-            )
-            for task_id, link in zip(task_ids, links, strict=True):
-                self._direct_on[link.engine_id] += 1
-                self._task_path[task_id] = (link.engine_id, True)
+        if not self.order.go_direct(task_ids, [link.engine_id for link in links]):
+            return False
+        try:
+            urls = {t: link.url for t, link in zip(task_ids, links, strict=True)}
+            self._in_flight.add(task_ids, listener, urls)
+        except BaseException:
+            for task_id in task_ids:
+                self.order.done(task_id)
+            raise
         now = time.time()
         prefix = f"{self._session_id}/"
         woken: list[DirectLink] = []
@@ -254,21 +250,9 @@ class Submitter:
 
     def task_done(self, task_id: str) -> None:
         """A task's result came (either path): relayed submits held for its engine may go."""
-        drains: list[concurrent.futures.Future[None]] = []
         with self._lock:
             self._sent.discard(task_id)
-            path = self._task_path.pop(task_id, None)
-            if path is None:
-                return
-            engine_id, direct = path
-            counts = self._direct_on if direct else self._relay_on
-            counts[engine_id] -= 1
-            if counts[engine_id] <= 0:
-                del counts[engine_id]
-                if direct:
-                    drains = self._drains.pop(engine_id, [])
-        for drain in drains:
-            drain.set_result(None)
+        self.order.done(task_id)
 
     def sent_unanswered(self) -> list[str]:
         """The tasks an earlier session stream took (relayed through the controller) whose
@@ -276,26 +260,6 @@ class Submitter:
         engines (their results come on their own streams), nor those still queued here."""
         with self._lock:
             return list(self._sent)
-
-    def direct_tasks_on(self, engine_id: int) -> list[str]:
-        """The tasks in flight on an engine's direct link."""
-        with self._lock:
-            return [t for t, path in self._task_path.items() if path == (engine_id, True)]
-
-    def _drain_gate(self, submit: wire.pb.SubmitTask) -> concurrent.futures.Future[None] | None:
-        """(With the lock held.) Count a relayed submit; a gate that opens once its engine's
-        direct tasks are done, when some are in flight (so that the engine runs them first)."""
-        if submit.load_balanced:
-            return None
-        engine_id = submit.engine_id
-        self._relay_on[engine_id] += 1
-        self._task_path[submit.task_id] = (engine_id, False)
-        if not self._direct_on[engine_id]:
-            return None
-        gate: concurrent.futures.Future[None] = concurrent.futures.Future()
-        gate.add_done_callback(self._gate_opened)
-        self._drains.setdefault(engine_id, []).append(gate)
-        return gate
 
     def _enqueue(
         self,
@@ -335,9 +299,11 @@ class Submitter:
             for submit in submits:
                 if id(submit) in uploads:
                     self._gates.append((submit, uploads[id(submit)]))
-                drain = self._drain_gate(submit)
-                if drain is not None:
-                    self._gates.append((submit, drain))
+                if not submit.load_balanced:
+                    drain = self.order.relayed(submit.task_id, submit.engine_id)
+                    if drain is not None:
+                        drain.add_done_callback(self._gate_opened)
+                        self._gates.append((submit, drain))
             self._outgoing.extend(submits)
             schedule = not self._flush_scheduled
             self._flush_scheduled = True

@@ -383,7 +383,7 @@ class Transport:
 
     def _orphan_direct(self, engine_id: int, why: str) -> None:
         """The direct tasks on an engine may never answer (in the I/O thread)."""
-        tasks = self.submitter.direct_tasks_on(engine_id)
+        tasks = self.submitter.order.direct_tasks_on(engine_id)
         for task_id in tasks:
             self.submitter.task_done(task_id)  # (the engine has them queued before any later one)
         if tasks:
