@@ -1,8 +1,9 @@
-"""The typed calls of the Controller service a client makes (`ControllerCalls`), on one channel."""
+"""The typed calls of the Controller service a client makes (`ControllerCalls`), on one channel,
+and their replies made plain Python for the client's API."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -66,3 +67,43 @@ class ControllerCalls:
         (raises grpc.RpcError or wire.DecodingError)."""
         call = self._download_rpc(wire.pb.DownloadRequest(blob_id=blob_id), metadata=self.metadata)
         return await blobstream.receive(call, blob_id, into=into)
+
+
+_STATES = {wire.ENGINE_IDLE: "idle", wire.ENGINE_BUSY: "busy", wire.ENGINE_DEAD: "dead"}
+
+
+def as_targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
+    """Engine ids as a request's `targets`."""
+    return wire.pb.Targets(engine_ids=list(engine_ids))
+
+
+def engine_dicts(reply: wire.pb.ListEnginesReply) -> list[dict[str, Any]]:
+    """The engines with their host, pid, state and counts, as `Client.list_engines` gives them."""
+    return [
+        {
+            "id": e.engine_id,
+            "hostname": e.hostname,
+            "pid": e.pid,
+            "state": _STATES.get(e.state, "?"),
+            "queue": e.queue,
+            "completed": e.completed,
+            "registered": e.registered,
+            "python": e.python_version,
+            "protocol": e.protocol_version,
+            "cloudpickle": e.cloudpickle_version,
+            "data_url": e.data_url,
+            "host_key": e.host_key,
+        }
+        for e in reply.engines
+    ]
+
+
+def queue_status_dict(reply: wire.pb.QueueStatusReply, verbose: bool) -> dict[int | str, Any]:
+    """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}` (with `verbose`,
+    each queue as its task ids)."""
+    status: dict[int | str, Any] = {}
+    for e in reply.engines:
+        queue = list(e.queued_task_ids) if verbose else e.queue
+        status[e.engine_id] = {"queue": queue, "completed": e.completed, "tasks": e.tasks}
+    status["unassigned"] = reply.unassigned
+    return status

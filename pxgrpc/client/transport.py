@@ -8,7 +8,9 @@ endpoints (`DataPath`), and gRPC errors, turned into pxgrpc errors in one table
 (`rpcerrors.STATUS_ERRORS`). Only the `Client` holds a `Transport`.
 
 What it owns: its I/O thread (`LoopThread`), the typed calls of the Controller service
-(`ControllerCalls`), the tasks in flight (`InFlight`) and the `Submitter` that queues submits.
+(`ControllerCalls`), the tasks in flight (`InFlight`), the `Submitter` that sends work on its way
+(on the session stream, or on `DirectLinks` straight to engines) and the `Delivery` of what comes
+back to the listeners.
 """
 
 from __future__ import annotations
@@ -19,27 +21,25 @@ import logging
 import pathlib
 import secrets
 import threading
-import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, versions, wire
-from pxgrpc.client.assemble import Assembly, Held, Region
-from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary
+from pxgrpc import diagnose, versions, wire
+from pxgrpc.client.calls import ControllerCalls, Rep, Req, Unary, as_targets, engine_dicts, queue_status_dict
 from pxgrpc.client.datapath import DataPath
-from pxgrpc.client.directlinks import DirectLink, DirectLinks, fail_later
+from pxgrpc.client.delivery import Delivery
+from pxgrpc.client.directlinks import DirectLinks
 from pxgrpc.client.errors import (
     AuthenticationError,
     PxConnectionError,
 )
 from pxgrpc.client.inflight import InFlight
-from pxgrpc.client.outcomes import decode_outcome
 from pxgrpc.client.reconnect import LOST, StreamEnd, redial
 from pxgrpc.client.rpcerrors import diagnosed_error, map_rpc_errors, rpc_error
 from pxgrpc.client.submit import Submitter
-from pxgrpc.client.tasks import Job, TaskListener, TaskOutcome
+from pxgrpc.client.tasks import Job, TaskListener
 from pxgrpc.loopthread import LoopClosed, LoopThread
 from pxgrpc.memory import reuse_freed_memory
 from pxgrpc.security.connection_file import ConnectionInfo
@@ -86,8 +86,6 @@ class Transport:
         self._versions = versions.EngineVersionCheck()
         self._datapath = DataPath(metadata, info.channel_credentials(), lambda *a: self.io.call_soon(*a))
         self._in_flight = InFlight()
-        #: The gathers whose parts are held until all are in (task id -> its assembly).
-        self._assemblies: dict[str, Assembly] = {}
         self._stream: grpc.aio.StreamStreamCall[Any, Any] | None = None
         # Whether a session stream is open (False while reconnecting).
         self._session_up = False
@@ -97,9 +95,18 @@ class Transport:
         try:
             self.channel = self._run(self._open_channel(), timeout)
             self.calls = ControllerCalls(self.channel, metadata)
-            self._links = DirectLinks(self.io, self._datapath, self._on_direct_event, self._on_direct_broken)
+            # (The links hear of their events through the Delivery, built on the Submitter that uses them.)
+            self._links = DirectLinks(
+                self.io,
+                self._datapath,
+                lambda event: self._delivery.direct_event(event),
+                lambda link, why: self._delivery.direct_link_broken(link, why),
+            )
             self.submitter = Submitter(
                 self.io, self.calls, self._datapath, self._in_flight, self._links, self._session_id
+            )
+            self._delivery = Delivery(
+                self.io, self._in_flight, self.submitter, self._datapath, self.calls, self.url
             )
             # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
             self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
@@ -116,8 +123,7 @@ class Transport:
     def submit(self, task_ids: Sequence[str], job: Job, listener: TaskListener) -> None:
         """Run `job` as the tasks `task_ids` (one per target); `listener` hears how they go."""
         if job.assemble:
-            assembly = Assembly(task_ids)
-            self._assemblies.update(dict.fromkeys(task_ids, assembly))
+            self._delivery.expect_assembly(task_ids)
         try:
             if job.each is not None:
                 items = zip(job.each, job.targets, strict=True)
@@ -127,8 +133,8 @@ class Transport:
             else:
                 raise ValueError(f"{job.name}: a job needs an action, or one action per target")
         except BaseException:
-            for task_id in task_ids if job.assemble else ():
-                self._assemblies.pop(task_id, None)
+            if job.assemble:
+                self._delivery.forget_assembly(task_ids)
             raise
 
     @property
@@ -145,28 +151,11 @@ class Transport:
         """The engines with their host, pid, state and counts (asks the controller)."""
         reply = self.call(self.calls.list_engines, wire.pb.ListEnginesRequest())
         self._note_engines(reply)
-        states = {wire.ENGINE_IDLE: "idle", wire.ENGINE_BUSY: "busy", wire.ENGINE_DEAD: "dead"}
-        return [
-            {
-                "id": e.engine_id,
-                "hostname": e.hostname,
-                "pid": e.pid,
-                "state": states.get(e.state, "?"),
-                "queue": e.queue,
-                "completed": e.completed,
-                "registered": e.registered,
-                "python": e.python_version,
-                "protocol": e.protocol_version,
-                "cloudpickle": e.cloudpickle_version,
-                "data_url": e.data_url,
-                "host_key": e.host_key,
-            }
-            for e in reply.engines
-        ]
+        return engine_dicts(reply)
 
     def abort(self, task_ids: Sequence[str], targets: Sequence[int] = ()) -> list[str]:
         """Drop these queued tasks (or those queued on `targets`); the ones dropped."""
-        request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=_targets(targets))
+        request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=as_targets(targets))
         return list(self.call(self.calls.abort, request).aborted)
 
     def interrupt(
@@ -175,24 +164,18 @@ class Transport:
         """Signal the engines of `targets` that run a task (0: SIGINT), or all of them with
         `include_idle`; the ones signalled."""
         request = wire.pb.InterruptRequest(
-            targets=_targets(targets), signal_number=signal_number, include_idle=include_idle
+            targets=as_targets(targets), signal_number=signal_number, include_idle=include_idle
         )
         return list(self.call(self.calls.interrupt, request).engine_ids)
 
     def queue_status(self, targets: Sequence[int], verbose: bool = False) -> dict[int | str, Any]:
         """`{engine_id: {'queue': n, 'completed': n, 'tasks': n}, 'unassigned': n}`."""
-        request = wire.pb.QueueStatusRequest(targets=_targets(targets), verbose=verbose)
-        reply = self.call(self.calls.queue_status, request)
-        status: dict[int | str, Any] = {}
-        for e in reply.engines:
-            queue = list(e.queued_task_ids) if verbose else e.queue
-            status[e.engine_id] = {"queue": queue, "completed": e.completed, "tasks": e.tasks}
-        status["unassigned"] = reply.unassigned
-        return status
+        request = wire.pb.QueueStatusRequest(targets=as_targets(targets), verbose=verbose)
+        return queue_status_dict(self.call(self.calls.queue_status, request), verbose)
 
     def shutdown(self, targets: Sequence[int], controller: bool) -> list[int]:
         """Stop the engines of `targets` (and the controller); the engines told to stop."""
-        request = wire.pb.ShutdownRequest(targets=_targets(targets), controller=controller)
+        request = wire.pb.ShutdownRequest(targets=as_targets(targets), controller=controller)
         self._controller_stopped = self._controller_stopped or controller
         return list(self.call(self.calls.shutdown, request).engine_ids)
 
@@ -246,7 +229,8 @@ class Transport:
 
     async def _close(self) -> None:
         self._closing = True
-        self._fail_all(PxConnectionError("the client was closed"))
+        if hasattr(self, "_delivery"):  # (none when the connection failed: no task is in flight then)
+            self._delivery.fail_all(PxConnectionError("the client was closed"))
         if self._stream is not None and self._reader is not None:
             # Half-close first: the controller then ends the session instead of keeping it for us.
             self.submitter.finish()
@@ -278,7 +262,7 @@ class Transport:
                 return
             reconnected = await self._reconnect(error) if error.reconnect else None
             if reconnected is None:
-                self._fail_all(error.error)
+                self._delivery.fail_all(error.error)
                 return
             call = reconnected
 
@@ -288,7 +272,7 @@ class Transport:
                 if message.HasField("engines"):
                     self._note_engines(message.engines)
                 for event in message.events:
-                    self._dispatch(event)
+                    self._delivery.dispatch(event)
         except grpc.RpcError as exc:
             lost = exc.code() in LOST and not self._controller_stopped
             return StreamEnd(rpc_error(exc, self.url), lost)
@@ -315,104 +299,6 @@ class Transport:
         self._session_up = True
         return self._stream
 
-    def _fail_all(self, error: PxConnectionError) -> None:
-        assemblies, self._assemblies = self._assemblies, {}
-        for assembly in {id(a): a for a in assemblies.values()}.values():
-            assembly.fail(error)
-        for task_id, listener in self._in_flight.fail_all(error).items():
-            listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
-
-    def _dispatch(self, event: wire.pb.TaskEvent) -> None:
-        kind = event.WhichOneof("kind")
-        if kind == "output":
-            out = event.output
-            listener = self._in_flight.listener(out.task_id)
-            if listener is not None:
-                stream = "stderr" if out.stream == wire.STDERR else "stdout"
-                listener.on_output(out.task_id, out.engine_id, stream, out.text)
-        elif kind == "display":
-            disp = event.display
-            listener = self._in_flight.listener(disp.task_id)
-            if listener is not None:
-                listener.on_display(disp.task_id, disp.engine_id, dict(disp.data), disp.metadata_json)
-        elif kind == "data":
-            published = event.data
-            listener = self._in_flight.listener(published.task_id)
-            if listener is not None:
-                try:
-                    values = {name: wire.decode(v) for name, v in published.data.items()}
-                except Exception as exc:  # noqa: BLE001 - e.g. a class this client cannot import
-                    log.warning("task %s published data this client cannot load: %s", published.task_id, exc)
-                    return
-                listener.on_data(published.task_id, published.engine_id, values)
-        elif kind == "result":
-            result = event.result
-            self.submitter.task_done(result.task_id)
-            listener, url = self._in_flight.finish(result.task_id)
-            if listener is None:
-                return
-            received = time.time()
-            assembly = self._assemblies.pop(result.task_id, None)
-            if assembly is not None:
-                if assembly.add(Held(result, listener, url, received)):
-                    self.io.background(
-                        assembly.deliver(self._fetch, decode_outcome, self._datapath.shares_memory)
-                    )
-            elif result.blob_ids:
-                self.io.background(self._deliver_with_blobs(result, listener, url, received))
-            else:
-                listener.on_result(decode_outcome(result, {}, received))
-
-    def _on_direct_event(self, event: wire.pb.TaskEvent) -> None:
-        """An event on a direct link: its task id is "<session>/<task id>"; ours is the second part."""
-        kind = event.WhichOneof("kind")
-        if kind is None:
-            return
-        inner = getattr(event, kind)
-        inner.task_id = inner.task_id.partition("/")[2]
-        self._dispatch(event)
-
-    def _on_direct_broken(self, link: DirectLink, why: str) -> None:
-        """A direct link failed: later tasks for its engine are relayed. The engine may have
-        died (the controller then answers its tasks, saying how) or only the link may be gone
-        (the engine then sends their results through the controller): the tasks wait for
-        that, and fail after DIRECT_ORPHAN_GRACE seconds should nothing come (the engine died
-        before the controller heard of them)."""
-        log.warning("direct task stream to engine %d at %s failed (%s)", link.engine_id, link.url, why)
-        self._orphan_direct(link.engine_id, f"its direct task stream at {link.url} failed ({why})")
-
-    def _orphan_direct(self, engine_id: int, why: str) -> None:
-        """The direct tasks on an engine may never answer (in the I/O thread)."""
-        tasks = self.submitter.order.direct_tasks_on(engine_id)
-        for task_id in tasks:
-            self.submitter.task_done(task_id)  # (the engine has them queued before any later one)
-        if tasks:
-            fail_later(self.io, tasks, engine_id, why, lambda t: self._in_flight.finish(t)[0])
-
-    async def _deliver_with_blobs(
-        self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
-    ) -> None:
-        try:
-            with map_rpc_errors(self.url):
-                if url is not None:
-                    blobs = {b: await self._datapath.download(url, b) for b in result.blob_ids}
-                else:
-                    blobs = {b: await self.calls.download(b) for b in result.blob_ids}
-            outcome = decode_outcome(result, blobs, received)
-        except (PxConnectionError, wire.DecodingError) as exc:
-            err = exc if isinstance(exc, PxConnectionError) else PxConnectionError(str(exc))
-            outcome = TaskOutcome(result.task_id, result.engine_id, "error", error=err)
-        listener.on_result(outcome)
-
-    async def _fetch(
-        self, url: str | None, blob_id: str, into: memoryview | None, region: Region | None = None
-    ) -> blobstream.IncomingBlob:
-        """A result blob, from its engine's data endpoint (url) or the controller."""
-        with map_rpc_errors(self.url):
-            if url is not None:
-                return await self._datapath.download(url, blob_id, into, region)
-            return await self.calls.download(blob_id, into)
-
     def _note_engines(self, reply: wire.pb.ListEnginesReply) -> None:
         """Remember the live engines, unless we already know a newer list. The direct tasks of
         an engine that left may never answer; but not while the session is down: an engine
@@ -424,13 +310,9 @@ class Transport:
                 gone = set(self._engine_ids) - {e.engine_id for e in reply.engines}
                 self._engine_ids = tuple(e.engine_id for e in reply.engines)
                 for engine_id in gone if self._session_up else ():
-                    self.io.call_soon(self._orphan_direct, engine_id, "it left the cluster")
+                    self.io.call_soon(self._delivery.orphan_direct, engine_id, "it left the cluster")
                 self._datapath.set_urls(
                     {e.engine_id: e.data_url for e in reply.engines},
                     {e.engine_id: e.host_key for e in reply.engines},
                 )
                 self._versions.check(reply.engines)
-
-
-def _targets(engine_ids: Sequence[int]) -> wire.pb.Targets:
-    return wire.pb.Targets(engine_ids=list(engine_ids))
