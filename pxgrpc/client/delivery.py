@@ -7,6 +7,7 @@ flight when a direct link breaks, an engine leaves, or the connection is lost fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pxgrpc.client.assemble import Assembly, Held, Region
 from pxgrpc.client.directlinks import DirectLink, fail_later
 from pxgrpc.client.errors import PxConnectionError
 from pxgrpc.client.outcomes import decode_outcome
-from pxgrpc.client.rpcerrors import map_rpc_errors
+from pxgrpc.client.rpcerrors import ENGINE, map_rpc_errors
 from pxgrpc.client.tasks import TaskListener, TaskOutcome
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ class Delivery:
         self, result: wire.pb.TaskResult, listener: TaskListener, url: str | None, received: float
     ) -> None:
         try:
-            with map_rpc_errors(self._url):
+            with _errors_of(url, self._url):
                 if url is not None:
                     blobs = {b: await self._datapath.download(url, b) for b in result.blob_ids}
                 else:
@@ -158,7 +159,15 @@ class Delivery:
         self, url: str | None, blob_id: str, into: memoryview | None, region: Region | None = None
     ) -> blobstream.IncomingBlob:
         """A result blob, from its engine's data endpoint (url) or the controller."""
-        with map_rpc_errors(self._url):
+        with _errors_of(url, self._url):
             if url is not None:
                 return await self._datapath.download(url, blob_id, into, region)
             return await self._calls.download(blob_id, into)
+
+
+def _errors_of(engine_url: str | None, controller_url: str) -> contextlib.AbstractContextManager[None]:
+    """gRPC failures of a download as pxgrpc errors naming its peer: the engine's data endpoint
+    (`engine_url`) or, when None, the controller."""
+    if engine_url is not None:
+        return map_rpc_errors(engine_url, ENGINE)
+    return map_rpc_errors(controller_url)
