@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -106,6 +107,31 @@ def test_controller_going_away_fails_pending_work_instead_of_hanging(make_cluste
             ar.get(timeout=20)
         with pytest.raises(ipp.PxConnectionError):
             rc[0].apply_async(lambda: 1).get(timeout=20)
+    finally:
+        rc.close()
+
+
+def test_a_cluster_stopped_on_purpose_fails_pending_work_quietly_without_reconnecting(
+    make_cluster, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    # A user's own Client (not the cluster's), as in a notebook whose cluster is stopped: the
+    # controller tells it that it stops on purpose, so the client neither warns that it lost the
+    # controller nor tries to reconnect, and its pending work fails saying so.
+    cluster, _ = make_cluster(n=2)
+    rc = ipp.Client(cluster.connection_file)  # (the default reconnect_timeout: 120 s)
+    try:
+        assert rc[:].apply_sync(lambda: 1) == [1, 1]  # (direct links open to both engines)
+        ar = rc[0].apply_async(time.sleep, 30)
+        time.sleep(0.2)  # (running)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pxgrpc"):
+            cluster.stop_cluster_sync()
+            with pytest.raises((ipp.EngineError, ipp.PxConnectionError)):
+                ar.get(timeout=20)  # (its engine was stopped: no waiting for reconnect_timeout)
+            with pytest.raises(ipp.PxConnectionError, match="controller at"):
+                rc[1].apply_async(lambda: 2).get(timeout=20)  # (at once: no reconnecting)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warnings == []
     finally:
         rc.close()
 

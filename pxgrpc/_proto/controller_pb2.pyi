@@ -229,6 +229,11 @@ class SessionEvent(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     ENGINES_FIELD_NUMBER: _builtins.int
+    CONTROLLER_STOPPING_FIELD_NUMBER: _builtins.int
+    controller_stopping: _builtins.bool
+    """The controller is shutting down on purpose (a Shutdown call, or it was told to stop): the
+    stream ends next, and a client should not try to reconnect (or warn that it lost it).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]: ...
     @_builtins.property
@@ -242,10 +247,11 @@ class SessionEvent(_message.Message):
         *,
         events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
         engines: Global___ListEnginesReply | None = ...,
+        controller_stopping: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_stopping", b"controller_stopping", "engines", b"engines", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -121,7 +121,16 @@ class Delivery:
         (the engine then sends their results through the controller): the tasks wait for
         that, and fail after `directlinks.ORPHAN_GRACE` seconds should nothing come (the engine
         died before the controller heard of them)."""
-        log.warning("direct task stream to engine %d at %s failed (%s)", link.engine_id, link.url, why)
+        # (Worth a warning only when tasks were on it: an idle link gone, say with its engine
+        # or cluster stopped, costs nothing; the next task for that engine is relayed.)
+        busy = bool(self._submitter.order.direct_tasks_on(link.engine_id))
+        log.log(
+            logging.WARNING if busy else logging.INFO,
+            "direct task stream to engine %d at %s failed (%s)",
+            link.engine_id,
+            link.url,
+            why,
+        )
         self.orphan_direct(link.engine_id, f"its direct task stream at {link.url} failed ({why})")
 
     def orphan_direct(self, engine_id: int, why: str) -> None:

@@ -269,13 +269,16 @@ class Transport:
     async def _read_session(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> StreamEnd:
         try:
             async for message in call:
+                if message.controller_stopping:
+                    self._controller_stopped = True  # (no reconnecting to it; no warning)
                 if message.HasField("engines"):
                     self._note_engines(message.engines)
                 for event in message.events:
                     self._delivery.dispatch(event)
         except grpc.RpcError as exc:
-            lost = exc.code() in LOST and not self._controller_stopped
-            return StreamEnd(rpc_error(exc, self.url), lost)
+            if self._controller_stopped:
+                return StreamEnd(PxConnectionError(f"the controller at {self.url} was shut down"), False)
+            return StreamEnd(rpc_error(exc, self.url), exc.code() in LOST)
         except Exception as exc:
             log.exception("the session stream's reader failed")
             return StreamEnd(PxConnectionError(f"the session stream failed: {exc!r}"), False)

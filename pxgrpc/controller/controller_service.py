@@ -46,6 +46,7 @@ class ControllerService(BlobTransfers):
         session = ClientSession(context.peer())
         registry = self.state.registry
         registry.watchers.add(session.notify_engines)
+        self.state.session_wakers.add(session.notify_engines)
         session.notify_engines()  # the first message tells the client the engines
         reader = asyncio.create_task(self._read_session(session, requests))
         try:
@@ -55,6 +56,7 @@ class ControllerService(BlobTransfers):
                 reply = wire.pb.SessionEvent(events=events)
                 if engines_changed:
                     reply.engines.CopyFrom(registry.engine_list())
+                reply.controller_stopping = self.state.stopping.is_set()
                 yield reply
             if reader.done() and not reader.cancelled() and (error := reader.exception()) is not None:
                 if isinstance(error, wire.DecodingError):
@@ -62,6 +64,7 @@ class ControllerService(BlobTransfers):
                 raise error
         finally:
             registry.watchers.discard(session.notify_engines)
+            self.state.session_wakers.discard(session.notify_engines)
             reader.cancel()
             self.router.close_session(session)
 

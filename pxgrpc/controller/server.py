@@ -300,6 +300,9 @@ class Controller:
         await self.stop()
 
     async def stop(self, grace: float = 1.0) -> None:
+        self.state.stopping.set()
+        for wake in list(self.state.session_wakers):  # each client hears that we stop on purpose
+            wake()
         for engine in self.state.registry.live():
             engine.send_shutdown()
         if self._monitor is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 
@@ -41,6 +42,8 @@ class ControllerState:
         self.router = TaskRouter(self.registry, self.blobs, prefetch=prefetch)
         self.heartbeat_interval = heartbeat_interval
         self.stopping = asyncio.Event()
+        #: One callback per open session stream: wakes it to tell its client the controller stops.
+        self.session_wakers: set[Callable[[], None]] = set()
 
     async def resolve_targets(self, targets: wire.pb.Targets, context: Context) -> list[int]:
         """The engine ids a request targets, or abort the call naming the engine that is not live."""
