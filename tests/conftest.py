@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 
 import pxgrpc
+from pxgrpc.client.submit import Submitter
 from pxgrpc.cluster import Cluster
 
 
@@ -86,3 +89,31 @@ def cluster3() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
         yield cluster, cluster.start_and_connect_sync(timeout=60)
     finally:
         cluster.stop_cluster_sync()
+
+
+@pytest.fixture
+def restored() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Controllers a test restarts by hand: killed at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def paths(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Which path each DirectView submit took (True: straight to the engine), in order."""
+    taken: list[bool] = []
+    original = Submitter._send_direct
+
+    def spy(self: Submitter, *args: Any, **kwargs: Any) -> bool:
+        went = original(self, *args, **kwargs)
+        taken.append(went)
+        return went
+
+    monkeypatch.setattr(Submitter, "_send_direct", spy)
+    return taken

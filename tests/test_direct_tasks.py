@@ -18,7 +18,6 @@ import pytest
 import pxgrpc
 from pxgrpc.client import submit
 from pxgrpc.client.errors import EngineError, PxError, RemoteError
-from pxgrpc.client.submit import Submitter
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,21 +28,6 @@ BIG = 200_000
 @pytest.fixture(autouse=True)
 def direct_tasks_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PXGRPC_DIRECT_TASKS", "on")
-
-
-@pytest.fixture
-def paths(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Which path each submit took (True: direct), in order."""
-    taken: list[bool] = []
-    original = Submitter._send_direct
-
-    def spy(self: Submitter, *args: Any, **kwargs: Any) -> bool:
-        went = original(self, *args, **kwargs)
-        taken.append(went)
-        return went
-
-    monkeypatch.setattr(Submitter, "_send_direct", spy)
-    return taken
 
 
 def _until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:

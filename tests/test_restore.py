@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -49,19 +49,6 @@ def _wait_for(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 def _new_pid(conn: pathlib.Path, old: int) -> int:
     pid = read_connection_file(conn).controller_pid
     return pid if pid != old else 0
-
-
-@pytest.fixture
-def restored() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Controllers a test restarts by hand: killed at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _restore(conn: pathlib.Path, cluster_id: str, *extra: str) -> subprocess.Popen[bytes]:

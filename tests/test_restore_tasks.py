@@ -18,7 +18,6 @@ import pytest
 
 import pxgrpc
 from pxgrpc.client import directlinks
-from pxgrpc.client.submit import Submitter
 from pxgrpc.controller.restore import EngineIds, state_file
 from tests.conftest import ClusterFactory
 
@@ -30,34 +29,6 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     """The path DirectView tasks take (the client reads PXGRPC_DIRECT_TASKS when it connects)."""
     monkeypatch.setenv("PXGRPC_DIRECT_TASKS", "on" if request.param == "direct" else "off")
     yield request.param
-
-
-@pytest.fixture
-def went_direct(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Which path each submit took (True: straight to the engine), in order."""
-    taken: list[bool] = []
-    original = Submitter._send_direct
-
-    def spy(self: Submitter, *args: Any, **kwargs: Any) -> bool:
-        went = original(self, *args, **kwargs)
-        taken.append(went)
-        return went
-
-    monkeypatch.setattr(Submitter, "_send_direct", spy)
-    return taken
-
-
-@pytest.fixture
-def restored() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Controllers a test restarts by hand: killed at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _until(condition: Any, what: str, timeout: float = 60.0) -> None:
@@ -100,7 +71,7 @@ def test_tasks_sent_while_the_controller_is_down_run_once_it_is_back(
     make_cluster: ClusterFactory,
     restored: list[subprocess.Popen[bytes]],
     path: str,
-    went_direct: list[bool],
+    paths: list[bool],
 ) -> None:
     """They wait in the client (relayed) or run at once (direct); either way they are not named
     in the resumed session as lost, and the restored controller holds a relayed one for an
@@ -109,11 +80,11 @@ def test_tasks_sent_while_the_controller_is_down_run_once_it_is_back(
     rc[:]["x"] = 3
     _ready(rc, path)
     _kill_controller(cluster, rc)
-    went_direct.clear()
+    paths.clear()
     pulled = rc[:].pull("x", block=False)
     assigned = rc[1].execute("y = x + 4", block=False)
     powers = [rc[0].apply_async(pow, 2, i) for i in range(5)]
-    assert went_direct == ([True] * 7 if path == "direct" else [])  # (relayed: never tried)
+    assert paths == ([True] * 7 if path == "direct" else [])  # (relayed: never tried)
     restored.append(_restore(cluster))
     assert pulled.get(timeout=60) == [3, 3]
     assigned.get(timeout=60)
