@@ -18,8 +18,8 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +64,56 @@ class Wakeup:
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+class Batches(Generic[T]):
+    """Items put from any thread and taken in the loop a batch at a time: what was put between
+    two takes leaves together. `put` says whether the taker must be woken (`wake`, in the loop),
+    so that a burst of puts costs one wake-up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+        self._wake_pending = False
+        self._wakeup = Wakeup()
+        self._ended = False
+
+    def put(self, item: T) -> bool:
+        """Queue an item (from any thread); whether `wake` must follow for it to be taken."""
+        with self._lock:
+            self._items.append(item)
+            if self._wake_pending:
+                return False
+            self._wake_pending = True
+            return True
+
+    def take_all(self) -> list[T]:
+        """The items not taken yet (from any thread)."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def wake(self) -> None:
+        """(In the loop.) Let `batches` take what was put."""
+        self._wakeup.set()
+
+    def end(self) -> None:
+        """(In the loop.) End `batches`."""
+        self._ended = True
+        self._wakeup.set()
+
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """What was put, a batch at a time, until `end`."""
+        while not self._ended:
+            with self._lock:
+                items, self._items = self._items, []
+                self._wake_pending = False
+                if not items:
+                    self._wakeup.clear()
+            if items:
+                yield items
+            else:
+                await self._wakeup.wait()
 
 
 class LoopClosed(RuntimeError):

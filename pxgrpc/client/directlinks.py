@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -28,7 +27,7 @@ from pxgrpc import blobstream, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.errors import EngineError
 from pxgrpc.client.tasks import TaskListener, TaskOutcome
-from pxgrpc.loopthread import LoopThread, Wakeup
+from pxgrpc.loopthread import Batches, LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -52,38 +51,20 @@ class DirectLink:
         self.ready = False
         self.broken = False
         self._io = io
-        self._lock = threading.Lock()
-        self._tasks: list[wire.pb.Task] = []
-        self._wake_pending = False
-        self._wakeup = Wakeup()
-        # The stream is over: its requests end (else gRPC's task reading them is left pending).
-        self._ended = False
+        self._tasks: Batches[wire.pb.Task] = Batches()
 
     def queue(self, task: wire.pb.Task) -> bool:
         """Queue a task for the engine (from any thread); tasks queued together leave together.
         Returns whether the link must be woken (`wake`, in the loop) for it to leave."""
-        with self._lock:
-            self._tasks.append(task)
-            if self._wake_pending:
-                return False
-            self._wake_pending = True
-            return True
+        return self._tasks.put(task)
 
     def wake(self) -> None:
         """Send what is queued (in the loop)."""
-        self._wakeup.set()
+        self._tasks.wake()
 
     async def _requests(self) -> AsyncIterator[wire.pb.DirectTasks]:
-        while not self._ended:
-            with self._lock:
-                tasks, self._tasks = self._tasks, []
-                self._wake_pending = False
-                if not tasks:
-                    self._wakeup.clear()
-            if tasks:
-                yield wire.pb.DirectTasks(tasks=tasks)
-            else:
-                await self._wakeup.wait()
+        async for tasks in self._tasks.batches():
+            yield wire.pb.DirectTasks(tasks=tasks)
 
     async def run(
         self,
@@ -118,8 +99,7 @@ class DirectLink:
             return
         finally:
             call.cancel()
-            self._ended = True
-            self._wakeup.set()
+            self._tasks.end()  # (its requests end: else gRPC's task reading them is left pending)
         self._break(on_broken, "the engine ended the stream")
 
     def _break(self, on_broken: Callable[[DirectLink, str], None], why: str) -> None:

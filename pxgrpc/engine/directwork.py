@@ -18,7 +18,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from pxgrpc import wire
-from pxgrpc.loopthread import LoopThread
+from pxgrpc.loopthread import Batches, LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -37,52 +37,36 @@ class DirectStream:
 
     def __init__(self, io: LoopThread) -> None:
         self._io = io
-        self._lock = threading.Lock()
-        self._events: list[wire.pb.TaskEvent] = []
-        self._wake_pending = False
-        self._wakeup = asyncio.Event()
+        self._events: Batches[wire.pb.TaskEvent] = Batches()
+        self._lock = threading.Lock()  # (a put sees `closed`, or `close` returns its event)
         self.closed = False
-        self._stopped = False
 
     def put(self, event: wire.pb.TaskEvent) -> bool:
         """Queue an event (from any thread); False once the stream is closed."""
         with self._lock:
             if self.closed:
                 return False
-            self._events.append(event)
-            if self._wake_pending:
-                return True
-            self._wake_pending = True
-        if self._io.in_loop():
-            self._wakeup.set()
-        else:
-            self._io.call_soon(self._wakeup.set)
+            wake = self._events.put(event)
+        if wake:
+            if self._io.in_loop():
+                self._events.wake()
+            else:
+                self._io.call_soon(self._events.wake)
         return True
 
     def stop(self) -> None:
         """End `batches` (in the I/O thread)."""
-        self._stopped = True
-        self._wakeup.set()
+        self._events.end()
 
-    async def batches(self) -> AsyncIterator[list[wire.pb.TaskEvent]]:
+    def batches(self) -> AsyncIterator[list[wire.pb.TaskEvent]]:
         """The queued events, a batch at a time, until `stop` or cancelled."""
-        while not self._stopped:
-            with self._lock:
-                events, self._events = self._events, []
-                self._wake_pending = False
-                if not events:
-                    self._wakeup.clear()
-            if events:
-                yield events
-            else:
-                await self._wakeup.wait()
+        return self._events.batches()
 
     def close(self) -> list[wire.pb.TaskEvent]:
         """Stop taking events; those not sent yet are returned."""
         with self._lock:
             self.closed = True
-            events, self._events = self._events, []
-        return events
+            return self._events.take_all()
 
 
 class DirectWork:
