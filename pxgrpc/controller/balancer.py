@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.tasks import TaskRecord
-from pxgrpc.sharedmem import host_key
 
 #: Load-balanced work an engine may hold, in expected seconds of running time: enough to keep it
 #: busy while its results travel to the controller and new tasks come back, and to batch many
@@ -42,8 +41,7 @@ def assign(record: TaskRecord, engine: EngineRecord) -> None:
     engine.inflight[record.key] = record
     if record.load_balanced:
         engine.load_balanced_inflight += 1
-    here = host_key()
-    engine.send_task(record.to_task(on_this_host=bool(here) and engine.host_key == here))
+    engine.send_task(record.to_task(on_this_host=engine.on_controller_host))
 
 
 class LoadBalancer:

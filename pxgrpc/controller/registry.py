@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pxgrpc import wire
+from pxgrpc import sharedmem, wire
 from pxgrpc.controller.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ class EngineRecord:
     cloudpickle_version: str = ""
     #: Its host for shared memory (the boot id), "" when it shares none.
     host_key: str = ""
+    #: Its host is the controller's (`host_key` is ours): its tasks name the shared copies of
+    #: their blobs (known at registration, not worked out per task).
+    on_controller_host: bool = False
     #: A supervisor reports how the engine process ends (`Engine.ReportExit`).
     supervised: bool = False
     #: How the engine process ended, from its supervisor's report ("" until reported).
@@ -203,6 +206,7 @@ class EngineRegistry:
             protocol_version=request.protocol_version,
             cloudpickle_version=request.cloudpickle_version,
             host_key=request.host_key,
+            on_controller_host=bool(request.host_key) and request.host_key == sharedmem.host_key(),
             supervised=request.supervised,
         )
         self._next_id = max(self._next_id, engine_id + 1)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from pxgrpc import sharedmem, wire
+from pxgrpc import wire
 from pxgrpc.controller.blobs import BlobError, BlobStore
 from pxgrpc.controller.requests import Context
 from pxgrpc.controller.state import ControllerState
@@ -29,8 +29,7 @@ class BlobTransfers:
         except BlobError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
-        here = sharedmem.host_key()
-        if self.share_uploads and here and any(e.host_key == here for e in self.state.registry.live()):
+        if self.share_uploads and any(e.on_controller_host for e in self.state.registry.live()):
             await self.state.blobs.share_now(reply.blob_id)
         return reply
 
