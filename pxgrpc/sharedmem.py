@@ -95,13 +95,7 @@ class SharedFile:
 
     def write_chunks(self, chunks: Iterable[memoryview], at: int = 0) -> None:
         """Write the blob's bytes, in order (from its byte `at`)."""
-        position = OFFSET + at
-        for data in chunks:
-            view = memoryview(data)
-            while view.nbytes:
-                written = os.pwrite(self.fd, view, position)
-                position += written
-                view = view[written:]
+        _write_all(self.fd, chunks, OFFSET + at)
 
     def describe(self, at: int = 0) -> pb.SharedBlob:
         """Where readers (or writers) find the blob's byte `at`."""
@@ -210,17 +204,22 @@ def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str)
             raise SharedBlobUnusable(f"blob {blob_id}: {target.path} is not the reader's file (nonce)")
         # (No ftruncate: writers of one gather's file write their parts at once, and a write
         # past the end extends a file without ever shrinking what another wrote.)
-        position = target.offset
-        for part in parts:
-            view = part.cast("B") if part.format != "B" or part.ndim != 1 else part
-            while view.nbytes:
-                written = os.pwrite(fd, view, position)
-                position += written
-                view = view[written:]
+        _write_all(fd, parts, target.offset)
     except OSError as exc:
         raise SharedBlobUnusable(f"blob {blob_id}: cannot write {target.path}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, chunks: Iterable[memoryview], position: int) -> None:
+    """Write the chunks' bytes in order from `position` (pwrite may write less than asked)."""
+    for data in chunks:
+        view = memoryview(data)
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        while view.nbytes:
+            written = os.pwrite(fd, view, position)
+            position += written
+            view = view[written:]
 
 
 def _open(shared: pb.SharedBlob, flags: int, what: str) -> int:
