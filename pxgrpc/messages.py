@@ -36,6 +36,8 @@ from pxgrpc._proto.engine_pb2 import (
     EngineExit,
     EngineExitReply,
     EngineMessage,
+    LaneEvents,
+    LaneHello,
     RegisterReply,
     RegisterRequest,
 )
@@ -104,6 +106,8 @@ __all__ = [
     "GatherRequest",
     "InterruptReply",
     "InterruptRequest",
+    "LaneEvents",
+    "LaneHello",
     "ListEnginesReply",
     "ListEnginesRequest",
     "NDArray",

@@ -100,6 +100,7 @@ class EngineInfo(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
     HOST_KEY_FIELD_NUMBER: _builtins.int
+    LANE_PATH_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.int
     """Engine ids are 0, 1, 2 ... in registration order and never reused."""
     hostname: _builtins.str
@@ -124,6 +125,11 @@ class EngineInfo(_message.Message):
     is this may move large blobs to and from the engine's data endpoint as shared-memory files
     (`BlobHeader.shared`, `DownloadRequest.into`) instead of bytes. Empty: bytes only.
     """
+    lane_path: _builtins.str
+    """The engine's task lane (`RegisterRequest.lane_path`, see `LaneHello` in engine.proto), or
+    empty: a client on the engine's host (`host_key` is its boot id) may send DirectView tasks
+    on this Unix socket instead of `EngineData.Tasks`.
+    """
     def __init__(
         self,
         *,
@@ -139,10 +145,11 @@ class EngineInfo(_message.Message):
         protocol_version: _builtins.str = ...,
         cloudpickle_version: _builtins.str = ...,
         host_key: _builtins.str = ...,
+        lane_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloudpickle_version", b"cloudpickle_version", "completed", b"completed", "data_url", b"data_url", "engine_id", b"engine_id", "host_key", b"host_key", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "queue", b"queue", "registered", b"registered", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cloudpickle_version", b"cloudpickle_version", "completed", b"completed", "data_url", b"data_url", "engine_id", b"engine_id", "host_key", b"host_key", "hostname", b"hostname", "lane_path", b"lane_path", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "queue", b"queue", "registered", b"registered", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

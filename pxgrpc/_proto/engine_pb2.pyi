@@ -143,6 +143,70 @@ class DirectEvents(_message.Message):
 Global___DirectEvents: _TypeAlias = DirectEvents  # noqa: Y015
 
 @_typing.final
+class LaneHello(_message.Message):
+    """The task lane: `EngineData.Tasks` over the Unix socket an engine names in
+    `RegisterRequest.lane_path`, for clients on the engine's host (the same boot id: `host_key`).
+    gRPC spends most of a small task's round trip in its own threads; on the lane the engine's
+    main thread reads tasks and writes results itself, so a round trip costs a fraction.
+
+    Framing: every message, both ways, is a 4-byte little-endian length, then that many bytes of
+    one serialized protobuf message (at most 64 MiB). The client first sends a `LaneHello`, then
+    `DirectTasks` messages; the engine first answers the hello with an empty `LaneEvents` (the
+    lane is open; tasks sent before it are read too), then sends `LaneEvents`. Everything else is
+    as on `EngineData.Tasks`: the same task ids, order, results, output, and the controller kept
+    informed. A lane the engine refuses (a wrong token, a malformed message) ends with a
+    `LaneEvents` whose `error` says why, then the engine closes the socket. Should the socket close
+    while tasks run, their results go through the controller, as when a `Tasks` stream breaks.
+    The socket lives in a directory only the engine's user can enter; the token is checked too.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """The client token (what `authorization: bearer <token>` carries on `EngineData`)."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaneHello: _TypeAlias = LaneHello  # noqa: Y015
+
+@_typing.final
+class LaneEvents(_message.Message):
+    """What the engine sends on its task lane."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    error: _builtins.str
+    """Set on the last message of a lane the engine ends because of the client's input."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]:
+        """As `DirectEvents.events`."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LaneEvents: _TypeAlias = LaneEvents  # noqa: Y015
+
+@_typing.final
 class RegisterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -158,6 +222,7 @@ class RegisterRequest(_message.Message):
     CLOUDPICKLE_VERSION_FIELD_NUMBER: _builtins.int
     HELD_TASK_IDS_FIELD_NUMBER: _builtins.int
     HOST_KEY_FIELD_NUMBER: _builtins.int
+    LANE_PATH_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     pid: _builtins.int
     python_version: _builtins.str
@@ -214,6 +279,11 @@ class RegisterRequest(_message.Message):
     """The engine's host for shared memory: the kernel's boot id (/proc/sys/kernel/random/boot_id),
     empty when the engine shares no memory. Published as `EngineInfo.host_key`.
     """
+    lane_path: _builtins.str
+    """The path of the engine's task lane, or empty: a Unix socket on which clients on the
+    engine's host (`host_key`) may do what `EngineData.Tasks` does, without gRPC (see
+    `LaneHello`). Published as `EngineInfo.lane_path`.
+    """
     @_builtins.property
     def held_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Re-registration only: the tasks (Task.task_id) this engine holds from its earlier
@@ -238,10 +308,11 @@ class RegisterRequest(_message.Message):
         cloudpickle_version: _builtins.str = ...,
         held_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         host_key: _builtins.str = ...,
+        lane_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "requested_id", b"requested_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "host_key", b"host_key", "hostname", b"hostname", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id", "cloudpickle_version", b"cloudpickle_version", "data_csr_mac", b"data_csr_mac", "data_csr_pem", b"data_csr_pem", "data_url", b"data_url", "held_task_ids", b"held_task_ids", "host_key", b"host_key", "hostname", b"hostname", "lane_path", b"lane_path", "pid", b"pid", "protocol_version", b"protocol_version", "python_version", b"python_version", "requested_id", b"requested_id", "supervised", b"supervised"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__requested_id: _TypeAlias = _typing.Literal["requested_id"]  # noqa: Y015
     _WhichOneofArgType__requested_id: _TypeAlias = _typing.Literal["_requested_id", b"_requested_id"]  # noqa: Y015

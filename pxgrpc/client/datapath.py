@@ -23,8 +23,9 @@ from typing import Any
 
 import grpc
 
-from pxgrpc import blobstream, sharedmem, wire
+from pxgrpc import blobstream, lane, sharedmem, wire
 from pxgrpc.security.credentials import channel_options
+from pxgrpc.security.tokens import TOKEN_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,25 @@ class DataPath:
         #: The endpoints of engines on this host that share memory (and have not failed to).
         self._sharing: set[str] = set()
         self._here: set[int] = set()  # the engines on this host
+        self._lanes: dict[int, str] = {}  # their task lanes
         self._not_sharing: set[str] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
         self._enabled = blobstream.direct_data_enabled()
 
-    def set_urls(self, urls: Mapping[int, str], host_keys: Mapping[int, str] | None = None) -> None:
+    def set_urls(
+        self,
+        urls: Mapping[int, str],
+        host_keys: Mapping[int, str] | None = None,
+        lane_paths: Mapping[int, str] | None = None,
+    ) -> None:
         """The data endpoints of the live engines (engine id -> "host:port"), from an engine list,
-        and their hosts (engine id -> `EngineInfo.host_key`); starts connecting to those not
-        connected yet."""
+        their hosts (engine id -> `EngineInfo.host_key`) and task lanes (`EngineInfo.lane_path`);
+        starts connecting to those not connected yet."""
         self._urls = dict(urls)
         mine = sharedmem.host_key()
         self._here = {i for i, key in (host_keys or {}).items() if mine and key == mine}
+        self._lanes = {i: p for i, p in (lane_paths or {}).items() if p and i in self._here}
         self._sharing = {self._urls[i] for i in self._here if self._urls.get(i)}
         if self._call_soon is not None and self._enabled:
             new = [u for u in self._urls.values() if u and u not in self._channels and u not in self._broken]
@@ -107,6 +115,17 @@ class DataPath:
             return None
         url = self._urls.get(engine_id)
         return url if url and url not in self._broken else None
+
+    @property
+    def token(self) -> str:
+        """The client token (what `metadata` carries)."""
+        value = dict(self.metadata).get(TOKEN_METADATA_KEY, "")
+        return value.partition(" ")[2]
+
+    def lane_for(self, engine_id: int) -> str | None:
+        """The engine's task lane, when it is on this host and has one (and lanes are on)."""
+        path = self._lanes.get(engine_id)
+        return path if path and lane.enabled() else None
 
     def on_this_host(self, engine_id: int | None) -> bool:
         """Whether an engine registered this client's host (whatever its data endpoint)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pxgrpc import blobstream, wire
 from pxgrpc.client.assemble import Assembly, Held, Region
-from pxgrpc.client.directlinks import DirectLink, fail_later
+from pxgrpc.client.directlinks import Link, fail_later
 from pxgrpc.client.errors import PxConnectionError
 from pxgrpc.client.outcomes import decode_outcome
 from pxgrpc.client.rpcerrors import ENGINE, map_rpc_errors
@@ -115,7 +115,7 @@ class Delivery:
         inner.task_id = inner.task_id.partition("/")[2]
         self.dispatch(event)
 
-    def direct_link_broken(self, link: DirectLink, why: str) -> None:
+    def direct_link_broken(self, link: Link, why: str) -> None:
         """A direct link failed: later tasks for its engine are relayed. The engine may have
         died (the controller then answers its tasks, saying how) or only the link may be gone
         (the engine then sends their results through the controller): the tasks wait for

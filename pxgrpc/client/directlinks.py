@@ -12,6 +12,9 @@ The client also announces each direct task on its session stream (`SubmitTask.se
 that the controller fails it with the reason should the engine die before telling of it. On by
 default; off with `PXGRPC_DIRECT_TASKS=off` (or `PXGRPC_DATA_ENDPOINT=off`). Runs in the
 transport's event loop, except `send`, which any thread may call.
+
+An engine on this host with a task lane (`EngineInfo.lane_path`) gets its tasks on the lane
+instead (`pxgrpc.client.lanelink`): a round trip without gRPC, a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
+from typing import TypeAlias
 
 import grpc
 
 from pxgrpc import blobstream, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.errors import EngineError
+from pxgrpc.client.lanelink import LaneLink
 from pxgrpc.client.tasks import TaskListener, TaskOutcome
 from pxgrpc.loopthread import Batches, LoopThread
 
@@ -70,7 +76,7 @@ class DirectLink:
         self,
         datapath: DataPath,
         on_event: Callable[[wire.pb.TaskEvent], None],
-        on_broken: Callable[[DirectLink, str], None],
+        on_broken: Callable[[Link, str], None],
     ) -> None:
         """Connect, then read the engine's events until the stream ends or fails."""
         channel = datapath.channel(self.url)
@@ -102,10 +108,14 @@ class DirectLink:
             self._tasks.end()  # (its requests end: else gRPC's task reading them is left pending)
         self._break(on_broken, "the engine ended the stream")
 
-    def _break(self, on_broken: Callable[[DirectLink, str], None], why: str) -> None:
+    def _break(self, on_broken: Callable[[Link, str], None], why: str) -> None:
         self.ready = False
         self.broken = True
         on_broken(self, why)
+
+
+#: A way to send an engine tasks directly.
+Link: TypeAlias = "DirectLink | LaneLink"
 
 
 class DirectLinks:
@@ -116,17 +126,18 @@ class DirectLinks:
         io: LoopThread,
         datapath: DataPath,
         on_event: Callable[[wire.pb.TaskEvent], None],
-        on_broken: Callable[[DirectLink, str], None],
+        on_broken: Callable[[Link, str], None],
     ) -> None:
         self._io = io
         self._datapath = datapath
         self._on_event = on_event
         self._on_broken = on_broken
-        self._links: dict[int, DirectLink] = {}
+        self._links: dict[int, Link] = {}
+        self._lock = threading.Lock()
         self._runners: list[asyncio.Future[None]] = []
         self.enabled = direct_tasks_enabled()
 
-    def usable(self, engine_id: int | None) -> DirectLink | None:
+    def usable(self, engine_id: int | None) -> Link | None:
         """The engine's link when tasks may go on it now (from any thread); else None, and a
         link is opened in the background when the engine has a reachable data endpoint."""
         if not self.enabled or engine_id is None:
@@ -137,15 +148,35 @@ class DirectLinks:
         if link is None:
             url = self._datapath.url_for(engine_id)
             if url is not None:
-                link = self._links[engine_id] = DirectLink(engine_id, url, self._io)
+                path = self._datapath.lane_for(engine_id)
+                with self._lock:  # (the I/O thread opens lanes too: `prepare`)
+                    if engine_id in self._links:
+                        return None
+                    link = LaneLink(engine_id, url, path, self._io) if path else None
+                    link = self._links[engine_id] = link or DirectLink(engine_id, url, self._io)
                 self._io.call_soon(self._start, link)
         elif link.broken and self._datapath.url_for(engine_id) not in (None, link.url):
             del self._links[engine_id]  # a new engine under that id: try its endpoint
         return None
 
-    def _start(self, link: DirectLink) -> None:
-        runner = asyncio.ensure_future(link.run(self._datapath, self._on_event, self._on_broken))
+    def prepare(self, engine_ids: tuple[int, ...]) -> None:
+        """Open the task lanes of these engines that have one, now (from any thread): a lane
+        costs little to hold, and so the first task on it is as quick as later ones."""
+        if not self.enabled:
+            return
+        for engine_id in engine_ids:
+            if engine_id not in self._links and self._datapath.lane_for(engine_id):
+                self.usable(engine_id)
+
+    def _start(self, link: Link) -> None:
+        runner = asyncio.ensure_future(self._run(link))
         self._runners.append(runner)
+
+    async def _run(self, link: Link) -> None:
+        await link.run(self._datapath, self._on_event, self._on_broken)
+        if isinstance(link, LaneLink) and link.unreachable and self._links.get(link.engine_id) is link:
+            stream = self._links[link.engine_id] = DirectLink(link.engine_id, link.url, self._io)
+            await stream.run(self._datapath, self._on_event, self._on_broken)
 
     async def close(self) -> None:
         for runner in self._runners:

@@ -25,7 +25,7 @@ import grpc
 
 from pxgrpc import blobstream, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
-from pxgrpc.client.directlinks import DirectLink, DirectLinks
+from pxgrpc.client.directlinks import DirectLinks, Link
 from pxgrpc.client.encoding import address, encode_action
 from pxgrpc.client.inflight import InFlight
 from pxgrpc.client.ordering import EngineOrder
@@ -80,7 +80,7 @@ class Submitter:
         self._sent: set[str] = set()
         self._flush_scheduled = False
         # Direct tasks to announce (task id, link), at the latest ANNOUNCE_DELAY s after sending.
-        self._unannounced: list[tuple[str, DirectLink]] = []
+        self._unannounced: list[tuple[str, Link]] = []
         self._announce_scheduled = False
         # Notified (with _lock held) whenever the session takes submits from _outgoing.
         self._taken = threading.Condition(self._lock)
@@ -147,14 +147,25 @@ class Submitter:
         encoding its payload took. The engine then starts on it while the next one is encoded.
         """
         cache: dict[int, wire.pb.Value] = {}
+        ids: list[str] = []
         submits: list[wire.pb.SubmitTask] = []
         engine_blobs: list[blobstream.OutgoingBlob | None] = []
         relayed = []
-        start = 0
+        # Engines with a task of this call relayed: later ones for them are too (in order).
+        relayed_to: set[int | None] = {None}
         for i, (task_id, (action, target)) in enumerate(zip(task_ids, items, strict=True)):
             began = time.perf_counter()
             submit = address(wire.pb.SubmitTask(retries=retries), task_id, target)
             blob = encode_action(action, submit.action, cache)
+            if (
+                blob is None
+                and target not in relayed_to
+                and self._links.enabled
+                and self._send_direct([task_id], submit, [target], listener)
+            ):
+                continue
+            relayed_to.add(target)
+            ids.append(task_id)
             submits.append(submit)
             if blob is not None and not self._datapath.url_for(target):
                 submit.blob_ids.append(blob.blob_id)
@@ -163,12 +174,13 @@ class Submitter:
             else:
                 engine_blobs.append(blob)
             if blob is not None and i + 1 < len(task_ids):
-                gates = self._enqueue(task_ids[start : i + 1], submits, engine_blobs, listener)
+                gates = self._enqueue(ids, submits, engine_blobs, listener)
                 for blob in relayed:
                     self._start_relay(blob)
                 self._wait_sent(gates, submits, time.perf_counter() + 2 * (time.perf_counter() - began))
-                start, submits, engine_blobs, relayed = i + 1, [], [], []
-        self._enqueue(task_ids[start:], submits, engine_blobs, listener)
+                ids, submits, engine_blobs, relayed = [], [], [], []
+        if ids:
+            self._enqueue(ids, submits, engine_blobs, listener)
         for blob in relayed:
             self._start_relay(blob)
 
@@ -181,7 +193,7 @@ class Submitter:
     ) -> bool:
         """Send tasks straight to their engines, if every one's link is up and none of this
         client's tasks for those engines is in flight through the controller; else False."""
-        links: list[DirectLink] = []
+        links: list[Link] = []
         for target in targets:
             link = self._links.usable(target)
             if link is None:
@@ -198,7 +210,7 @@ class Submitter:
             raise
         now = time.time()
         prefix = f"{self._session_id}/"
-        woken: list[DirectLink] = []
+        woken: list[Link] = []
         for task_id, link in zip(task_ids, links, strict=True):
             task = wire.pb.Task(
                 task_id=prefix + task_id,
@@ -213,10 +225,11 @@ class Submitter:
             self._unannounced.extend(zip(task_ids, links, strict=True))
             announce = not self._announce_scheduled
             self._announce_scheduled = True
-        self._io.call_soon(self._send_queued, woken, announce)
+        if woken or announce:  # (a task lane's tasks are sent already: no wake-up for them)
+            self._io.call_soon(self._send_queued, woken, announce)
         return True
 
-    def _send_queued(self, links: list[DirectLink], announce: bool) -> None:
+    def _send_queued(self, links: list[Link], announce: bool) -> None:
         """(In the I/O thread.) Wake the links that have tasks to send; `announce`: the tasks
         will be announced in ANNOUNCE_DELAY seconds."""
         for link in links:

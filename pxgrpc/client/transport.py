@@ -317,5 +317,8 @@ class Transport:
                 self._datapath.set_urls(
                     {e.engine_id: e.data_url for e in reply.engines},
                     {e.engine_id: e.host_key for e in reply.engines},
+                    {e.engine_id: e.lane_path for e in reply.engines},
                 )
+                if hasattr(self, "_links"):
+                    self._links.prepare(self._engine_ids)
                 self._versions.check(reply.engines)

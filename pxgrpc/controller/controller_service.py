@@ -243,15 +243,17 @@ class ControllerService(BlobTransfers):
         reply = wire.pb.QueueStatusReply(unassigned=self.router.unassigned)
         for engine in self.state.registry.live():
             if engine.engine_id in ids:
-                running = 1 if engine.inflight else 0
+                # (Direct tasks their client announced count before the engine tells of them.)
+                held = [*engine.inflight.values(), *engine.announced.values()]
+                running = 1 if held else 0
                 entry = reply.engines.add(
                     engine_id=engine.engine_id,
-                    queue=len(engine.inflight) - running,
+                    queue=len(held) - running,
                     completed=engine.completed,
                     tasks=running,
                 )
                 if request.verbose:
-                    entry.queued_task_ids.extend(r.task_id for r in list(engine.inflight.values())[running:])
+                    entry.queued_task_ids.extend(r.task_id for r in held[running:])
         return reply
 
     async def Shutdown(self, raw: bytes, context: Context) -> wire.pb.ShutdownReply:

@@ -34,6 +34,8 @@ class EngineRecord:
     cloudpickle_version: str = ""
     #: Its host for shared memory (the boot id), "" when it shares none.
     host_key: str = ""
+    #: Its task lane (`RegisterRequest.lane_path`), "" when it has none.
+    lane_path: str = ""
     #: Its host is the controller's (`host_key` is ours): its tasks name the shared copies of
     #: their blobs (known at registration, not worked out per task).
     on_controller_host: bool = False
@@ -142,13 +144,14 @@ class EngineRecord:
         self._wakeup.set()
 
     def info(self) -> wire.pb.EngineInfo:
-        state = wire.ENGINE_DEAD if self.dead else wire.ENGINE_BUSY if self.inflight else wire.ENGINE_IDLE
+        busy = self.inflight or self.announced
+        state = wire.ENGINE_DEAD if self.dead else wire.ENGINE_BUSY if busy else wire.ENGINE_IDLE
         return wire.pb.EngineInfo(
             engine_id=self.engine_id,
             hostname=self.hostname,
             pid=self.pid,
             state=state,
-            queue=len(self.inflight),
+            queue=len(self.inflight) + len(self.announced),
             completed=self.completed,
             registered=self.registered,
             data_url=self.data_url,
@@ -156,6 +159,7 @@ class EngineRecord:
             protocol_version=self.protocol_version,
             cloudpickle_version=self.cloudpickle_version,
             host_key=self.host_key,
+            lane_path=self.lane_path,
         )
 
 
@@ -206,6 +210,7 @@ class EngineRegistry:
             protocol_version=request.protocol_version,
             cloudpickle_version=request.cloudpickle_version,
             host_key=request.host_key,
+            lane_path=request.lane_path if request.host_key else "",
             on_controller_host=bool(request.host_key) and request.host_key == sharedmem.host_key(),
             supervised=request.supervised,
         )

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import grpc
 
-from pxgrpc import blobstream, diagnose, identity, wire
+from pxgrpc import blobstream, diagnose, identity, lane, wire
 from pxgrpc.engine import blobtransfer, registration
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.engine.directwork import DirectWork
+from pxgrpc.engine.lanes import LaneServer
 from pxgrpc.engine.outbox import Outbox
 from pxgrpc.engine.taskqueue import TaskQueue
 from pxgrpc.engine.workstream import WorkStream
@@ -64,6 +65,8 @@ class EngineConnection:
         self.direct: DirectWork | None = None
         #: The data endpoint, when this engine offers one (see `datapath.offers_data`).
         self.data: DataEndpoint | None = None
+        #: The task lane clients on this host may use (with a data endpoint), or None.
+        self.lanes: LaneServer | None = None
         #: The host (name or address) the data endpoint listens on and is advertised at; empty:
         #: 127.0.0.1 next to a loopback controller, else this host's address towards the controller.
         self.data_host = os.environ.get("PXGRPC_DATA_HOST", "")
@@ -118,7 +121,10 @@ class EngineConnection:
     def _fetch(
         self, task: wire.pb.Task, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]
     ) -> None:
-        self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
+        if self.io.in_loop():
+            self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
+        else:  # (a lane's task, read by the main thread)
+            self.io.call_soon(self._fetch, task, blob_ids, ready)
 
     # --- the conversation -------------------------------------------------------------------
 
@@ -132,18 +138,40 @@ class EngineConnection:
     async def _main(self) -> None:
         self._outbox.start()
         if offers_data(self.info):
-            direct = DirectWork(self.io, self.accept, self._outbox.notify_direct, self._outbox.put)
+            direct = DirectWork(
+                self.io,
+                self.accept,
+                self._outbox.notify_direct,
+                self._outbox.put,
+                self._outbox,
+                self.tasks.aborted_early,
+                lambda: self.engine_id,
+            )
             try:
                 self.data = await start_data_endpoint(self.info, self.data_host, direct.Tasks)
                 self.direct = direct
             except Exception as exc:  # noqa: BLE001 - the controller's blobs work without it
                 log.warning("no data endpoint: %s", exc)
                 self.data = None
+            if self.data is not None and lane.enabled():
+                self._open_lanes(direct, self.data)
         try:
             await self._converse()
         finally:
+            if self.lanes is not None:
+                self.lanes.stop()
             if self.data is not None:
                 await self.data.stop()
+
+    def _open_lanes(self, direct: DirectWork, data: DataEndpoint) -> None:
+        self.tasks.lanes = direct
+        lanes = LaneServer(self.io, data.check_token, self.tasks.add_lane)
+        try:
+            lanes.start()
+        except OSError as exc:  # (gRPC's Tasks stream does the same)
+            log.warning("no task lane: %s", exc)
+            return
+        self.lanes = lanes
 
     async def _converse(self) -> None:
         async with self._channel() as channel:

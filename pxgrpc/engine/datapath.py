@@ -38,6 +38,7 @@ from pxgrpc.security import certs
 from pxgrpc.security.connection_file import ConnectionInfo
 from pxgrpc.security.credentials import server_options
 from pxgrpc.security.interceptor import TokenAuthInterceptor
+from pxgrpc.security.tokens import TOKEN_METADATA_KEY, TOKEN_SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,12 @@ class DataEndpoint:
     def accept_token_sha256(self, digest: bytes) -> None:
         """Also accept clients whose token has this SHA-256 (from `RegisterReply`)."""
         self._auth.accept_token_sha256(f"/{wire.ENGINE_DATA_SERVICE}/", digest)
+
+    def check_token(self, token: str) -> str | None:
+        """None when `token` may use this endpoint's services (a task lane's `LaneHello`), else
+        why not."""
+        method = f"/{wire.ENGINE_DATA_SERVICE}/Tasks"
+        return self._auth.check(method, [(TOKEN_METADATA_KEY, f"{TOKEN_SCHEME} {token}")])
 
     async def stop(self) -> None:
         if self._sweeper is not None:

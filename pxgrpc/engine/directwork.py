@@ -5,6 +5,9 @@ result go back on the stream it came on, and the controller hears that it starte
 (`EngineMessage.direct_started` / `direct_finished`) so that queue status, Abort and Interrupt
 see it. Should its stream break before its result is sent, the result goes up the work stream
 instead, and the controller relays it to the client's session.
+
+Task lanes (`pxgrpc.engine.lanes`) are such streams without gRPC: the main thread reads their
+tasks (`tasks`) and their events go back the same way (`route`).
 """
 
 from __future__ import annotations
@@ -12,15 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
 import grpc
 
 from pxgrpc import wire
+from pxgrpc.engine.lanes import EngineLane
+from pxgrpc.engine.outbox import Outbox, aborted_event
+from pxgrpc.engine.taskqueue import LaneHandler
 from pxgrpc.loopthread import Batches, LoopThread
 
 log = logging.getLogger(__name__)
+
+#: Seconds after sending a direct task that the Python client tells the controller of it, if it
+#: has no result by then (`pxgrpc.client.submit.ANNOUNCE_DELAY`).
+CLIENT_ANNOUNCES = 0.005
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -30,6 +41,13 @@ def task_id_of(event: wire.pb.TaskEvent) -> str:
     kind = event.WhichOneof("kind")
     inner = getattr(event, kind) if kind else None
     return inner.task_id if inner is not None else ""
+
+
+def check_task_id(task_id: str) -> None:
+    """ValueError unless a direct task's id is "<session_id>/<task id>"."""
+    session, slash, rest = task_id.partition("/")
+    if not (session and slash and rest):
+        raise ValueError(f"Task.task_id: {task_id!r} is not '<session_id>/<task id>'")
 
 
 class DirectStream:
@@ -69,12 +87,14 @@ class DirectStream:
             return self._events.take_all()
 
 
-class DirectWork:
-    """The `EngineData.Tasks` service of one engine, and which stream each direct task's events
-    go to.
+class DirectWork(LaneHandler):
+    """The `EngineData.Tasks` service of one engine and its task lanes, and which stream (or
+    lane) each direct task's events go to.
 
     `accept(task)` queues a task for the main thread; `notify(started, finished)` tells the
-    controller (on the work stream); `fallback(event)` sends an event up the work stream.
+    controller (on the work stream, in the I/O thread), `outbox.note_lane` too (from the main
+    thread, later); `fallback(event)` sends an event up the work stream;
+    `aborted_early(task_id)` says whether a task read from a lane was aborted before it came.
     """
 
     def __init__(
@@ -83,13 +103,22 @@ class DirectWork:
         accept: Callable[[wire.pb.Task], None],
         notify: Callable[[list[str], list[str]], None],
         fallback: Callable[[wire.pb.TaskEvent], None],
+        outbox: Outbox,
+        aborted_early: Callable[[str], bool],
+        engine_id: Callable[[], int],
     ) -> None:
         self._io = io
         self._accept = accept
         self._notify = notify
         self._fallback = fallback
+        self._outbox = outbox
+        self._note_lane = outbox.note_lane
+        self._aborted_early = aborted_early
+        self._engine_id = engine_id
         self._lock = threading.Lock()
-        self._streams: dict[str, DirectStream] = {}
+        self._streams: dict[str, DirectStream | EngineLane] = {}
+        # When their client sent the lanes' tasks (`Task.submitted`).
+        self._lane_sent: dict[str, float] = {}
 
     def route(self, event: wire.pb.TaskEvent) -> bool:
         """Send an event of a direct task down its stream (from any thread); False for other
@@ -97,11 +126,51 @@ class DirectWork:
         if not self._streams:
             return False
         task_id = task_id_of(event)
+        finished = event.WhichOneof("kind") == "result"
         with self._lock:
             stream = self._streams.get(task_id)
-            if stream is not None and event.WhichOneof("kind") == "result":
+            if stream is not None and finished:
                 del self._streams[task_id]
-        return stream is not None and stream.put(event)
+        if stream is None or not stream.put(event):
+            return False
+        if finished and isinstance(stream, EngineLane):
+            self._note_lane(finished=task_id)
+            if time.time() - self._lane_sent.pop(task_id, 0.0) > CLIENT_ANNOUNCES:
+                # (Its client has told the controller of it, which counts the engine busy with
+                # it: say it is over now, not with the next message.)
+                self._outbox.fold_lane_notices_soon(news=True)
+        return True
+
+    # --- task lanes (main thread) -----------------------------------------------------------
+
+    def tasks(self, lane: EngineLane, tasks: list[wire.pb.Task]) -> bool:
+        """Tasks read from a lane: queued in order (False, and the lane told why, for a bad one)."""
+        for task in tasks:
+            try:
+                check_task_id(task.task_id)
+            except ValueError as exc:
+                lane.refuse(str(exc))
+                return False
+            if self._aborted_early(task.task_id):
+                lane.put(aborted_event(task.task_id, self._engine_id()))
+                continue
+            with self._lock:
+                self._streams[task.task_id] = lane
+                self._lane_sent[task.task_id] = task.submitted
+            self._note_lane(started=task.task_id)
+            self._accept(task)
+        return True
+
+    def closed(self, lane: EngineLane) -> None:
+        """A lane's client has gone (or the lane was refused)."""
+        self._close(lane)
+        lane.close()
+
+    def notices_waiting(self) -> bool:
+        return self._outbox.lane_notices_waiting()
+
+    def send_notices(self) -> None:
+        self._outbox.fold_lane_notices_soon()
 
     async def Tasks(
         self, requests: AsyncIterator[wire.pb.DirectTasks], context: Context
@@ -125,22 +194,21 @@ class DirectWork:
     async def _read(self, requests: AsyncIterator[wire.pb.DirectTasks], stream: DirectStream) -> None:
         async for message in requests:
             for task in message.tasks:
-                session, slash, rest = task.task_id.partition("/")
-                if not (session and slash and rest):
-                    raise ValueError(f"Task.task_id: {task.task_id!r} is not '<session_id>/<task id>'")
+                check_task_id(task.task_id)
                 with self._lock:
                     self._streams[task.task_id] = stream
                 self._notify([task.task_id], [])
                 self._accept(task)
 
-    def _close(self, stream: DirectStream) -> None:
+    def _close(self, stream: DirectStream | EngineLane) -> None:
         """A client's stream ended: its tasks' events from now on (and any not sent) go up the
         work stream, to be relayed."""
         with self._lock:
             orphans = [key for key, s in self._streams.items() if s is stream]
             for key in orphans:
                 del self._streams[key]
-        unsent = stream.close()
+                self._lane_sent.pop(key, None)
+        unsent = stream.close() if isinstance(stream, DirectStream) else []
         if orphans or unsent:
             log.warning("a direct task stream ended: %d task(s) report through the controller", len(orphans))
         for event in unsent:

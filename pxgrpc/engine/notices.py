@@ -50,12 +50,14 @@ class DirectNotices:
             self._started[task_id] = now
         self._arm()
 
-    def finished(self, task_ids: list[str]) -> None:
-        """These tasks' results went back to their clients."""
+    def finished(self, task_ids: list[str], news: bool = False) -> None:
+        """These tasks' results went back to their clients (`news`: the controller may count
+        them as running, from their client's word, even if not told of as started)."""
         now = self._loop.time()
         for task_id in task_ids:
             self._finished.append(task_id)
-            if self._started.pop(task_id, None) is None and task_id in self._told_started:
+            told = task_id in self._told_started
+            if (self._started.pop(task_id, None) is None and told) or news:
                 self._news_since = self._news_since or now
             elif self._quiet_since is None:
                 self._quiet_since = now

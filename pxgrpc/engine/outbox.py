@@ -24,6 +24,9 @@ class Outbox:
         self._outgoing: list[wire.pb.TaskEvent] = []
         self._release: list[object] = []
         self._wake_pending = False
+        # Lanes' direct tasks come and go in the main thread: told of later, without a wake-up.
+        self._lane_started: list[str] = []
+        self._lane_finished: list[str] = []
         #: The direct tasks to tell the controller of (made in the I/O thread by `start`).
         self.notices: DirectNotices | None = None
         #: Set when there is something to send (made in the I/O thread by `start`).
@@ -70,6 +73,39 @@ class Outbox:
         if finished:
             self.notices.finished(finished)
 
+    def note_lane(self, started: str = "", finished: str = "") -> None:
+        """A task lane's direct task came or finished (main thread): the controller hears of it
+        with the next message up the work stream, or after the next heartbeat interval
+        (`fold_lane_notices`); it costs the I/O thread no wake-up of its own."""
+        with self._lock:
+            if started:
+                self._lane_started.append(started)
+            if finished:
+                self._lane_finished.append(finished)
+
+    def lane_notices_waiting(self) -> bool:
+        """Whether lanes' notices wait for `fold_lane_notices` (any thread)."""
+        return bool(self._lane_started or self._lane_finished)
+
+    def fold_lane_notices_soon(self, news: bool = False) -> None:
+        """(Main thread.) Hand the lanes' notices over now, not at the next heartbeat (`news`:
+        a long task ended, which the controller may count as running: it hears of it at once)."""
+        self._io.call_soon(self.fold_lane_notices, news)
+
+    def fold_lane_notices(self, news: bool = False) -> None:
+        """(In the I/O thread.) Hand the lanes' notices to `notices`, which says when they are due."""
+        with self._lock:
+            started, finished = self._lane_started, self._lane_finished
+            self._lane_started, self._lane_finished = [], []
+        self._fold(started, finished, news)
+
+    def _fold(self, started: list[str], finished: list[str], news: bool = False) -> None:
+        if self.notices is not None:
+            if started:
+                self.notices.started(started)
+            if finished:
+                self.notices.finished(finished, news)
+
     def _wake(self) -> None:
         with self._lock:
             self._wake_pending = False
@@ -81,6 +117,8 @@ class Outbox:
         least one), so that a burst of output never makes a message over gRPC's size limit; and
         every direct task to tell about."""
         with self._lock:
+            self._fold(self._lane_started, self._lane_finished)
+            self._lane_started, self._lane_finished = [], []
             started, finished = self.notices.take() if self.notices is not None else ([], [])
             message = wire.pb.EngineMessage(direct_started=started, direct_finished=finished)
             size, count = 0, 0

@@ -34,6 +34,7 @@ def register_request(conn: EngineConnection, held_task_ids: list[str] | None) ->
         cloudpickle_version=mine.cloudpickle,
         data_url=conn.data.url if conn.data is not None else "",
         host_key=conn.data.host_key if conn.data is not None else "",
+        lane_path=conn.lanes.path if conn.lanes is not None and conn.data is not None else "",
         supervised=conn.supervised,
     )
     if conn.requested_id is not None:

@@ -4,20 +4,29 @@ The I/O thread queues tasks (`accept`, from the controller's work stream or a cl
 stream) and may take back one that has not started (`abort`); the main thread takes them in
 order (`get`, `claim`). Interrupts reach the running task as a signal to the main thread, so
 that the user's code sees KeyboardInterrupt.
+
+While it has nothing to run, the main thread also reads the engine's task lanes (`add_lane`,
+see `pxgrpc.engine.lanes`) itself: it waits on the lanes' sockets and on a pipe the I/O thread
+writes to when it queues a task, whichever comes first.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
-import queue
+import selectors
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pxgrpc import wire
+
+if TYPE_CHECKING:
+    from pxgrpc.engine.lanes import EngineLane
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +50,51 @@ SHUTDOWN = None
 #: (for the shared copies that travel with it) and the ids of the blobs it needs.
 FetchBlobs = Callable[[wire.pb.Task, set[str], "concurrent.futures.Future[wire.BlobMap]"], None]
 
+#: Seconds the main thread, idle, keeps the notices of its lanes' tasks before handing them to
+#: the I/O thread (busy, it hands them over with the next message or heartbeat).
+IDLE_NOTICES = 0.05
+#: How many aborts of tasks not come yet (a lane's, still in its socket) are remembered.
+EARLY_ABORTS = 4096
+
+
+class LaneHandler:
+    """What the main thread does with what it reads from a lane (set by the engine's connection)."""
+
+    def tasks(self, lane: EngineLane, tasks: list[wire.pb.Task]) -> bool:
+        """Queue the tasks read; False when the lane must close (it was told why)."""
+        raise NotImplementedError
+
+    def closed(self, lane: EngineLane) -> None:
+        """The lane is closed: its tasks' events go up the work stream from now on."""
+        raise NotImplementedError
+
+    def notices_waiting(self) -> bool:
+        """Whether the controller has yet to hear of lane tasks that came or finished."""
+        raise NotImplementedError
+
+    def send_notices(self) -> None:
+        """Have those notices sent (the main thread is idle)."""
+        raise NotImplementedError
+
 
 class TaskQueue:
     """The main thread's tasks: queued ones (an abort can still take them) and the running one."""
 
     def __init__(self) -> None:
-        self._work: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+        self._work: collections.deque[WorkItem | None] = collections.deque()
         # Tasks handed to the main thread that it has not started: an abort can still take them.
         self._queued: dict[str, WorkItem] = {}
         self._lock = threading.Lock()
+        # The main thread waits in `select` (on the lanes and on `_wake_r`) when `_sleeping`.
+        self._sleeping = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._new_lanes: list[EngineLane] = []
+        self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: Handles the lanes' tasks (set before the first `add_lane`).
+        self.lanes: LaneHandler | None = None
         #: The id of the task the main thread runs, or None.
         self.running: str | None = None
         self._main_thread = threading.main_thread().ident
@@ -65,16 +110,45 @@ class TaskQueue:
             fetch(task, refs, item.blobs)
         with self._lock:
             self._queued[task.task_id] = item
-        self._work.put(item)
+        self._put(item)
+
+    def _put(self, item: WorkItem | None) -> None:
+        with self._lock:
+            self._work.append(item)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            os.write(self._wake_w, b"w")
+
+    def add_lane(self, lane: EngineLane) -> None:
+        """A task lane for the main thread to read (from any thread)."""
+        with self._lock:
+            self._new_lanes.append(lane)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            os.write(self._wake_w, b"w")
 
     def abort(self, task_id: str) -> bool:
-        """Take back a task that has not started; False when it started (or finished): it goes on."""
+        """Take back a task that has not started; False when it started (or finished): it goes on.
+        A task not come yet (in a lane's socket, behind a running task) is aborted when it comes."""
         with self._lock:
-            return self._queued.pop(task_id, None) is not None
+            if self._queued.pop(task_id, None) is not None:
+                return True
+            if "/" in task_id:  # (a direct task's id)
+                self._early_aborts[task_id] = None
+                if len(self._early_aborts) > EARLY_ABORTS:
+                    self._early_aborts.popitem(last=False)
+            return False
+
+    def aborted_early(self, task_id: str) -> bool:
+        """(Main thread.) Whether a task just read from a lane was aborted before it came."""
+        if not self._early_aborts:
+            return False
+        with self._lock:
+            return self._early_aborts.pop(task_id, 0) is None
 
     def shutdown(self) -> None:
         """Tell the main thread to stop once it is done with what it runs."""
-        self._work.put(SHUTDOWN)
+        self._put(SHUTDOWN)
 
     def held(self) -> set[str]:
         """The queued and running tasks."""
@@ -113,8 +187,40 @@ class TaskQueue:
     # --- the main thread's side -------------------------------------------------------------
 
     def get(self) -> WorkItem | None:
-        """The next task (waiting for one), or SHUTDOWN."""
-        return self._work.get()
+        """The next task (waiting for one, reading the lanes meanwhile), or SHUTDOWN."""
+        while True:
+            with self._lock:
+                if self._work:
+                    return self._work.popleft()
+                new, self._new_lanes = self._new_lanes, []
+                self._sleeping = not new
+            for lane in new:
+                self._selector.register(lane, selectors.EVENT_READ, lane)
+            if new:
+                continue
+            notices = self.lanes is not None and self.lanes.notices_waiting()
+            ready = self._selector.select(IDLE_NOTICES if notices else None)
+            with self._lock:
+                self._sleeping = False
+            if notices and not ready:
+                assert self.lanes is not None
+                self.lanes.send_notices()
+            for key, _ in ready:
+                if key.data is None:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._read_lane(key.data)
+
+    def _read_lane(self, lane: EngineLane) -> None:
+        assert self.lanes is not None
+        tasks = lane.read()
+        if tasks is None or (tasks and not self.lanes.tasks(lane, tasks)):
+            self._selector.unregister(lane)
+            self.lanes.closed(lane)
 
     def claim(self, item: WorkItem) -> bool:
         """The main thread is about to run `item`: False if it was aborted meanwhile."""

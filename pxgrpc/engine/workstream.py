@@ -98,6 +98,7 @@ class WorkStream:
 
         def heartbeat_due() -> None:
             nonlocal timer
+            self._outbox.fold_lane_notices()
             idle = loop.time() - last_sent
             if idle >= self.heartbeat:
                 wakeup.set()

@@ -1,0 +1,118 @@
+"""DirectView tasks on an engine's task lane (`pxgrpc.lane`): what `DirectLink` does over
+`EngineData.Tasks`, over a Unix socket to an engine on this host, without gRPC.
+
+The thread that submits a task writes it into the socket itself (no hand-over to the I/O
+thread); the I/O thread reads the engine's events as the socket has them. Should the lane not
+connect (say the client runs in another network namespace), `DirectLinks` uses the engine's
+`Tasks` stream instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import DecodeError
+
+from pxgrpc import lane, wire
+from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
+from pxgrpc.loopthread import LoopThread
+
+if TYPE_CHECKING:
+    from pxgrpc.client.directlinks import Link
+
+log = logging.getLogger(__name__)
+
+
+class LaneLink:
+    """One task lane to one engine. `ready` once the engine accepted it; `broken` for good after
+    a failure; `unreachable` when it did not connect (nothing was sent on it)."""
+
+    def __init__(self, engine_id: int, url: str, path: str, io: LoopThread) -> None:
+        self.engine_id = engine_id
+        #: The engine's data endpoint (what names the engine: `SubmitTask.sent_to`).
+        self.url = url
+        self.path = path
+        self.ready = False
+        self.broken = False
+        self.unreachable = False
+        self._io = io
+        self._writer: lane.LaneWriter | None = None
+
+    def queue(self, task: wire.pb.Task) -> bool:
+        """Send a task to the engine now (from any thread, once `ready`); nothing to wake."""
+        assert self._writer is not None
+        self._writer.send(lane.tasks_frame([task]))
+        return False
+
+    def wake(self) -> None:
+        """(Nothing waits to be sent: `queue` sent it.)"""
+
+    async def run(
+        self,
+        datapath: DataPath,
+        on_event: Callable[[wire.pb.TaskEvent], None],
+        on_broken: Callable[[Link, str], None],
+    ) -> None:
+        """Connect and say hello, then read the engine's events until the lane closes."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, lane.address(self.path)), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            log.info(
+                "engine %d's task lane does not connect (%s): its Tasks stream is used", self.engine_id, exc
+            )
+            self.unreachable = self.broken = True
+            return
+        writer = lane.LaneWriter(sock, self._io)
+        writer.send(lane.frame(wire.pb.LaneHello(token=datapath.token)))
+        reader = lane.FrameReader()
+        closed: asyncio.Future[str] = loop.create_future()
+
+        def end(why: str) -> None:
+            if not closed.done():
+                closed.set_result(why)
+
+        def readable() -> None:
+            try:
+                bodies = lane.read_available(sock, reader)
+            except lane.FrameError as exc:
+                end(f"the engine broke the lane's framing ({exc})")
+                return
+            for body in bodies or ():
+                try:
+                    message = wire.pb.LaneEvents.FromString(body)
+                except DecodeError as exc:
+                    end(f"a message from the engine is not LaneEvents ({exc})")
+                    return
+                if message.error:
+                    end(f"the engine refused the lane: {message.error}")
+                    return
+                if not self.ready:  # (the engine's answer to the hello)
+                    self._writer = writer
+                    self.ready = True
+                for event in message.events:
+                    kind = event.WhichOneof("kind")
+                    if kind is not None:
+                        getattr(event, kind).engine_id = self.engine_id
+                    on_event(event)
+            if bodies is None:
+                end("the engine closed the lane")
+
+        fd = sock.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            why = await closed
+        finally:
+            loop.remove_reader(fd)
+            writer.close()
+            sock.close()
+            self.ready = False
+        self.broken = True
+        on_broken(self, why)
