@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import pxgrpc
+from pxgrpc import sharedmem
 from pxgrpc.client import submit
+from pxgrpc.client.directlinks import DirectLinks
 from pxgrpc.client.errors import EngineError, PxError, RemoteError
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,9 +27,12 @@ pytestmark = pytest.mark.timeout(90)
 BIG = 200_000
 
 
-@pytest.fixture(autouse=True)
-def direct_tasks_on(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, params=["lane", "stream"])
+def direct_tasks_on(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Each test on both direct paths: the task lane (an engine on this host) and gRPC's
+    `EngineData.Tasks` stream (the only one across hosts)."""
     monkeypatch.setenv("PXGRPC_DIRECT_TASKS", "on")
+    monkeypatch.setenv("PXGRPC_TASK_LANE", "on" if request.param == "lane" else "off")
 
 
 def _until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
@@ -202,10 +207,14 @@ def test_tasks_fall_back_to_the_relay_without_a_data_endpoint(
 
 
 def test_tasks_fall_back_to_the_relay_when_the_endpoint_is_unreachable(
-    make_cluster: Any, paths: list[bool]
+    make_cluster: Any, paths: list[bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(DirectLinks, "prepare", lambda self, engine_ids: None)  # (no lane opened at connect)
     _, rc = make_cluster(n=1)
-    rc._transport._datapath.set_urls({0: "127.0.0.1:9"})  # nothing listens there
+    # Nothing listens at either: the lane fails, then the Tasks stream, then tasks are relayed.
+    rc._transport._datapath.set_urls(
+        {0: "127.0.0.1:9"}, {0: sharedmem.host_key()}, {0: "@pxgrpc-lane-nothing"}
+    )
     for i in range(5):
         assert rc[0].apply_sync(pow, 2, i) == 2**i
     _until(lambda: rc._transport._links._links[0].broken, what="the link to give up")

@@ -196,6 +196,7 @@ class TaskQueue:
                 self._sleeping = not new
             for lane in new:
                 self._selector.register(lane, selectors.EVENT_READ, lane)
+                self._read_lane(lane)  # (tasks may have come with its hello)
             if new:
                 continue
             notices = self.lanes is not None and self.lanes.notices_waiting()

@@ -1,0 +1,158 @@
+"""Task lanes (`pxgrpc.lane`): DirectView tasks for an engine on the client's host go over a Unix
+socket the engine's main thread reads, not over gRPC; bad input on a lane is refused with the
+reason and the engine serves on. (Ordering across paths, queue status, abort and interrupt of
+direct tasks are in test_direct_tasks.py, which runs on lanes and on `EngineData.Tasks`.)"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pxgrpc
+from pxgrpc import lane, wire
+from pxgrpc.client.lanelink import LaneLink
+from pxgrpc.cluster import Cluster
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def cluster2() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
+    cluster = Cluster(n=2)
+    try:
+        rc = cluster.start_and_connect_sync(timeout=60)
+        yield cluster, rc
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def _until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _lane_path(rc: pxgrpc.Client, engine_id: int) -> str:
+    path = rc._transport._datapath.lane_for(engine_id)
+    assert path, "the engine advertises no task lane"
+    return path
+
+
+class RawLane:
+    """A lane as another language's client would open it: a socket, frames both ways."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(lane.address(path))
+        self._reader = lane.FrameReader()
+        self._bodies: list[bytes] = []
+
+    def __enter__(self) -> RawLane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> wire.pb.LaneEvents:
+        """The next message the engine sent."""
+        while not self._bodies:
+            data = self.sock.recv(65536)
+            assert data, "the engine closed the lane without a word"
+            self._bodies += self._reader.feed(data)
+        return wire.pb.LaneEvents.FromString(self._bodies.pop(0))
+
+
+def _token(rc: pxgrpc.Client) -> str:
+    return rc._transport._datapath.token
+
+
+def test_direct_tasks_go_on_the_task_lane_with_their_output(cluster2: tuple[Cluster, pxgrpc.Client]) -> None:
+    _, rc = cluster2
+    links = rc._transport._links
+    # (The client opens the lanes as soon as it knows the engines: no task needs to go first.)
+    _until(lambda: all(links.usable(e) is not None for e in rc.ids), what="the lanes")
+    assert all(isinstance(links.usable(e), LaneLink) for e in rc.ids)
+    before = rc.queue_status()[0]["completed"]
+    assert [rc[0].apply_sync(pow, 2, i) for i in range(10)] == [2**i for i in range(10)]
+    ar = rc[:].execute("print('hello from', 6 * 7)", block=True)
+    assert ar.stdout == ["hello from 42\n"] * len(rc.ids)
+    assert rc[:].scatter("part", list(range(10)), block=True) is None
+    assert rc[:].gather("part", block=True) == list(range(10))
+    # The controller hears of lane tasks later, without costing the round trip anything.
+    _until(lambda: rc.queue_status()[0]["completed"] >= before + 12, what="the completed count")
+
+
+def test_a_lane_with_a_wrong_token_is_refused_with_the_reason(
+    cluster2: tuple[Cluster, pxgrpc.Client],
+) -> None:
+    _, rc = cluster2
+    with RawLane(_lane_path(rc, 0)) as raw:
+        raw.send(lane.frame(wire.pb.LaneHello(token="not-the-token")))
+        reply = raw.read()
+    assert "token" in reply.error and not reply.events
+    assert rc[0].apply_sync(abs, -3) == 3
+
+
+def test_bad_messages_on_a_lane_are_refused_and_the_engine_serves_on(
+    cluster2: tuple[Cluster, pxgrpc.Client],
+) -> None:
+    _, rc = cluster2
+    path = _lane_path(rc, 1)
+    # Not a LaneHello first.
+    with RawLane(path) as raw:
+        raw.send(lane.HEADER.pack(3) + b"\xff\xff\xff")
+        assert "LaneHello" in raw.read().error
+    # A task id without its session.
+    with RawLane(path) as raw:
+        raw.send(lane.frame(wire.pb.LaneHello(token=_token(rc))))
+        accepted = raw.read()
+        assert not accepted.error
+        raw.send(lane.tasks_frame([wire.pb.Task(task_id="no-session")]))
+        refused = raw.read()
+        assert "Task.task_id" in refused.error and "no-session" in refused.error
+    # Bytes that are no DirectTasks.
+    with RawLane(path) as raw:
+        raw.send(lane.frame(wire.pb.LaneHello(token=_token(rc))))
+        raw.read()
+        raw.send(lane.HEADER.pack(2) + b"\x0a\xff")
+        assert "DirectTasks" in raw.read().error
+    # A frame longer than any allowed: the connection is dropped.
+    with RawLane(path) as raw:
+        raw.send(lane.HEADER.pack(lane.MAX_FRAME + 1))
+        assert raw.sock.recv(100) == b""
+    assert rc[:].apply_sync(abs, -4) == [4, 4]
+
+
+def test_a_task_sent_on_a_raw_lane_runs_and_answers_on_it(cluster2: tuple[Cluster, pxgrpc.Client]) -> None:
+    """What another language's client does: hello, a task, its result event on the lane."""
+    _, rc = cluster2
+    session = rc._transport._session_id
+    task = wire.pb.Task(task_id=f"{session}/raw-1", direct_results=True, submitted=time.time())
+    task.action.execute.code = "raw_lane_value = 11 * 3"
+    with RawLane(_lane_path(rc, 0)) as raw:
+        raw.send(lane.frame(wire.pb.LaneHello(token=_token(rc))) + lane.tasks_frame([task]))
+        assert not raw.read().error
+        result = raw.read().events[0].result
+    assert result.task_id == f"{session}/raw-1" and result.status == wire.TASK_OK
+    assert rc[0].pull("raw_lane_value", block=True) == 33
+
+
+def test_without_lanes_direct_tasks_use_the_tasks_stream(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PXGRPC_TASK_LANE", "off")
+    _, rc = make_cluster(n=1)
+    links = rc._transport._links
+    _until(lambda: rc[0].apply_sync(int) == 0 and links.usable(0) is not None, what="the Tasks stream")
+    assert not isinstance(links.usable(0), LaneLink)
+    assert rc[0].apply_sync(pow, 3, 3) == 27
