@@ -4,6 +4,7 @@ when the engine's data endpoint is reachable, through the controller otherwise."
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -46,10 +47,19 @@ def test_large_push_and_pull_go_straight_to_the_engine(
     assert rc[1].pull("r", block=True) == (float(data[::2].sum()), 3 * MB)
 
 
+@pytest.mark.parametrize("lanes", ["off", "on"])
 def test_a_broadcast_goes_up_once_through_the_controller(
-    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch, lanes: str
 ) -> None:
+    """Without task lanes a value for several engines is uploaded once, to the controller; with
+    them (engines on the client's host) it is not uploaded at all: the engines map the client's file."""
+    monkeypatch.setenv("PXGRPC_TASK_LANE", lanes)
     _, rc = make_cluster(n=3)
+    links = rc._transport._links
+    deadline = time.monotonic() + 20
+    while lanes == "on" and not all(links.usable(e) is not None for e in rc.ids):
+        assert time.monotonic() < deadline, "the lanes did not open"
+        time.sleep(0.02)
     submitter = rc._transport.submitter
     uploads = []
     original = submitter._upload
@@ -63,7 +73,7 @@ def test_a_broadcast_goes_up_once_through_the_controller(
     rc[:].push({"b": data, "c": b"x" * (3 * MB)}, block=True)
     rc[:].execute("r = (float(b.sum()), len(c))", block=True)
     assert rc[:].pull("r", block=True) == [(float(data.sum()), 3 * MB)] * 3
-    assert len(uploads) == 1
+    assert len(uploads) == (1 if lanes == "off" else 0)
 
 
 def test_pulled_arrays_are_writable_and_independent_of_the_engine(make_cluster: Any) -> None:
@@ -96,7 +106,10 @@ def test_scatter_and_gather_of_arrays_use_the_data_path(
     assert np.array_equal(rc[:].gather("part", block=True), data)
 
 
-def test_unreachable_endpoint_falls_back_to_the_controller(make_cluster: Any) -> None:
+def test_unreachable_endpoint_falls_back_to_the_controller(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PXGRPC_TASK_LANE", "off")  # (a lane would carry the push without the endpoint)
     _, rc = make_cluster(n=1)
     direct = rc._transport._datapath
     direct.set_urls({0: "127.0.0.1:9"})  # nothing listens there

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from pxgrpc import blobstream, sharedmem, wire
+from pxgrpc.client.lanelink import LaneLink
 from pxgrpc.security.tokens import auth_metadata
 
 pytestmark = pytest.mark.timeout(120)
@@ -268,13 +269,26 @@ def test_a_pull_whose_file_the_engine_cannot_trust_comes_as_bytes(
     assert _memfd_mappings() == before
 
 
-def test_a_broadcast_to_engines_on_the_controllers_host_travels_with_its_tasks(make_cluster: Any) -> None:
-    """The client sends the tasks once the blob is up; the controller has made its shared copy
-    by then and names it in each task: the engines map it without asking the controller."""
+@pytest.mark.parametrize("lanes", ["on", "off"])
+def test_a_broadcast_to_engines_on_the_controllers_host_travels_with_its_tasks(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch, lanes: str
+) -> None:
+    """With task lanes the client writes the value once into a file of its own and names it in
+    each task it sends on them; without, it uploads the value once to the controller, which
+    makes a shared copy and names it in each task. Either way the engines map it without
+    asking anyone."""
+    monkeypatch.setenv("PXGRPC_TASK_LANE", lanes)
     _, rc = make_cluster(n=3)
     dv = rc[:]
+    links = rc._transport._links
+    deadline = time.monotonic() + 20
+    while lanes == "on" and not all(isinstance(links.usable(e), LaneLink) for e in rc.ids):
+        assert time.monotonic() < deadline, "the lanes did not open"
+        time.sleep(0.02)
+    files_before = len(_memfds())
     data = np.random.default_rng(7).random(MB)
     dv.push({"b": data}, block=True)
+    assert len(_memfds()) == files_before  # (the client's file, if any, is closed once all have it)
 
     def sources() -> dict[str, int]:
         from pxgrpc.engine import blobtransfer

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 import pxgrpc
@@ -156,3 +157,39 @@ def test_without_lanes_direct_tasks_use_the_tasks_stream(
     _until(lambda: rc[0].apply_sync(int) == 0 and links.usable(0) is not None, what="the Tasks stream")
     assert not isinstance(links.usable(0), LaneLink)
     assert rc[0].apply_sync(pow, 3, 3) == 27
+
+
+def test_large_values_go_on_the_lanes_as_one_file_in_order_and_private(
+    cluster2: tuple[Cluster, pxgrpc.Client],
+) -> None:
+    """A push with a large value to engines on the client's host goes on their lanes: the value
+    is written once into a file of the client's that every engine maps privately; the file is
+    closed once all have their result, and the client's tasks keep their order."""
+    _, rc = cluster2
+    links = rc._transport._links
+    _until(lambda: all(getattr(links.usable(e), "shares_memory", False) for e in rc.ids), what="the lanes")
+    uploads: list[str] = []
+    original = rc._transport.submitter._upload
+
+    async def counted(blob: Any) -> None:
+        uploads.append(blob.blob_id)
+        await original(blob)
+
+    rc._transport.submitter._upload = counted  # type: ignore[method-assign]
+    try:
+        dv = rc[:]
+        dv.execute("seen = []", block=True)
+        pending = []
+        for i in range(6):
+            big = np.full(1 << 18, float(i))
+            pending.append(dv.push({"big": big}, block=False))
+            big[:] = -1  # (the sender's later changes do not reach the engines)
+            pending.append(dv.execute("seen.append(float(big[0])); big[0] = -5.0", block=False))
+        for ar in pending:
+            ar.get(timeout=30)
+        assert dv.pull("seen", block=True) == [[float(i) for i in range(6)]] * 2
+        assert not uploads  # (nothing went up to the controller)
+        assert [float(x[1]) for x in dv.pull("big", block=True)] == [5.0, 5.0]
+        assert not rc._transport.submitter.shared_files._by_task
+    finally:
+        del rc._transport.submitter._upload

@@ -26,7 +26,7 @@ from pxgrpc._proto import task_pb2 as pxgrpc_dot_v1_dot_task__pb2
 from pxgrpc._proto import value_pb2 as pxgrpc_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pxgrpc/v1/engine.proto\x12\tpxgrpc.v1\x1a\x14pxgrpc/v1/task.proto\x1a\x15pxgrpc/v1/value.proto\"c\n\nEngineExit\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x13\n\x0bstderr_tail\x18\x05 \x03(\t\"$\n\x0f\x45ngineExitReply\x12\x11\n\tengine_id\x18\x01 \x01(\x05\"-\n\x0b\x44irectTasks\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.pxgrpc.v1.Task\"4\n\x0c\x44irectEvents\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.pxgrpc.v1.TaskEvent\"\x1a\n\tLaneHello\x12\r\n\x05token\x18\x01 \x01(\t\"A\n\nLaneEvents\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.pxgrpc.v1.TaskEvent\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xb9\x02\n\x0fRegisterRequest\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0epython_version\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61ta_url\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x61ta_csr_pem\x18\x05 \x01(\x0c\x12\x14\n\x0c\x64\x61ta_csr_mac\x18\x06 \x01(\x0c\x12\x19\n\x0crequested_id\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nsupervised\x18\x08 \x01(\x08\x12\x18\n\x10protocol_version\x18\t \x01(\t\x12\x1b\n\x13\x63loudpickle_version\x18\n \x01(\t\x12\x15\n\rheld_task_ids\x18\x0b \x03(\t\x12\x10\n\x08host_key\x18\x0c \x01(\t\x12\x11\n\tlane_path\x18\r \x01(\tB\x0f\n\r_requested_id\"\x8e\x01\n\rRegisterReply\x12\x11\n\tengine_id\x18\x01 \x01(\x05\x12\x1a\n\x12registration_token\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\x15\n\rdata_cert_pem\x18\x04 \x01(\x0c\x12\x1b\n\x13\x63lient_token_sha256\x18\x05 \x01(\x0c\"\x95\x01\n\rEngineMessage\x12\x11\n\tengine_id\x18\x01 \x01(\x05\x12\x1a\n\x12registration_token\x18\x02 \x01(\t\x12$\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x14.pxgrpc.v1.TaskEvent\x12\x16\n\x0e\x64irect_started\x18\x04 \x03(\t\x12\x17\n\x0f\x64irect_finished\x18\x05 \x03(\t\"\x86\x01\n\rEngineCommand\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.pxgrpc.v1.Task\x12\x16\n\x0e\x61\x62ort_task_ids\x18\x02 \x03(\t\x12\x11\n\tinterrupt\x18\x03 \x01(\x08\x12\x10\n\x08shutdown\x18\x04 \x01(\x08\x12\x18\n\x10interrupt_signal\x18\x05 \x01(\x05\x32\xc5\x02\n\x06\x45ngine\x12@\n\x08Register\x12\x1a.pxgrpc.v1.RegisterRequest\x1a\x18.pxgrpc.v1.RegisterReply\x12>\n\x04Work\x12\x18.pxgrpc.v1.EngineMessage\x1a\x18.pxgrpc.v1.EngineCommand(\x01\x30\x01\x12\x38\n\x06Upload\x12\x14.pxgrpc.v1.BlobChunk\x1a\x16.pxgrpc.v1.UploadReply(\x01\x12>\n\x08\x44ownload\x12\x1a.pxgrpc.v1.DownloadRequest\x1a\x14.pxgrpc.v1.BlobChunk0\x01\x12?\n\nReportExit\x12\x15.pxgrpc.v1.EngineExit\x1a\x1a.pxgrpc.v1.EngineExitReply2\xc4\x01\n\nEngineData\x12\x38\n\x06Upload\x12\x14.pxgrpc.v1.BlobChunk\x1a\x16.pxgrpc.v1.UploadReply(\x01\x12>\n\x08\x44ownload\x12\x1a.pxgrpc.v1.DownloadRequest\x1a\x14.pxgrpc.v1.BlobChunk0\x01\x12<\n\x05Tasks\x12\x16.pxgrpc.v1.DirectTasks\x1a\x17.pxgrpc.v1.DirectEvents(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16pxgrpc/v1/engine.proto\x12\tpxgrpc.v1\x1a\x14pxgrpc/v1/task.proto\x1a\x15pxgrpc/v1/value.proto\"c\n\nEngineExit\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x13\n\x0bstderr_tail\x18\x05 \x03(\t\"$\n\x0f\x45ngineExitReply\x12\x11\n\tengine_id\x18\x01 \x01(\x05\"-\n\x0b\x44irectTasks\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.pxgrpc.v1.Task\"4\n\x0c\x44irectEvents\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.pxgrpc.v1.TaskEvent\"\'\n\tLaneHello\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"X\n\nLaneEvents\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.pxgrpc.v1.TaskEvent\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x15\n\rshared_memory\x18\x03 \x01(\x08\"\xb9\x02\n\x0fRegisterRequest\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x16\n\x0epython_version\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61ta_url\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x61ta_csr_pem\x18\x05 \x01(\x0c\x12\x14\n\x0c\x64\x61ta_csr_mac\x18\x06 \x01(\x0c\x12\x19\n\x0crequested_id\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\nsupervised\x18\x08 \x01(\x08\x12\x18\n\x10protocol_version\x18\t \x01(\t\x12\x1b\n\x13\x63loudpickle_version\x18\n \x01(\t\x12\x15\n\rheld_task_ids\x18\x0b \x03(\t\x12\x10\n\x08host_key\x18\x0c \x01(\t\x12\x11\n\tlane_path\x18\r \x01(\tB\x0f\n\r_requested_id\"\x8e\x01\n\rRegisterReply\x12\x11\n\tengine_id\x18\x01 \x01(\x05\x12\x1a\n\x12registration_token\x18\x02 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x03 \x01(\x01\x12\x15\n\rdata_cert_pem\x18\x04 \x01(\x0c\x12\x1b\n\x13\x63lient_token_sha256\x18\x05 \x01(\x0c\"\x95\x01\n\rEngineMessage\x12\x11\n\tengine_id\x18\x01 \x01(\x05\x12\x1a\n\x12registration_token\x18\x02 \x01(\t\x12$\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x14.pxgrpc.v1.TaskEvent\x12\x16\n\x0e\x64irect_started\x18\x04 \x03(\t\x12\x17\n\x0f\x64irect_finished\x18\x05 \x03(\t\"\x86\x01\n\rEngineCommand\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.pxgrpc.v1.Task\x12\x16\n\x0e\x61\x62ort_task_ids\x18\x02 \x03(\t\x12\x11\n\tinterrupt\x18\x03 \x01(\x08\x12\x10\n\x08shutdown\x18\x04 \x01(\x08\x12\x18\n\x10interrupt_signal\x18\x05 \x01(\x05\x32\xc5\x02\n\x06\x45ngine\x12@\n\x08Register\x12\x1a.pxgrpc.v1.RegisterRequest\x1a\x18.pxgrpc.v1.RegisterReply\x12>\n\x04Work\x12\x18.pxgrpc.v1.EngineMessage\x1a\x18.pxgrpc.v1.EngineCommand(\x01\x30\x01\x12\x38\n\x06Upload\x12\x14.pxgrpc.v1.BlobChunk\x1a\x16.pxgrpc.v1.UploadReply(\x01\x12>\n\x08\x44ownload\x12\x1a.pxgrpc.v1.DownloadRequest\x1a\x14.pxgrpc.v1.BlobChunk0\x01\x12?\n\nReportExit\x12\x15.pxgrpc.v1.EngineExit\x1a\x1a.pxgrpc.v1.EngineExitReply2\xc4\x01\n\nEngineData\x12\x38\n\x06Upload\x12\x14.pxgrpc.v1.BlobChunk\x1a\x16.pxgrpc.v1.UploadReply(\x01\x12>\n\x08\x44ownload\x12\x1a.pxgrpc.v1.DownloadRequest\x1a\x14.pxgrpc.v1.BlobChunk0\x01\x12<\n\x05Tasks\x12\x16.pxgrpc.v1.DirectTasks\x1a\x17.pxgrpc.v1.DirectEvents(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,19 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIRECTEVENTS']._serialized_start=268
   _globals['_DIRECTEVENTS']._serialized_end=320
   _globals['_LANEHELLO']._serialized_start=322
-  _globals['_LANEHELLO']._serialized_end=348
-  _globals['_LANEEVENTS']._serialized_start=350
-  _globals['_LANEEVENTS']._serialized_end=415
-  _globals['_REGISTERREQUEST']._serialized_start=418
-  _globals['_REGISTERREQUEST']._serialized_end=731
-  _globals['_REGISTERREPLY']._serialized_start=734
-  _globals['_REGISTERREPLY']._serialized_end=876
-  _globals['_ENGINEMESSAGE']._serialized_start=879
-  _globals['_ENGINEMESSAGE']._serialized_end=1028
-  _globals['_ENGINECOMMAND']._serialized_start=1031
-  _globals['_ENGINECOMMAND']._serialized_end=1165
-  _globals['_ENGINE']._serialized_start=1168
-  _globals['_ENGINE']._serialized_end=1493
-  _globals['_ENGINEDATA']._serialized_start=1496
-  _globals['_ENGINEDATA']._serialized_end=1692
+  _globals['_LANEHELLO']._serialized_end=361
+  _globals['_LANEEVENTS']._serialized_start=363
+  _globals['_LANEEVENTS']._serialized_end=451
+  _globals['_REGISTERREQUEST']._serialized_start=454
+  _globals['_REGISTERREQUEST']._serialized_end=767
+  _globals['_REGISTERREPLY']._serialized_start=770
+  _globals['_REGISTERREPLY']._serialized_end=912
+  _globals['_ENGINEMESSAGE']._serialized_start=915
+  _globals['_ENGINEMESSAGE']._serialized_end=1064
+  _globals['_ENGINECOMMAND']._serialized_start=1067
+  _globals['_ENGINECOMMAND']._serialized_end=1201
+  _globals['_ENGINE']._serialized_start=1204
+  _globals['_ENGINE']._serialized_end=1529
+  _globals['_ENGINEDATA']._serialized_start=1532
+  _globals['_ENGINEDATA']._serialized_end=1728
 # @@protoc_insertion_point(module_scope)

@@ -163,16 +163,22 @@ class LaneHello(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """The client token (what `authorization: bearer <token>` carries on `EngineData`)."""
+    pid: _builtins.int
+    """The client's process id as the client sees it (0: not telling): see
+    `LaneEvents.shared_memory`.
+    """
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
+        pid: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,8 +192,16 @@ class LaneEvents(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SHARED_MEMORY_FIELD_NUMBER: _builtins.int
     error: _builtins.str
     """Set on the last message of a lane the engine ends because of the client's input."""
+    shared_memory: _builtins.bool
+    """On the answer to the hello: the engine can map the client's shared-memory files (the
+    client runs as the engine's user, in its PID namespace: the socket's peer is `pid`). The
+    client may then send tasks whose `Task.shared_blobs` name its own files (`SharedBlob.path`
+    "/proc/<pid>/fd/<fd>"), kept open until the task's result comes: a value for many engines
+    is written once, whatever their number.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskEvent]:
         """As `DirectEvents.events`."""
@@ -197,10 +211,11 @@ class LaneEvents(_message.Message):
         *,
         events: _abc.Iterable[_task_pb2.TaskEvent] | None = ...,
         error: _builtins.str = ...,
+        shared_memory: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "events", b"events", "shared_memory", b"shared_memory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -393,6 +393,7 @@ class Task(_message.Message):
         """Blobs of the action that the controller already holds in shared memory on this engine's
         host (only for engines whose `RegisterRequest.host_key` is the controller's): map them as
         `BlobHeader.shared` says instead of downloading them; download any that cannot be mapped.
+        On a task lane, files of the client's (see `LaneEvents.shared_memory`).
         """
 
     def __init__(

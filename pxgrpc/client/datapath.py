@@ -175,7 +175,7 @@ class DataPath:
     ) -> bool:
         """Upload a blob as a memfd the engine maps; False when the bytes must go instead."""
         try:
-            shared = await asyncio.to_thread(_write_shared, blob)
+            shared = await asyncio.to_thread(write_shared, blob)
         except OSError as exc:  # (e.g. no memory for the file)
             log.warning("no shared copy of blob %s (%s): sending bytes", blob.blob_id, exc)
             return False
@@ -254,7 +254,7 @@ class DataPath:
         self._channels.clear()
 
 
-def _write_shared(blob: blobstream.OutgoingBlob) -> sharedmem.SharedFile:
+def write_shared(blob: blobstream.OutgoingBlob) -> sharedmem.SharedFile:
     """A fresh memfd holding the blob's bytes (the client's array may change once it is written)."""
     shared = sharedmem.SharedFile(blob.size)
     try:

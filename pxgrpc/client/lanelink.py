@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
-from pxgrpc import lane, wire
+from pxgrpc import lane, sharedmem, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.loopthread import LoopThread
 
@@ -39,6 +41,8 @@ class LaneLink:
         self.ready = False
         self.broken = False
         self.unreachable = False
+        #: The engine can map this process's shared-memory files (`LaneEvents.shared_memory`).
+        self.shares_memory = False
         self._io = io
         self._writer: lane.LaneWriter | None = None
 
@@ -71,7 +75,7 @@ class LaneLink:
             self.unreachable = self.broken = True
             return
         writer = lane.LaneWriter(sock, self._io)
-        writer.send(lane.frame(wire.pb.LaneHello(token=datapath.token)))
+        writer.send(lane.frame(wire.pb.LaneHello(token=datapath.token, pid=os.getpid())))
         reader = lane.FrameReader()
         closed: asyncio.Future[str] = loop.create_future()
 
@@ -95,6 +99,7 @@ class LaneLink:
                     end(f"the engine refused the lane: {message.error}")
                     return
                 if not self.ready:  # (the engine's answer to the hello)
+                    self.shares_memory = message.shared_memory
                     self._writer = writer
                     self.ready = True
                 for event in message.events:
@@ -116,3 +121,34 @@ class LaneLink:
             self.ready = False
         self.broken = True
         on_broken(self, why)
+
+
+class SharedFiles:
+    """The shared-memory files of tasks sent on lanes (`Task.shared_blobs`): each stays open
+    until every task naming it has its result (from any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_task: dict[str, sharedmem.SharedFile] = {}
+        self._users: dict[int, int] = {}
+
+    def hold(self, shared: sharedmem.SharedFile, task_ids: Sequence[str]) -> None:
+        """Keep `shared` open until these tasks are `done`."""
+        with self._lock:
+            self._users[id(shared)] = self._users.get(id(shared), 0) + len(task_ids)
+            for task_id in task_ids:
+                self._by_task[task_id] = shared
+
+    def done(self, task_id: str) -> None:
+        """A task's result came (or it will never come): its file may go."""
+        if not self._by_task:
+            return
+        with self._lock:
+            shared = self._by_task.pop(task_id, None)
+            if shared is None:
+                return
+            left = self._users[id(shared)] = self._users[id(shared)] - 1
+            if left:
+                return
+            del self._users[id(shared)]
+        shared.close()

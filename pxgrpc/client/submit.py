@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pxgrpc import blobstream, wire
-from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
+from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath, write_shared
 from pxgrpc.client.directlinks import DirectLinks, Link
 from pxgrpc.client.encoding import address, encode_action
 from pxgrpc.client.inflight import InFlight
+from pxgrpc.client.lanelink import LaneLink, SharedFiles
 from pxgrpc.client.ordering import EngineOrder
 from pxgrpc.client.tasks import Action, TaskListener
 from pxgrpc.loopthread import LoopThread
@@ -63,6 +64,8 @@ class Submitter:
         self._session_id = session_id
         #: The order of this client's tasks on one engine, whichever path they take.
         self.order = EngineOrder()
+        #: The files of values sent on task lanes as shared memory.
+        self.shared_files = SharedFiles()
         self._calls = calls
         self._datapath = datapath
         self._in_flight = in_flight
@@ -104,8 +107,11 @@ class Submitter:
         """Run `action` on each target (None: load-balanced) as the tasks `task_ids`."""
         template = wire.pb.SubmitTask(encoding=encoding, retries=retries)
         blob = encode_action(action, template.action)
-        if blob is None and self._links.enabled and self._send_direct(task_ids, template, targets, listener):
-            return
+        if self._links.enabled:
+            if blob is None and self._send_direct(task_ids, template, targets, listener):
+                return
+            if blob is not None and self._send_shared(task_ids, template, targets, listener, blob):
+                return
         submits = []
         for task_id, target in zip(task_ids, targets, strict=True):
             submit = wire.pb.SubmitTask()
@@ -184,15 +190,45 @@ class Submitter:
         for blob in relayed:
             self._start_relay(blob)
 
+    def _send_shared(
+        self,
+        task_ids: Sequence[str],
+        template: wire.pb.SubmitTask,
+        targets: Sequence[int | None],
+        listener: TaskListener,
+        blob: blobstream.OutgoingBlob,
+    ) -> bool:
+        """Send tasks with a large value (a push, an apply's big argument) on the task lanes of
+        their engines, when each has one and maps this process's files: the value is written
+        once into a memfd of ours, which every engine maps privately (copy-on-write), whatever
+        their number, and which stays open until the last task has its result. Else False."""
+        links = [self._links.usable(target) for target in targets]
+        if not all(isinstance(link, LaneLink) and link.shares_memory for link in links):
+            return False
+        try:
+            shared = write_shared(blob)
+        except OSError as exc:  # (e.g. no memory for the file)
+            log.warning("no shared copy of blob %s (%s): sending it otherwise", blob.blob_id, exc)
+            return False
+        header = wire.pb.BlobHeader(blob_id=blob.blob_id, size=blob.size, shared=shared.describe())
+        self.shared_files.hold(shared, task_ids)
+        if self._send_direct(task_ids, template, targets, listener, header):
+            return True
+        for task_id in task_ids:
+            self.shared_files.done(task_id)
+        return False
+
     def _send_direct(
         self,
         task_ids: Sequence[str],
         template: wire.pb.SubmitTask,
         targets: Sequence[int | None],
         listener: TaskListener,
+        shared: wire.pb.BlobHeader | None = None,
     ) -> bool:
         """Send tasks straight to their engines, if every one's link is up and none of this
-        client's tasks for those engines is in flight through the controller; else False."""
+        client's tasks for those engines is in flight through the controller; else False.
+        `shared`: a blob of the action, in a file of ours the engines map."""
         links: list[Link] = []
         for target in targets:
             link = self._links.usable(target)
@@ -219,6 +255,8 @@ class Submitter:
                 direct_results=True,
                 submitted=now,
             )
+            if shared is not None:
+                task.shared_blobs.append(shared)
             if link.queue(task):
                 woken.append(link)
         with self._lock:
@@ -266,6 +304,7 @@ class Submitter:
         with self._lock:
             self._sent.discard(task_id)
         self.order.done(task_id)
+        self.shared_files.done(task_id)
 
     def sent_unanswered(self) -> list[str]:
         """The tasks an earlier session stream took (relayed through the controller) whose

@@ -12,16 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import socket
+import struct
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 
-from pxgrpc import lane, wire
+from pxgrpc import lane, sharedmem, wire
 from pxgrpc.loopthread import LoopThread
 
 log = logging.getLogger(__name__)
+
+#: struct ucred (SO_PEERCRED): pid, uid, gid.
+_CREDENTIALS = struct.Struct("3i")
+
+
+def shares_memory_with(conn: socket.socket, pid: int) -> bool:
+    """Whether this engine can map the shared-memory files of the client at the other end of
+    `conn`, which says its pid is `pid`: it runs as our user (or we are root) and in our PID
+    namespace (the kernel's account of the peer's pid is the same number)."""
+    if not pid or not sharedmem.enabled():
+        return False
+    try:
+        peer = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    except OSError:
+        return False
+    peer_pid, peer_uid, _ = _CREDENTIALS.unpack(peer)
+    return peer_pid == pid and (peer_uid == os.getuid() or os.getuid() == 0)
 
 
 class EngineLane:
@@ -141,8 +160,10 @@ class LaneServer:
             conn.close()
             return
         new = EngineLane(conn, reader, bodies[1:], self._io)
+        hello = wire.pb.LaneHello()
         try:
-            problem = self._check_token(wire.pb.LaneHello.FromString(bodies[0]).token)
+            hello.ParseFromString(bodies[0])
+            problem = self._check_token(hello.token)
         except DecodeError:
             problem = "the first message on a task lane must be a LaneHello"
         if problem is not None:
@@ -150,5 +171,6 @@ class LaneServer:
             await asyncio.sleep(0.05)  # (let the reason reach the client first)
             new.close()
             return
-        new.writer.send(lane.frame(wire.pb.LaneEvents()))
+        accepted = wire.pb.LaneEvents(shared_memory=shares_memory_with(conn, hello.pid))
+        new.writer.send(lane.frame(accepted))
         self._hand_over(new)
