@@ -15,8 +15,9 @@ control. This prints the evidence:
   joining two 40 MB halves with `np.concatenate` would cost (a gather of arrays downloads each
   part into its slice of one array instead: `pxgrpc.client.assemble`);
 - phases: the median time, from the call, at which each process reaches each step of
-  `rc[0].apply_sync(noop)` (relayed by the controller, with `PXGRPC_DIRECT_TASKS=off`, and sent
-  straight to the engine, the default), of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
+  `rc[0].apply_sync(noop)` (relayed by the controller, with `PXGRPC_DIRECT_TASKS=off`; sent
+  straight to the engine on its gRPC `Tasks` stream, as across hosts; and on the engine's task
+  lane, the default on one host), of `scatter` and of `gather` (a 1,000,000-int list, and an 80 MB
   float64 array) on a 2-engine cluster. The steps are stamped by the processes themselves (the
   controller's `submitted`, the engine's `started` and `completed`), all on this host's clock;
 - with --py-spy (py-spy on PATH): the functions the controller and an engine spend their samples
@@ -113,8 +114,9 @@ def stamps(ar: Any, t0: float, sent: str = "controller has the task") -> dict[st
     return out
 
 
-def apply_phases(rc: Any, calls: int = 2000, direct: bool = False) -> None:
+def apply_phases(rc: Any, calls: int, path: str) -> None:
     e0 = rc[0]
+    direct = not path.startswith("relayed")
     sent = "client sends the task straight" if direct else "controller has the task"
     rows = []
     warmup = calls // 10
@@ -132,22 +134,29 @@ def apply_phases(rc: Any, calls: int = 2000, direct: bool = False) -> None:
                     "get() returns": returned,
                 }
             )
-    path = "direct to the engine" if direct else "relayed by the controller (PXGRPC_DIRECT_TASKS=off)"
     phases(f"rc[0].apply_sync(noop), {path}, median time from the call", rows)
 
 
-def direct_apply_phases(cluster: Any, calls: int) -> None:
-    """The same round trip on the direct path: a second client with direct tasks on."""
+def direct_apply_phases(cluster: Any, calls: int, lane: bool) -> None:
+    """The same round trip on a direct path: a second client with direct tasks on, on the
+    engine's task lane (`lane`, the default on one host) or on its gRPC `Tasks` stream."""
     os.environ["PXGRPC_DIRECT_TASKS"] = "on"
+    os.environ["PXGRPC_TASK_LANE"] = "on" if lane else "off"
     try:
         rc = pxgrpc.Client(cluster.connection_file)
     finally:
         os.environ.pop("PXGRPC_DIRECT_TASKS")
+        os.environ.pop("PXGRPC_TASK_LANE")
     try:
         deadline = time.monotonic() + 10
         while rc._transport._links.usable(0) is None and time.monotonic() < deadline:
             rc[0].apply_sync(noop)  # (the first tasks are relayed while the link connects)
-        apply_phases(rc, calls, direct=True)
+        path = (
+            "on the engine's task lane (the default on one host)"
+            if lane
+            else "direct on EngineData.Tasks over gRPC (PXGRPC_TASK_LANE=off; across hosts)"
+        )
+        apply_phases(rc, calls, path)
     finally:
         rc.close()
 
@@ -251,8 +260,9 @@ def main() -> int:
     finally:
         os.environ.pop("PXGRPC_DIRECT_TASKS")
     try:
-        apply_phases(rc, 200 if args.quick else 2000)
-        direct_apply_phases(cluster, 200 if args.quick else 2000)
+        apply_phases(rc, 200 if args.quick else 2000, "relayed by the controller (PXGRPC_DIRECT_TASKS=off)")
+        for lane in (False, True):
+            direct_apply_phases(cluster, 200 if args.quick else 2000, lane)
         scatter_gather_phases(rc, 3 if args.quick else 15)
         if args.py_spy:
             py_spy_profile(rc, cluster)

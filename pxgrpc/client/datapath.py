@@ -61,6 +61,7 @@ class DataPath:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._broken: set[str] = set()
         self._enabled = blobstream.direct_data_enabled()
+        self._lanes_enabled = lane.enabled()
 
     def set_urls(
         self,
@@ -125,7 +126,7 @@ class DataPath:
     def lane_for(self, engine_id: int) -> str | None:
         """The engine's task lane, when it is on this host and has one (and lanes are on)."""
         path = self._lanes.get(engine_id)
-        return path if path and lane.enabled() else None
+        return path if path and self._lanes_enabled else None
 
     def on_this_host(self, engine_id: int | None) -> bool:
         """Whether an engine registered this client's host (whatever its data endpoint)."""

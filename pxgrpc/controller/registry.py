@@ -144,8 +144,7 @@ class EngineRecord:
         self._wakeup.set()
 
     def info(self) -> wire.pb.EngineInfo:
-        busy = self.inflight or self.announced
-        state = wire.ENGINE_DEAD if self.dead else wire.ENGINE_BUSY if busy else wire.ENGINE_IDLE
+        state = wire.ENGINE_DEAD if self.dead else wire.ENGINE_BUSY if self.inflight else wire.ENGINE_IDLE
         return wire.pb.EngineInfo(
             engine_id=self.engine_id,
             hostname=self.hostname,

@@ -23,15 +23,13 @@ import grpc
 
 from pxgrpc import wire
 from pxgrpc.engine.lanes import EngineLane
+from pxgrpc.engine.notices import START_NOTICE_DELAY
 from pxgrpc.engine.outbox import Outbox, aborted_event
 from pxgrpc.engine.taskqueue import LaneHandler
 from pxgrpc.loopthread import Batches, LoopThread
 
 log = logging.getLogger(__name__)
 
-#: Seconds after sending a direct task that the Python client tells the controller of it, if it
-#: has no result by then (`pxgrpc.client.submit.ANNOUNCE_DELAY`).
-CLIENT_ANNOUNCES = 0.005
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -135,10 +133,10 @@ class DirectWork(LaneHandler):
             return False
         if finished and isinstance(stream, EngineLane):
             self._note_lane(finished=task_id)
-            if time.time() - self._lane_sent.pop(task_id, 0.0) > CLIENT_ANNOUNCES:
-                # (Its client has told the controller of it, which counts the engine busy with
-                # it: say it is over now, not with the next message.)
-                self._outbox.fold_lane_notices_soon(news=True)
+            if time.time() - self._lane_sent.pop(task_id, 0.0) > START_NOTICE_DELAY:
+                # (Its client has told the controller of it, and the controller may count the
+                # engine busy with it: say it is over now, not with the next heartbeat.)
+                self._outbox.fold_lane_notices_soon()
         return True
 
     # --- task lanes (main thread) -----------------------------------------------------------
@@ -165,12 +163,6 @@ class DirectWork(LaneHandler):
         """A lane's client has gone (or the lane was refused)."""
         self._close(lane)
         lane.close()
-
-    def notices_waiting(self) -> bool:
-        return self._outbox.lane_notices_waiting()
-
-    def send_notices(self) -> None:
-        self._outbox.fold_lane_notices_soon()
 
     async def Tasks(
         self, requests: AsyncIterator[wire.pb.DirectTasks], context: Context

@@ -75,8 +75,8 @@ class Outbox:
 
     def note_lane(self, started: str = "", finished: str = "") -> None:
         """A task lane's direct task came or finished (main thread): the controller hears of it
-        with the next message up the work stream, or after the next heartbeat interval
-        (`fold_lane_notices`); it costs the I/O thread no wake-up of its own."""
+        with the next message up the work stream, a heartbeat interval later at the latest; it
+        costs the I/O thread no wake-up of its own."""
         with self._lock:
             if started:
                 self._lane_started.append(started)
@@ -84,20 +84,19 @@ class Outbox:
                 self._lane_finished.append(finished)
 
     def lane_notices_waiting(self) -> bool:
-        """Whether lanes' notices wait for `fold_lane_notices` (any thread)."""
+        """Whether lanes' notices wait for a message (any thread)."""
         return bool(self._lane_started or self._lane_finished)
 
-    def fold_lane_notices_soon(self, news: bool = False) -> None:
-        """(Main thread.) Hand the lanes' notices over now, not at the next heartbeat (`news`:
-        a long task ended, which the controller may count as running: it hears of it at once)."""
-        self._io.call_soon(self.fold_lane_notices, news)
+    def fold_lane_notices_soon(self) -> None:
+        """(Main thread.) A lane's task that ran a while ended: the controller may count the
+        engine busy with it (its client announced it), so it hears of the end at once."""
+        self._io.call_soon(self._fold_lane_notices)
 
-    def fold_lane_notices(self, news: bool = False) -> None:
-        """(In the I/O thread.) Hand the lanes' notices to `notices`, which says when they are due."""
+    def _fold_lane_notices(self) -> None:
         with self._lock:
             started, finished = self._lane_started, self._lane_finished
             self._lane_started, self._lane_finished = [], []
-        self._fold(started, finished, news)
+        self._fold(started, finished, news=True)
 
     def _fold(self, started: list[str], finished: list[str], news: bool = False) -> None:
         if self.notices is not None:

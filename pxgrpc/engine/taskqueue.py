@@ -50,9 +50,6 @@ SHUTDOWN = None
 #: (for the shared copies that travel with it) and the ids of the blobs it needs.
 FetchBlobs = Callable[[wire.pb.Task, set[str], "concurrent.futures.Future[wire.BlobMap]"], None]
 
-#: Seconds the main thread, idle, keeps the notices of its lanes' tasks before handing them to
-#: the I/O thread (busy, it hands them over with the next message or heartbeat).
-IDLE_NOTICES = 0.05
 #: How many aborts of tasks not come yet (a lane's, still in its socket) are remembered.
 EARLY_ABORTS = 4096
 
@@ -66,14 +63,6 @@ class LaneHandler:
 
     def closed(self, lane: EngineLane) -> None:
         """The lane is closed: its tasks' events go up the work stream from now on."""
-        raise NotImplementedError
-
-    def notices_waiting(self) -> bool:
-        """Whether the controller has yet to hear of lane tasks that came or finished."""
-        raise NotImplementedError
-
-    def send_notices(self) -> None:
-        """Have those notices sent (the main thread is idle)."""
         raise NotImplementedError
 
 
@@ -199,13 +188,9 @@ class TaskQueue:
                 self._read_lane(lane)  # (tasks may have come with its hello)
             if new:
                 continue
-            notices = self.lanes is not None and self.lanes.notices_waiting()
-            ready = self._selector.select(IDLE_NOTICES if notices else None)
+            ready = self._selector.select()
             with self._lock:
                 self._sleeping = False
-            if notices and not ready:
-                assert self.lanes is not None
-                self.lanes.send_notices()
             for key, _ in ready:
                 if key.data is None:
                     try:

@@ -98,9 +98,9 @@ class WorkStream:
 
         def heartbeat_due() -> None:
             nonlocal timer
-            self._outbox.fold_lane_notices()
             idle = loop.time() - last_sent
-            if idle >= self.heartbeat:
+            if idle >= self.heartbeat or self._outbox.lane_notices_waiting():
+                # (The lanes' notices ride along, at most one message a heartbeat interval.)
                 wakeup.set()
                 idle = 0.0
             timer = loop.call_later(self.heartbeat - idle, heartbeat_due)
