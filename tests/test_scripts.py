@@ -67,7 +67,8 @@ def test_where_time_goes_prints_the_floors_and_each_phase() -> None:
         "through one relay process",
         "pickle.loads of them",
         "controller has the task for engine",
-        "rc[0].apply_sync(noop), direct to the engine",
+        "rc[0].apply_sync(noop), direct on EngineData.Tasks",
+        "rc[0].apply_sync(noop), on the engine's task lane",
         "engine 2 of 2 is done",
         "client has every result (decoded, joined)",
     ):
