@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import pxgrpc
+from pxgrpc.client.lanelink import LaneLink
 from pxgrpc.client.submit import Submitter
 from pxgrpc.cluster import Cluster
 
@@ -117,3 +119,24 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     monkeypatch.setattr(Submitter, "_send_direct", spy)
     return taken
+
+
+def until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait until `condition()` holds (AssertionError naming `what` after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def lanes_open(rc: pxgrpc.Client, shared_memory: bool = False) -> None:
+    """Wait until the client's task lanes to all its engines are open (and, with
+    `shared_memory`, the engines map its files)."""
+    links = rc._transport._links
+
+    def open_() -> bool:
+        found = [links.usable(e) for e in rc.ids]
+        return all(isinstance(k, LaneLink) and (k.shares_memory or not shared_memory) for k in found)
+
+    until(open_, what="the task lanes")

@@ -4,7 +4,6 @@ when the engine's data endpoint is reachable, through the controller otherwise."
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import grpc
@@ -13,6 +12,7 @@ import pytest
 
 from pxgrpc import blobstream, wire
 from pxgrpc.security.tokens import auth_metadata
+from tests.conftest import lanes_open
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,11 +55,8 @@ def test_a_broadcast_goes_up_once_through_the_controller(
     them (engines on the client's host) it is not uploaded at all: the engines map the client's file."""
     monkeypatch.setenv("PXGRPC_TASK_LANE", lanes)
     _, rc = make_cluster(n=3)
-    links = rc._transport._links
-    deadline = time.monotonic() + 20
-    while lanes == "on" and not all(links.usable(e) is not None for e in rc.ids):
-        assert time.monotonic() < deadline, "the lanes did not open"
-        time.sleep(0.02)
+    if lanes == "on":
+        lanes_open(rc, shared_memory=True)
     submitter = rc._transport.submitter
     uploads = []
     original = submitter._upload

@@ -9,7 +9,6 @@ import contextlib
 import os
 import pathlib
 import signal
-import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from pxgrpc import sharedmem
 from pxgrpc.client import submit
 from pxgrpc.client.directlinks import DirectLinks
 from pxgrpc.client.errors import EngineError, PxError, RemoteError
+from tests.conftest import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,18 +35,10 @@ def direct_tasks_on(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequ
     monkeypatch.setenv("PXGRPC_TASK_LANE", "on" if request.param == "lane" else "off")
 
 
-def _until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _link_up(rc: pxgrpc.Client, engine_id: int = 0) -> None:
     """Submit until the engine's direct link is connected (the first tasks go by the relay)."""
     links = rc._transport._links
-    _until(lambda: rc[engine_id].apply_sync(int) == 0 and links.usable(engine_id) is not None, what="link")
+    until(lambda: rc[engine_id].apply_sync(int) == 0 and links.usable(engine_id) is not None, what="link")
 
 
 def _wait_file_code(path: pathlib.Path) -> str:
@@ -67,7 +59,7 @@ def test_direct_tasks_run_and_the_controller_counts_them(make_cluster: Any, path
     rc[0].execute("a = 5", block=True)
     assert rc[0].pull("a", block=True) == 5
     assert all(paths) and len(paths) == 22
-    _until(lambda: rc.queue_status()[0]["completed"] >= before + 22, what="completed count")
+    until(lambda: rc.queue_status()[0]["completed"] >= before + 22, what="completed count")
 
 
 def test_one_clients_tasks_on_one_engine_keep_their_order_across_paths(
@@ -105,7 +97,7 @@ def test_queue_status_abort_and_interrupt_reach_direct_tasks(
     running = rc[0].execute(_wait_file_code(release), block=False)
     queued = rc[0].execute("after = 1", block=False)
     assert paths == [True, True]
-    _until(lambda: _running_and_queued(rc) == (1, 1), what="queue status of the direct tasks")
+    until(lambda: _running_and_queued(rc) == (1, 1), what="queue status of the direct tasks")
     assert rc.abort(queued) == queued.msg_ids
     release.touch()
     running.get(timeout=30)
@@ -116,9 +108,9 @@ def test_queue_status_abort_and_interrupt_reach_direct_tasks(
     started = tmp_path / "started"
     spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
     spinning = rc[0].execute(spin, block=False)
-    _until(lambda: rc.queue_status(0)["tasks"] == 1, what="the spinning task to be seen")
+    until(lambda: rc.queue_status(0)["tasks"] == 1, what="the spinning task to be seen")
     # (a SIGINT that reaches the engine before the task runs finds it idle, and is ignored)
-    _until(started.exists, what="the spinning task to run")
+    until(started.exists, what="the spinning task to run")
     assert rc.interrupt(targets=[0]) == [0]
     with pytest.raises(RemoteError) as caught:
         spinning.get(timeout=30)
@@ -139,7 +131,7 @@ def test_an_interrupt_and_an_abort_reach_direct_tasks_as_soon_as_they_are_sent(
     spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
     spinning = rc[0].execute(spin, block=False)
     queued = rc[0].execute("after = 1", block=False)
-    _until(started.exists, what="the spinning task to run")
+    until(started.exists, what="the spinning task to run")
     assert rc.abort(queued) == queued.msg_ids
     assert rc.interrupt(targets=[0]) == [0]
     with pytest.raises(RemoteError) as caught:
@@ -219,7 +211,7 @@ def test_tasks_fall_back_to_the_relay_when_the_endpoint_is_unreachable(
     )
     for i in range(5):
         assert rc[0].apply_sync(pow, 2, i) == 2**i
-    _until(lambda: rc._transport._links._links[0].broken, what="the link to give up")
+    until(lambda: rc._transport._links._links[0].broken, what="the link to give up")
     assert rc[0].execute("b = 2", block=True) is not None
     assert rc[0].pull("b", block=True) == 2
     assert not any(paths)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from pxgrpc import blobstream, sharedmem, wire
-from pxgrpc.client.lanelink import LaneLink
 from pxgrpc.security.tokens import auth_metadata
+from tests.conftest import lanes_open
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -280,11 +280,8 @@ def test_a_broadcast_to_engines_on_the_controllers_host_travels_with_its_tasks(
     monkeypatch.setenv("PXGRPC_TASK_LANE", lanes)
     _, rc = make_cluster(n=3)
     dv = rc[:]
-    links = rc._transport._links
-    deadline = time.monotonic() + 20
-    while lanes == "on" and not all(isinstance(links.usable(e), LaneLink) for e in rc.ids):
-        assert time.monotonic() < deadline, "the lanes did not open"
-        time.sleep(0.02)
+    if lanes == "on":
+        lanes_open(rc, shared_memory=True)
     files_before = len(_memfds())
     data = np.random.default_rng(7).random(MB)
     dv.push({"b": data}, block=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,26 +16,9 @@ import pxgrpc
 from pxgrpc import lane, wire
 from pxgrpc.client.lanelink import LaneLink
 from pxgrpc.cluster import Cluster
+from tests.conftest import lanes_open, until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def cluster2() -> Iterator[tuple[Cluster, pxgrpc.Client]]:
-    cluster = Cluster(n=2)
-    try:
-        rc = cluster.start_and_connect_sync(timeout=60)
-        yield cluster, rc
-    finally:
-        cluster.stop_cluster_sync()
-
-
-def _until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _lane_path(rc: pxgrpc.Client, engine_id: int) -> str:
@@ -77,12 +59,10 @@ def _token(rc: pxgrpc.Client) -> str:
     return rc._transport._datapath.token
 
 
-def test_direct_tasks_go_on_the_task_lane_with_their_output(cluster2: tuple[Cluster, pxgrpc.Client]) -> None:
-    _, rc = cluster2
-    links = rc._transport._links
+def test_direct_tasks_go_on_the_task_lane_with_their_output(cluster4: tuple[Cluster, pxgrpc.Client]) -> None:
+    _, rc = cluster4
     # (The client opens the lanes as soon as it knows the engines: no task needs to go first.)
-    _until(lambda: all(links.usable(e) is not None for e in rc.ids), what="the lanes")
-    assert all(isinstance(links.usable(e), LaneLink) for e in rc.ids)
+    lanes_open(rc)
     before = rc.queue_status()[0]["completed"]
     assert [rc[0].apply_sync(pow, 2, i) for i in range(10)] == [2**i for i in range(10)]
     ar = rc[:].execute("print('hello from', 6 * 7)", block=True)
@@ -90,13 +70,13 @@ def test_direct_tasks_go_on_the_task_lane_with_their_output(cluster2: tuple[Clus
     assert rc[:].scatter("part", list(range(10)), block=True) is None
     assert rc[:].gather("part", block=True) == list(range(10))
     # The controller hears of lane tasks later, without costing the round trip anything.
-    _until(lambda: rc.queue_status()[0]["completed"] >= before + 12, what="the completed count")
+    until(lambda: rc.queue_status()[0]["completed"] >= before + 12, what="the completed count")
 
 
 def test_a_lane_with_a_wrong_token_is_refused_with_the_reason(
-    cluster2: tuple[Cluster, pxgrpc.Client],
+    cluster4: tuple[Cluster, pxgrpc.Client],
 ) -> None:
-    _, rc = cluster2
+    _, rc = cluster4
     with RawLane(_lane_path(rc, 0)) as raw:
         raw.send(lane.frame(wire.pb.LaneHello(token="not-the-token")))
         reply = raw.read()
@@ -105,9 +85,9 @@ def test_a_lane_with_a_wrong_token_is_refused_with_the_reason(
 
 
 def test_bad_messages_on_a_lane_are_refused_and_the_engine_serves_on(
-    cluster2: tuple[Cluster, pxgrpc.Client],
+    cluster4: tuple[Cluster, pxgrpc.Client],
 ) -> None:
-    _, rc = cluster2
+    _, rc = cluster4
     path = _lane_path(rc, 1)
     # Not a LaneHello first.
     with RawLane(path) as raw:
@@ -127,16 +107,22 @@ def test_bad_messages_on_a_lane_are_refused_and_the_engine_serves_on(
         raw.read()
         raw.send(lane.HEADER.pack(2) + b"\x0a\xff")
         assert "DirectTasks" in raw.read().error
-    # A frame longer than any allowed: the connection is dropped.
+    # A frame longer than any allowed, after the hello.
+    with RawLane(path) as raw:
+        raw.send(lane.frame(wire.pb.LaneHello(token=_token(rc))))
+        raw.read()
+        raw.send(lane.HEADER.pack(lane.MAX_FRAME + 1))
+        assert "framing" in raw.read().error
+    # A frame longer than any allowed, as the hello: the connection is dropped.
     with RawLane(path) as raw:
         raw.send(lane.HEADER.pack(lane.MAX_FRAME + 1))
         assert raw.sock.recv(100) == b""
-    assert rc[:].apply_sync(abs, -4) == [4, 4]
+    assert rc[:].apply_sync(abs, -4) == [4] * len(rc.ids)
 
 
-def test_a_task_sent_on_a_raw_lane_runs_and_answers_on_it(cluster2: tuple[Cluster, pxgrpc.Client]) -> None:
+def test_a_task_sent_on_a_raw_lane_runs_and_answers_on_it(cluster4: tuple[Cluster, pxgrpc.Client]) -> None:
     """What another language's client does: hello, a task, its result event on the lane."""
-    _, rc = cluster2
+    _, rc = cluster4
     session = rc._transport._session_id
     task = wire.pb.Task(task_id=f"{session}/raw-1", direct_results=True, submitted=time.time())
     task.action.execute.code = "raw_lane_value = 11 * 3"
@@ -154,20 +140,19 @@ def test_without_lanes_direct_tasks_use_the_tasks_stream(
     monkeypatch.setenv("PXGRPC_TASK_LANE", "off")
     _, rc = make_cluster(n=1)
     links = rc._transport._links
-    _until(lambda: rc[0].apply_sync(int) == 0 and links.usable(0) is not None, what="the Tasks stream")
+    until(lambda: rc[0].apply_sync(int) == 0 and links.usable(0) is not None, what="the Tasks stream")
     assert not isinstance(links.usable(0), LaneLink)
     assert rc[0].apply_sync(pow, 3, 3) == 27
 
 
 def test_large_values_go_on_the_lanes_as_one_file_in_order_and_private(
-    cluster2: tuple[Cluster, pxgrpc.Client],
+    cluster4: tuple[Cluster, pxgrpc.Client],
 ) -> None:
     """A push with a large value to engines on the client's host goes on their lanes: the value
     is written once into a file of the client's that every engine maps privately; the file is
     closed once all have their result, and the client's tasks keep their order."""
-    _, rc = cluster2
-    links = rc._transport._links
-    _until(lambda: all(getattr(links.usable(e), "shares_memory", False) for e in rc.ids), what="the lanes")
+    _, rc = cluster4
+    lanes_open(rc, shared_memory=True)
     uploads: list[str] = []
     original = rc._transport.submitter._upload
 
@@ -187,9 +172,9 @@ def test_large_values_go_on_the_lanes_as_one_file_in_order_and_private(
             pending.append(dv.execute("seen.append(float(big[0])); big[0] = -5.0", block=False))
         for ar in pending:
             ar.get(timeout=30)
-        assert dv.pull("seen", block=True) == [[float(i) for i in range(6)]] * 2
+        assert dv.pull("seen", block=True) == [[float(i) for i in range(6)]] * len(rc.ids)
         assert not uploads  # (nothing went up to the controller)
-        assert [float(x[1]) for x in dv.pull("big", block=True)] == [5.0, 5.0]
+        assert [float(x[0]) for x in dv.pull("big", block=True)] == [-5.0] * len(rc.ids)
         assert not rc._transport.submitter.shared_files._by_task
     finally:
         del rc._transport.submitter._upload

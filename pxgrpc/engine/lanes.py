@@ -63,7 +63,11 @@ class EngineLane:
     def read(self) -> list[wire.pb.Task] | None:
         """(Main thread.) The tasks that came; None once the client has gone (or broke the
         protocol: it is then told why and the lane closes)."""
-        bodies = lane.read_available(self.sock, self._reader) if not self._early else self._early
+        try:
+            bodies = lane.read_available(self.sock, self._reader) if not self._early else self._early
+        except lane.FrameError as exc:
+            self.refuse(f"the task lane's framing is broken: {exc}")
+            return None
         self._early = []
         if bodies is None:
             return None
