@@ -147,6 +147,7 @@ class Delivery:
         for assembly in {id(a): a for a in assemblies.values()}.values():
             assembly.fail(error)
         for task_id, listener in self._in_flight.fail_all(error).items():
+            self._submitter.shared_files.done(task_id)  # (a lane's shared file goes with its tasks)
             listener.on_result(TaskOutcome(task_id=task_id, engine_id=-1, status="error", error=error))
 
     async def _deliver_with_blobs(

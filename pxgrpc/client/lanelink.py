@@ -45,11 +45,14 @@ class LaneLink:
         self.shares_memory = False
         self._io = io
         self._writer: lane.LaneWriter | None = None
+        self._on_broken: Callable[[Link, str], None] | None = None
 
     def queue(self, task: wire.pb.Task) -> bool:
-        """Send a task to the engine now (from any thread, once `ready`); nothing to wake."""
+        """Send a task to the engine now (from any thread, once `ready`); nothing to wake. On a
+        lane that closed meanwhile the task is handled with the lane's others (`on_broken`)."""
         assert self._writer is not None
-        self._writer.send(lane.tasks_frame([task]))
+        if not self._writer.send(lane.tasks_frame([task])) and self._on_broken is not None:
+            self._io.call_soon(self._on_broken, self, "the lane closed as a task was sent")
         return False
 
     def wake(self) -> None:
@@ -62,6 +65,7 @@ class LaneLink:
         on_broken: Callable[[Link, str], None],
     ) -> None:
         """Connect and say hello, then read the engine's events until the lane closes."""
+        self._on_broken = on_broken
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
