@@ -193,8 +193,24 @@ def test_kernel_interrupt_stops_a_px_cell_and_the_engines_stay_usable(kernel, cl
     assert stdout_blocks(after.stream()) == {e: "kept\n" for e in ALL}
 
 
-def test_kernel_interrupt_during_get_interrupts_the_engines(kernel, cluster7) -> None:  # type: ignore[no-untyped-def]
-    cell = kernel.submit("ar = rc[:].apply_async(time.sleep, 60)\nar.get()\n")
+def test_kernel_interrupt_during_get_interrupts_the_engines(kernel, cluster7, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The interrupt must come while `ar.get()` waits and every engine runs its task: the cell
+    # says when `ar` is set, and each engine leaves a file once its task runs.
+    running = tmp_path / "running-"
+    cell = kernel.submit(
+        "def napping(path):\n"
+        "    import os, time\n"
+        "    open(path + str(os.getpid()), 'w').close()\n"
+        "    time.sleep(60)\n"
+        f"ar = rc[:].apply_async(napping, {str(running)!r})\n"
+        "print('sent', flush=True)\n"
+        "ar.get()\n"
+    )
+    kernel.read_until(cell, lambda c: "sent" in c.stream())
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("running-*"))) < N:
+        assert time.monotonic() < deadline, list(tmp_path.iterdir())
+        time.sleep(0.02)
     wait_until_busy(cluster7[1], ALL)
     kernel.interrupt()
     kernel.finish(cell)
