@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,16 @@ def test_scatter_and_gather_of_a_large_array_and_pickled_objects(make_cluster) -
     payload = {"blob": b"x" * (3 << 20), "items": list(range(300_000))}
     dv["payload"] = payload
     assert dv["payload"] == [payload, payload]
+
+
+@pytest.mark.parametrize("lanes", ["on", "off"])
+def test_a_print_larger_than_any_message_arrives_whole_and_the_engine_lives(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch, lanes: str
+) -> None:
+    """One print of 70 million characters is more than a gRPC message or a lane frame may
+    carry: it goes in pieces (it used to end the engine's work stream, and so the engine)."""
+    monkeypatch.setenv("PXGRPC_TASK_LANE", lanes)
+    _, rc = make_cluster(n=1)
+    ar = rc[0].execute("print('x' * 70_000_000, end='')", block=True)
+    assert len(ar.stdout) == 70_000_000 and set(ar.stdout) == {"x"}
+    assert rc[0].apply_sync(abs, -2) == 2

@@ -77,8 +77,11 @@ class OutputStream(io.TextIOBase):
             self._pending = 0
             self._scheduled = False
             task_id = self.task_id
-        if parts:
-            event = wire.pb.OutputEvent(task_id=task_id, stream=self.stream, text="".join(parts))
+        text = "".join(parts)
+        # (One print may be larger than any message may be: it goes in pieces.)
+        for start in range(0, len(text), MAX_PENDING_CHARS):
+            piece = text[start : start + MAX_PENDING_CHARS]
+            event = wire.pb.OutputEvent(task_id=task_id, stream=self.stream, text=piece)
             self._emit(wire.pb.TaskEvent(output=event))
 
     def flush(self) -> None:
