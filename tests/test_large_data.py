@@ -52,3 +52,16 @@ def test_a_print_larger_than_any_message_arrives_whole_and_the_engine_lives(
     ar = rc[0].execute("print('x' * 70_000_000, end='')", block=True)
     assert len(ar.stdout) == 70_000_000 and set(ar.stdout) == {"x"}
     assert rc[0].apply_sync(abs, -2) == 2
+
+
+@pytest.mark.parametrize("lanes", ["on", "off"])
+def test_a_display_bundle_larger_than_a_message_fails_its_task_with_the_reason(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch, lanes: str
+) -> None:
+    monkeypatch.setenv("PXGRPC_TASK_LANE", lanes)
+    _, rc = make_cluster(n=1)
+    code = "from IPython.display import display\ndisplay({'text/plain': 'x' * 70_000_000}, raw=True)"
+    with pytest.raises(ipp.RemoteError) as caught:
+        rc[0].execute(code, block=True)
+    assert caught.value.ename == "ValueError" and "display: a bundle of" in str(caught.value)
+    assert rc[0].apply_sync(abs, -2) == 2

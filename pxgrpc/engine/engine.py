@@ -18,6 +18,9 @@ from pxgrpc.security.connection_file import ConnectionInfo
 
 log = logging.getLogger(__name__)
 
+#: The largest display bundle sent (one message carries it: half of gRPC's and a lane's limit).
+MAX_DISPLAY_BYTES = wire.MAX_MESSAGE // 2
+
 
 class Engine:
     """Runs tasks from the controller in a persistent namespace until told to stop."""
@@ -55,6 +58,12 @@ class Engine:
         event = wire.pb.DisplayEvent(
             task_id=self.stdout.task_id, engine_id=self.conn.engine_id, data=data, metadata_json=metadata_json
         )
+        size = event.ByteSize()
+        if size > MAX_DISPLAY_BYTES:
+            raise ValueError(
+                f"display: a bundle of {size} bytes is more than pxgrpc sends as display data "
+                f"({MAX_DISPLAY_BYTES} bytes, {sorted(data)}); save it to a file, or return or push it"
+            )
         self.conn.emit(wire.pb.TaskEvent(display=event))
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
