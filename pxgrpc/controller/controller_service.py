@@ -243,8 +243,7 @@ class ControllerService(BlobTransfers):
         reply = wire.pb.QueueStatusReply(unassigned=self.router.unassigned)
         for engine in self.state.registry.live():
             if engine.engine_id in ids:
-                # (Direct tasks their client announced count before the engine tells of them.)
-                held = [*engine.inflight.values(), *engine.announced.values()]
+                held = engine.held()  # (announced direct tasks count before the engine tells of them)
                 running = 1 if held else 0
                 entry = reply.engines.add(
                     engine_id=engine.engine_id,

@@ -143,6 +143,11 @@ class EngineRecord:
         self.dead = True
         self._wakeup.set()
 
+    def held(self) -> list[TaskRecord]:
+        """Its tasks in order (the running one first), then the direct tasks their client
+        announced that it has not told of yet."""
+        return [*self.inflight.values(), *self.announced.values()]
+
     def info(self) -> wire.pb.EngineInfo:
         state = wire.ENGINE_DEAD if self.dead else wire.ENGINE_BUSY if self.inflight else wire.ENGINE_IDLE
         return wire.pb.EngineInfo(
@@ -150,7 +155,7 @@ class EngineRecord:
             hostname=self.hostname,
             pid=self.pid,
             state=state,
-            queue=len(self.inflight) + len(self.announced),
+            queue=len(self.held()),
             completed=self.completed,
             registered=self.registered,
             data_url=self.data_url,

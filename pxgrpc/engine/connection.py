@@ -139,13 +139,7 @@ class EngineConnection:
         self._outbox.start()
         if offers_data(self.info):
             direct = DirectWork(
-                self.io,
-                self.accept,
-                self._outbox.notify_direct,
-                self._outbox.put,
-                self._outbox,
-                self.tasks.aborted_early,
-                lambda: self.engine_id,
+                self.io, self.accept, self._outbox, self.tasks.aborted_early, lambda: self.engine_id
             )
             try:
                 self.data = await start_data_endpoint(self.info, self.data_host, direct.Tasks)

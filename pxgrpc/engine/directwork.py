@@ -89,9 +89,9 @@ class DirectWork(LaneHandler):
     """The `EngineData.Tasks` service of one engine and its task lanes, and which stream (or
     lane) each direct task's events go to.
 
-    `accept(task)` queues a task for the main thread; `notify(started, finished)` tells the
-    controller (on the work stream, in the I/O thread), `outbox.note_lane` too (from the main
-    thread, later); `fallback(event)` sends an event up the work stream;
+    `accept(task)` queues a task for the main thread; the `outbox` tells the controller of
+    direct tasks (`notify_direct` in the I/O thread, `note_lane` from the main thread, later)
+    and takes the events whose stream is gone up the work stream (`put`);
     `aborted_early(task_id)` says whether a task read from a lane was aborted before it came.
     """
 
@@ -99,17 +99,15 @@ class DirectWork(LaneHandler):
         self,
         io: LoopThread,
         accept: Callable[[wire.pb.Task], None],
-        notify: Callable[[list[str], list[str]], None],
-        fallback: Callable[[wire.pb.TaskEvent], None],
         outbox: Outbox,
         aborted_early: Callable[[str], bool],
         engine_id: Callable[[], int],
     ) -> None:
         self._io = io
         self._accept = accept
-        self._notify = notify
-        self._fallback = fallback
         self._outbox = outbox
+        self._notify = outbox.notify_direct
+        self._fallback = outbox.put
         self._note_lane = outbox.note_lane
         self._aborted_early = aborted_early
         self._engine_id = engine_id

@@ -94,9 +94,14 @@ class Outbox:
 
     def _fold_lane_notices(self) -> None:
         with self._lock:
-            started, finished = self._lane_started, self._lane_finished
-            self._lane_started, self._lane_finished = [], []
+            started, finished = self._take_lane_notices()
         self._fold(started, finished, news=True)
+
+    def _take_lane_notices(self) -> tuple[list[str], list[str]]:
+        """(With the lock held.) The lanes' notices waiting: (started, finished)."""
+        taken = self._lane_started, self._lane_finished
+        self._lane_started, self._lane_finished = [], []
+        return taken
 
     def _fold(self, started: list[str], finished: list[str], news: bool = False) -> None:
         if self.notices is not None:
@@ -116,8 +121,7 @@ class Outbox:
         least one), so that a burst of output never makes a message over gRPC's size limit; and
         every direct task to tell about."""
         with self._lock:
-            self._fold(self._lane_started, self._lane_finished)
-            self._lane_started, self._lane_finished = [], []
+            self._fold(*self._take_lane_notices())
             started, finished = self.notices.take() if self.notices is not None else ([], [])
             message = wire.pb.EngineMessage(direct_started=started, direct_finished=finished)
             size, count = 0, 0

@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pxgrpc import wire
 
@@ -102,16 +102,16 @@ class TaskQueue:
         self._put(item)
 
     def _put(self, item: WorkItem | None) -> None:
-        with self._lock:
-            self._work.append(item)
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            os.write(self._wake_w, b"w")
+        self._hand(self._work, item)
 
     def add_lane(self, lane: EngineLane) -> None:
         """A task lane for the main thread to read (from any thread)."""
+        self._hand(self._new_lanes, lane)
+
+    def _hand(self, into: collections.deque[WorkItem | None] | list[EngineLane], item: Any) -> None:
+        """Append `item` for the main thread, waking it if it waits in `get`."""
         with self._lock:
-            self._new_lanes.append(lane)
+            into.append(item)
             wake, self._sleeping = self._sleeping, False
         if wake:
             os.write(self._wake_w, b"w")
