@@ -104,6 +104,8 @@ def test_queue_status_abort_and_interrupt_reach_direct_tasks(
     with pytest.raises(PxError):
         queued.get(timeout=30)
     assert "after" not in rc[0].apply_sync(lambda: list(globals()))
+    # (The controller hears that the aborted task is over: it counts no more.)
+    until(lambda: _running_and_queued(rc) == (0, 0), what="the aborted task to leave the queue status")
 
     started = tmp_path / "started"
     spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"

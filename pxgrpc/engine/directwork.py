@@ -149,6 +149,7 @@ class DirectWork(LaneHandler):
                 return False
             if self._aborted_early(task.task_id):
                 lane.put(aborted_event(task.task_id, self._engine_id()))
+                self._note_lane(finished=task.task_id)  # (the controller counts it till then)
                 continue
             with self._lock:
                 self._streams[task.task_id] = lane
