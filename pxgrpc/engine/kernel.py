@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import linecache
 import os
 import sys
@@ -22,6 +23,11 @@ from pxgrpc.dependency import Dependent
 from pxgrpc.engine.ipython import DisplaySink, EngineShell, mentions_ipython
 
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: How many functions sent by value an engine keeps unpickled (`Kernel._function`).
+FUNCTION_CACHE = 256
+#: Default values a cached function may have: what no call can change.
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis))
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Kernel:
         #: Where display() output goes (the engine sends it to the client as DisplayEvents).
         self.display_sink = display_sink
         self._shell: EngineShell | None = None
+        # Functions from the client's __main__, unpickled, by their pickle (`_function`).
+        self._functions: collections.OrderedDict[bytes, types.FunctionType] = collections.OrderedDict()
 
     def ipython(self) -> EngineShell:
         """The engine's IPython shell, created on first need (see pxgrpc.engine.ipython)."""
@@ -148,7 +156,7 @@ class Kernel:
 
     def _apply(self, action: wire.pb.ApplyAction, blobs: wire.BlobMap) -> Any:
         references = reference.loaded()
-        func = wire.decode(action.function, blobs, "apply.function")
+        func = self._function(action.function, blobs)
         if self._shell is None and "IPython" in sys.modules:
             self.ipython()  # so that display() in the function reaches the client
         if isinstance(func, str | reference.Reference):
@@ -165,6 +173,27 @@ class Kernel:
             args = reference.resolve(args, self._lookup)
             kwargs = reference.resolve(kwargs, self._lookup)
         return func(*args, **kwargs)
+
+    def _function(self, value: wire.pb.Value, blobs: wire.BlobMap) -> Any:
+        """An apply's function. One from the client's __main__ is unpickled once and kept, by
+        its pickle: `apply` to many engines, or `map`, sends the same function again and again,
+        and unpickling it (with cloudpickle) costs more than the rest of a small task. Only
+        functions no call can change are kept: rebound to the namespace (`_bind`) with no
+        closure, no attributes and immutable defaults; any other is unpickled every time."""
+        pickled = value.pickled_value
+        if value.WhichOneof("kind") != "pickled_value" or pickled.buffers or not pickled.data.inline:
+            return wire.decode(value, blobs, "apply.function")
+        data = pickled.data.inline
+        func = self._functions.get(data)
+        if func is not None:
+            self._functions.move_to_end(data)
+            return func
+        func = wire.decode(value, blobs, "apply.function")
+        if _unchanging(func):
+            self._functions[data] = func
+            if len(self._functions) > FUNCTION_CACHE:
+                self._functions.popitem(last=False)
+        return func
 
     def _bind(self, value: Any) -> Any:
         """A function defined in the client's __main__ (or `@interactive`), rebound to the
@@ -200,6 +229,23 @@ class Kernel:
         for attr in rest:
             obj = getattr(obj, attr)
         return obj
+
+
+def _unchanging(func: Any) -> bool:
+    """Whether no call of `func` (once rebound to an engine's namespace) can change it, so that
+    one unpickled copy serves every call."""
+    if not isinstance(func, types.FunctionType) or func.__module__ != "__main__":
+        return False
+    if func.__closure__ or func.__dict__:
+        return False
+    defaults = (*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).values())
+    return all(_immutable(d) for d in defaults)
+
+
+def _immutable(value: Any) -> bool:
+    if isinstance(value, tuple | frozenset):
+        return all(_immutable(v) for v in value)
+    return isinstance(value, _IMMUTABLE)
 
 
 def format_result(value: Any) -> dict[str, str]:
