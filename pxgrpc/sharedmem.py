@@ -267,9 +267,20 @@ def _mmap_private(fd: int, length: int) -> Any:
     descriptor open for as long: one open file per received array.)"""
     libc = _libc()
     address = libc.mmap(None, length, _PROT_READ_WRITE, mmap.MAP_PRIVATE, fd, 0)
-    if address in (None, ctypes.c_void_p(-1).value):
+    if address in (None, _MAP_FAILED):
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+    return _mapping_type(length).from_address(address)
+
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+@functools.lru_cache(maxsize=64)
+def _mapping_type(length: int) -> Any:
+    """The buffer type of a mapping of `length` bytes (made once per length: a broadcast maps
+    the same size again and again)."""
+    libc = _libc()
 
     class Mapping(ctypes.c_ubyte * length):  # type: ignore[misc]
         #: An array on all of it owns it (`partition.tiled`).
@@ -278,4 +289,4 @@ def _mmap_private(fd: int, length: int) -> Any:
         def __del__(self) -> None:
             libc.munmap(ctypes.addressof(self), length)
 
-    return Mapping.from_address(address)
+    return Mapping

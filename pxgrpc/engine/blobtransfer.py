@@ -54,6 +54,20 @@ async def fetch(
         ready.set_result(blobs)
 
 
+def map_shared(blob_ids: set[str], shared: Iterable[wire.pb.BlobHeader]) -> wire.BlobMap | None:
+    """The blobs a task needs when every one is a shared copy named by the task that can be
+    mapped here; else None (the caller then fetches them)."""
+    headers = {header.blob_id: header for header in shared}
+    if not blob_ids <= headers.keys():
+        return None
+    try:
+        mapped: wire.BlobMap = {b: sharedmem.map_blob(b, headers[b]) for b in blob_ids}
+    except sharedmem.SharedBlobUnusable:
+        return None
+    sources["task"] += len(mapped)
+    return mapped
+
+
 async def claim(link: BlobLink, blob_id: str) -> blobstream.IncomingBlob:
     """A blob a task needs: uploaded straight here by the client, else from the controller."""
     blob = link.data.take(blob_id) if link.data is not None else None

@@ -123,7 +123,13 @@ class EngineConnection:
     ) -> None:
         if self.io.in_loop():
             self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
-        else:  # (a lane's task, read by the main thread)
+            return
+        # (A lane's task, read by the main thread: its values in the client's files are mapped
+        # here and now; what is elsewhere is fetched by the I/O thread.)
+        mapped = blobtransfer.map_shared(blob_ids, task.shared_blobs)
+        if mapped is not None:
+            ready.set_result(mapped)
+        else:
             self.io.call_soon(self._fetch, task, blob_ids, ready)
 
     # --- the conversation -------------------------------------------------------------------
