@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -66,6 +67,11 @@ def fork_engines(count: int, log_template: str, engine_argv: Sequence[str], firs
         )
     sys.stdout.flush()
     sys.stderr.flush()  # (else the children would write out the parent's buffered text again)
+    # What the imports made lives as long as the engines: out of the collector's sight, the
+    # children's collections neither walk it (cheaper) nor write to its pages (which would copy
+    # them into each child: more unique memory).
+    gc.collect()
+    gc.freeze()
     pids = []
     for i in range(count):
         pid = os.fork()
