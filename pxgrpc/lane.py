@@ -101,20 +101,29 @@ class FrameReader:
     def feed(self, data: bytes) -> list[bytes]:
         """Take `data`; the bodies of the frames it completes (FrameError for a bad length)."""
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            if len(buffer) < HEADER.size:
+                return []
+            (size,) = HEADER.unpack_from(buffer)
+            if size <= MAX_FRAME and len(buffer) < HEADER.size + size:
+                return []  # (a large frame comes in many reads: wait for all of it)
+            data = bytes(buffer)
+            buffer.clear()
+        # (Usually `data` holds whole frames and nothing waits: each body is one slice of it.)
         bodies = []
         start = 0
-        while len(buffer) - start >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer, start)
+        while len(data) - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(data, start)
             if size > MAX_FRAME:
                 raise FrameError(f"a frame of {size} bytes (the most is {MAX_FRAME})")
             end = start + HEADER.size + size
-            if end > len(buffer):
+            if end > len(data):
                 break
-            bodies.append(bytes(buffer[start + HEADER.size : end]))
+            bodies.append(data[start + HEADER.size : end])
             start = end
-        if start:
-            del buffer[:start]
+        if start < len(data):
+            buffer += memoryview(data)[start:]
         return bodies
 
 

@@ -107,7 +107,7 @@ def read_buffer(buf: pb.Buffer, blobs: BlobMap, where: str) -> memoryview | byte
 
 def decode(value: pb.Value, blobs: BlobMap | None = None, where: str = "value") -> Any:
     """Turn a Value back into a Python object. `where` names the field in error messages."""
-    blobs = blobs or {}
+    blobs = {} if blobs is None else blobs
     kind = value.WhichOneof("kind")
     if kind == "null_value":
         return None

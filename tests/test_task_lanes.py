@@ -178,3 +178,20 @@ def test_large_values_go_on_the_lanes_as_one_file_in_order_and_private(
         assert not rc._transport.submitter.shared_files._by_task
     finally:
         del rc._transport.submitter._upload
+
+
+def test_the_frame_reader_gives_whole_frames_however_the_bytes_are_cut() -> None:
+    bodies = [b"", b"a", b"hello" * 7, bytes(range(256)) * 300]
+    stream = b"".join(lane.HEADER.pack(len(b)) + b for b in bodies)
+    for cut in (1, 3, 4, 5, 100, 65536, len(stream)):
+        reader = lane.FrameReader()
+        got: list[bytes] = []
+        for start in range(0, len(stream), cut):
+            got += reader.feed(stream[start : start + cut])
+        assert got == bodies, f"pieces of {cut} bytes"
+    with pytest.raises(lane.FrameError, match="a frame of"):
+        lane.FrameReader().feed(lane.HEADER.pack(lane.MAX_FRAME + 1) + b"x")
+    reader = lane.FrameReader()
+    assert reader.feed(b"\x05\x00") == []
+    with pytest.raises(lane.FrameError):
+        reader.feed(lane.HEADER.pack(lane.MAX_FRAME + 1)[2:] + b"\x00\x00")

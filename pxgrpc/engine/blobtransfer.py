@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import grpc
@@ -66,6 +66,25 @@ def map_shared(blob_ids: set[str], shared: Iterable[wire.pb.BlobHeader]) -> wire
         return None
     sources["task"] += len(mapped)
     return mapped
+
+
+class OnDemand(dict[str, blobstream.IncomingBlob]):
+    """The blobs of a task that were not fetched ahead (a lane's, which the main thread reads
+    when idle and runs at once): each is got (`get_blob(task, blob_id)`) the first time a value
+    that references it is decoded."""
+
+    def __init__(
+        self, task: wire.pb.Task, get_blob: Callable[[wire.pb.Task, str], blobstream.IncomingBlob]
+    ) -> None:
+        super().__init__()
+        self._task = task
+        self._get_blob = get_blob
+
+    def get(self, blob_id: str, default: Any = None) -> Any:
+        blob = super().get(blob_id)
+        if blob is None:
+            blob = self[blob_id] = self._get_blob(self._task, blob_id)
+        return blob
 
 
 async def claim(link: BlobLink, blob_id: str) -> blobstream.IncomingBlob:

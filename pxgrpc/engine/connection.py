@@ -115,22 +115,29 @@ class EngineConnection:
         return self.data.offer(blob)
 
     def accept(self, task: wire.pb.Task) -> None:
-        """Queue a task for the main thread (in the I/O thread), its blobs fetched meanwhile."""
-        self.tasks.accept(task, self._fetch)
+        """Queue a task for the main thread. One that came to the I/O thread has its blobs
+        fetched meanwhile; one the main thread read (from a task lane) gets each blob as its
+        values are decoded (`blobs_on_demand`)."""
+        self.tasks.accept(task, self._fetch if self.io.in_loop() else None)
 
     def _fetch(
         self, task: wire.pb.Task, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]
     ) -> None:
-        if self.io.in_loop():
-            self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
-            return
-        # (A lane's task, read by the main thread: its values in the client's files are mapped
-        # here and now; what is elsewhere is fetched by the I/O thread.)
-        mapped = blobtransfer.map_shared(blob_ids, task.shared_blobs)
+        self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
+
+    def blobs_on_demand(self, task: wire.pb.Task) -> wire.BlobMap:
+        """(Main thread.) The blobs of a task not fetched ahead, each got when asked for."""
+        return blobtransfer.OnDemand(task, self._blob_now)
+
+    def _blob_now(self, task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob:
+        """(Main thread.) One blob of a task: mapped here if the task names a shared copy of it
+        that can be mapped, else fetched by the I/O thread while the main thread waits."""
+        mapped = blobtransfer.map_shared({blob_id}, task.shared_blobs)
         if mapped is not None:
-            ready.set_result(mapped)
-        else:
-            self.io.call_soon(self._fetch, task, blob_ids, ready)
+            return mapped[blob_id]
+        ready: concurrent.futures.Future[wire.BlobMap] = concurrent.futures.Future()
+        self.io.call_soon(self._fetch, task, {blob_id}, ready)
+        return ready.result()[blob_id]
 
     # --- the conversation -------------------------------------------------------------------
 

@@ -34,13 +34,6 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-def task_id_of(event: wire.pb.TaskEvent) -> str:
-    """The task an event belongs to."""
-    kind = event.WhichOneof("kind")
-    inner = getattr(event, kind) if kind else None
-    return inner.task_id if inner is not None else ""
-
-
 def check_task_id(task_id: str) -> None:
     """ValueError unless a direct task's id is "<session_id>/<task id>"."""
     session, slash, rest = task_id.partition("/")
@@ -121,8 +114,11 @@ class DirectWork(LaneHandler):
         tasks, and for direct tasks whose stream is gone (the work stream takes those)."""
         if not self._streams:
             return False
-        task_id = task_id_of(event)
-        finished = event.WhichOneof("kind") == "result"
+        kind = event.WhichOneof("kind")
+        if kind is None:
+            return False
+        task_id = getattr(event, kind).task_id
+        finished = kind == "result"
         with self._lock:
             stream = self._streams.get(task_id)
             if stream is not None and finished:

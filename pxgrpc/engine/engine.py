@@ -91,7 +91,7 @@ class Engine:
         self.stdout.task_id = self.stderr.task_id = task.task_id
         self.tasks.running = task.task_id
         try:
-            blobs = item.blobs.result() if item.blobs is not None else {}
+            blobs = item.blobs.result() if item.blobs is not None else self.conn.blobs_on_demand(task)
         except Exception as exc:  # noqa: BLE001 - the task fails, the engine goes on
             self._send(task, Outcome(error=remote_exception(exc)))
             return

@@ -72,6 +72,8 @@ class OutputStream(io.TextIOBase):
 
     def send(self) -> None:
         """Send what was written so far as one OutputEvent."""
+        if not self._parts:  # (text written meanwhile by another thread has its flush scheduled)
+            return
         with self._lock:
             parts, self._parts = self._parts, []
             self._pending = 0

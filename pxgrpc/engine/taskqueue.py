@@ -37,7 +37,7 @@ EXIT_GRACE = 3.0
 @dataclass
 class WorkItem:
     """A task for the main thread, with the blobs it needs (ready when `blobs` resolves; None
-    when the task needs none)."""
+    when the task needs none, or gets them as it runs)."""
 
     task: wire.pb.Task
     blobs: concurrent.futures.Future[wire.BlobMap] | None = None
@@ -90,16 +90,21 @@ class TaskQueue:
 
     # --- the I/O thread's side --------------------------------------------------------------
 
-    def accept(self, task: wire.pb.Task, fetch: FetchBlobs) -> None:
-        """Queue a task for the main thread, its blobs fetched meanwhile (with `fetch`)."""
+    def accept(self, task: wire.pb.Task, fetch: FetchBlobs | None) -> None:
+        """Queue a task for the main thread, its blobs fetched meanwhile (with `fetch`; None:
+        the task gets them when it runs)."""
         item = WorkItem(task)
-        refs = wire.blob_ids_of_action(task.action)
-        if refs:
-            item.blobs = concurrent.futures.Future()
-            fetch(task, refs, item.blobs)
+        if fetch is not None:
+            refs = wire.blob_ids_of_action(task.action)
+            if refs:
+                item.blobs = concurrent.futures.Future()
+                fetch(task, refs, item.blobs)
         with self._lock:
             self._queued[task.task_id] = item
-        self._put(item)
+            self._work.append(item)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            os.write(self._wake_w, b"w")
 
     def _put(self, item: WorkItem | None) -> None:
         self._hand(self._work, item)
