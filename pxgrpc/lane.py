@@ -92,6 +92,14 @@ def events_frame(events: list[wire.pb.TaskEvent]) -> bytes:
     return _field_one([event.SerializeToString() for event in events])
 
 
+def event_frame(event: wire.pb.TaskEvent) -> bytes:
+    """A `LaneEvents` frame of one event (`events_frame([event])`, the usual case, in short)."""
+    item = event.SerializeToString()
+    size = len(item)
+    head = b"\x0a" + (bytes((size,)) if size < 0x80 else _varint(size))
+    return HEADER.pack(len(head) + size) + head + item
+
+
 class FrameReader:
     """Bytes as they come off a socket in; whole frames' bodies out."""
 

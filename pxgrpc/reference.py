@@ -14,7 +14,7 @@ from typing import Any
 
 #: How many References this process has unpickled: engines look for References in a task's
 #: arguments only when this moved while decoding them (no scan of every big argument).
-_loaded = 0
+loaded_count = 0
 
 
 class Reference:
@@ -44,14 +44,9 @@ class Reference:
 
 
 def _unpickle(name: str) -> Reference:
-    global _loaded
-    _loaded += 1
+    global loaded_count
+    loaded_count += 1
     return Reference(name)
-
-
-def loaded() -> int:
-    """How many References this process has unpickled so far."""
-    return _loaded
 
 
 def resolve(value: Any, lookup: Callable[[str], Any]) -> Any:

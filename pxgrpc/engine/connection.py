@@ -115,10 +115,10 @@ class EngineConnection:
         return self.data.offer(blob)
 
     def accept(self, task: wire.pb.Task) -> None:
-        """Queue a task for the main thread. One that came to the I/O thread has its blobs
-        fetched meanwhile; one the main thread read (from a task lane) gets each blob as its
-        values are decoded (`blobs_on_demand`)."""
-        self.tasks.accept(task, self._fetch if self.io.in_loop() else None)
+        """Queue a task for the main thread (in the I/O thread), its blobs fetched meanwhile.
+        (A lane's task, read by the main thread, gets each blob as its values are decoded:
+        `blobs_on_demand`.)"""
+        self.tasks.accept(task, self._fetch)
 
     def _fetch(
         self, task: wire.pb.Task, blob_ids: set[str], ready: concurrent.futures.Future[wire.BlobMap]
@@ -152,7 +152,12 @@ class EngineConnection:
         self._outbox.start()
         if offers_data(self.info):
             direct = DirectWork(
-                self.io, self.accept, self._outbox, self.tasks.aborted_early, lambda: self.engine_id
+                self.io,
+                self.accept,
+                self.tasks.accept,
+                self._outbox,
+                self.tasks.aborted_early,
+                lambda: self.engine_id,
             )
             try:
                 self.data = await start_data_endpoint(self.info, self.data_host, direct.Tasks)

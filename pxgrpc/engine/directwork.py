@@ -82,7 +82,8 @@ class DirectWork(LaneHandler):
     """The `EngineData.Tasks` service of one engine and its task lanes, and which stream (or
     lane) each direct task's events go to.
 
-    `accept(task)` queues a task for the main thread; the `outbox` tells the controller of
+    `accept(task)` queues a task of a `Tasks` stream for the main thread (in the I/O thread),
+    `accept_read(task)` one the main thread read from a lane; the `outbox` tells the controller of
     direct tasks (`notify_direct` in the I/O thread, `note_lane` from the main thread, later)
     and takes the events whose stream is gone up the work stream (`put`);
     `aborted_early(task_id)` says whether a task read from a lane was aborted before it came.
@@ -92,12 +93,14 @@ class DirectWork(LaneHandler):
         self,
         io: LoopThread,
         accept: Callable[[wire.pb.Task], None],
+        accept_read: Callable[[wire.pb.Task], None],
         outbox: Outbox,
         aborted_early: Callable[[str], bool],
         engine_id: Callable[[], int],
     ) -> None:
         self._io = io
         self._accept = accept
+        self._accept_read = accept_read
         self._outbox = outbox
         self._notify = outbox.notify_direct
         self._fallback = outbox.put
@@ -138,20 +141,21 @@ class DirectWork(LaneHandler):
     def tasks(self, lane: EngineLane, tasks: list[wire.pb.Task]) -> bool:
         """Tasks read from a lane: queued in order (False, and the lane told why, for a bad one)."""
         for task in tasks:
+            task_id = task.task_id
             try:
-                check_task_id(task.task_id)
+                check_task_id(task_id)
             except ValueError as exc:
                 lane.refuse(str(exc))
                 return False
-            if self._aborted_early(task.task_id):
-                lane.put(aborted_event(task.task_id, self._engine_id()))
-                self._note_lane(finished=task.task_id)  # (the controller counts it till then)
+            if self._aborted_early(task_id):
+                lane.put(aborted_event(task_id, self._engine_id()))
+                self._note_lane(finished=task_id)  # (the controller counts it till then)
                 continue
             with self._lock:
-                self._streams[task.task_id] = lane
-                self._lane_sent[task.task_id] = task.submitted
-            self._note_lane(started=task.task_id)
-            self._accept(task)
+                self._streams[task_id] = lane
+                self._lane_sent[task_id] = task.submitted
+            self._note_lane(started=task_id)
+            self._accept_read(task)
         return True
 
     def closed(self, lane: EngineLane) -> None:

@@ -79,8 +79,7 @@ class Engine:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         try:
             while (item := self.tasks.get()) is not None:
-                if self.tasks.claim(item):
-                    self._run(item)
+                self._run(item)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         if self.conn.failure is not None:
@@ -88,8 +87,7 @@ class Engine:
 
     def _run(self, item: WorkItem) -> None:
         task = item.task
-        self.stdout.task_id = self.stderr.task_id = task.task_id
-        self.tasks.running = task.task_id
+        self.stdout.task_id = self.stderr.task_id = self.tasks.running = item.task_id
         try:
             blobs = item.blobs.result() if item.blobs is not None else self.conn.blobs_on_demand(task)
         except Exception as exc:  # noqa: BLE001 - the task fails, the engine goes on
@@ -107,8 +105,10 @@ class Engine:
     def _send(
         self, task: wire.pb.Task, outcome: Outcome, status: wire.pb.TaskStatus.ValueType | None = None
     ) -> None:
-        self.stdout.send()
-        self.stderr.send()
+        if self.stdout.pending:
+            self.stdout.send()
+        if self.stderr.pending:
+            self.stderr.send()
         event = wire.pb.TaskEvent()
         result = event.result
         result.task_id = task.task_id
@@ -117,7 +117,9 @@ class Engine:
         result.started = outcome.started
         result.completed = outcome.completed or outcome.started
         upload = None
-        if outcome.error is None:
+        if outcome.error is None and outcome.value is None:
+            result.value.null_value.SetInParent()  # (what `wire.encode(None)` gives, in short)
+        elif outcome.error is None:
             try:
                 value, blob = wire.encode(outcome.value, task.encoding)
             except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result: report it

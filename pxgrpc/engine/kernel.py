@@ -155,10 +155,38 @@ class Kernel:
         return format_result(value)
 
     def _apply(self, action: wire.pb.ApplyAction, blobs: wire.BlobMap) -> Any:
-        references = reference.loaded()
-        func = self._function(action.function, blobs)
+        references = reference.loaded_count
+        # A function from the client's __main__ is unpickled once and kept, by its pickle:
+        # `apply` to many engines, or `map`, sends the same one again and again, and unpickling
+        # it (with cloudpickle) costs more than the rest of a small task (see `_unchanging`).
+        pickled = action.function.pickled_value  # (empty for a function sent otherwise)
+        key = pickled.data.inline if not pickled.buffers else b""
+        kept = self._functions.get(key) if key else None
+        if kept is not None:
+            self._functions.move_to_end(key)
+            func = self._interactive(kept)
+        else:
+            func = self._function(action.function, blobs, key)
         if self._shell is None and "IPython" in sys.modules:
             self.ipython()  # so that display() in the function reaches the client
+        args, kwargs = [], {}  # (no comprehension without arguments: each is a call of its own)
+        if action.args:
+            args = [wire.decode(v, blobs, f"apply.args[{i}]") for i, v in enumerate(action.args)]
+        if action.kwargs:
+            kwargs = {k: wire.decode(v, blobs, f"apply.kwargs[{k!r}]") for k, v in action.kwargs.items()}
+        if reference.loaded_count != references:
+            args = reference.resolve(args, self._lookup)
+            kwargs = reference.resolve(kwargs, self._lookup)
+        return func(*args, **kwargs)
+
+    def _function(self, value: wire.pb.Value, blobs: wire.BlobMap, key: bytes) -> Any:
+        """An apply's function, decoded and made ready to call (kept by its pickle `key` when
+        no call can change it)."""
+        func = wire.decode(value, blobs, "apply.function")
+        if key and _unchanging(func):
+            self._functions[key] = func
+            if len(self._functions) > FUNCTION_CACHE:
+                self._functions.popitem(last=False)
         if isinstance(func, str | reference.Reference):
             func = self._lookup(func if isinstance(func, str) else func.name)
         if isinstance(func, Dependent):
@@ -167,32 +195,6 @@ class Kernel:
         func = self._bind(func)
         if not callable(func):
             raise TypeError(f"apply.function: {type(func).__name__} object is not callable")
-        args = [wire.decode(v, blobs, f"apply.args[{i}]") for i, v in enumerate(action.args)]
-        kwargs = {k: wire.decode(v, blobs, f"apply.kwargs[{k!r}]") for k, v in action.kwargs.items()}
-        if reference.loaded() != references:
-            args = reference.resolve(args, self._lookup)
-            kwargs = reference.resolve(kwargs, self._lookup)
-        return func(*args, **kwargs)
-
-    def _function(self, value: wire.pb.Value, blobs: wire.BlobMap) -> Any:
-        """An apply's function. One from the client's __main__ is unpickled once and kept, by
-        its pickle: `apply` to many engines, or `map`, sends the same function again and again,
-        and unpickling it (with cloudpickle) costs more than the rest of a small task. Only
-        functions no call can change are kept: rebound to the namespace (`_bind`) with no
-        closure, no attributes and immutable defaults; any other is unpickled every time."""
-        pickled = value.pickled_value
-        if value.WhichOneof("kind") != "pickled_value" or pickled.buffers or not pickled.data.inline:
-            return wire.decode(value, blobs, "apply.function")
-        data = pickled.data.inline
-        func = self._functions.get(data)
-        if func is not None:
-            self._functions.move_to_end(data)
-            return func
-        func = wire.decode(value, blobs, "apply.function")
-        if _unchanging(func):
-            self._functions[data] = func
-            if len(self._functions) > FUNCTION_CACHE:
-                self._functions.popitem(last=False)
         return func
 
     def _bind(self, value: Any) -> Any:

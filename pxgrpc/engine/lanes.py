@@ -82,7 +82,7 @@ class EngineLane:
 
     def put(self, event: wire.pb.TaskEvent) -> bool:
         """Send an event back (any thread); False once the lane is closed."""
-        return self.writer.send(lane.events_frame([event]))
+        return self.writer.send(lane.event_frame(event))
 
     def refuse(self, why: str) -> None:
         """Tell the client why the lane ends (it then closes)."""

@@ -35,7 +35,8 @@ class OutputStream(io.TextIOBase):
         self._schedule = schedule
         self._lock = threading.Lock()
         self._parts: list[str] = []
-        self._pending = 0
+        #: How many characters were written and not sent yet.
+        self.pending = 0
         self._scheduled = False
         self.task_id = ""
 
@@ -60,8 +61,8 @@ class OutputStream(io.TextIOBase):
             return 0
         with self._lock:
             self._parts.append(text)
-            self._pending += len(text)
-            full = self._pending >= MAX_PENDING_CHARS
+            self.pending += len(text)
+            full = self.pending >= MAX_PENDING_CHARS
             schedule = not self._scheduled
             self._scheduled = True
         if full:
@@ -72,11 +73,9 @@ class OutputStream(io.TextIOBase):
 
     def send(self) -> None:
         """Send what was written so far as one OutputEvent."""
-        if not self._parts:  # (text written meanwhile by another thread has its flush scheduled)
-            return
         with self._lock:
             parts, self._parts = self._parts, []
-            self._pending = 0
+            self.pending = 0
             self._scheduled = False
             task_id = self.task_id
         text = "".join(parts)

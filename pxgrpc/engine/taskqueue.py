@@ -16,7 +16,7 @@ import collections
 import concurrent.futures
 import logging
 import os
-import selectors
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -40,6 +40,7 @@ class WorkItem:
     when the task needs none, or gets them as it runs)."""
 
     task: wire.pb.Task
+    task_id: str
     blobs: concurrent.futures.Future[wire.BlobMap] | None = None
 
 
@@ -78,8 +79,10 @@ class TaskQueue:
         self._sleeping = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        # (epoll where there is one: the lanes are Linux's; else poll, for the wake-up pipe)
+        self._poller = select.epoll() if hasattr(select, "epoll") else select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._lanes: dict[int, EngineLane] = {}
         self._new_lanes: list[EngineLane] = []
         self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Handles the lanes' tasks (set before the first `add_lane`).
@@ -90,17 +93,17 @@ class TaskQueue:
 
     # --- the I/O thread's side --------------------------------------------------------------
 
-    def accept(self, task: wire.pb.Task, fetch: FetchBlobs | None) -> None:
-        """Queue a task for the main thread, its blobs fetched meanwhile (with `fetch`; None:
-        the task gets them when it runs)."""
-        item = WorkItem(task)
+    def accept(self, task: wire.pb.Task, fetch: FetchBlobs | None = None) -> None:
+        """Queue a task for the main thread (from any thread), its blobs fetched meanwhile
+        (with `fetch`; None: the task gets them when it runs, as a lane's task does)."""
+        item = WorkItem(task, task.task_id)
         if fetch is not None:
             refs = wire.blob_ids_of_action(task.action)
             if refs:
                 item.blobs = concurrent.futures.Future()
                 fetch(task, refs, item.blobs)
         with self._lock:
-            self._queued[task.task_id] = item
+            self._queued[item.task_id] = item
             self._work.append(item)
             wake, self._sleeping = self._sleeping, False
         if wake:
@@ -181,39 +184,40 @@ class TaskQueue:
     # --- the main thread's side -------------------------------------------------------------
 
     def get(self) -> WorkItem | None:
-        """The next task (waiting for one, reading the lanes meanwhile), or SHUTDOWN."""
+        """The next task to run (waiting for one, reading the lanes meanwhile), or SHUTDOWN.
+        The task is the main thread's from now on: an abort no longer takes it."""
         while True:
             with self._lock:
-                if self._work:
-                    return self._work.popleft()
+                while self._work:
+                    item = self._work.popleft()
+                    if item is None or self._queued.pop(item.task_id, None) is not None:
+                        return item
+                    # (else it was aborted meanwhile)
                 new, self._new_lanes = self._new_lanes, []
                 self._sleeping = not new
             for lane in new:
-                self._selector.register(lane, selectors.EVENT_READ, lane)
+                self._lanes[lane.fileno()] = lane
+                self._poller.register(lane.fileno(), select.POLLIN)
                 self._read_lane(lane)  # (tasks may have come with its hello)
             if new:
                 continue
-            ready = self._selector.select()
+            ready = self._poller.poll()
             with self._lock:
                 self._sleeping = False
-            for key, _ in ready:
-                if key.data is None:
+            for fd, _ in ready:
+                if fd == self._wake_r:
                     try:
                         while os.read(self._wake_r, 4096):
                             pass
                     except BlockingIOError:
                         pass
                 else:
-                    self._read_lane(key.data)
+                    self._read_lane(self._lanes[fd])
 
     def _read_lane(self, lane: EngineLane) -> None:
         assert self.lanes is not None
         tasks = lane.read()
         if tasks is None or (tasks and not self.lanes.tasks(lane, tasks)):
-            self._selector.unregister(lane)
+            del self._lanes[lane.fileno()]
+            self._poller.unregister(lane.fileno())
             self.lanes.closed(lane)
-
-    def claim(self, item: WorkItem) -> bool:
-        """The main thread is about to run `item`: False if it was aborted meanwhile."""
-        with self._lock:
-            return self._queued.pop(item.task.task_id, None) is not None
