@@ -8,8 +8,8 @@ trip costs a fraction, and so does each engine's share of a task sent to many en
 
 The protocol is in engine.proto (`LaneHello`): frames of a 4-byte little-endian length and one
 serialized protobuf message. This module has what both ends share: framing (`frame`,
-`tasks_frame`, `events_frame`, `FrameReader`) and `LaneWriter`, which sends frames from any
-thread in order without blocking the sender. The engine's end is `pxgrpc.engine.lanes`, the
+`tasks_frame`, `events_frame`, `one_frame`, `FrameReader`) and `LaneWriter`, which sends frames
+from any thread in order without blocking the sender. The engine's end is `pxgrpc.engine.lanes`, the
 client's `pxgrpc.client.lanelink`.
 
 Linux only (the socket is in the abstract namespace: no file to clean up, and a client in
@@ -75,29 +75,34 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field_one(items: list[bytes]) -> bytes:
-    """A frame of a message whose field 1 is `repeated` messages, given those serialized
-    (`DirectTasks.tasks`, `LaneEvents.events`): no copy of the items into a new message."""
-    body = b"".join(b"\x0a" + _varint(len(item)) + item for item in items)
-    return HEADER.pack(len(body)) + body
+def repeated_one(items: list[bytes]) -> bytes:
+    """A message whose field 1 is `repeated` messages (`DirectTasks.tasks`, `LaneEvents.events`),
+    serialized, given those serialized: no copy of the items into a new message."""
+    return b"".join(b"\x0a" + _varint(len(item)) + item for item in items)
+
+
+def one_frame(item: bytes) -> bytes:
+    """A frame of such a message with one item (the usual case), given it serialized."""
+    size = len(item)
+    head = b"\x0a" + (bytes((size,)) if size < 0x80 else _varint(size))
+    return HEADER.pack(len(head) + size) + head + item
 
 
 def tasks_frame(tasks: list[wire.pb.Task]) -> bytes:
     """A `DirectTasks` frame."""
-    return _field_one([task.SerializeToString() for task in tasks])
+    body = repeated_one([task.SerializeToString() for task in tasks])
+    return HEADER.pack(len(body)) + body
 
 
 def events_frame(events: list[wire.pb.TaskEvent]) -> bytes:
     """A `LaneEvents` frame (no error)."""
-    return _field_one([event.SerializeToString() for event in events])
+    body = repeated_one([event.SerializeToString() for event in events])
+    return HEADER.pack(len(body)) + body
 
 
 def event_frame(event: wire.pb.TaskEvent) -> bytes:
-    """A `LaneEvents` frame of one event (`events_frame([event])`, the usual case, in short)."""
-    item = event.SerializeToString()
-    size = len(item)
-    head = b"\x0a" + (bytes((size,)) if size < 0x80 else _varint(size))
-    return HEADER.pack(len(head) + size) + head + item
+    """A `LaneEvents` frame of one event."""
+    return one_frame(event.SerializeToString())
 
 
 class FrameReader:

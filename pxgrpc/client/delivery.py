@@ -90,12 +90,13 @@ class Delivery:
             self._result(event.result)
 
     def _result(self, result: wire.pb.TaskResult) -> None:
-        self._submitter.task_done(result.task_id)
-        listener, url = self._in_flight.finish(result.task_id)
+        task_id = result.task_id
+        self._submitter.task_done(task_id)
+        listener, url = self._in_flight.finish(task_id)
         if listener is None:
             return
         received = time.time()
-        assembly = self._assemblies.pop(result.task_id, None)
+        assembly = self._assemblies.pop(task_id, None) if self._assemblies else None
         if assembly is not None:
             if assembly.add(Held(result, listener, url, received)):
                 self._io.background(
@@ -106,14 +107,19 @@ class Delivery:
         else:
             listener.on_result(decode_outcome(result, {}, received))
 
-    def direct_event(self, event: wire.pb.TaskEvent) -> None:
-        """An event on a direct link: its task id is "<session>/<task id>"; ours is the second part."""
+    def direct_event(self, event: wire.pb.TaskEvent, engine_id: int) -> None:
+        """An event on engine `engine_id`'s direct link (which leaves it to the client to say
+        whose event it is): its task id is "<session>/<task id>"; ours is the second part."""
         kind = event.WhichOneof("kind")
         if kind is None:
             return
         inner = getattr(event, kind)
+        inner.engine_id = engine_id
         inner.task_id = inner.task_id.partition("/")[2]
-        self.dispatch(event)
+        if kind == "result":
+            self._result(inner)
+        else:
+            self.dispatch(event)
 
     def direct_link_broken(self, link: Link, why: str) -> None:
         """A direct link failed: later tasks for its engine are relayed. The engine may have

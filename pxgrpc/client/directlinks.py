@@ -23,12 +23,12 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeAlias
 
 import grpc
 
-from pxgrpc import blobstream, wire
+from pxgrpc import blobstream, lane, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.errors import EngineError
 from pxgrpc.client.lanelink import LaneLink
@@ -57,28 +57,30 @@ class DirectLink:
         self.ready = False
         self.broken = False
         self._io = io
-        self._tasks: Batches[wire.pb.Task] = Batches()
+        self._tasks: Batches[bytes] = Batches()
 
-    def queue(self, task: wire.pb.Task) -> bool:
-        """Queue a task for the engine (from any thread); tasks queued together leave together.
-        Returns whether the link must be woken (`wake`, in the loop) for it to leave."""
+    def queue(self, task: bytes) -> bool:
+        """Queue a task (a serialized `Task`) for the engine (from any thread); tasks queued
+        together leave together. Returns whether the link must be woken (`wake`, in the loop)
+        for it to leave."""
         return self._tasks.put(task)
 
     def wake(self) -> None:
         """Send what is queued (in the loop)."""
         self._tasks.wake()
 
-    async def _requests(self) -> AsyncIterator[wire.pb.DirectTasks]:
+    async def _requests(self) -> AsyncIterator[bytes]:
         async for tasks in self._tasks.batches():
-            yield wire.pb.DirectTasks(tasks=tasks)
+            yield lane.repeated_one(tasks)  # (a serialized DirectTasks)
 
     async def run(
         self,
         datapath: DataPath,
-        on_event: Callable[[wire.pb.TaskEvent], None],
+        on_event: Callable[[wire.pb.TaskEvent, int], None],
         on_broken: Callable[[Link, str], None],
     ) -> None:
-        """Connect, then read the engine's events until the stream ends or fails."""
+        """Connect, then read the engine's events until the stream ends or fails (each to
+        `on_event(event, engine_id)`)."""
         channel = datapath.channel(self.url)
         if not await datapath.reachable(self.url):
             why = f"no connection (refused, or none within {CONNECT_TIMEOUT:.0f} s)"
@@ -87,7 +89,7 @@ class DirectLink:
             return
         rpc = channel.stream_stream(
             f"/{wire.ENGINE_DATA_SERVICE}/Tasks",
-            request_serializer=wire.pb.DirectTasks.SerializeToString,
+            request_serializer=None,  # (`_requests` gives them serialized)
             response_deserializer=wire.pb.DirectEvents.FromString,
         )
         call = rpc(self._requests(), metadata=datapath.metadata)
@@ -95,10 +97,7 @@ class DirectLink:
         try:
             async for message in call:
                 for event in message.events:
-                    kind = event.WhichOneof("kind")
-                    if kind is not None:  # (the engine leaves it to the relay to say whose output)
-                        getattr(event, kind).engine_id = self.engine_id
-                    on_event(event)
+                    on_event(event, self.engine_id)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self._break(on_broken, f"{exc.code().name}: {exc.details()}")
@@ -125,13 +124,15 @@ class DirectLinks:
         self,
         io: LoopThread,
         datapath: DataPath,
-        on_event: Callable[[wire.pb.TaskEvent], None],
+        on_event: Callable[[wire.pb.TaskEvent, int], None],
         on_broken: Callable[[Link, str], None],
     ) -> None:
         self._io = io
         self._datapath = datapath
-        self._on_event = on_event
-        self._on_broken = on_broken
+        #: What the links' events go to: `on_event(event, engine_id)`.
+        self.on_event = on_event
+        #: What hears of a link that broke: `on_broken(link, why)`.
+        self.on_broken = on_broken
         self._links: dict[int, Link] = {}
         self._lock = threading.Lock()
         self._runners: list[asyncio.Future[None]] = []
@@ -159,6 +160,15 @@ class DirectLinks:
             del self._links[engine_id]  # a new engine under that id: try its endpoint
         return None
 
+    def all_usable(self, engine_ids: Sequence[int | None]) -> list[Link] | None:
+        """The links of these engines if tasks may go on every one now, else None (`usable`)."""
+        links = self._links
+        ready = [links[e] for e in engine_ids if e in links and links[e].ready]
+        if len(ready) == len(engine_ids):
+            return ready
+        usable = [self.usable(engine_id) for engine_id in engine_ids]
+        return None if None in usable else usable  # type: ignore[return-value]
+
     def prepare(self, engine_ids: tuple[int, ...]) -> None:
         """Open the task lanes of these engines that have one, now (from any thread): a lane
         costs little to hold, and so the first task on it is as quick as later ones."""
@@ -173,10 +183,10 @@ class DirectLinks:
         self._runners.append(runner)
 
     async def _run(self, link: Link) -> None:
-        await link.run(self._datapath, self._on_event, self._on_broken)
+        await link.run(self._datapath, self.on_event, self.on_broken)
         if isinstance(link, LaneLink) and link.unreachable and self._links.get(link.engine_id) is link:
             stream = self._links[link.engine_id] = DirectLink(link.engine_id, link.url, self._io)
-            await stream.run(self._datapath, self._on_event, self._on_broken)
+            await stream.run(self._datapath, self.on_event, self.on_broken)
 
     async def close(self) -> None:
         for runner in self._runners:

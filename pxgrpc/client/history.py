@@ -75,10 +75,16 @@ class TaskHistory:
             else []
         )
         records = []
-        for i, target in enumerate(job.targets):
-            record = TaskRecord(result, job.name, target, job.retries, None)
-            _keep(record, actions[i] if i < len(actions) else None)
-            records.append(record)
+        if job.each is None:  # (one action for every target: is it kept? asked once)
+            probe = TaskRecord(result, job.name, None, job.retries, None)
+            _keep(probe, job.action)
+            for target in job.targets:
+                records.append(TaskRecord(result, job.name, target, job.retries, probe.action, probe.kept))
+        else:
+            for i, target in enumerate(job.targets):
+                record = TaskRecord(result, job.name, target, job.retries, None)
+                _keep(record, actions[i] if i < len(actions) else None)
+                records.append(record)
         with self._lock:
             self._records.update(zip(task_ids, records, strict=True))
             self.ids.extend(task_ids)

@@ -47,11 +47,12 @@ class LaneLink:
         self._writer: lane.LaneWriter | None = None
         self._on_broken: Callable[[Link, str], None] | None = None
 
-    def queue(self, task: wire.pb.Task) -> bool:
-        """Send a task to the engine now (from any thread, once `ready`); nothing to wake. On a
-        lane that closed meanwhile the task is handled with the lane's others (`on_broken`)."""
+    def queue(self, task: bytes) -> bool:
+        """Send a task (a serialized `Task`) to the engine now (from any thread, once `ready`);
+        nothing to wake. On a lane that closed meanwhile the task is handled with the lane's
+        others (`on_broken`)."""
         assert self._writer is not None
-        if not self._writer.send(lane.tasks_frame([task])) and self._on_broken is not None:
+        if not self._writer.send(lane.one_frame(task)) and self._on_broken is not None:
             self._io.call_soon(self._on_broken, self, "the lane closed as a task was sent")
         return False
 
@@ -61,10 +62,11 @@ class LaneLink:
     async def run(
         self,
         datapath: DataPath,
-        on_event: Callable[[wire.pb.TaskEvent], None],
+        on_event: Callable[[wire.pb.TaskEvent, int], None],
         on_broken: Callable[[Link, str], None],
     ) -> None:
-        """Connect and say hello, then read the engine's events until the lane closes."""
+        """Connect and say hello, then read the engine's events until the lane closes (each to
+        `on_event(event, engine_id)`)."""
         self._on_broken = on_broken
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -107,10 +109,7 @@ class LaneLink:
                     self._writer = writer
                     self.ready = True
                 for event in message.events:
-                    kind = event.WhichOneof("kind")
-                    if kind is not None:
-                        getattr(event, kind).engine_id = self.engine_id
-                    on_event(event)
+                    on_event(event, self.engine_id)
             if bodies is None:
                 end("the engine closed the lane")
 

@@ -43,7 +43,7 @@ class AsyncMapResult(AsyncResult):
         )
 
     def on_result(self, outcome: TaskOutcome) -> None:
-        with self._events.cond:
+        with self._events.lock:
             self._arrival.append(self._events.index[outcome.task_id])
         super().on_result(outcome)
 
@@ -58,9 +58,9 @@ class AsyncMapResult(AsyncResult):
             return
         seen = 0
         while seen < len(self.msg_ids):
-            with self._events.cond:
+            with self._events.lock:
                 while len(self._arrival) <= seen:
-                    self._events.cond.wait()
+                    self._events.wait()
                 i = self._arrival[seen]
             seen += 1
             yield from self._items_at(i)

@@ -32,7 +32,7 @@ class EngineOrder:
         """Count tasks as sent straight to these engines; False (nothing counted) when one of
         the engines has a relayed task of this client in flight: then they must be relayed."""
         with self._lock:
-            if any(self._relay_on[engine_id] for engine_id in engine_ids):
+            if self._relay_on and any(self._relay_on[engine_id] for engine_id in engine_ids):
                 return False
             for task_id, engine_id in zip(task_ids, engine_ids, strict=True):
                 self._direct_on[engine_id] += 1

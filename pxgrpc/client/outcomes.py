@@ -34,13 +34,13 @@ def decode_outcome(result: wire.pb.TaskResult, blobs: wire.BlobMap, received: fl
         task_id=result.task_id,
         engine_id=result.engine_id,
         status=_STATUS.get(result.status, "error"),
-        error=outcome_error(result),
+        error=outcome_error(result) if result.status != wire.TASK_OK else None,
         execution_count=result.execution_count,
         submitted=result.submitted,
         started=result.started,
         completed=result.completed,
         received=received,
-        blob_bytes=sum(blob.size for blob in blobs.values()),
+        blob_bytes=sum(blob.size for blob in blobs.values()) if blobs else 0,
     )
     if result.HasField("execute_result"):
         outcome.execute_result = dict(result.execute_result.data)

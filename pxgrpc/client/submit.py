@@ -229,12 +229,9 @@ class Submitter:
         """Send tasks straight to their engines, if every one's link is up and none of this
         client's tasks for those engines is in flight through the controller; else False.
         `shared`: a blob of the action, in a file of ours the engines map."""
-        links: list[Link] = []
-        for target in targets:
-            link = self._links.usable(target)
-            if link is None:
-                return False
-            links.append(link)
+        links = self._links.all_usable(targets)
+        if links is None:
+            return False
         if not self.order.go_direct(task_ids, [link.engine_id for link in links]):
             return False
         try:
@@ -244,20 +241,18 @@ class Submitter:
             for task_id in task_ids:
                 self.order.done(task_id)
             raise
-        now = time.time()
+        # What every task has in common is serialized once; each task is its id, then that
+        # (a message's fields may come in any order).
+        common = wire.pb.Task(
+            action=template.action, encoding=template.encoding, direct_results=True, submitted=time.time()
+        )
+        if shared is not None:
+            common.shared_blobs.append(shared)
+        tail = common.SerializeToString()
         prefix = f"{self._session_id}/"
         woken: list[Link] = []
         for task_id, link in zip(task_ids, links, strict=True):
-            task = wire.pb.Task(
-                task_id=prefix + task_id,
-                action=template.action,
-                encoding=template.encoding,
-                direct_results=True,
-                submitted=now,
-            )
-            if shared is not None:
-                task.shared_blobs.append(shared)
-            if link.queue(task):
+            if link.queue(wire.pb.Task(task_id=prefix + task_id).SerializeToString() + tail):
                 woken.append(link)
         with self._lock:
             self._unannounced.extend(zip(task_ids, links, strict=True))

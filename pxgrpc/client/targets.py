@@ -22,7 +22,7 @@ class EngineTargets:
     def live(self, wanted: Sequence[int] = ()) -> list[int]:
         """The live engine ids as last announced; afresh when one of `wanted` is not among them."""
         live = self._announced()
-        if any(i not in live for i in wanted if i >= 0):
+        if wanted and not {i for i in wanted if i >= 0}.issubset(live):
             live = self._registered()
         return live
 

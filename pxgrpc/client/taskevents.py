@@ -43,9 +43,20 @@ class TaskEvents:
         self.data: list[dict[str, Any]] = [{} for _ in range(n)]
         self.engine_ids: list[int | None] = list(targets)
         self.done = 0
-        self.cond = threading.Condition()
+        #: Guards the events; `wait` (with it held) waits for the next outcome.
+        self.lock = threading.RLock()
+        self._cond = threading.Condition(self.lock)
+        self._waiters = 0
         #: Results made of some of these tasks (split, join, get_result) that hear their events.
         self.followers: list[AsyncResult] = []
+
+    def wait(self) -> None:
+        """(With `lock` held.) Wait until the next outcome comes."""
+        self._waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
 
     def _followers_of(self, task_id: str) -> list[AsyncResult]:
         return [f for f in self.followers if task_id in f._events.index]
@@ -54,7 +65,7 @@ class TaskEvents:
 
     def add_output(self, task_id: str, engine_id: int, stream: str, text: str) -> None:
         i = self.index[task_id]
-        with self.cond:
+        with self.lock:
             self.engine_ids[i] = engine_id
             if stream == "stderr":
                 self.stderr[i] += text
@@ -65,14 +76,14 @@ class TaskEvents:
 
     def add_display(self, task_id: str, engine_id: int, data: dict[str, str], metadata: str) -> None:
         i = self.index[task_id]
-        with self.cond:
+        with self.lock:
             self.outputs[i].append({"data": data, "metadata": metadata})
             for follower in self._followers_of(task_id):
                 follower.on_display(task_id, engine_id, data, metadata)
 
     def add_data(self, task_id: str, engine_id: int, data: dict[str, Any]) -> None:
         i = self.index[task_id]
-        with self.cond:
+        with self.lock:
             self.data[i].update(data)
             for follower in self._followers_of(task_id):
                 follower.on_data(task_id, engine_id, data)
@@ -81,7 +92,7 @@ class TaskEvents:
         """Record a task's outcome; None if it already had one, else (whether every task has
         finished now, the followers to tell)."""
         i = self.index[outcome.task_id]
-        with self.cond:
+        with self.lock:
             if self.outcomes[i] is not None:
                 return None
             self.outcomes[i] = outcome
@@ -95,13 +106,16 @@ class TaskEvents:
             followers = list(self.followers)
             if finished:
                 self.followers.clear()  # (nothing more to tell them)
-            self.cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
+        if not followers:
+            return finished, []
         return finished, [f for f in followers if outcome.task_id in f._events.index]
 
     def copy_from(self, source: TaskEvents, follower: AsyncResult) -> list[TaskOutcome]:
         """Take what `source` heard of our tasks so far, and have it tell `follower` (whose
         events these are) the rest; returns the outcomes already in."""
-        with source.cond:
+        with source.lock:
             if source.done < len(source.outcomes):
                 source.followers.append(follower)
             past = []
@@ -122,9 +136,9 @@ class TaskEvents:
 
     def outcome(self, i: int) -> TaskOutcome:
         """Task `i`'s outcome, waiting for it."""
-        with self.cond:
+        with self.lock:
             while self.outcomes[i] is None:
-                self.cond.wait()
+                self.wait()
             outcome = self.outcomes[i]
         assert outcome is not None
         return outcome
@@ -148,7 +162,7 @@ class TaskEvents:
 
     def metadata(self) -> list[dict[str, Any]]:
         """Every task's metadata."""
-        with self.cond:
+        with self.lock:
             return [self.entry(i) for i in range(len(self.task_ids))]
 
     def execute_results(self) -> list[dict[str, Any] | None]:

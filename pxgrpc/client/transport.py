@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _unset(*args: object) -> None:
+    raise AssertionError("DirectLinks used before its delivery was set")
+
+
 class Transport:
     """One client's link to one controller."""
 
@@ -95,19 +99,16 @@ class Transport:
         try:
             self.channel = self._run(self._open_channel(), timeout)
             self.calls = ControllerCalls(self.channel, metadata)
-            # (The links hear of their events through the Delivery, built on the Submitter that uses them.)
-            self._links = DirectLinks(
-                self.io,
-                self._datapath,
-                lambda event: self._delivery.direct_event(event),
-                lambda link, why: self._delivery.direct_link_broken(link, why),
-            )
+            # (The links' events go to the Delivery, built on the Submitter that uses the links.)
+            self._links = DirectLinks(self.io, self._datapath, _unset, _unset)
             self.submitter = Submitter(
                 self.io, self.calls, self._datapath, self._in_flight, self._links, self._session_id
             )
             self._delivery = Delivery(
                 self.io, self._in_flight, self.submitter, self._datapath, self.calls, self.url
             )
+            self._links.on_event = self._delivery.direct_event
+            self._links.on_broken = self._delivery.direct_link_broken
             # Room for the first call, plus a look at the server when it fails (diagnose.probe_server).
             self._run(self._connect(timeout), timeout + 2 * diagnose.PROBE_TIMEOUT + 1)
         except BaseException:
