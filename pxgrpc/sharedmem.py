@@ -146,10 +146,6 @@ class MappedBlob(blobstream.IncomingBlob):
         self._view = memoryview(self.buffer)  # type: ignore[arg-type]
         self.received = size
 
-    def nonce(self, length: int) -> bytes:
-        """The file's first `length` bytes."""
-        return np.frombuffer(self._mapping, dtype=np.uint8, count=length).tobytes()
-
 
 class FilledBlob(blobstream.IncomingBlob):
     """A received blob whose bytes were copied from a shared file into the caller's buffer."""
@@ -180,16 +176,19 @@ def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
     """Map the shared blob `header` describes, privately. Raises SharedBlobUnusable when the
     file cannot be opened here or is not the one described."""
     shared = header.shared
-    if header.size < 0 or shared.offset < len(shared.nonce) or not shared.nonce:
+    nonce, size, offset = shared.nonce, header.size, shared.offset
+    if size < 0 or offset < len(nonce) or not nonce:
         raise SharedBlobUnusable(f"blob {blob_id}: malformed SharedBlob")
-    fd = _open(shared, os.O_RDONLY, f"blob {blob_id}")
+    fd = _open(shared, os.O_RDONLY, f"blob {blob_id}", offset + size)
     try:
-        mapped = _map_fd(fd, blob_id, header.size, shared.offset, f"blob {blob_id}: {shared.path}")
+        if os.pread(fd, len(nonce), 0) != nonce:
+            raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file (nonce)")
+        mapping = _mmap_private(fd, offset + size)
+    except (OSError, ValueError) as exc:
+        raise SharedBlobUnusable(f"blob {blob_id}: cannot map {shared.path}: {exc}") from None
     finally:
         os.close(fd)
-    if mapped.nonce(len(shared.nonce)) != shared.nonce:
-        raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file (nonce)")
-    return mapped
+    return MappedBlob(blob_id, size, mapping, offset)
 
 
 def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str) -> None:
@@ -222,16 +221,20 @@ def _write_all(fd: int, chunks: Iterable[memoryview], position: int) -> None:
             view = view[written:]
 
 
-def _open(shared: pb.SharedBlob, flags: int, what: str) -> int:
+def _open(shared: pb.SharedBlob, flags: int, what: str, length: int = 0) -> int:
     """Open the file a `SharedBlob` names: a regular file only (O_NONBLOCK: a path that names
-    someone's pipe must not hang us)."""
+    someone's pipe must not hang us), of at least `length` bytes."""
     try:
         fd = os.open(shared.path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise SharedBlobUnusable(f"{what}: cannot open {shared.path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    facts = os.fstat(fd)
+    if not stat.S_ISREG(facts.st_mode):
         os.close(fd)
         raise SharedBlobUnusable(f"{what}: {shared.path} is not a shared-memory file")
+    if facts.st_size < length:
+        os.close(fd)
+        raise SharedBlobUnusable(f"{what}: {shared.path} is shorter than the blob ({length} bytes)")
     return fd
 
 

@@ -42,6 +42,9 @@ def parse_dtype(text: str, where: str) -> np.dtype[Any]:
     return np.dtype(text)
 
 
+#: The dtypes of `NDArray.dtype` strings met so far (checked once each).
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
 # --- decoding -------------------------------------------------------------------------------------
 
 BlobMap = dict[str, IncomingBlob]
@@ -139,9 +142,11 @@ def decode(value: pb.Value, blobs: BlobMap | None = None, where: str = "value") 
 
 
 def _decode_array(msg: pb.NDArray, blobs: BlobMap, where: str) -> np.ndarray:
-    dtype = parse_dtype(msg.dtype, f"{where}.dtype")
+    dtype = _DTYPES.get(msg.dtype)
+    if dtype is None:
+        dtype = _DTYPES[msg.dtype] = parse_dtype(msg.dtype, f"{where}.dtype")
     shape = tuple(msg.shape)
-    if any(n < 0 for n in shape):
+    if shape and min(shape) < 0:
         raise DecodingError(f"{where}.shape: negative dimension in {list(shape)}")
     data = read_buffer(msg.data, blobs, f"{where}.data")
     expected = math.prod(shape) * dtype.itemsize

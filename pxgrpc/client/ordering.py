@@ -9,7 +9,6 @@ on its engine have their results.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import threading
 from collections.abc import Sequence
@@ -21,8 +20,9 @@ class EngineOrder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # engine -> tasks in flight through the controller, and sent directly
-        self._relay_on: collections.Counter[int] = collections.Counter()
-        self._direct_on: collections.Counter[int] = collections.Counter()
+        # (plain dicts: a Counter's missing keys and deletions cost a Python call each)
+        self._relay_on: dict[int, int] = {}
+        self._direct_on: dict[int, int] = {}
         # task -> (engine, sent directly)
         self._task_path: dict[str, tuple[int, bool]] = {}
         # engine -> relayed tasks waiting until its direct tasks are done
@@ -32,10 +32,10 @@ class EngineOrder:
         """Count tasks as sent straight to these engines; False (nothing counted) when one of
         the engines has a relayed task of this client in flight: then they must be relayed."""
         with self._lock:
-            if self._relay_on and any(self._relay_on[engine_id] for engine_id in engine_ids):
+            if self._relay_on and any(engine_id in self._relay_on for engine_id in engine_ids):
                 return False
             for task_id, engine_id in zip(task_ids, engine_ids, strict=True):
-                self._direct_on[engine_id] += 1
+                self._direct_on[engine_id] = self._direct_on.get(engine_id, 0) + 1
                 self._task_path[task_id] = (engine_id, True)
         return True
 
@@ -43,9 +43,9 @@ class EngineOrder:
         """Count a task relayed to an engine; returns its drain, a future done once the engine's
         direct tasks are (when some are in flight: the task must not overtake them)."""
         with self._lock:
-            self._relay_on[engine_id] += 1
+            self._relay_on[engine_id] = self._relay_on.get(engine_id, 0) + 1
             self._task_path[task_id] = (engine_id, False)
-            if not self._direct_on[engine_id]:
+            if engine_id not in self._direct_on:
                 return None
             drain: concurrent.futures.Future[None] = concurrent.futures.Future()
             self._drains.setdefault(engine_id, []).append(drain)

@@ -202,8 +202,8 @@ class Submitter:
         their engines, when each has one and maps this process's files: the value is written
         once into a memfd of ours, which every engine maps privately (copy-on-write), whatever
         their number, and which stays open until the last task has its result. Else False."""
-        links = [self._links.usable(target) for target in targets]
-        if not all(isinstance(link, LaneLink) and link.shares_memory for link in links):
+        links = self._links.all_usable(targets)
+        if links is None or not all(isinstance(link, LaneLink) and link.shares_memory for link in links):
             return False
         try:
             shared = write_shared(blob)

@@ -54,18 +54,19 @@ async def fetch(
         ready.set_result(blobs)
 
 
-def map_shared(blob_ids: set[str], shared: Iterable[wire.pb.BlobHeader]) -> wire.BlobMap | None:
-    """The blobs a task needs when every one is a shared copy named by the task that can be
-    mapped here; else None (the caller then fetches them)."""
-    headers = {header.blob_id: header for header in shared}
-    if not blob_ids <= headers.keys():
-        return None
-    try:
-        mapped: wire.BlobMap = {b: sharedmem.map_blob(b, headers[b]) for b in blob_ids}
-    except sharedmem.SharedBlobUnusable:
-        return None
-    sources["task"] += len(mapped)
-    return mapped
+def map_named(task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob | None:
+    """A blob of `task` mapped from the shared copy the task names, if it names one that can be
+    mapped here; else None (the caller fetches it)."""
+    for header in task.shared_blobs:
+        if header.blob_id == blob_id:
+            try:
+                blob = sharedmem.map_blob(blob_id, header)
+            except sharedmem.SharedBlobUnusable as exc:
+                log.info("%s: fetching it instead", exc)
+                return None
+            sources["task"] += 1
+            return blob
+    return None
 
 
 class OnDemand(dict[str, blobstream.IncomingBlob]):

@@ -132,9 +132,9 @@ class EngineConnection:
     def _blob_now(self, task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob:
         """(Main thread.) One blob of a task: mapped here if the task names a shared copy of it
         that can be mapped, else fetched by the I/O thread while the main thread waits."""
-        mapped = blobtransfer.map_shared({blob_id}, task.shared_blobs)
+        mapped = blobtransfer.map_named(task, blob_id)
         if mapped is not None:
-            return mapped[blob_id]
+            return mapped
         ready: concurrent.futures.Future[wire.BlobMap] = concurrent.futures.Future()
         self.io.call_soon(self._fetch, task, {blob_id}, ready)
         return ready.result()[blob_id]
