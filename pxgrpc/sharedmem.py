@@ -253,6 +253,12 @@ def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedB
 _PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
 
 
+def prepare() -> None:
+    """Load what mapping a shared value needs now, not on the first one (a process that forks
+    engines does this once for all of them)."""
+    _libc()
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)

@@ -35,6 +35,9 @@ def warm_up() -> None:
 
     for name in ("numpy", "pxgrpc.engine.__main__", "pxgrpc.engine.datapath", "pxgrpc.engine.ipython"):
         importlib.import_module(name)
+    from pxgrpc import sharedmem
+
+    sharedmem.prepare()  # (each engine's first shared value would pay it: 64 engines, 64 times)
 
 
 def foreign_threads() -> list[str]:
