@@ -112,7 +112,7 @@ class SharedFile:
         nbytes = math.prod(shape) * dtype.itemsize
         if os.fstat(self.fd).st_size < OFFSET + nbytes:
             raise SharedBlobUnusable(f"shared file holds fewer than the array's {nbytes} bytes")
-        return np.ndarray(shape, dtype, buffer=_mmap_private(self.fd, OFFSET + nbytes), offset=OFFSET)
+        return _mmap_private(self.fd, OFFSET + nbytes, OFFSET, dtype.str, shape)
 
     def map(self, blob_id: str, size: int) -> MappedBlob:
         """This file's blob of `size` bytes (written by another process: `write_into`), mapped
@@ -138,13 +138,11 @@ class SharedFile:
 class MappedBlob(blobstream.IncomingBlob):
     """A received blob whose bytes are a private (copy-on-write) mapping of a `SharedFile`."""
 
-    def __init__(self, blob_id: str, size: int, mapping: Any, offset: int) -> None:
+    def __init__(self, blob_id: str, data: np.ndarray[Any, Any]) -> None:
         self.blob_id = blob_id
-        self.size = size
-        self._mapping = mapping
-        self.buffer = np.frombuffer(mapping, dtype=np.uint8, count=size, offset=offset)
-        self._view = memoryview(self.buffer)  # type: ignore[arg-type]
-        self.received = size
+        self.size = self.received = data.nbytes
+        self.buffer = data  # (bytes of the mapping, which goes with the last array on them)
+        self._view = memoryview(data)  # type: ignore[arg-type]
 
 
 class FilledBlob(blobstream.IncomingBlob):
@@ -183,12 +181,12 @@ def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
     try:
         if os.pread(fd, len(nonce), 0) != nonce:
             raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file (nonce)")
-        mapping = _mmap_private(fd, offset + size)
+        data = _mmap_private(fd, offset + size, offset, "|u1", (size,))
     except (OSError, ValueError) as exc:
         raise SharedBlobUnusable(f"blob {blob_id}: cannot map {shared.path}: {exc}") from None
     finally:
         os.close(fd)
-    return MappedBlob(blob_id, size, mapping, offset)
+    return MappedBlob(blob_id, data)
 
 
 def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str) -> None:
@@ -244,10 +242,10 @@ def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedB
     try:
         if os.fstat(fd).st_size < length:
             raise SharedBlobUnusable(f"{what}: the file is shorter than the blob's {size} bytes")
-        mapping = _mmap_private(fd, length)
+        data = _mmap_private(fd, length, offset, "|u1", (size,))
     except (OSError, ValueError) as exc:
         raise SharedBlobUnusable(f"{what}: cannot map it: {exc}") from None
-    return MappedBlob(blob_id, size, mapping, offset)
+    return MappedBlob(blob_id, data)
 
 
 _PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
@@ -270,32 +268,38 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-def _mmap_private(fd: int, length: int) -> Any:
-    """`length` bytes of a file mapped privately, as a writable buffer that unmaps itself when
-    the last array on it goes. (Python's `mmap.mmap` would keep a duplicate of the file
-    descriptor open for as long: one open file per received array.)"""
+def _mmap_private(
+    fd: int, length: int, offset: int, typestr: str, shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """The first `length` bytes of a file mapped privately, as an array of `shape` and dtype
+    `typestr` on its bytes from `offset`; the mapping goes with the last array on it. (Python's
+    `mmap.mmap` would keep a duplicate of the file descriptor open for as long: one open file
+    per received array.)"""
     libc = _libc()
     address = libc.mmap(None, length, _PROT_READ_WRITE, mmap.MAP_PRIVATE, fd, 0)
     if address in (None, _MAP_FAILED):
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
-    return _mapping_type(length).from_address(address)
+    return np.asarray(_Mapping(address, length, address + offset, typestr, shape))
 
 
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-@functools.lru_cache(maxsize=64)
-def _mapping_type(length: int) -> Any:
-    """The buffer type of a mapping of `length` bytes (made once per length: a broadcast maps
-    the same size again and again)."""
-    libc = _libc()
+class _Mapping:
+    """A mapping made by `_mmap_private`, as numpy sees it (`__array_interface__`: one Python
+    type for every size, where a ctypes array would need a type per size): it is the base of
+    the array on it, and unmaps the whole mapping when it goes."""
 
-    class Mapping(ctypes.c_ubyte * length):  # type: ignore[misc]
-        #: An array on all of it owns it (`partition.tiled`).
-        whole_buffer = True
+    __slots__ = ("__array_interface__", "_address", "_length")
 
-        def __del__(self) -> None:
-            libc.munmap(ctypes.addressof(self), length)
+    #: An array on all of it owns it (`partition.tiled`).
+    whole_buffer = True
 
-    return Mapping
+    def __init__(self, address: int, length: int, data: int, typestr: str, shape: tuple[int, ...]) -> None:
+        self._address = address
+        self._length = length
+        self.__array_interface__ = {"data": (data, False), "shape": shape, "typestr": typestr, "version": 3}
+
+    def __del__(self) -> None:
+        _libc().munmap(self._address, self._length)

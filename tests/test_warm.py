@@ -95,3 +95,33 @@ def test_fresh_large_receive_buffers_are_prefaulted_and_reused_ones_are_not(
         blob.write(memoryview(data[start : start + blobstream.CHUNK_SIZE]))
     assert blob.complete and np.array_equal(blob.buffer, data)
     assert not blobstream.IncomingBlob("s", 1 * MB).prefaulting  # small blobs: nothing to gain
+
+
+def test_the_engine_warm_up_runs_a_push_an_apply_and_a_pull_and_leaves_no_trace(
+    make_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engines run a push, an apply and a pull once at start, on a kernel of their own: the
+    user's namespace, execution count and files are untouched; without shared memory too."""
+    from pxgrpc.engine import kernel, warmup
+
+    outcomes: list[Any] = []
+    run = kernel.Kernel.run
+
+    def recording(self: Any, action: Any, blobs: Any) -> Any:
+        outcome = run(self, action, blobs)
+        outcomes.append((action.WhichOneof("kind"), outcome.error))
+        return outcome
+
+    monkeypatch.setattr(kernel.Kernel, "run", recording)
+    for sharing in ("auto", "off"):
+        monkeypatch.setenv("PXGRPC_SHARED_MEMORY", sharing)
+        outcomes.clear()
+        warmup.warm_up()
+        kinds = [kind for kind, _ in outcomes]
+        assert kinds == (["push", "apply", "pull"] if sharing == "auto" else ["apply", "pull"])
+        assert all(error is None for _, error in outcomes), outcomes
+    _, rc = make_cluster(n=2)
+    dv = rc[:]
+    names = "_names = sorted(k for k in globals() if not k.startswith('_'))"
+    assert [r.execution_count for r in dv.execute(names, silent=False, block=True)] == [1, 1]
+    assert dv.pull("_names", block=True) == [[], []]

@@ -13,6 +13,7 @@ from pxgrpc.engine.connection import EngineConnection, wait_registered
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
 from pxgrpc.engine.taskqueue import TaskQueue, WorkItem
+from pxgrpc.engine.warmup import warm_up
 from pxgrpc.memory import reuse_freed_memory
 from pxgrpc.security.connection_file import ConnectionInfo
 
@@ -75,6 +76,7 @@ class Engine:
         """Register, then run tasks until the controller says stop or goes away."""
         signal.signal(signal.SIGINT, self._on_sigint)
         self.conn.start()
+        warm_up()  # (while the registration is on its way)
         wait_registered(self.conn, register_timeout)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         try:
