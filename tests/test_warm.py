@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mmap
 import resource
+import sys
 import time
 from typing import Any
 
@@ -113,10 +114,12 @@ def test_the_engine_warm_up_runs_a_push_an_apply_and_a_pull_and_leaves_no_trace(
         return outcome
 
     monkeypatch.setattr(kernel.Kernel, "run", recording)
+    main = sys.modules["__main__"]
     for sharing in ("auto", "off"):
         monkeypatch.setenv("PXGRPC_SHARED_MEMORY", sharing)
         outcomes.clear()
         warmup.warm_up()
+        assert sys.modules["__main__"] is main
         kinds = [kind for kind, _ in outcomes]
         assert kinds == (["push", "apply", "pull"] if sharing == "auto" else ["apply", "pull"])
         assert all(error is None for _, error in outcomes), outcomes

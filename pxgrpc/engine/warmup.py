@@ -16,6 +16,7 @@ on its way to the controller.
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 
@@ -50,8 +51,9 @@ def _push_and_pull() -> None:
         shared.write_chunks(blob.parts)
         header = wire.pb.BlobHeader(blob_id=blob.blob_id, size=blob.size, shared=shared.describe())
         blobs[blob.blob_id] = sharedmem.map_blob(blob.blob_id, header)
+    main = sys.modules.get("__main__")
     try:
-        kernel = Kernel()
+        kernel = Kernel()  # (which makes its namespace sys.modules["__main__"]: put back below)
         if blobs:
             kernel.run(action, blobs)
         else:
@@ -68,5 +70,7 @@ def _push_and_pull() -> None:
         wire.encode(outcome.value)
         kernel.namespace.clear()
     finally:
+        if main is not None:
+            sys.modules["__main__"] = main
         if shared is not None:
             shared.close()
