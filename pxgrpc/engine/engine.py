@@ -102,6 +102,15 @@ class Engine:
             self._in_user_code = False
             self.tasks.running = None
         del blobs, item
+        if self.tasks.stopped and outcome.error is not None and outcome.error.ename == "KeyboardInterrupt":
+            # (Not the user's interrupt: the engine stops, its controller gone. Should the
+            # result still reach the client, on a lane, it says so.)
+            outcome.error = wire.pb.RemoteException(
+                ename="EngineError",
+                evalue=f"engine {self.conn.engine_id} stopped while the task ran (its controller is gone)",
+            )
+            self._send(task, outcome, wire.TASK_ENGINE_DIED)
+            return
         self._send(task, outcome)
 
     def _send(

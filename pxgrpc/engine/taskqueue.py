@@ -89,6 +89,8 @@ class TaskQueue:
         self.lanes: LaneHandler | None = None
         #: The id of the task the main thread runs, or None.
         self.running: str | None = None
+        #: The running task was interrupted because the engine stops (`stop_running`).
+        self.stopped = False
         self._main_thread = threading.main_thread().ident
 
     # --- the I/O thread's side --------------------------------------------------------------
@@ -176,6 +178,7 @@ class TaskQueue:
         if self.running is None or self._main_thread is None:
             return
         log.warning("lost the controller while task %s runs: interrupting it", self.running)
+        self.stopped = True
         signal.pthread_kill(self._main_thread, signal.SIGINT)
         timer = threading.Timer(EXIT_GRACE, os._exit, args=(3,))
         timer.daemon = True
