@@ -6,11 +6,11 @@ objects that path uses (reference counts, caches), and the kernel copies each su
 With 64 engines on 2 cores, a user's first broadcast paid that for every engine: about 0.3 ms
 each, and the first push to all engines took nearly twice as long as later ones.
 
-`warm_up` runs what a push of an array, an apply to it and a pull of it do in an engine, once,
-on a kernel of its own (the engine's namespace and execution count are not touched): the value is encoded
+`warm_up` runs what a push of an array, an apply and a pull do in an engine, once, on a kernel
+of its own (the engine's namespace and execution count are not touched): the array is encoded
 into a blob, written into a shared-memory file and mapped privately when this host shares
-memory, decoded, bound, pulled and encoded again. The engine does it while its registration is
-on its way to the controller.
+memory, decoded and bound; a function sent by value is applied; the array is pulled and encoded
+again. The engine does it while its registration is on its way to the controller.
 """
 
 from __future__ import annotations
