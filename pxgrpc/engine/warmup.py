@@ -66,11 +66,12 @@ def _push_and_pull() -> None:
             kernel.run(action, blobs)
         else:
             kernel.namespace["warm"] = np.zeros(WARM_BYTES // 8)
-        apply = wire.pb.Action()
-        small = wire.Encoder()
-        small.encode_into(_size, apply.apply.function)
-        small.encode_into([WARM_BYTES], apply.apply.args.add())
-        kernel.run(apply, {})
+        if "IPython" not in sys.modules:  # (else the kernel would make an IPython shell for it)
+            apply = wire.pb.Action()
+            small = wire.Encoder()
+            small.encode_into(_size, apply.apply.function)
+            small.encode_into([WARM_BYTES], apply.apply.args.add())
+            kernel.run(apply, {})
         pull = wire.pb.Action()
         pull.pull.names.append("warm")
         pull.pull.single = True
