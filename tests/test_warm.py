@@ -114,6 +114,7 @@ def test_the_engine_warm_up_runs_a_push_an_apply_and_a_pull_and_leaves_no_trace(
         return outcome
 
     monkeypatch.setattr(kernel.Kernel, "run", recording)
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)  # (as in an engine at start)
     main = sys.modules["__main__"]
     for sharing in ("auto", "off"):
         monkeypatch.setenv("PXGRPC_SHARED_MEMORY", sharing)
