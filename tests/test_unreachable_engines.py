@@ -8,7 +8,8 @@ the controller, and nothing hangs. Real hosts in network namespaces (10.81.0.0/2
                      (sent to a hardware address nobody has: the connection attempt just hangs)
 
 The client runs a script of DirectView calls (apply, execute, push, pull, large values both
-ways, scatter/gather) and prints what each returned. Needs root and iproute2; skips otherwise.
+ways, scatter/gather) and prints what each returned; another client sees the endpoints come
+back once eng is plugged in again, and uses them again. Needs root and iproute2; skips otherwise.
 """
 
 from __future__ import annotations
@@ -156,3 +157,80 @@ def test_direct_view_work_goes_through_the_controller_when_the_engines_cannot_be
     assert lines["ORDER"] == "19", report
     gave_up = set(re.findall(r"data endpoint (\S+) unusable", run.stderr))
     assert {url.rsplit(":", 1)[0] for url in gave_up} == {lan.addr("eng")} and len(gave_up) == 2, report
+
+
+COMES_BACK = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    import pxgrpc as ipp
+
+    rc = ipp.Client(sys.argv[1])
+    deadline = time.monotonic() + 60
+    while rc.ids != [0, 1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dv = rc[:]
+    datapath = rc._transport._datapath
+    urls = [e["data_url"] for e in rc.engines]
+    print("APPLY", dv.apply_sync(lambda: 1), flush=True)
+    rc[0].push({"big": np.arange(400_000.0)}, block=True)
+    while not all(url in datapath._broken for url in urls) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("GAVE_UP", [url in datapath._broken for url in urls], flush=True)
+    while not os.path.exists(sys.argv[2]):  # (the test plugs eng back in)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while any(url in datapath._broken for url in urls) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("BACK", [datapath.url_for(i) is not None for i in rc.ids], flush=True)
+    sources = "__import__('pxgrpc.engine.blobtransfer', fromlist=['_']).sources['client']"
+    before = rc[0].apply_sync(eval, sources)
+    big = np.arange(400_000.0)
+    rc[0].push({"big": big}, block=True)
+    print("DIRECT_UPLOADS", rc[0].apply_sync(eval, sources) - before, flush=True)
+    links = rc._transport._links
+    while any(links.usable(i) is None for i in rc.ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("LINKS", [links.usable(i) is not None for i in rc.ids], flush=True)
+    print("APPLY2", dv.apply_sync(lambda: 2), flush=True)
+    print("BIG", bool(np.array_equal(rc[0].pull("big", block=True), big)), flush=True)
+    print("DONE", flush=True)
+    """
+)
+
+
+def test_an_endpoint_that_answers_again_is_used_again(lan: NetnsLan, client_file: Path) -> None:
+    """The client gives up on endpoints it cannot reach, works through the controller, tries
+    them again in the background (here every second: PXGRPC_DATA_RETRY=1) and, once they
+    answer, sends data and tasks to them again."""
+    script, plugged = lan.root / "cli" / "comes_back.py", lan.root / "cli" / "plugged"
+    script.write_text(COMES_BACK)
+    _cut_off(lan, "refused")
+    cut = True
+    env = pxgrpc_env(lan.root / "cli", {"PXGRPC_DATA_RETRY": "1"})
+    proc = lan.spawn("cli", [sys.executable, str(script), str(client_file), str(plugged)], env=env)
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("GAVE_UP"):
+                _reconnect(lan, "refused")
+                cut = False
+                plugged.touch()
+                break
+        rest, _ = proc.communicate(timeout=120)
+        output.append(rest)
+    finally:
+        if cut:
+            _reconnect(lan, "refused")
+        proc.kill()
+    out = "".join(output)
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    report = f"output:\n{out[-4000:]}"
+    assert "DONE" in out.split(), report
+    assert lines["APPLY"] == "[1, 1]" and lines["GAVE_UP"] == "[True, True]", report
+    assert lines["BACK"] == "[True, True]", report
+    assert lines["DIRECT_UPLOADS"] == "1", report  # (the push's array went to the engine itself)
+    assert lines["LINKS"] == "[True, True]" and lines["APPLY2"] == "[2, 2]", report
+    assert lines["BIG"] == "True", report

@@ -2,7 +2,9 @@
 
 Engines may serve a data endpoint (`EngineData`, advertised as `EngineInfo.data_url`). A client
 that reaches it moves a task's large arguments and results in one hop instead of through
-the controller; one that cannot falls back to the controller for good. On a TLS cluster the
+the controller; one that cannot falls back to the controller, and tries the endpoint again in
+the background, after `retry_after()` seconds and then twice as long each time (at most
+`RETRY_MAX`), until it answers. On a TLS cluster the
 channels speak TLS, trusting the cluster's CA and presenting the connection file's client
 certificate, as the channel to the controller does. Runs in the transport's event loop.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +35,16 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for an engine's data endpoint to accept a connection before using the
 #: controller for that engine (a refused connection gives up at once).
 CONNECT_TIMEOUT = 5.0
+#: Longest wait between two tries of an endpoint given up.
+RETRY_MAX = 600.0
+
+
+def retry_after() -> float:
+    """Seconds before an endpoint given up is tried again (`PXGRPC_DATA_RETRY`, default 30)."""
+    try:
+        return max(0.1, float(os.environ.get("PXGRPC_DATA_RETRY", "30")))
+    except ValueError:
+        return 30.0
 
 
 class DataPath:
@@ -59,7 +72,10 @@ class DataPath:
         self._lanes: dict[int, str] = {}  # their task lanes
         self._not_sharing: set[str] = set()
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # The endpoints given up (tried again in the background), and how often each came back.
         self._broken: set[str] = set()
+        self._revivals: dict[str, int] = {}
+        self._retries: set[asyncio.Future[None]] = set()
         self._enabled = blobstream.direct_data_enabled()
         self._lanes_enabled = lane.enabled()
 
@@ -141,10 +157,38 @@ class DataPath:
         self._not_sharing.add(url)
 
     def give_up(self, url: str, why: str) -> None:
-        """The endpoint failed us: use the controller for this engine from now on."""
-        if url not in self._broken:
-            log.warning("data endpoint %s unusable (%s): using the controller", url, why)
-            self._broken.add(url)
+        """(In the event loop.) The endpoint failed us: use the controller for this engine until
+        it answers again (it is tried in the background)."""
+        if url in self._broken:
+            return
+        again = url in self._revivals
+        log.log(
+            logging.INFO if again else logging.WARNING,
+            "data endpoint %s unusable (%s): using the controller, trying it again in %.0f s",
+            url,
+            why,
+            retry_after(),
+        )
+        self._broken.add(url)
+        retry = asyncio.ensure_future(self._retry(url))
+        self._retries.add(retry)
+        retry.add_done_callback(self._retries.discard)
+
+    async def _retry(self, url: str) -> None:
+        """Try a given-up endpoint now and then until it answers; then it is used again."""
+        delay = retry_after()
+        while True:
+            await asyncio.sleep(delay)
+            if await self.reachable(url):
+                break
+            delay = min(2 * delay, RETRY_MAX)
+        self._broken.discard(url)
+        self._revivals[url] = self._revivals.get(url, 0) + 1
+        log.info("data endpoint %s answers again: engine data and tasks go to it again", url)
+
+    def revivals(self, url: str) -> int:
+        """How often the endpoint at `url` came back after being given up."""
+        return self._revivals.get(url, 0)
 
     def channel(self, url: str) -> grpc.aio.Channel:
         """The channel to an engine's data endpoint (opened on first use, closed by `close`)."""
@@ -250,6 +294,8 @@ class DataPath:
             target.close()
 
     async def close(self) -> None:
+        for retry in list(self._retries):
+            retry.cancel()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

@@ -2,8 +2,9 @@
 
 A relay through the controller costs about 0.43 ms per round trip, one direct hop about
 0.15 ms. A client that reaches an engine's data endpoint opens one `Tasks` stream to it, on
-first use, and sends DirectView tasks on it once it is connected; until then, and for good if
-it cannot connect, tasks go through the controller. The engine tells the controller about each
+first use, and sends DirectView tasks on it once it is connected; until then, and while it
+cannot connect (the `DataPath` tries the endpoint again in the background, and a new link is
+made once it answers), tasks go through the controller. The engine tells the controller about each
 direct task, so queue status, abort and interrupt see it. The order of this client's tasks on
 one engine is kept by the `Submitter`: a task goes direct only while none of its tasks for that
 engine is in flight through the controller, and the other way round.
@@ -56,6 +57,9 @@ class DirectLink:
         self.url = url
         self.ready = False
         self.broken = False
+        #: `DataPath.revivals` of its endpoint when it was made (a link made before the
+        #: endpoint came back is replaced).
+        self.revival = 0
         self._io = io
         self._tasks: Batches[bytes] = Batches()
 
@@ -155,9 +159,12 @@ class DirectLinks:
                         return None
                     link = LaneLink(engine_id, url, path, self._io) if path else None
                     link = self._links[engine_id] = link or DirectLink(engine_id, url, self._io)
+                    link.revival = self._datapath.revivals(url)
                 self._io.call_soon(self._start, link)
-        elif link.broken and self._datapath.url_for(engine_id) not in (None, link.url):
-            del self._links[engine_id]  # a new engine under that id: try its endpoint
+        elif link.broken:
+            url = self._datapath.url_for(engine_id)
+            if url is not None and (url != link.url or self._datapath.revivals(url) != link.revival):
+                del self._links[engine_id]  # a new engine under that id, or its endpoint is back
         return None
 
     def all_usable(self, engine_ids: Sequence[int | None]) -> list[Link] | None:
@@ -186,6 +193,7 @@ class DirectLinks:
         await link.run(self._datapath, self.on_event, self.on_broken)
         if isinstance(link, LaneLink) and link.unreachable and self._links.get(link.engine_id) is link:
             stream = self._links[link.engine_id] = DirectLink(link.engine_id, link.url, self._io)
+            stream.revival = link.revival
             await stream.run(self._datapath, self.on_event, self.on_broken)
 
     async def close(self) -> None:

@@ -41,6 +41,8 @@ class LaneLink:
         self.ready = False
         self.broken = False
         self.unreachable = False
+        #: `DataPath.revivals` of the engine's endpoint when it was made.
+        self.revival = 0
         #: The engine can map this process's shared-memory files (`LaneEvents.shared_memory`).
         self.shares_memory = False
         self._io = io
