@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
 import time
 
+import grpc
 import numpy as np
 import pytest
 
 import pxgrpc as ipp
 from pxgrpc.security.connection_file import ConnectionInfo
+from pxgrpc.security.credentials import channel_options
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -268,6 +276,48 @@ def test_wrong_token_is_unauthenticated(cluster4) -> None:  # type: ignore[no-un
     engine_token = type(info)(**{**info.__dict__, "token": info.engine_token})
     with pytest.raises(ipp.AuthenticationError):
         ipp.Client(connection_info=engine_token)
+
+
+def test_a_client_reaches_a_controller_at_an_address_a_connection_was_refused_at_before(
+    tmp_path: pathlib.Path,
+) -> None:
+    """gRPC fails a new channel at once while another channel's attempts to the same address
+    wait out their backoff: a stopped cluster's port, reused by a new controller, refused the
+    new cluster's client (seen once in CI). The client asks again, waiting for a connection."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"127.0.0.1:{port}"
+
+    async def refused() -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(url, options=channel_options(None))
+        for _ in range(5):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await channel.unary_unary("/nobody/Nothing")(b"", timeout=1)
+        return channel
+
+    loop = asyncio.new_event_loop()
+    stale = loop.run_until_complete(refused())  # (open, and waiting out its backoff)
+    conn = tmp_path / "controller.json"
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "pxgrpc.controller", "--port", str(port), "--file", str(conn)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not conn.exists():
+            assert controller.poll() is None and time.monotonic() < deadline, "no controller"
+            time.sleep(0.02)
+        rc = ipp.Client(str(conn), timeout=10)
+        assert rc.ids == []
+        rc.close()
+    finally:
+        os.killpg(controller.pid, signal.SIGTERM)
+        controller.wait(timeout=30)
+        loop.run_until_complete(stale.close())
+        loop.close()
 
 
 def test_unreachable_controller_fails_fast_with_a_clear_error() -> None:

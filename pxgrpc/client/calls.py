@@ -24,8 +24,16 @@ class Unary(Generic[Req, Rep]):
             response_deserializer=reply.FromString,  # type: ignore[attr-defined]
         )
 
-    def __call__(self, request: Req, metadata: tuple[tuple[str, str], ...], timeout: float) -> Awaitable[Rep]:
-        return self._call(request, metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
+    def __call__(
+        self,
+        request: Req,
+        metadata: tuple[tuple[str, str], ...],
+        timeout: float,
+        wait_for_ready: bool = False,
+    ) -> Awaitable[Rep]:
+        return self._call(  # type: ignore[no-any-return]
+            request, metadata=metadata, timeout=timeout, wait_for_ready=wait_for_ready
+        )
 
 
 class ControllerCalls:

@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: Seconds a client that was refused at its first call waits for a connection before it says so
+#: (gRPC's longest reconnect backoff here, `channel_options`, and a margin).
+STALE_REFUSAL_WAIT = 2.5
+
+
 def _unset(*args: object) -> None:
     raise AssertionError("DirectLinks used before its delivery was set")
 
@@ -212,9 +217,23 @@ class Transport:
         return grpc.aio.insecure_channel(self.url, options=options)
 
     async def _connect(self, timeout: float) -> None:
+        request = wire.pb.ListEnginesRequest()
         try:
-            request = wire.pb.ListEnginesRequest()
-            self._note_engines(await self.calls.list_engines(request, self.calls.metadata, timeout))
+            try:
+                reply = await self.calls.list_engines(request, self.calls.metadata, timeout)
+            except grpc.aio.AioRpcError as first:
+                if first.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                # A refusal may be stale: gRPC fails a new channel at once while its connection
+                # attempts to that address (an earlier controller's port, reused since) wait out
+                # their backoff. Ask once more, waiting for a connection as long as that lasts.
+                try:
+                    reply = await self.calls.list_engines(
+                        request, self.calls.metadata, min(timeout, STALE_REFUSAL_WAIT), wait_for_ready=True
+                    )
+                except grpc.aio.AioRpcError:
+                    raise first from None
+            self._note_engines(reply)
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             target = diagnose.ConnectTarget.of(self.info, role="client")
