@@ -70,21 +70,22 @@ def map_named(task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob | Non
 
 
 class OnDemand(dict[str, blobstream.IncomingBlob]):
-    """The blobs of a task that were not fetched ahead (a lane's, which the main thread reads
-    when idle and runs at once): each is got (`get_blob(task, blob_id)`) the first time a value
-    that references it is decoded."""
+    """The blobs of the running task when they were not fetched ahead (a lane's, which the main
+    thread reads when idle and runs at once): each is got (`get_blob(task, blob_id)`) the first
+    time a value that references it is decoded. One per engine, for one task at a time: `task`
+    is set before the task runs; after it, the task and its blobs are let go (its values keep
+    what they use)."""
 
-    def __init__(
-        self, task: wire.pb.Task, get_blob: Callable[[wire.pb.Task, str], blobstream.IncomingBlob]
-    ) -> None:
+    def __init__(self, get_blob: Callable[[wire.pb.Task, str], blobstream.IncomingBlob]) -> None:
         super().__init__()
-        self._task = task
+        self.task: wire.pb.Task | None = None
         self._get_blob = get_blob
 
     def get(self, blob_id: str, default: Any = None) -> Any:
         blob = super().get(blob_id)
         if blob is None:
-            blob = self[blob_id] = self._get_blob(self._task, blob_id)
+            assert self.task is not None
+            blob = self[blob_id] = self._get_blob(self.task, blob_id)
         return blob
 
 

@@ -117,7 +117,7 @@ class EngineConnection:
     def accept(self, task: wire.pb.Task) -> None:
         """Queue a task for the main thread (in the I/O thread), its blobs fetched meanwhile.
         (A lane's task, read by the main thread, gets each blob as its values are decoded:
-        `blobs_on_demand`.)"""
+        `blob_now`.)"""
         self.tasks.accept(task, self._fetch)
 
     def _fetch(
@@ -125,11 +125,7 @@ class EngineConnection:
     ) -> None:
         self.io.background(blobtransfer.fetch(self, blob_ids, ready, task.shared_blobs))
 
-    def blobs_on_demand(self, task: wire.pb.Task) -> wire.BlobMap:
-        """(Main thread.) The blobs of a task not fetched ahead, each got when asked for."""
-        return blobtransfer.OnDemand(task, self._blob_now)
-
-    def _blob_now(self, task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob:
+    def blob_now(self, task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob:
         """(Main thread.) One blob of a task: mapped here if the task names a shared copy of it
         that can be mapped, else fetched by the I/O thread while the main thread waits."""
         mapped = blobtransfer.map_named(task, blob_id)
@@ -154,9 +150,8 @@ class EngineConnection:
             direct = DirectWork(
                 self.io,
                 self.accept,
-                self.tasks.accept,
+                self.tasks,
                 self._outbox,
-                self.tasks.aborted_early,
                 lambda: self.engine_id,
             )
             try:

@@ -25,7 +25,7 @@ from pxgrpc import wire
 from pxgrpc.engine.lanes import EngineLane
 from pxgrpc.engine.notices import START_NOTICE_DELAY
 from pxgrpc.engine.outbox import Outbox, aborted_event
-from pxgrpc.engine.taskqueue import LaneHandler
+from pxgrpc.engine.taskqueue import LaneHandler, TaskQueue
 from pxgrpc.loopthread import Batches, LoopThread
 
 log = logging.getLogger(__name__)
@@ -82,30 +82,28 @@ class DirectWork(LaneHandler):
     """The `EngineData.Tasks` service of one engine and its task lanes, and which stream (or
     lane) each direct task's events go to.
 
-    `accept(task)` queues a task of a `Tasks` stream for the main thread (in the I/O thread),
-    `accept_read(task)` one the main thread read from a lane; the `outbox` tells the controller of
-    direct tasks (`notify_direct` in the I/O thread, `note_lane` from the main thread, later)
-    and takes the events whose stream is gone up the work stream (`put`);
-    `aborted_early(task_id)` says whether a task read from a lane was aborted before it came.
+    `accept(task)` queues a task of a `Tasks` stream for the main thread (in the I/O thread);
+    a task the main thread read from a lane goes straight on the `queue` (which also says
+    whether it was aborted before it came); the `outbox` tells the controller of direct tasks
+    (`notify_direct` in the I/O thread, `note_lane` from the main thread, later) and takes the
+    events whose stream is gone up the work stream (`put`).
     """
 
     def __init__(
         self,
         io: LoopThread,
         accept: Callable[[wire.pb.Task], None],
-        accept_read: Callable[[wire.pb.Task], None],
+        queue: TaskQueue,
         outbox: Outbox,
-        aborted_early: Callable[[str], bool],
         engine_id: Callable[[], int],
     ) -> None:
         self._io = io
         self._accept = accept
-        self._accept_read = accept_read
+        self._queue = queue
         self._outbox = outbox
         self._notify = outbox.notify_direct
         self._fallback = outbox.put
         self._note_lane = outbox.note_lane
-        self._aborted_early = aborted_early
         self._engine_id = engine_id
         self._lock = threading.Lock()
         self._streams: dict[str, DirectStream | EngineLane] = {}
@@ -140,14 +138,16 @@ class DirectWork(LaneHandler):
 
     def tasks(self, lane: EngineLane, tasks: list[wire.pb.Task]) -> bool:
         """Tasks read from a lane: queued in order (False, and the lane told why, for a bad one)."""
+        queue = self._queue
         for task in tasks:
             task_id = task.task_id
-            try:
-                check_task_id(task_id)
-            except ValueError as exc:
-                lane.refuse(str(exc))
-                return False
-            if self._aborted_early(task_id):
+            if not 0 < task_id.find("/") < len(task_id) - 1:  # (what `check_task_id` checks)
+                try:
+                    check_task_id(task_id)
+                except ValueError as exc:
+                    lane.refuse(str(exc))
+                    return False
+            if queue.early_aborts and queue.aborted_early(task_id):
                 lane.put(aborted_event(task_id, self._engine_id()))
                 self._note_lane(finished=task_id)  # (the controller counts it till then)
                 continue
@@ -155,7 +155,7 @@ class DirectWork(LaneHandler):
                 self._streams[task_id] = lane
                 self._lane_sent[task_id] = task.submitted
             self._note_lane(started=task_id)
-            self._accept_read(task)
+            queue.accept(task)
         return True
 
     def closed(self, lane: EngineLane) -> None:

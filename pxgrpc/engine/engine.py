@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any
 
 from pxgrpc import datapub, wire
+from pxgrpc.engine import blobtransfer
 from pxgrpc.engine.connection import EngineConnection, wait_registered
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
@@ -31,6 +32,8 @@ class Engine:
         self.tasks = TaskQueue()
         self.conn = EngineConnection(info, self.tasks)
         self.kernel = Kernel(display_sink=self._publish_display)
+        # The blobs of a lane's task, got as its values are decoded.
+        self._on_demand = blobtransfer.OnDemand(self.conn.blob_now)
         self.stdout = OutputStream(wire.STDOUT, "<stdout>", self.conn.emit, self.conn.schedule)
         self.stderr = OutputStream(wire.STDERR, "<stderr>", self.conn.emit, self.conn.schedule)
         self._in_user_code = False
@@ -90,8 +93,12 @@ class Engine:
     def _run(self, item: WorkItem) -> None:
         task = item.task
         self.stdout.task_id = self.stderr.task_id = self.tasks.running = item.task_id
+        on_demand = self._on_demand
         try:
-            blobs = item.blobs.result() if item.blobs is not None else self.conn.blobs_on_demand(task)
+            if item.blobs is not None:
+                blobs = item.blobs.result()
+            else:
+                blobs, on_demand.task = on_demand, task
         except Exception as exc:  # noqa: BLE001 - the task fails, the engine goes on
             self._send(task, Outcome(error=remote_exception(exc)))
             return
@@ -101,6 +108,10 @@ class Engine:
         finally:
             self._in_user_code = False
             self.tasks.running = None
+            if on_demand.task is not None:  # (let go of the task and its blobs: `OnDemand.done`)
+                on_demand.task = None
+                if on_demand:
+                    on_demand.clear()
         del blobs, item
         if self.tasks.stopped and outcome.error is not None and outcome.error.ename == "KeyboardInterrupt":
             # (Not the user's interrupt: the engine stops, its controller gone. Should the

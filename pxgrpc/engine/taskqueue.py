@@ -84,7 +84,8 @@ class TaskQueue:
         self._poller.register(self._wake_r, select.POLLIN)
         self._lanes: dict[int, EngineLane] = {}
         self._new_lanes: list[EngineLane] = []
-        self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: Aborts of direct tasks not come yet (`abort`; see `aborted_early`).
+        self.early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Handles the lanes' tasks (set before the first `add_lane`).
         self.lanes: LaneHandler | None = None
         #: The id of the task the main thread runs, or None.
@@ -133,17 +134,17 @@ class TaskQueue:
             if self._queued.pop(task_id, None) is not None:
                 return True
             if "/" in task_id:  # (a direct task's id)
-                self._early_aborts[task_id] = None
-                if len(self._early_aborts) > EARLY_ABORTS:
-                    self._early_aborts.popitem(last=False)
+                self.early_aborts[task_id] = None
+                if len(self.early_aborts) > EARLY_ABORTS:
+                    self.early_aborts.popitem(last=False)
             return False
 
     def aborted_early(self, task_id: str) -> bool:
         """(Main thread.) Whether a task just read from a lane was aborted before it came."""
-        if not self._early_aborts:
+        if not self.early_aborts:
             return False
         with self._lock:
-            return self._early_aborts.pop(task_id, 0) is None
+            return self.early_aborts.pop(task_id, 0) is None
 
     def shutdown(self) -> None:
         """Tell the main thread to stop once it is done with what it runs."""
