@@ -79,3 +79,9 @@ def test_bench_launchers_prints_a_table_per_launcher() -> None:
     out = run(str(SCRIPTS / "bench_launchers.py"), "-n", "2", "--repeat", "1", "--launchers", "local,ssh")
     assert "median s" in out and "\nlocal " in out, out
     assert "ssh" in out and "skipped: not available here" in out, out
+
+
+def test_fanout_cpu_runs_and_names_each_component() -> None:
+    out = run(str(SCRIPTS / "fanout_cpu.py"), "--engines", "3", "--calls", "5")
+    for label in ("rc[:].apply_sync(noop)", "rc[:].push", "engines, main threads", "controller"):
+        assert label in out, out
