@@ -32,7 +32,7 @@ import grpc
 from pxgrpc import blobstream, lane, wire
 from pxgrpc.client.datapath import CONNECT_TIMEOUT, DataPath
 from pxgrpc.client.errors import EngineError
-from pxgrpc.client.lanelink import LaneLink
+from pxgrpc.client.lanelink import LaneLink, LinkState
 from pxgrpc.client.tasks import TaskListener, TaskOutcome
 from pxgrpc.loopthread import Batches, LoopThread
 
@@ -49,18 +49,11 @@ def direct_tasks_enabled() -> bool:
     return wanted and blobstream.direct_data_enabled()
 
 
-class DirectLink:
-    """One `Tasks` stream to one engine. `ready` once connected; `broken` for good after a failure."""
+class DirectLink(LinkState):
+    """One `Tasks` stream to one engine."""
 
     def __init__(self, engine_id: int, url: str, io: LoopThread) -> None:
-        self.engine_id = engine_id
-        self.url = url
-        self.ready = False
-        self.broken = False
-        #: `DataPath.revivals` of its endpoint when it was made (a link made before the
-        #: endpoint came back is replaced).
-        self.revival = 0
-        self._io = io
+        super().__init__(engine_id, url, io)
         self._tasks: Batches[bytes] = Batches()
 
     def queue(self, task: bytes) -> bool:

@@ -29,23 +29,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class LaneLink:
-    """One task lane to one engine. `ready` once the engine accepted it; `broken` for good after
-    a failure; `unreachable` when it did not connect (nothing was sent on it)."""
+class LinkState:
+    """What every way of sending an engine tasks directly has (`DirectLink`, `LaneLink`):
+    `ready` once connected; `broken` after a failure (`DirectLinks` replaces it once the engine's
+    endpoint changes or comes back: `revival`)."""
 
-    def __init__(self, engine_id: int, url: str, path: str, io: LoopThread) -> None:
+    def __init__(self, engine_id: int, url: str, io: LoopThread) -> None:
         self.engine_id = engine_id
         #: The engine's data endpoint (what names the engine: `SubmitTask.sent_to`).
         self.url = url
-        self.path = path
         self.ready = False
         self.broken = False
-        self.unreachable = False
-        #: `DataPath.revivals` of the engine's endpoint when it was made.
+        #: `DataPath.revivals` of the endpoint when the link was made (a link made before the
+        #: endpoint came back is replaced).
         self.revival = 0
+        self._io = io
+
+
+class LaneLink(LinkState):
+    """One task lane to one engine: `unreachable` when it did not connect (nothing was sent on it)."""
+
+    def __init__(self, engine_id: int, url: str, path: str, io: LoopThread) -> None:
+        super().__init__(engine_id, url, io)
+        self.path = path
+        self.unreachable = False
         #: The engine can map this process's shared-memory files (`LaneEvents.shared_memory`).
         self.shares_memory = False
-        self._io = io
         self._writer: lane.LaneWriter | None = None
         self._on_broken: Callable[[Link, str], None] | None = None
 

@@ -38,26 +38,22 @@ async def fetch(
     """Get the blobs a task needs into `ready` (or the reason it cannot have them). `shared`:
     those the controller holds in shared memory on this host (`Task.shared_blobs`): mapped
     here without asking, when they can be."""
-    mapped = {}
-    for header in shared:
-        if header.blob_id in blob_ids:
-            try:
-                mapped[header.blob_id] = sharedmem.map_blob(header.blob_id, header)
-                sources["task"] += 1
-            except sharedmem.SharedBlobUnusable as exc:
-                log.info("%s: downloading it instead", exc)
+    headers = list(shared)
     try:
-        blobs = {b: mapped[b] if b in mapped else await claim(link, b) for b in blob_ids}
+        blobs: wire.BlobMap = {}
+        for blob_id in blob_ids:
+            mapped = map_named(headers, blob_id)
+            blobs[blob_id] = mapped if mapped is not None else await claim(link, blob_id)
     except Exception as exc:  # noqa: BLE001 - the task fails with the reason, the engine lives on
         ready.set_exception(exc)
     else:
         ready.set_result(blobs)
 
 
-def map_named(task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob | None:
-    """A blob of `task` mapped from the shared copy the task names, if it names one that can be
-    mapped here; else None (the caller fetches it)."""
-    for header in task.shared_blobs:
+def map_named(shared: Iterable[wire.pb.BlobHeader], blob_id: str) -> blobstream.IncomingBlob | None:
+    """A blob mapped from its shared copy among `shared` (a task's `shared_blobs`), if that names
+    one that can be mapped here; else None (the caller fetches it)."""
+    for header in shared:
         if header.blob_id == blob_id:
             try:
                 blob = sharedmem.map_blob(blob_id, header)

@@ -128,7 +128,7 @@ class EngineConnection:
     def blob_now(self, task: wire.pb.Task, blob_id: str) -> blobstream.IncomingBlob:
         """(Main thread.) One blob of a task: mapped here if the task names a shared copy of it
         that can be mapped, else fetched by the I/O thread while the main thread waits."""
-        mapped = blobtransfer.map_named(task, blob_id)
+        mapped = blobtransfer.map_named(task.shared_blobs, blob_id)
         if mapped is not None:
             return mapped
         ready: concurrent.futures.Future[wire.BlobMap] = concurrent.futures.Future()

@@ -141,13 +141,12 @@ class DirectWork(LaneHandler):
         queue = self._queue
         for task in tasks:
             task_id = task.task_id
-            if not 0 < task_id.find("/") < len(task_id) - 1:  # (what `check_task_id` checks)
-                try:
-                    check_task_id(task_id)
-                except ValueError as exc:
-                    lane.refuse(str(exc))
-                    return False
-            if queue.early_aborts and queue.aborted_early(task_id):
+            try:
+                check_task_id(task_id)
+            except ValueError as exc:
+                lane.refuse(str(exc))
+                return False
+            if queue.aborted_early(task_id):
                 lane.put(aborted_event(task_id, self._engine_id()))
                 self._note_lane(finished=task_id)  # (the controller counts it till then)
                 continue

@@ -84,8 +84,8 @@ class TaskQueue:
         self._poller.register(self._wake_r, select.POLLIN)
         self._lanes: dict[int, EngineLane] = {}
         self._new_lanes: list[EngineLane] = []
-        #: Aborts of direct tasks not come yet (`abort`; see `aborted_early`).
-        self.early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Aborts of direct tasks not come yet (`abort`; see `aborted_early`).
+        self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Handles the lanes' tasks (set before the first `add_lane`).
         self.lanes: LaneHandler | None = None
         #: The id of the task the main thread runs, or None.
@@ -105,23 +105,20 @@ class TaskQueue:
             if refs:
                 item.blobs = concurrent.futures.Future()
                 fetch(task, refs, item.blobs)
-        with self._lock:
-            self._queued[item.task_id] = item
-            self._work.append(item)
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            os.write(self._wake_w, b"w")
-
-    def _put(self, item: WorkItem | None) -> None:
-        self._hand(self._work, item)
+        self._hand(self._work, item, item.task_id)
 
     def add_lane(self, lane: EngineLane) -> None:
         """A task lane for the main thread to read (from any thread)."""
         self._hand(self._new_lanes, lane)
 
-    def _hand(self, into: collections.deque[WorkItem | None] | list[EngineLane], item: Any) -> None:
-        """Append `item` for the main thread, waking it if it waits in `get`."""
+    def _hand(
+        self, into: collections.deque[WorkItem | None] | list[EngineLane], item: Any, task_id: str = ""
+    ) -> None:
+        """Append `item` for the main thread, waking it if it waits in `get` (a task, `task_id`,
+        also among the queued ones, where an abort can take it back)."""
         with self._lock:
+            if task_id:
+                self._queued[task_id] = item
             into.append(item)
             wake, self._sleeping = self._sleeping, False
         if wake:
@@ -134,21 +131,21 @@ class TaskQueue:
             if self._queued.pop(task_id, None) is not None:
                 return True
             if "/" in task_id:  # (a direct task's id)
-                self.early_aborts[task_id] = None
-                if len(self.early_aborts) > EARLY_ABORTS:
-                    self.early_aborts.popitem(last=False)
+                self._early_aborts[task_id] = None
+                if len(self._early_aborts) > EARLY_ABORTS:
+                    self._early_aborts.popitem(last=False)
             return False
 
     def aborted_early(self, task_id: str) -> bool:
         """(Main thread.) Whether a task just read from a lane was aborted before it came."""
-        if not self.early_aborts:
+        if not self._early_aborts:
             return False
         with self._lock:
-            return self.early_aborts.pop(task_id, 0) is None
+            return self._early_aborts.pop(task_id, 0) is None
 
     def shutdown(self) -> None:
         """Tell the main thread to stop once it is done with what it runs."""
-        self._put(SHUTDOWN)
+        self._hand(self._work, SHUTDOWN)
 
     def held(self) -> set[str]:
         """The queued and running tasks."""
