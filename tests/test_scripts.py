@@ -85,3 +85,9 @@ def test_fanout_cpu_runs_and_names_each_component() -> None:
     out = run(str(SCRIPTS / "fanout_cpu.py"), "--engines", "3", "--calls", "5")
     for label in ("rc[:].apply_sync(noop)", "rc[:].push", "engines, main threads", "controller"):
         assert label in out, out
+
+
+def test_fanout_floor_runs_and_prints_the_ratio() -> None:
+    out = run(str(SCRIPTS / "fanout_floor.py"), "--engines", "3", "--mb", "1", "--calls", "3")
+    for label in ("empty round trip to all", "push to one", "push to all / to one"):
+        assert label in out, out
