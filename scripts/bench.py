@@ -507,25 +507,27 @@ def scaling_latency(side: Side, cfg: Config) -> list[tuple[int, float, float, fl
 # --- printing -------------------------------------------------------------------------------------
 
 
-def print_table(figures: dict[str, Figure], have_ipp: bool) -> bool:
+def print_table(figures: dict[str, Figure], have_ipp: bool) -> list[str]:
+    """Print the table; the labels of the figures that miss their goal."""
     other = "ipyparallel" if have_ipp else "ipp (ref.)"
     print(
         f"\n{'figure':<44} {'unit':>7} {'pxgrpc':>9} {other:>11} {'px/ipp':>7} {'better':>7} {'goal':>6}  met"
     )
     print("-" * 104)
-    all_met = True
+    missed = []
     for fig in figures.values():
         px = fig.median("pxgrpc")
         ipp = fig.median("ipyparallel") if have_ipp else fig.reference
         adv, _ = fig.advantage()
         met = adv is not None and adv >= fig.goal
-        all_met &= met
+        if not met:
+            missed.append(fig.label.strip())
         ratio = f"{px / ipp:.3g}" if px and ipp else "-"
         print(
             f"{fig.label:<44} {fig.unit:>7} {_num(px):>9} {_num(ipp):>11} {ratio:>7} "
             f"{(f'{adv:.1f}x' if adv else '-'):>7} {f'{fig.goal:g}x':>6}  {'yes' if met else 'NO'}"
         )
-    return all_met
+    return missed
 
 
 def _num(x: float | None) -> str:
@@ -650,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for side in sides:
             side.stop()
-    all_met = print_table(figures, have_ipp)
+    missed = print_table(figures, have_ipp)
     if memory:
         print_memory(memory)
     if not args.no_scaling and not only:
@@ -662,7 +664,9 @@ def main(argv: list[str] | None = None) -> int:
         latency = {sides[0].name: scaling_latency(sides[0], cfg)}
         print_scaling(throughput, latency)
         plot(throughput, latency, args.plot)
-    print(f"\nall goals met: {'yes' if all_met else 'NO'}")
+    # (The int-list scatter/gather rows miss theirs in every run: creating and pickling a
+    # million Python ints is the same work in both systems; see the README.)
+    print(f"\nall goals met: {'yes' if not missed else 'NO, not: ' + '; '.join(missed)}")
     return 0
 
 
