@@ -13,7 +13,11 @@ answers with one byte. No protobuf, no task ids, no metadata, no results to deco
 is the operating system and Python waking N processes and running a few lines in each.
 
 Prints the median wall time of: an empty round trip to all engines (the floor under an apply to
-all), a push to one engine and a push to all, and the ratio the issue names.
+all), a push to one engine and a push to all, and the ratio the issue names. With `--messages`
+the engines speak pxgrpc's task lane instead (`pxgrpc.lane` frames): each parses a real `Task`
+(a push naming the memfd in `Task.shared_blobs`, the array as an `NDArray` on that blob),
+checks the file's nonce before mapping it, and answers a real `TaskEvent` that the client
+parses: the protocol's share of the floor, still without pxgrpc's engine and client machinery.
 """
 
 from __future__ import annotations
@@ -30,10 +34,22 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pxgrpc import lane
+from pxgrpc import messages as pb
+
 MB = 1 << 20
+NONCE = b"0123456789abcdef"
+PAGE = mmap.PAGESIZE
 
 
-def engine(sock: socket.socket) -> None:
+def engine(sock: socket.socket, messages: bool) -> None:
+    if messages:
+        protocol_engine(sock)
+    else:
+        bare_engine(sock)
+
+
+def bare_engine(sock: socket.socket) -> None:
     """One minimal engine: map each path it is sent, bind it, answer (an empty message: answer)."""
     namespace: dict[str, object] = {}
     while True:
@@ -47,11 +63,44 @@ def engine(sock: socket.socket) -> None:
                 mapping = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
             finally:
                 os.close(fd)
-            namespace["a"] = np.frombuffer(mapping, dtype=np.float64)
+            namespace["a"] = np.frombuffer(mapping, dtype=np.float64, offset=PAGE)
         sock.send(b"k")
 
 
-def start(n: int) -> tuple[list[socket.socket], list[int]]:
+def protocol_engine(sock: socket.socket) -> None:
+    """One minimal engine on pxgrpc's lane messages: a `Task` in, a `TaskEvent` out."""
+    namespace: dict[str, object] = {}
+    reader = lane.FrameReader()
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            os._exit(0)
+        for body in reader.feed(data):
+            for task in pb.DirectTasks.FromString(body).tasks:
+                if task.action.WhichOneof("kind") == "push":
+                    header = task.shared_blobs[0]
+                    fd = os.open(header.shared.path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        if os.pread(fd, len(header.shared.nonce), 0) != header.shared.nonce:
+                            raise SystemExit("not the task's file")
+                        mapping = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_PRIVATE)
+                    finally:
+                        os.close(fd)
+                    for name, value in task.action.push.namespace.items():
+                        array = value.array_value
+                        namespace[name] = np.ndarray(
+                            tuple(array.shape), array.dtype, mapping, header.shared.offset
+                        )
+                event = pb.TaskEvent()
+                result = event.result
+                result.task_id = task.task_id
+                result.engine_id = 0
+                result.started = result.completed = time.time()
+                result.value.null_value.SetInParent()
+                sock.send(lane.event_frame(event))
+
+
+def start(n: int, messages: bool) -> tuple[list[socket.socket], list[int]]:
     """Fork `n` engines; the client's end of each one's socket, and their pids."""
     ends: list[socket.socket] = []
     pids: list[int] = []
@@ -63,7 +112,7 @@ def start(n: int) -> tuple[list[socket.socket], list[int]]:
                 other.close()
             mine.close()
             try:
-                engine(theirs)
+                engine(theirs, messages)
             finally:
                 os._exit(1)
         theirs.close()
@@ -72,27 +121,49 @@ def start(n: int) -> tuple[list[socket.socket], list[int]]:
     return ends, pids
 
 
-def call(ends: list[socket.socket], poller: select.epoll, message: bytes) -> None:
-    """Send `message` to every engine in `ends` and wait for all their answers."""
-    for end in ends:
-        end.send(message)
+def call(ends: list[socket.socket], poller: select.epoll, message: bytes, messages: bool) -> None:
+    """Send `message` to every engine in `ends` and wait for all their answers (with
+    `messages`: `message` is a serialized `Task` but for its id, and each answer a `TaskEvent`)."""
+    for i, end in enumerate(ends):
+        end.send(
+            lane.one_frame(pb.Task(task_id=f"t/{i}").SerializeToString() + message) if messages else message
+        )
     left = len(ends)
+    readers = {end.fileno(): lane.FrameReader() for end in ends} if messages else {}
     while left:
         for fd, _ in poller.poll():
-            os.read(fd, 16)
-            left -= 1
+            data = os.read(fd, 65536)
+            if not messages:
+                left -= 1
+                continue
+            for body in readers[fd].feed(data):
+                for event in pb.LaneEvents.FromString(body).events:
+                    if event.result.value.WhichOneof("kind") != "null_value":
+                        raise SystemExit("not a push's result")
+                    left -= 1
 
 
-def push(ends: list[socket.socket], poller: select.epoll, array: np.ndarray) -> None:
+def push(ends: list[socket.socket], poller: select.epoll, array: np.ndarray, messages: bool) -> None:
     """Write the array into a fresh memfd once; every engine in `ends` maps it."""
     fd = os.memfd_create("floor", os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, array.nbytes)
+        os.ftruncate(fd, PAGE + array.nbytes)
+        os.pwrite(fd, NONCE, 0)
         view = memoryview(array.data).cast("B")
         written = 0
         while written < array.nbytes:
-            written += os.pwrite(fd, view[written:], written)
-        call(ends, poller, f"/proc/{os.getpid()}/fd/{fd}".encode())
+            written += os.pwrite(fd, view[written:], PAGE + written)
+        path = f"/proc/{os.getpid()}/fd/{fd}"
+        if messages:
+            task = pb.Task()
+            value = task.action.push.namespace["a"].array_value
+            value.dtype, value.shape[:] = array.dtype.str, array.shape
+            value.data.blob.blob_id, value.data.blob.length = "b", array.nbytes
+            shared = task.shared_blobs.add(blob_id="b", size=array.nbytes)
+            shared.shared.path, shared.shared.nonce, shared.shared.offset = path, NONCE, PAGE
+            call(ends, poller, task.SerializeToString(), messages)
+        else:
+            call(ends, poller, path.encode(), messages)
     finally:
         os.close(fd)
 
@@ -113,8 +184,10 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=64)
     parser.add_argument("--mb", type=int, default=8)
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--messages", action="store_true", help="speak pxgrpc's lane messages")
     args = parser.parse_args()
-    ends, pids = start(args.engines)
+    messages = args.messages
+    ends, pids = start(args.engines, messages)
     try:
         every = select.epoll()
         one = select.epoll()
@@ -122,16 +195,17 @@ def main() -> int:
             every.register(end.fileno(), select.EPOLLIN)
         one.register(ends[0].fileno(), select.EPOLLIN)
         array = np.random.default_rng(0).random(args.mb * MB // 8)
-        empty = timed(lambda: call(ends, every, b"-"), args.calls)
-        push_one = timed(lambda: push(ends[:1], one, array), args.calls)
-        push_all = timed(lambda: push(ends, every, array), args.calls)
+        empty = timed(lambda: call(ends, every, b"-" if not messages else b"", messages), args.calls)
+        push_one = timed(lambda: push(ends[:1], one, array, messages), args.calls)
+        push_all = timed(lambda: push(ends, every, array, messages), args.calls)
     finally:
         for end in ends:
             end.close()
         for pid in pids:
             os.waitpid(pid, 0)
     n = args.engines
-    print(f"{n} minimal engines, {args.mb} MB, median of {args.calls} calls")
+    kind = "on pxgrpc's lane messages" if messages else "bare"
+    print(f"{n} minimal engines ({kind}), {args.mb} MB, median of {args.calls} calls")
     print(f"  empty round trip to all   {empty * 1e3:7.2f} ms  ({empty / n * 1e6:.0f} µs per engine)")
     print(f"  push to one               {push_one * 1e3:7.2f} ms")
     print(f"  push to all               {push_all * 1e3:7.2f} ms")

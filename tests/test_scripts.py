@@ -88,6 +88,7 @@ def test_fanout_cpu_runs_and_names_each_component() -> None:
 
 
 def test_fanout_floor_runs_and_prints_the_ratio() -> None:
-    out = run(str(SCRIPTS / "fanout_floor.py"), "--engines", "3", "--mb", "1", "--calls", "3")
-    for label in ("empty round trip to all", "push to one", "push to all / to one"):
-        assert label in out, out
+    for mode in ((), ("--messages",)):
+        out = run(str(SCRIPTS / "fanout_floor.py"), "--engines", "3", "--mb", "1", "--calls", "3", *mode)
+        for label in ("empty round trip to all", "push to one", "push to all / to one"):
+            assert label in out, out
