@@ -73,6 +73,21 @@ def test_an_abort_reaches_an_announced_task_the_engine_has_not_told_of() -> None
     assert engine._aborts == ["client1/t1"]  # down the engine's work stream
 
 
+def test_an_abort_that_comes_before_the_announcement_aborts_the_task_once_announced() -> None:
+    """(The client announces a direct task a few milliseconds after sending it.)"""
+    router, engine, session = _setup()
+    router.registry.connected(engine)
+    assert router.abort(None, ["t1", "t2", "t3"], []) == []
+    _announce(router, session, "t1")
+    router.adopt(engine, ["client1/t2"])  # (the engine's notice before the announcement)
+    assert engine._aborts == ["client1/t1", "client1/t2"]
+    _announce(router, session, "t2")
+    direct_finished(engine, ["client1/t3"])  # (it ran before the abort reached anyone)
+    _announce(router, session, "t3")
+    _announce(router, session, "t4")  # (never aborted)
+    assert engine._aborts == ["client1/t1", "client1/t2"] and router._early_aborts == {}
+
+
 def test_an_announcement_that_loses_the_race_with_an_engine_replacement_fails_at_once() -> None:
     """The client sent the task to engine 0's first process, which died; a replacement took the
     id (another endpoint) before the announcement came: the replacement never got the task, so

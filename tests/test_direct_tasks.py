@@ -18,7 +18,7 @@ import pxgrpc
 from pxgrpc import sharedmem
 from pxgrpc.client import submit
 from pxgrpc.client.directlinks import DirectLinks
-from pxgrpc.client.errors import EngineError, PxError, RemoteError
+from pxgrpc.client.errors import EngineError, PxError, RemoteError, TaskAborted
 from tests.conftest import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -143,6 +143,55 @@ def test_an_interrupt_and_an_abort_reach_direct_tasks_as_soon_as_they_are_sent(
         queued.get(timeout=30)
     assert "after" not in rc[0].apply_sync(lambda: list(globals()))
     assert paths[:2] == [True, True]
+
+
+def test_an_abort_right_after_sending_drops_a_direct_task_the_controller_has_not_heard_of(
+    make_cluster: Any, paths: list[bool], tmp_path: pathlib.Path
+) -> None:
+    """The client announces a direct task a few milliseconds after sending it: an abort that
+    comes before (by task, or of all an engine's queued tasks) still drops it, as ipyparallel's
+    does a task queued behind a running one."""
+    _, rc = make_cluster(n=1)
+    _link_up(rc)
+    go = tmp_path / "go"
+    busy = rc[0].execute(_wait_file_code(go), block=False)
+    paths.clear()
+    by_task = rc[0].execute("by_task = 1", block=False)
+    by_task.abort()  # (returns [] or the id, whether the controller heard of it first or not)
+    by_engine = rc[0].execute("by_engine = 1", block=False)
+    rc.abort(targets=[0])
+    kept = rc[0].execute("kept = 1", block=False)
+    go.touch()
+    busy.get(timeout=30)
+    for aborted in (by_task, by_engine):
+        with pytest.raises(TaskAborted):
+            aborted.get(timeout=30)
+    kept.get(timeout=30)
+    rc[0].execute("names = sorted(globals())", block=True)
+    names = rc[0].pull("names", block=True)
+    assert "kept" in names and "by_task" not in names and "by_engine" not in names
+    assert paths[:3] == [True, True, True]
+
+
+def test_an_interrupt_reaches_a_direct_task_the_controller_has_not_heard_of(
+    make_cluster: Any, paths: list[bool], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the client's announcement (here held back) and the engine's own notice, an
+    interrupt still reaches the engine that runs the client's task."""
+    monkeypatch.setattr(submit, "ANNOUNCE_DELAY", 60.0)
+    _, rc = make_cluster(n=1)
+    _link_up(rc)
+    paths.clear()
+    started = tmp_path / "started"
+    spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
+    spinning = rc[0].execute(spin, block=False)
+    until(started.exists, what="the spinning task to run")
+    assert spinning.interrupt() == [0]
+    with pytest.raises(RemoteError) as caught:
+        spinning.get(timeout=30)
+    assert caught.value.ename == "KeyboardInterrupt"
+    assert rc[0].apply_sync(pow, 3, 2) == 9
+    assert paths[:1] == [True]
 
 
 def test_a_direct_task_on_an_engine_frozen_before_it_could_tell_fails_with_the_reason(

@@ -535,7 +535,10 @@ class AbortRequest(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tasks to abort; empty means every queued task of the given targets."""
+        """Tasks to abort (client task ids), and every queued task of `targets`; either may be empty.
+        An id the controller does not know yet (a direct task announced a few milliseconds after
+        it was sent: `SubmitTask.sent_direct`) is kept, and that task is aborted when announced.
+        """
 
     @_builtins.property
     def targets(self) -> Global___Targets: ...

@@ -270,6 +270,13 @@ class Submitter:
         if announce:
             self._io.loop.call_later(ANNOUNCE_DELAY, self._announce)
 
+    def unannounced(self, engine_ids: Sequence[int]) -> list[str]:
+        """The direct tasks sent to these engines that the controller has not been told of yet
+        (an abort of all queued tasks of the engines names them: see `TaskRouter.abort`)."""
+        wanted = set(engine_ids)
+        with self._lock:
+            return [task_id for task_id, link in self._unannounced if link.engine_id in wanted]
+
     def _announce(self) -> None:
         """(In the I/O thread.) Tell the controller (on the session stream) of the direct tasks
         still running, so that it fails them with its reason should an engine die before it

@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import pathlib
 import secrets
+import signal
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -160,7 +161,11 @@ class Transport:
         return engine_dicts(reply)
 
     def abort(self, task_ids: Sequence[str], targets: Sequence[int] = ()) -> list[str]:
-        """Drop these queued tasks (or those queued on `targets`); the ones dropped."""
+        """Drop these queued tasks (or those queued on `targets`); the ones dropped. (Direct
+        tasks sent a moment ago are dropped too, once the controller hears of them, without
+        being among those returned.)"""
+        if targets:  # (the controller does not know of the direct tasks sent a moment ago)
+            task_ids = [*task_ids, *self.submitter.unannounced(targets)]
         request = wire.pb.AbortRequest(task_ids=list(task_ids), targets=as_targets(targets))
         return list(self.call(self.calls.abort, request).aborted)
 
@@ -169,6 +174,10 @@ class Transport:
     ) -> list[int]:
         """Signal the engines of `targets` that run a task (0: SIGINT), or all of them with
         `include_idle`; the ones signalled."""
+        if signal_number in (0, signal.SIGINT) and self.submitter.unannounced(targets):
+            # (The controller has not heard of direct tasks sent a moment ago, which may run
+            # already; an engine that runs nothing ignores a SIGINT.)
+            include_idle = True
         request = wire.pb.InterruptRequest(
             targets=as_targets(targets), signal_number=signal_number, include_idle=include_idle
         )

@@ -8,6 +8,7 @@ engines that die.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Iterable
@@ -23,6 +24,9 @@ from pxgrpc.controller.tasks import ClientSession, TaskRecord, failure
 
 log = logging.getLogger(__name__)
 
+#: How many aborts of task ids not known here yet are remembered (`TaskRouter.abort`).
+EARLY_ABORTS = 4096
+
 
 class TaskRouter:
     """Sends tasks to engines, results to sessions, and recovers when engines die."""
@@ -37,6 +41,9 @@ class TaskRouter:
         self.sessions = SessionBook()
         #: Tasks for engines a restored controller expects back (see `returning`).
         self.returning = ReturningEngines()
+        # Aborts of tasks not known here when they came: direct tasks that their client
+        # announces a few milliseconds after sending them (`_track_direct` aborts them then).
+        self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
         registry.watchers.add(self.settle)
 
     # --- submission -------------------------------------------------------------------------
@@ -103,17 +110,19 @@ class TaskRouter:
             session.emit(failure(submit.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", why))
             return
         if engine.forget_direct_finished(key):
+            self._early_aborts.pop(submit.task_id, None)
             return
-        known = engine.inflight.get(key)
-        if known is not None:  # told of by the engine already
-            known.announced = True
+        record = engine.inflight.get(key)
+        if record is not None:  # told of by the engine already
+            record.announced = True
+        elif submit.task_id in session.tasks:
             return
-        if submit.task_id in session.tasks:
-            return
-        record = TaskRecord.held(key, submit.task_id, session)
-        record.announced = True
-        session.tasks[submit.task_id] = record
-        engine.announced[key] = record
+        else:
+            record = TaskRecord.held(key, submit.task_id, session)
+            record.announced = True
+            session.tasks[submit.task_id] = record
+            engine.announced[key] = record
+        self._abort_if_early(engine, record)
 
     def _track_late(self, session: ClientSession, submit: wire.pb.SubmitTask, key: str) -> None:
         """A direct task announced after its engine was lost (clients announce a few
@@ -264,7 +273,14 @@ class TaskRouter:
                 record = TaskRecord.held(key, task_id, session)
                 session.tasks[task_id] = record
             engine.inflight[key] = record
+            self._abort_if_early(engine, record)
         self.settle()
+
+    def _abort_if_early(self, engine: EngineRecord, record: TaskRecord) -> None:
+        """Abort a direct task now heard of, if an abort of it came before (see `abort`)."""
+        if self._early_aborts and self._early_aborts.pop(record.task_id, 0) is None:
+            engine.send_abort([record.key])
+            record.stealing = False
 
     def resume(self, session: ClientSession, client_id: str, task_ids: Iterable[str]) -> None:
         """A session stream names itself (and lists the tasks it still waits for)."""
@@ -310,7 +326,11 @@ class TaskRouter:
         return self.loss.engine_exited(report)
 
     def abort(self, session: ClientSession | None, task_ids: list[str], engine_ids: list[int]) -> list[str]:
-        """Abort queued tasks by client task id (of `session`) or all tasks of some engines."""
+        """Abort queued tasks by client task id (of `session`) or all tasks of some engines.
+
+        A task id not known here may be a direct task that its client has not announced yet
+        (it does so a few milliseconds after sending it, if it has no result by then): it is
+        aborted when announced. The ids returned are those known now."""
         aborted: list[str] = []
         wanted = set(task_ids)
         for record in list(self.balancer.queue):
@@ -344,6 +364,10 @@ class TaskRouter:
                 for record in records:
                     record.stealing = False  # aborted for good, not to run elsewhere
                 aborted.extend(r.task_id for r in records)
+        for task_id in wanted.difference(aborted):
+            self._early_aborts[task_id] = None
+            if len(self._early_aborts) > EARLY_ABORTS:
+                self._early_aborts.popitem(last=False)
         return aborted
 
     def close_session(self, session: ClientSession) -> None:
