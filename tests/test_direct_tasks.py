@@ -45,6 +45,13 @@ def _wait_file_code(path: pathlib.Path) -> str:
     return f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.01)"
 
 
+def _spin(rc: pxgrpc.Client, tmp_path: pathlib.Path) -> tuple[pxgrpc.AsyncResult, pathlib.Path]:
+    """Start a task that spins on engine 0 until interrupted; the file it makes once it runs."""
+    started = tmp_path / "started"
+    spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
+    return rc[0].execute(spin, block=False), started
+
+
 def _running_and_queued(rc: pxgrpc.Client) -> tuple[int, int]:
     status = rc.queue_status(0)
     return status["tasks"], status["queue"]
@@ -129,9 +136,7 @@ def test_an_interrupt_and_an_abort_reach_direct_tasks_as_soon_as_they_are_sent(
     _, rc = make_cluster(n=1)
     _link_up(rc)
     paths.clear()
-    started = tmp_path / "started"
-    spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
-    spinning = rc[0].execute(spin, block=False)
+    spinning, started = _spin(rc, tmp_path)
     queued = rc[0].execute("after = 1", block=False)
     until(started.exists, what="the spinning task to run")
     assert rc.abort(queued) == queued.msg_ids
@@ -182,9 +187,7 @@ def test_an_interrupt_reaches_a_direct_task_the_controller_has_not_heard_of(
     _, rc = make_cluster(n=1)
     _link_up(rc)
     paths.clear()
-    started = tmp_path / "started"
-    spin = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile True: time.sleep(0.01)"
-    spinning = rc[0].execute(spin, block=False)
+    spinning, started = _spin(rc, tmp_path)
     until(started.exists, what="the spinning task to run")
     assert spinning.interrupt() == [0]
     with pytest.raises(RemoteError) as caught:
