@@ -248,6 +248,19 @@ def _map_fd(fd: int, blob_id: str, size: int, offset: int, what: str) -> MappedB
     return MappedBlob(blob_id, data)
 
 
+def is_mapped(array: np.ndarray[Any, Any]) -> bool:
+    """Whether an array's bytes are a mapping of a shared file made here (`_mmap_private`),
+    through the arrays and memoryviews it was made on."""
+    base: Any = array
+    for _ in range(8):
+        if isinstance(base, _Mapping):
+            return True
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+        if base is None:
+            return False
+    return False
+
+
 _PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
 
 

@@ -13,6 +13,7 @@ from pxgrpc.engine import blobtransfer
 from pxgrpc.engine.connection import EngineConnection, wait_registered
 from pxgrpc.engine.kernel import Kernel, Outcome, remote_exception
 from pxgrpc.engine.output import OutputStream
+from pxgrpc.engine.reaper import Reaper
 from pxgrpc.engine.taskqueue import TaskQueue, WorkItem
 from pxgrpc.engine.warmup import warm_up
 from pxgrpc.memory import reuse_freed_memory
@@ -34,6 +35,8 @@ class Engine:
         self.kernel = Kernel(display_sink=self._publish_display)
         # The blobs of a lane's task, got as its values are decoded.
         self._on_demand = blobtransfer.OnDemand(self.conn.blob_now)
+        # Frees the shared-memory arrays a push replaced, off the main thread.
+        self._reaper = Reaper()
         self.stdout = OutputStream(wire.STDOUT, "<stdout>", self.conn.emit, self.conn.schedule)
         self.stderr = OutputStream(wire.STDERR, "<stderr>", self.conn.emit, self.conn.schedule)
         self._in_user_code = False
@@ -157,8 +160,11 @@ class Engine:
         if outcome.execute_result is not None:
             result.execute_result.data.update(outcome.execute_result)
             result.execute_result.execution_count = outcome.execution_count
+        mapped = self._reaper.take(outcome.replaced) if outcome.replaced else None
         self.conn.emit(event, release=outcome.replaced or None)
         outcome.replaced = []
+        if mapped:
+            self._reaper.free(mapped)
         if upload is not None:
             # The blob views the user's live objects: finish sending before running more code.
             upload.result()
