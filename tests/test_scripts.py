@@ -92,3 +92,9 @@ def test_fanout_floor_runs_and_prints_the_ratio() -> None:
         out = run(str(SCRIPTS / "fanout_floor.py"), "--engines", "3", "--mb", "1", "--calls", "3", *mode)
         for label in ("empty round trip to all", "push to one", "push to all / to one"):
             assert label in out, out
+
+
+def test_plain_push_pull_runs_and_prints_each_figure() -> None:
+    out = run(str(SCRIPTS / "plain_push_pull.py"), "--no-ipp", "--mb", "4", "--rounds", "2")
+    for label in ("push, first", "pull, first", "push, later", "pull, later"):
+        assert label in out, out
