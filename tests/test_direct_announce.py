@@ -88,6 +88,28 @@ def test_an_abort_that_comes_before_the_announcement_aborts_the_task_once_announ
     assert engine._aborts == ["client1/t1", "client1/t2"] and router._early_aborts == {}
 
 
+def test_a_relayed_task_whose_abort_came_first_is_aborted_when_it_comes() -> None:
+    """(The Abort call and the session stream that carries the submission race.)"""
+    router, engine, session = _setup()
+    router.registry.connected(engine)
+    assert router.abort(None, ["r1"], []) == []
+    router.submit(
+        session,
+        wire.pb.SubmitTask(
+            task_id="r1", engine_id=0, action=wire.pb.Action(pull=wire.pb.PullAction(names=["a"]))
+        ),
+    )
+    router.submit(
+        session,
+        wire.pb.SubmitTask(
+            task_id="r2", engine_id=0, action=wire.pb.Action(pull=wire.pb.PullAction(names=["a"]))
+        ),
+    )
+    (result,) = _results(session)
+    assert result.task_id == "r1" and result.status == wire.TASK_ABORTED
+    assert [t.task_id for t in engine._tasks] == ["client1/r2"]
+
+
 def test_an_announcement_that_loses_the_race_with_an_engine_replacement_fails_at_once() -> None:
     """The client sent the task to engine 0's first process, which died; a replacement took the
     id (another endpoint) before the announcement came: the replacement never got the task, so

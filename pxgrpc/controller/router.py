@@ -68,6 +68,12 @@ class TaskRouter:
             ename, evalue = problem
             session.emit(failure(submit.task_id, -1, wire.TASK_ERROR, ename, evalue))
             return
+        if self._early_aborts and self._early_aborts.pop(submit.task_id, 0) is None:
+            # (Its abort came first: the Abort call and the session stream race.)
+            session.emit(
+                failure(submit.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
+            )
+            return
         record = TaskRecord(
             key=session.key(submit.task_id),
             task_id=submit.task_id,
@@ -329,8 +335,9 @@ class TaskRouter:
         """Abort queued tasks by client task id (of `session`) or all tasks of some engines.
 
         A task id not known here may be a direct task that its client has not announced yet
-        (it does so a few milliseconds after sending it, if it has no result by then): it is
-        aborted when announced. The ids returned are those known now."""
+        (it does so a few milliseconds after sending it, if it has no result by then), or a
+        task whose submission is still on its way: it is aborted when it comes. The ids
+        returned are those known now."""
         aborted: list[str] = []
         wanted = set(task_ids)
         for record in list(self.balancer.queue):
