@@ -537,7 +537,8 @@ class AbortRequest(_message.Message):
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tasks to abort (client task ids), and every queued task of `targets`; either may be empty.
         An id the controller does not know yet (a direct task announced a few milliseconds after
-        it was sent: `SubmitTask.sent_direct`) is kept, and that task is aborted when announced.
+        it was sent: `SubmitTask.sent_direct`; a submission still on its way) is kept, and that
+        task is aborted when it comes.
         """
 
     @_builtins.property
