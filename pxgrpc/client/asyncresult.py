@@ -344,7 +344,9 @@ class AsyncResult(concurrent.futures.Future[Any]):
         return asyncio.wrap_future(self).__await__()
 
     def abort(self) -> list[str]:
-        """Abort the tasks of this result that have not started yet."""
+        """Abort the tasks of this result that have not started yet; the ids the controller
+        dropped at once (a task sent straight to its engine a moment ago is dropped as soon as
+        the controller hears of it, without being listed)."""
         pending = [self.msg_ids[i] for i in self._events.pending()]
         return self._client.abort(pending) if pending else []
 

@@ -268,7 +268,9 @@ class Client:
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> list[str]:
         """Abort queued tasks: `jobs` (AsyncResults or task ids), the queued tasks of `targets`,
-        or all of this client's. Returns the ids of the tasks dropped (those not started yet)."""
+        or all of this client's. Returns the ids of the tasks dropped (those not started yet);
+        a task sent straight to its engine a moment ago is dropped too if it has not started,
+        without being listed (the controller had not heard of it yet)."""
         if jobs is not None:
             return self._abort(task_ids_of(jobs))
         if targets is not None:
