@@ -68,11 +68,8 @@ class TaskRouter:
             ename, evalue = problem
             session.emit(failure(submit.task_id, -1, wire.TASK_ERROR, ename, evalue))
             return
-        if self._early_aborts and self._early_aborts.pop(submit.task_id, 0) is None:
-            # (Its abort came first: the Abort call and the session stream race.)
-            session.emit(
-                failure(submit.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
-            )
+        if self._aborted_early(submit.task_id):  # (the Abort call and the session stream race)
+            session.emit(_aborted(submit.task_id))
             return
         record = TaskRecord(
             key=session.key(submit.task_id),
@@ -116,7 +113,7 @@ class TaskRouter:
             session.emit(failure(submit.task_id, engine.engine_id, wire.TASK_ENGINE_DIED, "EngineError", why))
             return
         if engine.forget_direct_finished(key):
-            self._early_aborts.pop(submit.task_id, None)
+            self._aborted_early(submit.task_id)  # (it ran: nothing left to abort)
             return
         record = engine.inflight.get(key)
         if record is not None:  # told of by the engine already
@@ -284,9 +281,13 @@ class TaskRouter:
 
     def _abort_if_early(self, engine: EngineRecord, record: TaskRecord) -> None:
         """Abort a direct task now heard of, if an abort of it came before (see `abort`)."""
-        if self._early_aborts and self._early_aborts.pop(record.task_id, 0) is None:
+        if self._aborted_early(record.task_id):
             engine.send_abort([record.key])
             record.stealing = False
+
+    def _aborted_early(self, task_id: str) -> bool:
+        """Whether an abort of `task_id` came before the task was known here (forgotten now)."""
+        return bool(self._early_aborts) and self._early_aborts.pop(task_id, 0) is None
 
     def resume(self, session: ClientSession, client_id: str, task_ids: Iterable[str]) -> None:
         """A session stream names itself (and lists the tasks it still waits for)."""
@@ -344,9 +345,7 @@ class TaskRouter:
             if record.task_id in wanted and (session is None or record.session is session):
                 self.balancer.queue.remove(record)
                 self._release(record)
-                record.session.emit(
-                    failure(record.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
-                )
+                record.session.emit(_aborted(record.task_id))
                 aborted.append(record.task_id)
         for record in self.returning.remove(
             lambda engine_id, r: (
@@ -354,15 +353,13 @@ class TaskRouter:
             )
         ):
             self._release(record)
-            record.session.emit(
-                failure(record.task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")
-            )
+            record.session.emit(_aborted(record.task_id))
             aborted.append(record.task_id)
         for engine in self.registry.live():
-            # (Direct tasks the engine has not told of yet may wait in its queue too.)
+            # (Direct tasks the engine has not told of yet may wait in its queue too: `held`.)
             records = [
                 r
-                for r in (*engine.inflight.values(), *engine.announced.values())
+                for r in engine.held()
                 if engine.engine_id in engine_ids
                 or (r.task_id in wanted and (session is None or r.session is session))
             ]
@@ -394,3 +391,8 @@ class TaskRouter:
                 self._release(record)
         for record in self.returning.of_session(session):
             self._release(record)
+
+
+def _aborted(task_id: str) -> wire.pb.TaskEvent:
+    """The result of a task the controller dropped before it started."""
+    return failure(task_id, -1, wire.TASK_ABORTED, "TaskAborted", "aborted before it started")

@@ -111,7 +111,7 @@ class Engine:
         finally:
             self._in_user_code = False
             self.tasks.running = None
-            if on_demand.task is not None:  # (let go of the task and its blobs: `OnDemand.done`)
+            if on_demand.task is not None:  # (let go of the task and its blobs: see `OnDemand`)
                 on_demand.task = None
                 if on_demand:
                     on_demand.clear()
