@@ -173,6 +173,25 @@ class WrittenBlob(blobstream.IncomingBlob):
 def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
     """Map the shared blob `header` describes, privately. Raises SharedBlobUnusable when the
     file cannot be opened here or is not the one described."""
+    return MappedBlob(blob_id, _map_shared(blob_id, header, 0, "|u1", (header.size,)))
+
+
+def map_array(
+    header: pb.BlobHeader, at: int, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """An array of `dtype` and `shape` on the bytes from `at` of the shared blob `header`
+    describes, mapped privately: what `map_blob` and an array on a slice of it give, in one
+    step. Raises SharedBlobUnusable as `map_blob` does, and when the array does not fit."""
+    if at < 0 or at + math.prod(shape) * dtype.itemsize > header.size:
+        raise SharedBlobUnusable(f"blob {header.blob_id}: the array runs past the blob's {header.size} bytes")
+    return _map_shared(header.blob_id, header, at, dtype.str, shape)
+
+
+def _map_shared(
+    blob_id: str, header: pb.BlobHeader, at: int, typestr: str, shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    """The blob's file opened, checked (its nonce) and mapped privately: an array of `typestr`
+    and `shape` on its bytes from `at`."""
     shared = header.shared
     nonce, size, offset = shared.nonce, header.size, shared.offset
     if size < 0 or offset < len(nonce) or not nonce:
@@ -181,12 +200,11 @@ def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
     try:
         if os.pread(fd, len(nonce), 0) != nonce:
             raise SharedBlobUnusable(f"blob {blob_id}: {shared.path} is not the blob's file (nonce)")
-        data = _mmap_private(fd, offset + size, offset, "|u1", (size,))
+        return _mmap_private(fd, offset + size, offset + at, typestr, shape)
     except (OSError, ValueError) as exc:
         raise SharedBlobUnusable(f"blob {blob_id}: cannot map {shared.path}: {exc}") from None
     finally:
         os.close(fd)
-    return MappedBlob(blob_id, data)
 
 
 def write_into(target: pb.SharedBlob, parts: Sequence[memoryview], blob_id: str) -> None:

@@ -141,10 +141,17 @@ def decode(value: pb.Value, blobs: BlobMap | None = None, where: str = "value") 
     raise DecodingError(f"{where}: no kind set (one of null_value, int_value, ... is required)")
 
 
-def _decode_array(msg: pb.NDArray, blobs: BlobMap, where: str) -> np.ndarray:
-    dtype = _DTYPES.get(msg.dtype)
+def array_dtype(text: str, where: str) -> np.dtype[Any]:
+    """The dtype of an `NDArray.dtype` (`where` names the NDArray in the error), remembered:
+    the same few dtypes come again and again."""
+    dtype = _DTYPES.get(text)
     if dtype is None:
-        dtype = _DTYPES[msg.dtype] = parse_dtype(msg.dtype, f"{where}.dtype")
+        dtype = _DTYPES[text] = parse_dtype(text, f"{where}.dtype")
+    return dtype
+
+
+def _decode_array(msg: pb.NDArray, blobs: BlobMap, where: str) -> np.ndarray:
+    dtype = array_dtype(msg.dtype, where)
     shape = tuple(msg.shape)
     if shape and min(shape) < 0:
         raise DecodingError(f"{where}.shape: negative dimension in {list(shape)}")

@@ -45,6 +45,7 @@ from pxgrpc.valuedecoding import TYPED_DTYPE_RE as TYPED_DTYPE_RE
 from pxgrpc.valuedecoding import BlobMap as BlobMap
 from pxgrpc.valuedecoding import OpaqueObject as OpaqueObject
 from pxgrpc.valuedecoding import UnknownBlobError as UnknownBlobError
+from pxgrpc.valuedecoding import array_dtype as array_dtype
 from pxgrpc.valuedecoding import blob_ids_of as blob_ids_of
 from pxgrpc.valuedecoding import blob_ids_of_action as blob_ids_of_action
 from pxgrpc.valuedecoding import decode as decode

@@ -192,22 +192,36 @@ def test_many_transfers_leak_no_files_and_no_mappings(make_cluster: Any) -> None
     assert _memfd_mappings() <= 2  # (the last results the client keeps)
 
 
-def test_a_replaced_shared_array_is_freed_off_the_main_thread_other_values_on_it(make_cluster: Any) -> None:
+def test_a_replaced_large_shared_array_is_freed_off_the_main_thread_other_values_in_it(
+    make_cluster: Any,
+) -> None:
     """Freeing the last mapping of a shared file frees its pages (ms for large ones): the engine
-    does it in a thread of its own, not before its next task. Any other value a push replaces
-    is freed in the main thread, where its `__del__` may expect to run."""
+    does it in a thread of its own for a large array, not before its next task. Any other value
+    a push replaces (a smaller array, say) is freed in the main thread after the answer; a
+    value with a `__del__` is freed there, where that may expect to run."""
     _, rc = make_cluster(n=1)
     e0 = rc[0]
     pid = e0.apply_sync(os.getpid)
-    data = np.random.default_rng(5).random(MB // 4)  # 2 MB: shared
+
+    def threads() -> list[str]:
+        return [t.name for t in __import__("threading").enumerate()]
+
+    def mappings_left() -> int:
+        deadline = time.monotonic() + 10
+        while _memfd_mappings(pid) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # (a replaced value is freed right after the push's answer)
+        return _memfd_mappings(pid)
+
+    small = np.random.default_rng(5).random(MB // 4)  # 2 MB: shared, freed in the main thread
+    for _ in range(3):
+        e0.push({"a": small}, block=True)
+    assert mappings_left() == 1  # the last push's
+    assert "pxgrpc-reaper" not in e0.apply_sync(threads)
+    data = np.random.default_rng(5).random(2 * MB)  # 16 MB: freed by the reaper
     for _ in range(3):
         e0.push({"a": data}, block=True)
-    deadline = time.monotonic() + 10
-    while _memfd_mappings(pid) > 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _memfd_mappings(pid) == 1  # the last push's
-    threads = e0.apply_sync(lambda: [t.name for t in __import__("threading").enumerate()])
-    assert "pxgrpc-reaper" in threads
+    assert mappings_left() == 1
+    assert "pxgrpc-reaper" in e0.apply_sync(threads)
     e0.execute(
         "import threading\nfreed = []\n"
         "class Noted:\n    def __del__(self):\n        freed.append(threading.current_thread().name)\n"

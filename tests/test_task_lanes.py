@@ -195,3 +195,71 @@ def test_the_frame_reader_gives_whole_frames_however_the_bytes_are_cut() -> None
     assert reader.feed(b"\x05\x00") == []
     with pytest.raises(lane.FrameError):
         reader.feed(lane.HEADER.pack(lane.MAX_FRAME + 1)[2:] + b"\x00\x00")
+
+
+def _answered_at_once(view: Any) -> int:
+    """How many lane pushes the engine answered as it read them."""
+    count = view.apply_sync(lambda: __import__("pxgrpc.engine.engine", fromlist=["_"]).answered_at_once)
+    return int(count["push"])
+
+
+def _shared_push(task_id: str, name: str, array: np.ndarray, nonce: bytes | None = None) -> tuple[Any, Any]:
+    """A push task naming a file of ours that holds `array` (with a wrong `nonce`, if given)."""
+    from pxgrpc import sharedmem
+
+    file = sharedmem.SharedFile(array.nbytes)
+    file.write_chunks([memoryview(array).cast("B")])
+    task = wire.pb.Task(task_id=task_id, direct_results=True, submitted=time.time())
+    value = task.action.push.namespace[name].array_value
+    value.dtype, value.shape[:] = array.dtype.str, array.shape
+    value.data.blob.blob_id, value.data.blob.length = "b1", array.nbytes
+    header = task.shared_blobs.add(blob_id="b1", size=array.nbytes)
+    header.shared.CopyFrom(file.describe())
+    if nonce is not None:
+        header.shared.nonce = nonce
+    return task, file
+
+
+def test_a_push_of_shared_arrays_is_answered_as_it_is_read_and_other_tasks_keep_their_turn(
+    cluster4: tuple[Cluster, pxgrpc.Client],
+) -> None:
+    """An engine with nothing queued maps and binds a lane's push of arrays on the client's
+    shared file the moment it reads it, and answers (an engine's share of a push to many costs
+    a fraction of a task's steps). A push with other values, or one read behind a queued task,
+    takes the usual way, in its turn; one whose file cannot be used fails with the reason."""
+    _, rc = cluster4
+    lanes_open(rc, shared_memory=True)
+    e0 = rc[0]
+    before = _answered_at_once(e0)
+    big = np.arange(1 << 18, dtype=np.float64)
+    e0.push({"a": big}, block=True)
+    assert _answered_at_once(e0) == before + 1
+    e0.push({"a2": big * 2, "n": 5}, block=True)  # (not only arrays: the usual way)
+    assert _answered_at_once(e0) == before + 1
+    a, a2, n = e0.pull(["a", "a2", "n"], block=True)
+    assert np.array_equal(a, big) and np.array_equal(a2, big * 2) and n == 5
+
+    session = rc._transport._session_id
+    first = wire.pb.Task(task_id=f"{session}/raw-q1", direct_results=True, submitted=time.time())
+    first.action.execute.code = "import time; time.sleep(0.2); turn = a3[0] if 'a3' in dir() else None"
+    push, file = _shared_push(f"{session}/raw-q2", "a3", np.full(1 << 17, 7.0))
+    bad, bad_file = _shared_push(f"{session}/raw-q3", "a4", np.full(1 << 17, 8.0), nonce=b"x" * 16)
+    try:
+        with RawLane(_lane_path(rc, 0)) as raw:
+            raw.send(lane.frame(wire.pb.LaneHello(token=_token(rc))) + lane.tasks_frame([first, push]))
+            assert not raw.read().error
+            results = [raw.read().events[0].result for _ in range(2)]
+            raw.send(lane.tasks_frame([bad]))
+            failed = raw.read().events[0].result
+    finally:
+        file.close()
+        bad_file.close()
+    assert [r.task_id.partition("/")[2] for r in results] == ["raw-q1", "raw-q2"]
+    assert [r.status for r in results] == [wire.TASK_OK, wire.TASK_OK]
+    assert _answered_at_once(e0) == before + 1  # (the push waited behind the execute)
+    assert e0.pull("turn", block=True) is None  # (it ran after the execute, in its turn)
+    assert float(e0.pull("a3", block=True)[0]) == 7.0
+    assert failed.status == wire.TASK_ERROR and "b1" in failed.error.evalue, failed.error
+    assert "a4" not in e0.apply_sync(dir)
+    assert _answered_at_once(e0) == before + 1
+    assert rc[:].apply_sync(abs, -2) == [2] * len(rc.ids)  # (every engine serves on)

@@ -19,7 +19,7 @@ from pxgrpc import blobstream, diagnose, identity, lane, wire
 from pxgrpc.engine import blobtransfer, registration
 from pxgrpc.engine.datapath import DataEndpoint, offers_data, start_data_endpoint
 from pxgrpc.engine.directwork import DirectWork
-from pxgrpc.engine.lanes import LaneServer
+from pxgrpc.engine.lanes import EngineLane, LaneServer
 from pxgrpc.engine.outbox import Outbox
 from pxgrpc.engine.taskqueue import TaskQueue
 from pxgrpc.engine.workstream import WorkStream
@@ -63,6 +63,8 @@ class EngineConnection:
         self._outbox = Outbox(self.io)
         #: The tasks clients hand this engine directly (with a data endpoint).
         self.direct: DirectWork | None = None
+        #: What runs a lane's task the moment it is read (`DirectWork.at_once`; the engine's).
+        self.at_once: Callable[[EngineLane, wire.pb.Task], bool] | None = None
         #: The data endpoint, when this engine offers one (see `datapath.offers_data`).
         self.data: DataEndpoint | None = None
         #: The task lane clients on this host may use (with a data endpoint), or None.
@@ -154,6 +156,7 @@ class EngineConnection:
                 self._outbox,
                 lambda: self.engine_id,
             )
+            direct.at_once = self.at_once
             try:
                 self.data = await start_data_endpoint(self.info, self.data_host, direct.Tasks)
                 self.direct = direct

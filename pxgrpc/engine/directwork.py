@@ -109,6 +109,9 @@ class DirectWork(LaneHandler):
         self._streams: dict[str, DirectStream | EngineLane] = {}
         # When their client sent the lanes' tasks (`Task.submitted`).
         self._lane_sent: dict[str, float] = {}
+        #: Runs a lane's task the moment it is read when nothing is queued, if it is one that
+        #: needs no queue (`Engine.run_at_once`): False for others. Set by the engine.
+        self.at_once: Callable[[EngineLane, wire.pb.Task], bool] | None = None
 
     def route(self, event: wire.pb.TaskEvent) -> bool:
         """Send an event of a direct task down its stream (from any thread); False for other
@@ -127,12 +130,24 @@ class DirectWork(LaneHandler):
         if stream is None or not stream.put(event):
             return False
         if finished and isinstance(stream, EngineLane):
-            self._note_lane(finished=task_id)
-            if time.time() - self._lane_sent.pop(task_id, 0.0) > START_NOTICE_DELAY:
-                # (Its client has told the controller of it, and the controller may count the
-                # engine busy with it: say it is over now, not with the next heartbeat.)
-                self._outbox.fold_lane_notices_soon()
+            self._lane_task_over(task_id, self._lane_sent.pop(task_id, 0.0))
         return True
+
+    def _lane_task_over(self, task_id: str, submitted: float) -> None:
+        """A lane's task has its result: the controller hears of it (with the next message up the
+        work stream; at once if its client sent it long ago)."""
+        self._note_lane(finished=task_id)
+        if time.time() - submitted > START_NOTICE_DELAY:
+            # (Its client has told the controller of it, and the controller may count the
+            # engine busy with it: say it is over now, not with the next heartbeat.)
+            self._outbox.fold_lane_notices_soon()
+
+    def answer(self, lane: EngineLane, task: wire.pb.Task, event: wire.pb.TaskEvent) -> None:
+        """(Main thread.) The result of a lane's task run the moment it was read (`at_once`):
+        straight back on the lane (to the work stream, to be relayed, if the lane is closed)."""
+        if not lane.put(event):
+            self._fallback(event)
+        self._lane_task_over(task.task_id, task.submitted)
 
     # --- task lanes (main thread) -----------------------------------------------------------
 
@@ -149,6 +164,8 @@ class DirectWork(LaneHandler):
             if queue.aborted_early(task_id):
                 lane.put(aborted_event(task_id, self._engine_id()))
                 self._note_lane(finished=task_id)  # (the controller counts it till then)
+                continue
+            if self.at_once is not None and queue.idle() and self.at_once(lane, task):
                 continue
             with self._lock:
                 self._streams[task_id] = lane

@@ -143,6 +143,10 @@ class TaskQueue:
         with self._lock:
             return self._early_aborts.pop(task_id, 0) is None
 
+    def idle(self) -> bool:
+        """(Main thread, reading a lane.) Whether nothing is queued before what it reads now."""
+        return not self._work
+
     def shutdown(self) -> None:
         """Tell the main thread to stop once it is done with what it runs."""
         self._hand(self._work, SHUTDOWN)
