@@ -95,12 +95,7 @@ class TaskHistory:
 
     def _forget_large(self) -> None:
         """Stop holding the recent results whose values are large (the program may still)."""
-        large = []
-        for ar in list(self._recent):  # (plain loops: this runs on every call)
-            for outcome in ar._events.outcomes:
-                if outcome is not None and outcome.blob_bytes > SMALL:
-                    large.append(ar)
-                    break
+        large = [ar for ar in list(self._recent) if ar._events.largest_blobs > SMALL]
         for ar in large:
             with contextlib.suppress(ValueError):
                 self._recent.remove(ar)

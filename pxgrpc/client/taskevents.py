@@ -43,6 +43,8 @@ class TaskEvents:
         self.data: list[dict[str, Any]] = [{} for _ in range(n)]
         self.engine_ids: list[int | None] = list(targets)
         self.done = 0
+        #: The most bytes of blobs one task's value came in (0: all small, inline).
+        self.largest_blobs = 0
         #: Guards the events; `wait` (with it held) waits for the next outcome.
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
@@ -96,6 +98,8 @@ class TaskEvents:
             if self.outcomes[i] is not None:
                 return None
             self.outcomes[i] = outcome
+            if outcome.blob_bytes > self.largest_blobs:
+                self.largest_blobs = outcome.blob_bytes
             if outcome.engine_id >= 0:
                 self.engine_ids[i] = outcome.engine_id
             if self.execute and outcome.error is None and not isinstance(outcome.value, ExecuteReply):
