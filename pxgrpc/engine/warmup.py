@@ -9,8 +9,9 @@ each, and the first push to all engines took nearly twice as long as later ones.
 `warm_up` runs what a push of an array, an apply and a pull do in an engine, once, on a kernel
 of its own (the engine's namespace and execution count are not touched): the array is encoded
 into a blob, written into a shared-memory file and mapped privately when this host shares
-memory, decoded and bound; a function sent by value is applied; the array is pulled and encoded
-again. The engine does it while its registration is on its way to the controller.
+memory, decoded and bound (both ways: as a task's value, and as a lane's push the engine
+answers the moment it reads it, `Kernel.push_shared`); a function sent by value is applied; the
+array is pulled and encoded again. The engine does it while its registration is on its way to the controller.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _push_and_pull() -> None:
         kernel = Kernel()  # (which makes its namespace sys.modules["__main__"]: put back below)
         if blobs:
             kernel.run(action, blobs)
+            task = wire.pb.Task(action=action)  # (and a lane's push, as an engine answers it at once)
+            task.shared_blobs.append(header)
+            kernel.push_shared(task)
         else:
             kernel.namespace["warm"] = np.zeros(WARM_BYTES // 8)
         if "IPython" not in sys.modules:  # (else the kernel would make an IPython shell for it)
