@@ -140,7 +140,11 @@ class Engine:
         arrays on shared memory (`Kernel.push_shared`), an engine's share of a push to many.
         It runs no user code (nothing to interrupt, no output). False for any other task."""
         started = time.time()
-        replaced = self.kernel.push_shared(task)
+        try:
+            replaced = self.kernel.push_shared(task)
+        except Exception as exc:  # noqa: BLE001 - (nothing is bound then) the usual way says why
+            log.warning("task %s: not answered at once (%s)", task.task_id, exc)
+            return False
         if replaced is None:
             return False
         blobtransfer.sources["task"] += len(task.action.push.namespace)

@@ -11,7 +11,8 @@ of its own (the engine's namespace and execution count are not touched): the arr
 into a blob, written into a shared-memory file and mapped privately when this host shares
 memory, decoded and bound (both ways: as a task's value, and as a lane's push the engine
 answers the moment it reads it, `Kernel.push_shared`); a function sent by value is applied; the
-array is pulled and encoded again. The engine does it while its registration is on its way to the controller.
+array is pulled and encoded again. The engine does it while its registration is on its way to
+the controller.
 """
 
 from __future__ import annotations
