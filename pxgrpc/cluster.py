@@ -28,7 +28,7 @@ from typing import Any
 from pxgrpc.addresses import is_loopback
 from pxgrpc.client.client import Client
 from pxgrpc.client.errors import PxConnectionError, PxError
-from pxgrpc.clusterstate import ClusterState
+from pxgrpc.clusterstate import ClusterState, remove_empty_logs
 from pxgrpc.launchers import EngineSpec, Launcher, LaunchError, launcher_for
 from pxgrpc.launchers.base import alive as _alive
 from pxgrpc.launchers.base import reap as _reap
@@ -352,6 +352,7 @@ class Cluster:
                 ClusterState.path(self.cluster_id).unlink()
             with contextlib.suppress(FileNotFoundError):
                 self.connection_file.unlink()
+            remove_empty_logs(self.log_dir, self.cluster_id)
 
     def _stop_launchers(self, grace: float) -> None:
         """Stop every launcher's engines (each waits up to `grace` s for them to exit on their own)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pathlib
@@ -77,7 +78,21 @@ def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
         ClusterState.path(cluster_id).unlink()
     with contextlib.suppress(FileNotFoundError):
         conn.unlink()
+    if state is not None and state.log_dir:
+        remove_empty_logs(pathlib.Path(state.log_dir), cluster_id)
     return found or bool(pids)
+
+
+def remove_empty_logs(log_dir: pathlib.Path, cluster_id: str) -> None:
+    """A stopped cluster's log files on this host that stayed empty (nothing went wrong) go, as
+    ipyparallel removes its processes' output files: else every start left one per engine
+    behind. Those with something in them stay, for whoever looks into what happened."""
+    if not cluster_id:
+        return
+    for path in log_dir.glob(f"{glob.escape(cluster_id)}-*.log"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
 
 
 def launcher_states(cluster_id: str) -> list[LauncherState]:

@@ -55,6 +55,8 @@ def test_cluster_start_status_stop(pxgrpc_home: str) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
+    logs = list((pathlib.Path(pxgrpc_home) / "logs").glob(f"{cluster_id}-*.log"))
+    assert all(p.stat().st_size for p in logs), logs  # (the empty ones went with the cluster)
     missing = run("pxgrpc", "cluster", "status", "--cluster-id", cluster_id, check=False)
     assert missing.returncode == 1 and "no controller found" in missing.stderr
 

@@ -69,3 +69,23 @@ def test_engines_that_exit_at_start_fail_it_with_their_stderr() -> None:
     assert message.startswith("local launcher, this host: ") and "engine(s) exited during start-up" in message
     assert "unrecognized arguments: --no-such-flag" in message
     assert cluster.controller is None and cluster.engines == []
+
+
+@pytest.mark.timeout(90)
+def test_a_stopped_cluster_leaves_only_the_logs_that_say_something(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each engine and the controller log to a file of the cluster's; a clean stop removes the
+    ones that stayed empty (a start no longer leaves one per engine behind), as ipyparallel
+    removes its processes' output files, and keeps those with something in them."""
+    monkeypatch.setenv("PXGRPC_DIR", str(tmp_path))
+    cluster = ipp.Cluster(n=2)
+    try:
+        rc = cluster.start_and_connect_sync(timeout=60)
+        logs = sorted(p.name for p in (tmp_path / "logs").glob("*.log"))
+        assert len(logs) >= 3, logs  # (two engines' and the controller's, at least)
+        rc[1].execute(
+            "import sys; print('engine 1 has something to say', file=sys.__stderr__, flush=True)", block=True
+        )
+    finally:
+        cluster.stop_cluster_sync()
+    left = list((tmp_path / "logs").glob("*.log"))
+    assert [p.read_text() for p in left] == ["engine 1 has something to say\n"], left
