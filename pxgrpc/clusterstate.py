@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -83,13 +84,24 @@ def stop_by_id(cluster_id: str, timeout: float = 5.0) -> bool:
     return found or bool(pids)
 
 
+#: The logs a cluster's processes write, after "<cluster id>-" (`EngineSpec.log_path`).
+_LOG_NAME = re.compile(
+    r"(controller|engine-\d+|engine-forkserver-\d+|mpiexec|slurm-\d+-step|ssh-[\w.-]+)\.log"
+)
+
+
 def remove_empty_logs(log_dir: pathlib.Path, cluster_id: str) -> None:
     """A stopped cluster's log files on this host that stayed empty (nothing went wrong) go, as
     ipyparallel removes its processes' output files: else every start left one per engine
-    behind. Those with something in them stay, for whoever looks into what happened."""
-    if not cluster_id:
+    behind. Those with something in them stay, for whoever looks into what happened. Nothing
+    goes while a cluster whose id starts with this one's and a dash runs (its logs' names
+    start the same)."""
+    if not cluster_id or any(pxgrpc_dir().glob(f"controller-{glob.escape(cluster_id)}-*.json")):
         return
-    for path in log_dir.glob(f"{glob.escape(cluster_id)}-*.log"):
+    prefix = f"{cluster_id}-"
+    for path in log_dir.glob(f"{glob.escape(prefix)}*.log"):
+        if _LOG_NAME.fullmatch(path.name[len(prefix) :]) is None:
+            continue
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0:
                 path.unlink()

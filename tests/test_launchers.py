@@ -89,3 +89,25 @@ def test_a_stopped_cluster_leaves_only_the_logs_that_say_something(tmp_path, mon
         cluster.stop_cluster_sync()
     left = list((tmp_path / "logs").glob("*.log"))
     assert [p.read_text() for p in left] == ["engine 1 has something to say\n"], left
+
+
+def test_empty_logs_of_other_clusters_and_files_not_ours_stay(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Only the cluster's own log names go (not "NAME-notes.log", nor another cluster's
+    "NAME-2-engine-0.log"), and none while a cluster whose id extends this one's runs: the
+    logs of a cluster "NAME-ssh" ("NAME-ssh-controller.log") look like an ssh host's log."""
+    from pxgrpc.clusterstate import remove_empty_logs
+
+    monkeypatch.setenv("PXGRPC_DIR", str(tmp_path))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ours = ["job-controller.log", "job-engine-0.log", "job-engine-forkserver-0.log", "job-ssh-node-1.log"]
+    kept = ["job-notes.log", "jobs-engine-0.log", "job-2-engine-0.log"]
+    sibling = "job-ssh-controller.log"
+    for name in [*ours, *kept, sibling]:
+        (logs / name).touch()
+    (tmp_path / "controller-job-ssh.json").touch()  # (the cluster "job-ssh" runs)
+    remove_empty_logs(logs, "job")
+    assert sorted(p.name for p in logs.iterdir()) == sorted([*ours, *kept, sibling])
+    (tmp_path / "controller-job-ssh.json").unlink()
+    remove_empty_logs(logs, "job")
+    assert sorted(p.name for p in logs.iterdir()) == sorted(kept)
