@@ -177,12 +177,21 @@ def map_blob(blob_id: str, header: pb.BlobHeader) -> MappedBlob:
 
 
 def map_array(
-    header: pb.BlobHeader, at: int, dtype: np.dtype[Any], shape: tuple[int, ...]
+    shared: Iterable[pb.BlobHeader], where: pb.BlobSlice, dtype: np.dtype[Any], shape: tuple[int, ...]
 ) -> np.ndarray[Any, Any]:
-    """An array of `dtype` and `shape` on the bytes from `at` of the shared blob `header`
-    describes, mapped privately: what `map_blob` and an array on a slice of it give, in one
-    step. Raises SharedBlobUnusable as `map_blob` does, and when the array does not fit."""
-    if at < 0 or at + math.prod(shape) * dtype.itemsize > header.size:
+    """An array of `dtype` and `shape` on the bytes `where` names, of a blob among `shared` (a
+    task's `shared_blobs`), mapped privately: what `map_blob` and an array on a slice of it
+    give, in one step. Raises SharedBlobUnusable as `map_blob` does, and when `shared` does not
+    name the blob or the slice is not that array's bytes within it."""
+    header = next((h for h in shared if h.blob_id == where.blob_id), None)
+    if header is None:
+        raise SharedBlobUnusable(f"blob {where.blob_id}: no shared copy named")
+    at, length = where.offset, where.length
+    if min(shape, default=0) < 0 or length != math.prod(shape) * dtype.itemsize:
+        raise SharedBlobUnusable(
+            f"blob {where.blob_id}: {length} bytes are not an array of shape {list(shape)}"
+        )
+    if at < 0 or at + length > header.size:
         raise SharedBlobUnusable(f"blob {header.blob_id}: the array runs past the blob's {header.size} bytes")
     return _map_shared(header.blob_id, header, at, dtype.str, shape)
 

@@ -8,7 +8,6 @@ engines that die.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from pxgrpc.controller.registry import EngineRecord, EngineRegistry
 from pxgrpc.controller.returning import ReturningEngines
 from pxgrpc.controller.sessions import SessionBook, split_key
 from pxgrpc.controller.tasks import ClientSession, TaskRecord, failure
+from pxgrpc.recentids import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TaskRouter:
         self.returning = ReturningEngines()
         # Aborts of tasks not known here when they came: direct tasks that their client
         # announces a few milliseconds after sending them (`_track_direct` aborts them then).
-        self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._early_aborts = RecentIds(EARLY_ABORTS)
         registry.watchers.add(self.settle)
 
     # --- submission -------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class TaskRouter:
 
     def _aborted_early(self, task_id: str) -> bool:
         """Whether an abort of `task_id` came before the task was known here (forgotten now)."""
-        return bool(self._early_aborts) and self._early_aborts.pop(task_id, 0) is None
+        return self._early_aborts.take(task_id)
 
     def resume(self, session: ClientSession, client_id: str, task_ids: Iterable[str]) -> None:
         """A session stream names itself (and lists the tasks it still waits for)."""
@@ -369,9 +369,7 @@ class TaskRouter:
                     record.stealing = False  # aborted for good, not to run elsewhere
                 aborted.extend(r.task_id for r in records)
         for task_id in wanted.difference(aborted):
-            self._early_aborts[task_id] = None
-            if len(self._early_aborts) > EARLY_ABORTS:
-                self._early_aborts.popitem(last=False)
+            self._early_aborts.add(task_id)
         return aborted
 
     def close_session(self, session: ClientSession) -> None:

@@ -10,7 +10,6 @@ import ast
 import builtins
 import collections
 import linecache
-import math
 import os
 import sys
 import time
@@ -128,18 +127,11 @@ class Kernel:
             array = value.array_value
             if array.data.WhichOneof("location") != "blob":
                 return None
-            where = array.data.blob
-            header = next((h for h in task.shared_blobs if h.blob_id == where.blob_id), None)
-            shape = tuple(array.shape)
             try:
                 dtype = wire.array_dtype(array.dtype, name)
-                if (
-                    header is None
-                    or where.length != math.prod(shape) * dtype.itemsize
-                    or min(shape, default=0) < 0
-                ):
-                    return None
-                arrays[name] = sharedmem.map_array(header, where.offset, dtype, shape)
+                arrays[name] = sharedmem.map_array(
+                    task.shared_blobs, array.data.blob, dtype, tuple(array.shape)
+                )
             except (sharedmem.SharedBlobUnusable, wire.DecodingError):
                 return None
         mine = self.namespace

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pxgrpc import wire
+from pxgrpc.recentids import RecentIds
 
 if TYPE_CHECKING:
     from pxgrpc.engine.lanes import EngineLane
@@ -85,7 +86,7 @@ class TaskQueue:
         self._lanes: dict[int, EngineLane] = {}
         self._new_lanes: list[EngineLane] = []
         # Aborts of direct tasks not come yet (`abort`; see `aborted_early`).
-        self._early_aborts: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._early_aborts = RecentIds(EARLY_ABORTS)
         #: Handles the lanes' tasks (set before the first `add_lane`).
         self.lanes: LaneHandler | None = None
         #: The id of the task the main thread runs, or None.
@@ -131,9 +132,7 @@ class TaskQueue:
             if self._queued.pop(task_id, None) is not None:
                 return True
             if "/" in task_id:  # (a direct task's id)
-                self._early_aborts[task_id] = None
-                if len(self._early_aborts) > EARLY_ABORTS:
-                    self._early_aborts.popitem(last=False)
+                self._early_aborts.add(task_id)
             return False
 
     def aborted_early(self, task_id: str) -> bool:
@@ -141,7 +140,7 @@ class TaskQueue:
         if not self._early_aborts:
             return False
         with self._lock:
-            return self._early_aborts.pop(task_id, 0) is None
+            return self._early_aborts.take(task_id)
 
     def idle(self) -> bool:
         """(Main thread, reading a lane.) Whether nothing is queued before what it reads now."""
